@@ -1,0 +1,1 @@
+"""Drafters: propose draft trees for the verifier (DESIGN.md "The step")."""

@@ -1,0 +1,1 @@
+"""The continuous-batching engine: Sequence, BlockManager, Scheduler, ModelRunner, Engine."""

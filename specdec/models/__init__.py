@@ -1,0 +1,1 @@
+"""Llama-family models on the paged KV cache, and their loaders (HF safetensors, GGUF)."""
