@@ -1,0 +1,92 @@
+"""The drafter protocol: the only view of a drafter that the engine has (DESIGN.md "The step").
+
+Hydra's ``_target_`` picks the class; the engine calls, every step,
+
+    tree = drafter.propose(seqs, budgets)   # DraftTree for the decoding sequences
+    ...target forward, verify, commit...
+    drafter.update(step)                    # e.g. EAGLE keeps the target features of accepted nodes
+
+and ``drafter.release(seq)`` when a sequence finishes or is preempted. ``kv_demand`` tells the
+scheduler how many positions the drafter's own paged tables need, so that blocks for them are
+reserved before the step runs (a drafter never allocates mid-step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
+
+import torch
+
+from specdec.verifiers import DraftTree
+
+if TYPE_CHECKING:
+    from specdec.engine.block_manager import BlockManager
+    from specdec.engine.sequence import Sequence
+
+
+@dataclass
+class TargetContext:
+    """What a drafter may use of the target and the engine when it loads."""
+    model: Any  # specdec.models LlamaForCausalLM (embed, compute_logits, config)
+    tokenizer: Any  # may be None for models built in tests
+    vocab_size: int
+    device: torch.device
+    dtype: torch.dtype
+    blocks: "BlockManager"
+    max_model_len: int
+    capture_layers: tuple[int, ...] = ()  # filled by drafters that want target layer features
+
+
+@dataclass
+class StepResult:
+    """What the engine tells ``update`` after a step (all rows in the batch's order)."""
+    seqs: list["Sequence"]  # every sequence that ran, in batch order
+    is_prefill: list[bool]  # [B]
+    num_new: list[int]  # [B] tokens fed to the target for each sequence
+    prefix_lens: list[int]  # [B] num_cached before the step
+    row_offsets: list[int]  # [B + 1] rows of `hidden` that belong to each sequence
+    hidden: torch.Tensor  # [N, H] target hidden states after the final norm
+    captured: dict[int, torch.Tensor]  # layer -> [N, H] (the layers asked for in capture_layers)
+    sample_index: list[int]  # [B] row of `result` for each sequence, -1 if it did not sample
+    result: Any  # specdec.verifiers.VerifyResult over the sampling rows
+    tree: Optional[DraftTree]  # the tree verified (sampling rows), node i of row r at hidden row
+    #                           row_offsets[b] + i for decode sequences
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    name: str
+    max_nodes: int  # tree budget T per sequence, root included (1 = autoregressive)
+
+    def load(self, target: TargetContext) -> None: ...
+
+    def kv_demand(self, seq: "Sequence", lookahead: int) -> dict[str, int]: ...
+
+    def propose(self, seqs: list["Sequence"], budgets: list[int]) -> DraftTree: ...
+
+    def update(self, step: StepResult) -> None: ...
+
+    def release(self, seq: "Sequence") -> None: ...
+
+
+class DrafterBase:
+    """Defaults for drafters that keep no KV and no per-sequence state."""
+    name = "base"
+    max_nodes = 1
+
+    def load(self, target: TargetContext) -> None:
+        self.target = target
+
+    def kv_demand(self, seq: "Sequence", lookahead: int) -> dict[str, int]:
+        return {}
+
+    def update(self, step: StepResult) -> None:
+        pass
+
+    def release(self, seq: "Sequence") -> None:
+        pass
+
+
+def last_tokens(seqs: list["Sequence"], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The root of every tree: each sequence's last token, ``[B]``."""
+    return torch.tensor([s.tokens[-1] for s in seqs], dtype=torch.long, device=device)

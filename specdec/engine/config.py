@@ -1,0 +1,64 @@
+"""Engine settings, validated where they enter (a typo here should not surface as a kernel error)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: Optional[int] = None  # None: sized from kv_cache_gb
+    kv_cache_gb: Optional[float] = None  # None: CPU 2 GiB at most, CUDA 40% of free memory
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 2048
+    max_model_len: Optional[int] = None  # None: the model's own limit
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
+
+    def __post_init__(self) -> None:
+        bs = self.block_size
+        if not isinstance(bs, int) or bs < 1 or bs & (bs - 1):
+            raise ValueError(f"engine.block_size must be a power of two (16, 32, 64 ...); got {bs}")
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine.{name} must be >= 1; got {getattr(self, name)}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"engine.num_blocks must be >= 1 or null; got {self.num_blocks}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"engine.max_model_len must be >= 2 or null; got {self.max_model_len}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"engine.dtype must be auto or one of {sorted(DTYPES)}; got {self.dtype!r}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"engine.device={self.device} but CUDA is not available; use cpu or auto")
+        return dev
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+    def resolve_num_blocks(self, bytes_per_token: int, device: torch.device, max_model_len: int) -> int:
+        """Blocks for the KV pool: explicit, else what the memory budget holds, capped at what
+        max_num_seqs full-length sequences could use."""
+        if self.num_blocks is not None:
+            return self.num_blocks
+        if self.kv_cache_gb is not None:
+            budget = self.kv_cache_gb * 2**30
+        elif device.type == "cuda":
+            budget = 0.4 * torch.cuda.mem_get_info(device)[0]
+        else:
+            budget = 2 * 2**30
+        by_memory = int(budget // (bytes_per_token * self.block_size))
+        by_demand = self.max_num_seqs * (-(-max_model_len // self.block_size) + 1)
+        return max(1, min(by_memory, by_demand))

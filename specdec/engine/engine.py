@@ -1,0 +1,240 @@
+"""Engine: requests in, tokens out. One `step` is DESIGN.md's step, for every drafter:
+
+    batch  = scheduler.schedule()
+    tree   = drafter.propose(decoding sequences)
+    out    = runner.forward(batch, tree)          # K/V of every node written to its own slot
+    result = verifier.verify(tree, out.logits)    # accepted path + bonus token per sequence
+    runner.commit(batch, result)                  # accepted K/V slid into place
+    drafter.update(step)
+    postprocess(batch, result)                    # append tokens, finish, free blocks
+
+Autoregressive decoding is the drafter ``none`` (a tree of one node): one code path, not two.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence as Seq
+
+import torch
+from tqdm.auto import tqdm
+
+from specdec.drafters.base import StepResult, TargetContext
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .model_runner import ModelRunner, StepInputs
+from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
+from .sequence import SamplingParams, Sequence, Status
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve; the others are unaffected."""
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    draft_s: float = 0.0  # drafter propose + update
+    verify_s: float = 0.0  # target forward + verification + commit
+    other_s: float = 0.0  # scheduling and bookkeeping
+    step_times: list[float] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, model, drafter, verifier, config: EngineConfig | None = None,
+                 tokenizer=None, stop_token_ids: Iterable[int] = (), max_model_len: int | None = None):
+        self.config = config or EngineConfig()
+        self.device = self.config.torch_device()
+        self.dtype = self.config.torch_dtype(self.device)
+        self.model, self.tokenizer = model.to(self.device, self.dtype).eval(), tokenizer
+        self.drafter, self.verifier = drafter, verifier
+        self.stop_token_ids = set(stop_token_ids)
+        limit = max_model_len or model.config.max_position_embeddings
+        self.max_model_len = min(limit, self.config.max_model_len or limit)
+        cfg = model.config
+        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+        per_token *= torch.finfo(self.dtype).bits // 8
+        num_blocks = self.config.resolve_num_blocks(per_token, self.device, self.max_model_len)
+        self.blocks = BlockManager(num_blocks, self.config.block_size)
+        ctx = TargetContext(model=self.model, tokenizer=tokenizer, vocab_size=cfg.vocab_size,
+                            device=self.device, dtype=self.dtype, blocks=self.blocks,
+                            max_model_len=self.max_model_len)
+        drafter.load(ctx)
+        sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
+                                self.max_model_len, drafter.max_nodes)
+        self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
+        self.scheduler.on_release = drafter.release
+        self.runner = ModelRunner(self.model, num_blocks, self.config.block_size, self.device,
+                                  self.dtype, ctx.capture_layers)
+        self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
+        self.stats = EngineStats()
+        self.sequences: dict[str, Sequence] = {}
+
+    # ---- requests -------------------------------------------------------------------------
+    def add_request(self, prompt: Seq[int] | str, params: SamplingParams | None = None,
+                    request_id: str | None = None) -> Sequence:
+        """Queue a request; raises RequestError (naming it) when it can never be served."""
+        params = params or SamplingParams()
+        ids = self._encode(prompt)
+        rid = request_id or f"req-{len(self.sequences)}"
+        if rid in self.sequences:
+            raise RequestError(f"request id {rid!r} is already in use")
+        if not ids:
+            raise RequestError(f"request {rid}: the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise RequestError(f"request {rid}: prompt of {len(ids)} tokens leaves no room to "
+                               f"generate within max_model_len={self.max_model_len}")
+        vocab = self.model.config.vocab_size
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise RequestError(f"request {rid}: token ids must lie in [0, {vocab}); got "
+                               f"{min(ids)}..{max(ids)}")
+        seq = Sequence(list(ids), params, request_id=rid)
+        self.sequences[rid] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        seq = self.sequences[request_id]
+        if not seq.finished:
+            self.scheduler.finish(seq, "abort")
+
+    def _encode(self, prompt: Seq[int] | str) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise RequestError("a text prompt needs a tokenizer; pass token ids instead")
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        return [int(t) for t in prompt]
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- the step -------------------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        """Run one step; returns the sequences that finished during it (rejections included)."""
+        t0 = time.perf_counter()
+        before = {s.request_id for s in self.scheduler.waiting}
+        batch = self.scheduler.schedule()
+        finished = [self.sequences[r] for r in before if self.sequences[r].finished]
+        if not batch:
+            if self.scheduler.waiting and not self.scheduler.running and not finished:
+                raise RuntimeError(f"scheduler admitted nothing with {self.blocks.num_free} of "
+                                   f"{self.blocks.num_blocks} KV blocks free: engine bug")
+            return finished
+        decode = [item for item in batch if not item.is_prefill]
+        t1 = time.perf_counter()
+        tree = self.drafter.propose([i.seq for i in decode], [i.num_new for i in decode]) if decode else None
+        t2 = time.perf_counter()
+        inputs = self.runner.prepare(batch, tree)
+        out = self.runner.forward(inputs)
+        result = self._verify(batch, inputs, out.logits)
+        accepted = [] if result is None else _accepted_paths(result)
+        self.runner.commit(batch, inputs, accepted)
+        t3 = time.perf_counter()
+        self.drafter.update(self._step_result(batch, inputs, out, result))
+        t4 = time.perf_counter()
+        finished += self._postprocess(batch, inputs, result, accepted, t4)
+        t5 = time.perf_counter()
+        self.stats.steps += 1
+        self.stats.draft_s += (t2 - t1) + (t4 - t3)
+        self.stats.verify_s += t3 - t2
+        self.stats.other_s += (t1 - t0) + (t5 - t4)
+        self.stats.step_times.append(t5 - t0)
+        return finished
+
+    def _verify(self, batch: list[ScheduledSeq], inputs: StepInputs, logits):
+        if inputs.tree is None:
+            return None
+        seqs = [item.seq for item, r in zip(batch, inputs.sample_index) if r >= 0]
+        dev = logits.device
+        temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32, device=dev)
+        top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32, device=dev)
+        top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.long, device=dev)
+        uniforms = torch.stack([self._uniforms(s) for s in seqs]).to(dev)  # [Bs, U]
+        width = inputs.tree.max_nodes
+        return self.verifier.verify(inputs.tree, logits, temp, top_p, top_k, uniforms[:, : width + 1])
+
+    def _uniforms(self, seq: Sequence) -> torch.Tensor:
+        """A fixed number of draws from the request's own generator per sampling event, so that
+        sampled outputs do not depend on which other requests share the batch."""
+        if seq.generator is None:
+            return torch.zeros(self.num_uniforms)
+        return torch.rand(self.num_uniforms, generator=seq.generator)
+
+    def _step_result(self, batch, inputs: StepInputs, out, result) -> StepResult:
+        return StepResult(
+            seqs=[i.seq for i in batch], is_prefill=[i.is_prefill for i in batch],
+            num_new=[inputs.row_offsets[b + 1] - inputs.row_offsets[b] for b in range(len(batch))],
+            prefix_lens=[i.seq.num_cached for i in batch], row_offsets=inputs.row_offsets,
+            hidden=out.hidden, captured=out.captured, sample_index=inputs.sample_index,
+            result=result, tree=inputs.tree)
+
+    def _postprocess(self, batch, inputs: StepInputs, result, accepted, now: float) -> list[Sequence]:
+        finished = []
+        bonus = [] if result is None else result.bonus_token.tolist()
+        tokens = [] if inputs.tree is None else inputs.tree.tokens.tolist()
+        depths = [] if inputs.tree is None else inputs.tree.depth.max(dim=1).values.tolist()
+        for item, r in zip(batch, inputs.sample_index):
+            seq = item.seq
+            if item.is_prefill:
+                seq.num_cached += item.num_new
+            if r < 0:
+                continue
+            path = accepted[r]
+            if not item.is_prefill:
+                seq.num_cached += len(path)
+                seq.accept_lengths.append(len(path) - 1)
+                seq.draft_depths.append(depths[r])
+            new = [tokens[r][node] for node in path[1:]] + [bonus[r]]
+            if self._append(seq, new, now):
+                self.scheduler.finish(seq, seq.finish_reason)
+                finished.append(seq)
+        return finished
+
+    def _append(self, seq: Sequence, new: list[int], now: float) -> bool:
+        """Append sampled tokens up to the first stop condition; True when the sequence is done."""
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        count = 0
+        for tok in new:
+            seq.tokens.append(tok)
+            count += 1
+            if tok in self.stop_token_ids and not seq.params.ignore_eos:
+                seq.finish_reason = "stop"
+            elif len(seq.output) >= seq.params.max_new_tokens or len(seq) >= self.max_model_len:
+                seq.finish_reason = "length"
+            if seq.finish_reason:
+                break
+        seq.token_times.append((now, count))
+        seq.num_cached = min(seq.num_cached, len(seq) - 1)
+        return seq.finish_reason is not None
+
+    # ---- convenience ------------------------------------------------------------------------
+    def generate(self, prompts: Seq[Seq[int] | str], params: SamplingParams | Seq[SamplingParams] | None = None,
+                 progress: bool = False) -> list[Sequence]:
+        """Run prompts to completion; bad requests come back finished with ``rejected: why``."""
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        seqs = [self._add_or_reject(p, sp) for p, sp in zip(prompts, params)]
+        bar = tqdm(total=len(seqs), desc="generating", unit="req", disable=not progress)
+        bar.update(sum(s.finished for s in seqs))
+        while self.has_work():
+            bar.update(len(self.step()))
+        bar.close()
+        return seqs
+
+    def _add_or_reject(self, prompt, params: SamplingParams) -> Sequence:
+        try:
+            return self.add_request(prompt, params)
+        except RequestError as err:
+            seq = Sequence([], params, request_id=f"rejected-{len(self.sequences)}")
+            seq.status, seq.finish_reason = Status.FINISHED, f"rejected: {err}"
+            self.sequences[seq.request_id] = seq
+            return seq
+
+
+def _accepted_paths(result) -> list[list[int]]:
+    """Accepted node indices per sampling row, root first."""
+    nodes = result.accepted_nodes.tolist()
+    counts = result.num_accepted.tolist()
+    return [row[: n + 1] for row, n in zip(nodes, counts)]

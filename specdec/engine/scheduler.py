@@ -1,0 +1,155 @@
+"""Continuous batching: which sequences run this step, and with how many new tokens.
+
+Policy (vLLM v1 / nano-vllm style): running sequences first, in arrival order, then waiting ones
+while the token budget, the sequence cap and the free blocks allow. A running sequence either
+continues its (chunked) prefill or decodes one draft tree of up to ``lookahead`` nodes. When blocks
+run out, the most recently admitted running sequence is preempted by recompute: its blocks are
+freed and it goes back to the front of the waiting queue with its tokens kept.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from .block_manager import BlockManager
+from .sequence import Sequence, Status
+
+# (sequence, lookahead) -> {table name: positions it must hold}; the drafter's own KV (draft models,
+# EAGLE layers) lives in named tables of the same block manager.
+KvDemand = Callable[[Sequence, int], dict[str, int]]
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new: int  # prefill: chunk length; decode: tree node budget (>= 1)
+    is_prefill: bool
+
+    @property
+    def samples(self) -> bool:
+        """Does this step produce a token for the sequence (decode, or a prefill that ends)?"""
+        return not self.is_prefill or self.seq.num_cached + self.num_new == len(self.seq)
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 2048
+    lookahead: int = 1  # the drafter's tree budget T (1 = autoregressive)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager,
+                 kv_demand: KvDemand | None = None) -> None:
+        self.config, self.blocks = config, blocks
+        self.kv_demand = kv_demand or (lambda seq, lookahead: {})
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def tables(self, seq: Sequence) -> list[tuple[list[int], int]]:
+        """Every table the step needs for ``seq`` with the positions it must hold."""
+        lookahead = self._lookahead(seq)
+        need = seq.num_cached + (self._chunk(seq, 10**9) if seq.in_prefill else lookahead)
+        aux = self.kv_demand(seq, lookahead)
+        return [(seq.block_table, need)] + [(seq.aux_tables.setdefault(k, []), n) for k, n in aux.items()]
+
+    def _lookahead(self, seq: Sequence) -> int:
+        # the deepest node of a T-node tree sits at position len(seq) - 1 + T - 1 < max_model_len
+        return max(1, min(self.config.lookahead, self.config.max_model_len - len(seq) + 1))
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        return min(len(seq) - seq.num_cached, budget)
+
+    def _missing(self, seq: Sequence) -> int:
+        return sum(self.blocks.missing(t, n) for t, n in self.tables(seq))
+
+    def _grow(self, seq: Sequence) -> None:
+        for table, n in self.tables(seq):
+            self.blocks.grow(table, n)
+
+    def schedule(self) -> list[ScheduledSeq]:
+        budget = self.config.max_num_batched_tokens
+        batch: list[ScheduledSeq] = []
+        for seq in list(self.running):
+            if budget <= 0 or seq.status is not Status.RUNNING:
+                continue
+            while self._missing(seq) > self.blocks.num_free and self._preempt_last(seq):
+                pass
+            if seq.status is not Status.RUNNING:  # it preempted itself
+                continue
+            item = self._item(seq, budget)
+            self._grow(seq)
+            batch.append(item)
+            budget -= item.num_new
+        self._admit(batch, budget)
+        return batch
+
+    def _item(self, seq: Sequence, budget: int) -> ScheduledSeq:
+        if seq.in_prefill:
+            return ScheduledSeq(seq, self._chunk(seq, budget), True)
+        return ScheduledSeq(seq, min(self._lookahead(seq), budget), False)
+
+    def _admit(self, batch: list[ScheduledSeq], budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            needed = sum(self.blocks.blocks_for(n) for _, n in self.tables(seq))
+            if needed > self.blocks.num_blocks:
+                self.waiting.popleft()
+                self._reject(seq, f"needs {needed} KV blocks but the pool holds "
+                                  f"{self.blocks.num_blocks}; raise engine.num_blocks or shorten it")
+                continue
+            item = self._item(seq, budget)
+            seq.status = Status.RUNNING  # tables() depends on prefill state only, not status
+            if self._missing(seq) > self.blocks.num_free:
+                seq.status = Status.WAITING
+                break
+            self.waiting.popleft()
+            self._grow(seq)
+            self.running.append(seq)
+            batch.append(item)
+            budget -= item.num_new
+
+    def _preempt_last(self, keep: Sequence) -> bool:
+        """Preempt the newest running sequence; returns False when ``keep`` had to go itself."""
+        victim = self.running[-1]
+        self.preempt(victim)
+        return victim is not keep
+
+    def preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.free(seq)
+        seq.num_cached, seq.status = 0, Status.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        self.on_release(seq)
+
+    def free(self, seq: Sequence) -> None:
+        self.blocks.release(seq.block_table)
+        for table in seq.aux_tables.values():
+            self.blocks.release(table)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.free(seq)
+        seq.status, seq.finish_reason = Status.FINISHED, reason
+        self.on_release(seq)
+
+    def _reject(self, seq: Sequence, why: str) -> None:
+        seq.status, seq.finish_reason = Status.FINISHED, f"rejected: {why}"
+        self.on_release(seq)
+
+    def on_release(self, seq: Sequence) -> None:
+        """Hook: the engine points this at the drafter so it drops per-sequence state."""

@@ -1,0 +1,85 @@
+"""Experiment loggers. W&B runs offline when no API key is configured, so that a run never fails
+for lack of a network (sync later with ``wandb sync <run_dir>/wandb/offline-run-*``)."""
+from __future__ import annotations
+
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+
+class NullLogger:
+    """logger=none: nothing is sent anywhere (summary.json is still written by the run)."""
+    mode = "disabled"
+
+    def start(self, config: dict, run_dir: str | Path) -> None:
+        pass
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        pass
+
+    def log_summary(self, summary: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _scalars(summary: dict) -> dict:
+    return {k: v for k, v in summary.items()
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+
+
+class WandbLogger:
+    """One W&B run per experiment; sweeps share ``group``."""
+
+    def __init__(self, project: str = "specdec", entity: Optional[str] = None,
+                 group: Optional[str] = None, name: Optional[str] = None,
+                 tags: Optional[list[str]] = None, mode: Optional[str] = None) -> None:
+        self.project, self.entity, self.group, self.name = project, entity, group, name
+        self.tags = list(tags or [])
+        self.mode = mode or os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")
+        self.run: Any = None
+
+    def start(self, config: dict, run_dir: str | Path) -> None:
+        import wandb
+
+        self.run = wandb.init(project=self.project, entity=self.entity, group=self.group,
+                              name=self.name, tags=self.tags, config=config, dir=str(run_dir),
+                              mode=self.mode, reinit="finish_previous")
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def log_summary(self, summary: dict) -> None:
+        import wandb
+
+        if self.run is None:
+            return
+        self.run.summary.update(_scalars(summary))
+        rates = summary.get("accept_rate_per_depth") or []
+        if rates:
+            table = wandb.Table(columns=["depth", "accept_rate"],
+                                data=[[d + 1, r] for d, r in enumerate(rates)])
+            self.run.log({"accept_rate_per_depth": wandb.plot.bar(
+                table, "depth", "accept_rate", title="Acceptance rate per depth")})
+        requests = summary.get("requests") or []
+        if requests:
+            cols = list(requests[0])
+            self.run.log({"requests": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in requests])})
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
