@@ -69,6 +69,12 @@ class Scheduler:
     def _chunk(self, seq: Sequence, budget: int) -> int:
         return min(len(seq) - seq.num_cached, budget)
 
+    def _blocks_to_finish_a_step(self, seq: Sequence) -> int:
+        """Blocks to prefill ``seq`` and then decode one tree: below this it can never progress."""
+        lookahead = self._lookahead(seq)
+        demand = [len(seq) + lookahead] + list(self.kv_demand(seq, lookahead).values())
+        return sum(self.blocks.blocks_for(n) for n in demand)
+
     def _missing(self, seq: Sequence) -> int:
         return sum(self.blocks.missing(t, n) for t, n in self.tables(seq))
 
@@ -101,7 +107,7 @@ class Scheduler:
     def _admit(self, batch: list[ScheduledSeq], budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            needed = sum(self.blocks.blocks_for(n) for _, n in self.tables(seq))
+            needed = self._blocks_to_finish_a_step(seq)
             if needed > self.blocks.num_blocks:
                 self.waiting.popleft()
                 self._reject(seq, f"needs {needed} KV blocks but the pool holds "
