@@ -19,6 +19,7 @@ from specdec.kernels import compact_kv
 from specdec.models.attention import AttnMetadata
 from specdec.verifiers import DraftTree
 
+from . import ragged
 from .scheduler import ScheduledSeq
 
 
@@ -50,9 +51,6 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [L, nb, bs, Hkv, D]
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
-    def slot(self, table: list[int], pos: int) -> int:
-        return table[pos // self.block_size] * self.block_size + pos % self.block_size
-
     def prepare(self, batch: list[ScheduledSeq], tree: DraftTree | None) -> StepInputs:
         """Host-side assembly of the flat batch. ``tree`` rows follow the decode items in order."""
         ids, pos, slots, bits, use, offsets = [], [], [], [], [], [0]
@@ -82,7 +80,7 @@ class ModelRunner:
                 rows = [offsets[-1] + i for i in range(n)]
                 roots.append((len(logit_rows), decode_row))  # (sampling row, tree row)
                 decode_row += 1
-            slots += [self.slot(seq.block_table, p) for p in range(start, start + n)]
+            slots += ragged.slots(seq.block_table, start, n, self.block_size)
             offsets.append(offsets[-1] + n)
             sample_index.append(len(logit_rows) if rows else -1)
             if rows:
@@ -97,21 +95,10 @@ class ModelRunner:
         rows = torch.full((len(logit_rows), width), -1, dtype=torch.long)
         for r, lr in enumerate(logit_rows):
             rows[r, : len(lr)] = torch.tensor(lr)
-        max_blocks = max(len(item.seq.block_table) for item in batch)
-        tables = torch.zeros(len(batch), max_blocks, dtype=torch.int32)
-        for b, item in enumerate(batch):
-            tables[b, : len(item.seq.block_table)] = torch.tensor(item.seq.block_table)
-        prefix = [item.seq.num_cached for item in batch]
-        meta = AttnMetadata(
-            qo_indptr=torch.tensor(offsets, dtype=torch.int32, device=dev),
-            prefix_lens=torch.tensor(prefix, dtype=torch.int32, device=dev),
-            block_tables=tables.to(dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            tree_mask=torch.tensor(bits, dtype=torch.long, device=dev) if any(use) else None,
-            use_tree_mask=torch.tensor(use, dtype=torch.bool, device=dev) if any(use) else None,
-            max_q_len=max(offsets[b + 1] - offsets[b] for b in range(len(batch))),
-            max_kv_len=max(prefix[b] + offsets[b + 1] - offsets[b] for b in range(len(batch))),
-        )
+        meta = ragged.attn_metadata([item.seq.block_table for item in batch],
+                                    [item.seq.num_cached for item in batch],
+                                    [offsets[b + 1] - offsets[b] for b in range(len(batch))],
+                                    slots, dev, bits, use)
         sample_tree = _sampling_tree(batch, sample_index, tree, roots, width, dev)
         return StepInputs(torch.tensor(ids, dtype=torch.long, device=dev),
                           torch.tensor(pos, dtype=torch.long, device=dev), meta, offsets,
@@ -140,8 +127,8 @@ class ModelRunner:
             table, start = item.seq.block_table, item.seq.num_cached
             for j, node in enumerate(accepted[r]):
                 if node != j:
-                    src.append(self.slot(table, start + node))
-                    dst.append(self.slot(table, start + j))
+                    src += ragged.slots(table, start + node, 1, self.block_size)
+                    dst += ragged.slots(table, start + j, 1, self.block_size)
         if src:
             compact_kv(self.k_cache, self.v_cache,
                        torch.tensor(src, dtype=torch.long, device=self.device),

@@ -1,0 +1,46 @@
+"""Host-side assembly of a ragged batch for the paged attention kernels; shared by the target's
+ModelRunner and by drafters that run their own model on their own paged tables."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from specdec.models.attention import AttnMetadata
+
+
+def slots(table: Sequence[int], start: int, count: int, block_size: int) -> list[int]:
+    """Flat cache slots of positions ``start .. start + count - 1`` under a block table."""
+    return [table[p // block_size] * block_size + p % block_size for p in range(start, start + count)]
+
+
+def block_table_tensor(tables: Sequence[Sequence[int]]) -> torch.Tensor:  # [B, max_blocks] int32
+    width = max((len(t) for t in tables), default=1) or 1
+    out = torch.zeros(len(tables), width, dtype=torch.int32)
+    for b, t in enumerate(tables):
+        if t:
+            out[b, : len(t)] = torch.tensor(t, dtype=torch.int32)
+    return out
+
+
+def attn_metadata(tables: Sequence[Sequence[int]], prefix_lens: Sequence[int], counts: Sequence[int],
+                  slot_mapping: Sequence[int], device, bits: Optional[Sequence[int]] = None,
+                  use_tree_mask: Optional[Sequence[bool]] = None) -> AttnMetadata:
+    """Metadata for a ragged batch: sequence b has ``prefix_lens[b]`` cached tokens and
+    ``counts[b]`` new ones (rows concatenated in batch order). ``bits`` [N] ancestor bitmasks apply
+    to the sequences flagged in ``use_tree_mask``; the rest are causal."""
+    indptr = [0]
+    for c in counts:
+        indptr.append(indptr[-1] + c)
+    masked = bits is not None and (use_tree_mask is None or any(use_tree_mask))
+    return AttnMetadata(
+        qo_indptr=torch.tensor(indptr, dtype=torch.int32, device=device),
+        prefix_lens=torch.tensor(list(prefix_lens), dtype=torch.int32, device=device),
+        block_tables=block_table_tensor(tables).to(device),
+        slot_mapping=torch.tensor(list(slot_mapping), dtype=torch.long, device=device),
+        tree_mask=torch.tensor(list(bits), dtype=torch.long, device=device) if masked else None,
+        use_tree_mask=(torch.tensor(list(use_tree_mask), dtype=torch.bool, device=device)
+                       if masked and use_tree_mask is not None else None),
+        max_q_len=max(counts, default=0),
+        max_kv_len=max((p + c for p, c in zip(prefix_lens, counts)), default=0),
+    )
