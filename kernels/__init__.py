@@ -1,35 +1,112 @@
 """Attention and KV-cache kernels over the paged cache.
 
-One entry point per operation; each picks the Triton kernel for CUDA tensors and the plain-torch
-reference (`specdec.kernels.reference`) otherwise. Contracts (shapes, masking rule) are documented
-in `reference.py`.
+One entry point per operation; each checks its inputs, then picks the Triton kernel for CUDA
+tensors and the plain-torch reference (`specdec.kernels.reference`) otherwise. Contracts (shapes,
+masking rule) are documented in `reference.py`.
+
+Hot path (per layer, no device sync): build a plan once per step, pass it to every layer::
+
+    plan = plan_tree_attention(qo_indptr, prefix_lens, num_q_heads, num_kv_heads,
+                               max_q_len=max_q_len, max_kv_len=max_kv_len)  # host ints
+    for layer in layers:
+        o = tree_attention(q, k_cache[layer], v_cache[layer], block_tables, prefix_lens,
+                           qo_indptr, tree_mask, use_tree_mask, plan=plan)
+
+Without a plan and hints the wrapper reads the lengths from the device (a sync) and validates them.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from torch import Tensor
+
+from .checks import (check_attention_inputs, check_compact_inputs, check_store_inputs,
+                     validate_attention_lengths, validate_slots)
+from .plan import MAX_TREE_NODES, TreeAttentionPlan, plan_tree_attention
 from .reference import compact_kv_ref, store_kv_ref, tree_attention_ref
 
-__all__ = ["tree_attention", "store_kv", "compact_kv", "tree_attention_ref", "store_kv_ref", "compact_kv_ref"]
+# Import the Triton modules before defining the functions of the same name: importing a submodule
+# binds it as an attribute of the package, which would otherwise replace `tree_attention` (the
+# function) by `tree_attention` (the module) at the first CUDA call. The launchers are exported as
+# `tree_attention_triton` etc.; `importlib.import_module("specdec.kernels.tree_attention")` reaches
+# the module itself.
+try:
+    from .kv_cache import compact_kv_triton, store_kv_triton
+    from .tree_attention import tree_attention_triton
+except ImportError:  # no triton on this platform: the references serve CPU tensors
+    compact_kv_triton = store_kv_triton = tree_attention_triton = None
+
+__all__ = ["tree_attention", "store_kv", "compact_kv", "plan_tree_attention", "TreeAttentionPlan",
+           "MAX_TREE_NODES", "tree_attention_ref", "store_kv_ref", "compact_kv_ref",
+           "tree_attention_triton", "store_kv_triton", "compact_kv_triton"]
 
 
-def tree_attention(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,
-                   tree_mask=None, use_tree_mask=None, sm_scale=None):
+def tree_attention(
+    q: Tensor,  # [N, Hq, D]
+    k_cache: Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: Tensor,  # [num_blocks, block_size, Hkv, D]
+    block_tables: Tensor,  # [B, max_blocks] int32
+    prefix_lens: Tensor,  # [B] int32
+    qo_indptr: Tensor,  # [B + 1] int32
+    tree_mask: Optional[Tensor] = None,  # [N] int64 ancestor bitmasks (None: causal everywhere)
+    use_tree_mask: Optional[Tensor] = None,  # [B] bool (None: tree_mask applies to all)
+    sm_scale: Optional[float] = None,
+    *,
+    max_q_len: Optional[int] = None,  # host upper bound of new tokens per sequence
+    max_kv_len: Optional[int] = None,  # host upper bound of prefix_len + new tokens
+    plan: Optional[TreeAttentionPlan] = None,  # from plan_tree_attention, reused across layers
+    validate: Optional[bool] = None,  # sync-ing checks; None: only when no plan/hints are given
+    out: Optional[Tensor] = None,  # [N, Hq, D] written in place when given
+) -> Tensor:  # [N, Hq, D]; rows past qo_indptr[-1] are left unwritten
+    if plan is not None:
+        max_q_len = plan.max_q_len if max_q_len is None else max_q_len
+        max_kv_len = plan.max_kv_len if max_kv_len is None else max_kv_len
+    check_attention_inputs(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
+                           use_tree_mask, max_q_len, max_kv_len)
+    if validate or (validate is None and (max_q_len is None or max_kv_len is None)):
+        validate_attention_lengths(q, k_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
+                                   use_tree_mask, max_q_len, max_kv_len)
     if q.is_cuda:
-        from .tree_attention import tree_attention_triton
+        if plan is None:
+            plan = plan_tree_attention(qo_indptr, prefix_lens, q.shape[1], k_cache.shape[2],
+                                       max_q_len, max_kv_len)
         return tree_attention_triton(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,
-                                     tree_mask, use_tree_mask, sm_scale)
-    return tree_attention_ref(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,
-                              tree_mask, use_tree_mask, sm_scale)
+                                     tree_mask, use_tree_mask, sm_scale, plan=plan, out=out)
+    res = tree_attention_ref(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,
+                             tree_mask, use_tree_mask, sm_scale)
+    return res if out is None else out.copy_(res)
 
 
-def store_kv(k, v, k_cache, v_cache, slot_mapping):
+def store_kv(
+    k: Tensor,  # [N, Hkv, D]
+    v: Tensor,  # [N, Hkv, D]
+    k_cache: Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: Tensor,
+    slot_mapping: Tensor,  # [N] int64 flat slots; negative = skip (padding)
+    *,
+    validate: bool = False,  # check slots against the cache size (a sync)
+) -> None:
+    check_store_inputs(k, v, k_cache, v_cache, slot_mapping)
+    if validate:
+        validate_slots(slot_mapping, k_cache.shape[0] * k_cache.shape[1], "slot_mapping", unique=True)
     if k.is_cuda:
-        from .kv_cache import store_kv_triton
         return store_kv_triton(k, v, k_cache, v_cache, slot_mapping)
     return store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
 
 
-def compact_kv(k_cache, v_cache, src_slots, dst_slots):
+def compact_kv(
+    k_cache: Tensor,  # [..., num_blocks, block_size, Hkv, D], e.g. [L, ...]: all layers at once
+    v_cache: Tensor,
+    src_slots: Tensor,  # [M] int64; negative = skip the pair
+    dst_slots: Tensor,  # [M] int64; negative = skip the pair
+    *,
+    validate: bool = False,  # check slot ranges and unique destinations (a sync)
+) -> None:
+    check_compact_inputs(k_cache, v_cache, src_slots, dst_slots)
+    if validate:
+        slots = k_cache.shape[-4] * k_cache.shape[-3]
+        validate_slots(src_slots, slots, "src_slots")
+        validate_slots(dst_slots, slots, "dst_slots", unique=True)
     if k_cache.is_cuda:
-        from .kv_cache import compact_kv_triton
         return compact_kv_triton(k_cache, v_cache, src_slots, dst_slots)
     return compact_kv_ref(k_cache, v_cache, src_slots, dst_slots)

@@ -92,11 +92,13 @@ def store_kv_ref(
 def compact_kv_ref(
     k_cache: Tensor,  # [..., num_blocks, block_size, Hkv, D] (leading dims, e.g. layers, allowed)
     v_cache: Tensor,
-    src_slots: Tensor,  # [M] int64 flat slots to read
-    dst_slots: Tensor,  # [M] int64 flat slots to write
+    src_slots: Tensor,  # [M] int64 flat slots to read; negative = skip the pair (padding)
+    dst_slots: Tensor,  # [M] int64 flat slots to write; negative = skip the pair
 ) -> None:
     """``cache[dst_slots[i]] = cache[src_slots[i]]`` for all i, every read before any write
     (sources and destinations may overlap, as when accepted tree nodes slide down)."""
+    keep = (src_slots >= 0) & (dst_slots >= 0)
+    src, dst = src_slots[keep].long(), dst_slots[keep].long()
     for cache in (k_cache, v_cache):
         flat = cache.flatten(-4, -3)  # [..., num_blocks * block_size, Hkv, D], a view
-        flat[..., dst_slots.long(), :, :] = flat[..., src_slots.long(), :, :].clone()
+        flat[..., dst, :, :] = flat[..., src, :, :].clone()

@@ -1,0 +1,123 @@
+"""Host-side launch plan of `tree_attention`: built once per engine step, reused by every layer.
+
+FlashInfer splits attention into ``plan`` (host work from the batch's metadata) and ``run`` (the
+launch); we do the same so that a 32-layer step pays the host work once and never syncs the device
+inside a layer. A plan holds only host ints: tile shapes, the grid, and the number of KV splits.
+Built from upper bounds (``max_q_len``, ``max_kv_len``) it fixes the grid, which is what a CUDA
+graph of a decode/verify step needs; the kernel reads the true lengths from device tensors.
+
+Split-KV (flash-decoding, Dao et al. 2023): when ``batch * query tiles * kv heads`` programs cannot
+fill the GPU, each sequence's KV range is cut into ``num_splits`` chunks processed by separate
+programs, and a second kernel merges the partial outputs by their log-sum-exp.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+MAX_TREE_NODES = 64  # a uint64 ancestor bitmask covers 64 nodes
+MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (merge, launch tail) outweighs its gain
+MAX_SPLITS = 64
+PROGRAMS_PER_SM = 2  # target occupancy when choosing the number of splits
+
+
+@dataclass
+class TreeAttentionPlan:
+    batch_size: int  # B
+    max_q_len: int  # upper bound of new tokens per sequence
+    max_kv_len: int  # upper bound of prefix_len + new tokens
+    group: int  # query heads per KV head (GQA ratio)
+    block_m: int  # rows (token x head) per program; power of two
+    tok_per_tile: int  # new tokens per program = block_m // group
+    q_tiles: int  # programs per sequence along the query axis
+    block_n: int  # KV positions per inner iteration
+    num_splits: int  # KV chunks per (sequence, tile, kv head); 1 = no split, no merge
+    num_warps: int
+    num_stages: int
+    _workspace: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def grid(self, num_kv_heads: int) -> tuple[int, int, int]:
+        return (self.batch_size * self.q_tiles, num_kv_heads, self.num_splits)
+
+    def workspace(self, num_tokens: int, num_q_heads: int, head_dim: int, device) -> tuple[Tensor, Tensor]:
+        """Partial outputs ``[S, N, Hq, D]`` fp32 and their LSE ``[S, N, Hq]``, allocated once per
+        shape and reused by every layer of the step (layers run one after another on one stream)."""
+        key = (num_tokens, num_q_heads, head_dim, str(device))
+        if key not in self._workspace:
+            s = self.num_splits
+            self._workspace[key] = (
+                torch.empty(s, num_tokens, num_q_heads, head_dim, dtype=torch.float32, device=device),
+                torch.empty(s, num_tokens, num_q_heads, dtype=torch.float32, device=device),
+            )
+        return self._workspace[key]
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def choose_block_m(group: int, max_q_len: int) -> int:
+    """Smallest power of two >= 16 (tl.dot's minimum) holding every row, at most 128 rows
+    (or one token's heads when the GQA group alone is larger)."""
+    rows = group * max_q_len
+    return max(16, next_pow2(group), min(128, next_pow2(rows)))
+
+
+def choose_num_splits(programs: int, max_kv_len: int, sms: int) -> int:
+    """Enough KV chunks to give every SM ``PROGRAMS_PER_SM`` programs, none under MIN_SPLIT_TOKENS."""
+    if programs >= sms:
+        return 1
+    want = -(-PROGRAMS_PER_SM * sms // programs)
+    return max(1, min(want, max_kv_len // MIN_SPLIT_TOKENS, MAX_SPLITS))
+
+
+def plan_tree_attention(
+    qo_indptr: Tensor,  # [B + 1] int32
+    prefix_lens: Tensor,  # [B] int32
+    num_q_heads: int,
+    num_kv_heads: int,
+    max_q_len: Optional[int] = None,  # None: read from qo_indptr (a device sync)
+    max_kv_len: Optional[int] = None,  # None: read from prefix_lens + lengths (a device sync)
+    *,
+    num_splits: Optional[int] = None,  # None: chosen from the shapes
+    block_m: Optional[int] = None,
+    block_n: Optional[int] = None,
+    num_warps: Optional[int] = None,
+    num_stages: Optional[int] = None,
+    sms: Optional[int] = None,  # None: the device's SM count (132 assumed off CUDA)
+) -> TreeAttentionPlan:
+    """Launch plan for one step. Pass ``max_q_len``/``max_kv_len`` (host ints the engine already
+    knows) to keep it sync-free; upper bounds are fine and give a fixed grid for CUDA graphs."""
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"num_q_heads={num_q_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    batch = prefix_lens.shape[0]
+    if max_q_len is None or max_kv_len is None:
+        lens = (qo_indptr[1:] - qo_indptr[:-1]).long()  # [B]
+        if max_q_len is None:
+            max_q_len = int(lens.max().item()) if batch else 0
+        if max_kv_len is None:
+            max_kv_len = int((prefix_lens.long() + lens).max().item()) if batch else 0
+    max_q_len, max_kv_len = max(1, int(max_q_len)), max(1, int(max_kv_len))
+    group = num_q_heads // num_kv_heads
+    bm = block_m or choose_block_m(group, max_q_len)
+    if bm < group or bm & (bm - 1):
+        raise ValueError(f"block_m={bm} must be a power of two >= the GQA group {group}")
+    tok = bm // group
+    q_tiles = -(-max_q_len // tok)
+    if sms is None:
+        sms = num_sms(qo_indptr.device.index or 0) if qo_indptr.is_cuda else 132
+    splits = num_splits or choose_num_splits(batch * q_tiles * num_kv_heads, max_kv_len, sms)
+    return TreeAttentionPlan(
+        batch_size=batch, max_q_len=max_q_len, max_kv_len=max_kv_len, group=group, block_m=bm,
+        tok_per_tile=tok, q_tiles=q_tiles, block_n=block_n or 64, num_splits=splits,
+        num_warps=num_warps or (8 if bm >= 128 else 4), num_stages=num_stages or 2,
+    )

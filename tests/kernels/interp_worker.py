@@ -1,0 +1,72 @@
+"""Runs the Triton kernels under the CPU interpreter against the references; prints one JSON
+object {case: {"rel_err": .., "unwritten": .., "seconds": ..} or {"error": traceback}}.
+
+Started by test_interpreter.py in a fresh process: Triton chooses interpreter or compiler for every
+@triton.jit function (its own library ones included) when it is imported, so TRITON_INTERPRET must
+be set before the first `import triton` - which other tests in the pytest process may have done.
+Usage: python interp_worker.py CASE [CASE ...]
+"""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kernel_cases import ATTN_CASES, compact_case, make_batch, rel_err, store_case  # noqa: E402
+
+from specdec.kernels import (compact_kv_ref, compact_kv_triton, plan_tree_attention,  # noqa: E402
+                             store_kv_ref, store_kv_triton, tree_attention_ref, tree_attention_triton)
+
+
+def run_attention(name: str) -> dict:
+    specs, hq, hkv, d, page, plan_kw = ATTN_CASES[name]
+    batch = make_batch(specs, hq, hkv, d, page, seed=len(name))
+    plan = plan_tree_attention(batch.qo_indptr, batch.prefix_lens, hq, hkv, **plan_kw)
+    out = torch.full_like(batch.q, float("nan"))  # poisoned: every row must be written
+    tree_attention_triton(*batch.args(), plan=plan, out=out)
+    ref = tree_attention_ref(*batch.args())
+    return {"rel_err": rel_err(out.nan_to_num(), ref), "unwritten": int(out.isnan().sum()),
+            "num_splits": plan.num_splits, "grid": list(plan.grid(hkv))}
+
+
+def run_store() -> dict:
+    k, v, kc, vc, slots = store_case(n=23, hkv=3, d=64, page=16, num_blocks=4)
+    kr, vr = kc.clone(), vc.clone()
+    store_kv_triton(k, v, kc, vc, slots)
+    store_kv_ref(k, v, kr, vr, slots)
+    return {"rel_err": max(rel_err(kc, kr), rel_err(vc, vr)), "unwritten": 0,
+            "exact": bool(torch.equal(kc, kr) and torch.equal(vc, vr))}
+
+
+def run_compact() -> dict:
+    kc, vc, src, dst = compact_case(layers=3, hkv=2, d=64, page=16)
+    kr, vr = kc.clone(), vc.clone()
+    compact_kv_triton(kc, vc, src, dst)
+    compact_kv_ref(kr, vr, src, dst)
+    return {"rel_err": max(rel_err(kc, kr), rel_err(vc, vr)), "unwritten": 0,
+            "exact": bool(torch.equal(kc, kr) and torch.equal(vc, vr))}
+
+
+def main(names: list[str]) -> None:
+    torch.set_num_threads(1)
+    results = {}
+    for name in names:
+        t0 = time.time()
+        try:
+            fn = {"store_kv": run_store, "compact_kv": run_compact}.get(name)
+            results[name] = fn() if fn else run_attention(name)
+        except Exception:  # reported per case by the test
+            results[name] = {"error": traceback.format_exc()}
+        results[name]["seconds"] = round(time.time() - t0, 2)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
