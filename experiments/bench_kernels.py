@@ -1,0 +1,359 @@
+"""Benchmark of `specdec.kernels.tree_attention` at Llama-3-8B attention shapes (issue 4).
+
+32 query heads, 8 KV heads, head_dim 128, bf16, paged KV (page 16, shuffled block tables),
+B in {1, 8, 32}, context L in {1k, 4k, 16k, 32k}, T in {1, 8, 16, 32, 64} new tokens (random trees
+for T > 1). For every point: our kernel's time, its effective bandwidth (KV bytes read / time) as a
+fraction of a device-to-device copy measured in the same run, and two anchors on contiguous KV:
+torch SDPA with a dense boolean mask and FlexAttention with a block mask. Goals checked at the end.
+Times: `triton.testing.do_bench`, median, L2 flushed between runs (as in ../shared/GPU.md).
+
+    python experiments/bench_kernels.py                  # the table -> experiments/results/
+    python experiments/bench_kernels.py --sweep          # tile/split variants at key points
+    python experiments/bench_kernels.py --quick          # a few points, for a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from specdec.kernels import plan_tree_attention, tree_attention
+
+HQ, HKV, D, PAGE = 32, 8, 128, 16
+DTYPE = torch.bfloat16
+BS, LS, TS = (1, 8, 32), (1024, 4096, 16384, 32768), (1, 8, 16, 32, 64)
+FLEX_SUBSET = {(b, l) for b in (1, 8) for l in (4096, 16384)}
+SWEEP_POINTS = [(1, 16384, 1), (8, 4096, 1), (8, 16384, 1), (32, 4096, 1), (1, 4096, 1),
+                (1, 16384, 64), (8, 4096, 64), (8, 16384, 64), (32, 4096, 64), (8, 4096, 16)]
+DECODE_VARIANTS = [dict(block_n=bn, num_stages=st, num_warps=w) for bn, st, w in
+                   ((32, 2, 4), (64, 2, 4), (64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 4), (128, 3, 8))]
+TREE_VARIANTS = [dict(block_m=bm, block_n=bn, num_warps=w, num_stages=st) for bm, bn, w, st in
+                 ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3),
+                  (128, 128, 8, 2), (256, 64, 16, 2), (256, 32, 16, 3))]
+
+
+def bench_us(fn) -> float:
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def copy_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Bytes/s of a device-to-device copy, read + write counted."""
+    src = torch.randn(nbytes // 2, device="cuda", dtype=DTYPE)
+    dst = torch.empty_like(src)
+    t = bench_us(lambda: dst.copy_(src))
+    del src, dst
+    return 2 * nbytes / (t * 1e-6)
+
+
+def random_tree(t: int, gen: torch.Generator) -> list[int]:
+    return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, t)]
+
+
+def ancestors(parents: list[int]) -> torch.Tensor:
+    """[T, T] bool ancestor-or-self matrix."""
+    m = torch.zeros(len(parents), len(parents), dtype=torch.bool)
+    for i in range(len(parents)):
+        j = i
+        while j >= 0:
+            m[i, j], j = True, parents[j]
+    return m
+
+
+def to_bits(anc: torch.Tensor) -> list[int]:
+    """Rows of an ancestor matrix as int64-stored uint64 masks."""
+    out = []
+    for row in anc.tolist():
+        v = sum(1 << j for j, on in enumerate(row) if on)
+        out.append(v - (1 << 64) if v >= 1 << 63 else v)
+    return out
+
+
+class Context:
+    """Paged caches of B sequences with room for L + max(T) tokens, shuffled block tables."""
+
+    def __init__(self, b: int, l: int, gen: torch.Generator):
+        self.b, self.l = b, l
+        per_seq = math.ceil((l + max(TS)) / PAGE)
+        nb = b * per_seq
+        self.k_cache = torch.randn(nb, PAGE, HKV, D, device="cuda", dtype=DTYPE)  # [nb, page, Hkv, D]
+        self.v_cache = torch.randn(nb, PAGE, HKV, D, device="cuda", dtype=DTYPE)
+        perm = torch.randperm(nb, generator=gen)
+        self.tables = perm.view(b, per_seq).int().cuda()  # [B, per_seq]
+
+    def contiguous(self, cache: torch.Tensor, kv: int) -> torch.Tensor:
+        """[B, Hkv, kv, D] copy of the first kv positions (the anchors' layout)."""
+        out = torch.empty(self.b, HKV, kv, D, device="cuda", dtype=DTYPE)
+        for i in range(self.b):
+            out[i] = cache[self.tables[i].long()].flatten(0, 1)[:kv].transpose(0, 1)
+        return out
+
+
+class Point:
+    """One (B, L, T): queries, tree, metadata, and callables for our kernel and the anchors."""
+
+    def __init__(self, ctx: Context, t: int, gen: torch.Generator):
+        b, l = ctx.b, ctx.l
+        self.ctx, self.t, self.kv = ctx, t, l + t
+        self.q = torch.randn(b * t, HQ, D, generator=gen).to("cuda", DTYPE)  # [B*T, Hq, D]
+        self.prefix = torch.full((b,), l, dtype=torch.int32, device="cuda")
+        self.indptr = (torch.arange(b + 1, dtype=torch.int32) * t).cuda()
+        self.anc = torch.stack([ancestors(random_tree(t, gen)) for _ in range(b)])  # [B, T, T]
+        bits = [x for i in range(b) for x in to_bits(self.anc[i])]
+        self.tree_mask = torch.tensor(bits, dtype=torch.int64, device="cuda") if t > 1 else None
+        self.out = torch.empty_like(self.q)
+
+    def kv_bytes(self) -> int:
+        return self.ctx.b * self.kv * HKV * D * 2 * self.q.element_size()
+
+    def flops(self) -> int:
+        return 4 * self.ctx.b * HQ * self.t * self.kv * D
+
+    def ours(self, **plan_kw):
+        plan = plan_tree_attention(self.indptr, self.prefix, HQ, HKV, max_q_len=self.t,
+                                   max_kv_len=self.kv, **plan_kw)
+        c = self.ctx
+        fn = lambda: tree_attention(self.q, c.k_cache, c.v_cache, c.tables, self.prefix,  # noqa: E731
+                                    self.indptr, self.tree_mask, None, plan=plan, out=self.out)
+        return fn, plan
+
+    def dense(self):
+        """Anchor inputs: q [B, Hq, T, D], k/v [B, Hkv, L+T, D], mask [B, 1, T, L+T] (None at T=1)."""
+        b, l, t = self.ctx.b, self.ctx.l, self.t
+        q = self.q.view(b, t, HQ, D).transpose(1, 2).contiguous()
+        k, v = self.ctx.contiguous(self.ctx.k_cache, self.kv), self.ctx.contiguous(self.ctx.v_cache, self.kv)
+        mask = None
+        if t > 1:
+            mask = torch.ones(b, 1, t, self.kv, dtype=torch.bool, device="cuda")
+            mask[:, 0, :, l:] = self.anc.cuda()
+        return q, k, v, mask
+
+
+def sdpa_fn(q, k, v, mask):
+    return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+FLEX_OPTIONS = [None, {"FORCE_USE_FLEX_ATTENTION": True},
+                {"FORCE_USE_FLEX_ATTENTION": True, "BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 1}]
+
+
+def flex_fn(point: Point, q, k, v):
+    """Compiled FlexAttention with a block mask from the tree (None at T=1); tries kernel options
+    in turn. Returns (fn, info) with fn None when every option failed."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    compiled = flex_fn.__dict__.setdefault("compiled", torch.compile(flex_attention, dynamic=False))
+    block_mask = None
+    if point.t > 1:
+        allowed, plen = point.anc.cuda(), torch.tensor(point.ctx.l, device="cuda")
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            j = kv_idx - plen
+            return (j < 0) | allowed[b, q_idx, j.clamp(min=0)]
+
+        block_mask = create_block_mask(mask_mod, point.ctx.b, None, point.t, point.kv, device="cuda")
+    errors = []
+    for opts in FLEX_OPTIONS:
+        fn = lambda o=opts: compiled(q, k, v, block_mask=block_mask, enable_gqa=True,  # noqa: E731
+                                     kernel_options=o)
+        t0 = time.time()
+        try:
+            res = fn()
+            torch.cuda.synchronize()
+            return fn, {"options": opts, "compile_s": round(time.time() - t0, 1), "out": res,
+                        "failed": errors}
+        except Exception as e:  # Inductor's NoValidChoicesError and friends: record, try the next
+            errors.append(f"{opts}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    return None, {"failed": errors}
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def measure_point(point: Point, copy_bw: float, with_flex: bool) -> dict:
+    b, l, t = point.ctx.b, point.ctx.l, point.t
+    fn, plan = point.ours()
+    us = bench_us(fn)
+    row = {"B": b, "L": l, "T": t, "ours_us": us, "num_splits": plan.num_splits,
+           "block_m": plan.block_m, "q_tiles": plan.q_tiles, "kv_bytes": point.kv_bytes(),
+           "bw_frac": point.kv_bytes() / (us * 1e-6) / copy_bw,
+           "tflops": point.flops() / (us * 1e-6) / 1e12}
+    q, k, v, mask = point.dense()
+    ours_out = point.out.view(b, t, HQ, D).transpose(1, 2)
+    try:
+        f = sdpa_fn(q, k, v, mask)
+        row["sdpa_err"] = rel(ours_out, f())
+        row["sdpa_us"] = bench_us(f)
+    except Exception as e:
+        row["sdpa_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    if with_flex:
+        try:
+            f, info = flex_fn(point, q, k, v)
+            row["flex_failed"] = info["failed"]
+            if f is not None:
+                row["flex_options"], row["flex_compile_s"] = info["options"], info["compile_s"]
+                row["flex_err"] = rel(ours_out, info["out"])
+                row["flex_us"] = bench_us(f)
+        except Exception as e:
+            row["flex_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    del q, k, v, mask
+    return row
+
+
+def versions() -> dict:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    return {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
+            "nvidia_smi": smi, "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(),
+            "sms": torch.cuda.get_device_properties(0).multi_processor_count}
+
+
+def host_overhead_us(point: Point, n: int = 2000) -> dict:
+    """Host time per call of the public wrapper with a plan (no sync) and of plan building."""
+    fn, _ = point.ours()
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    wrapper = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        plan_tree_attention(point.indptr, point.prefix, HQ, HKV, max_q_len=point.t, max_kv_len=point.kv)
+    return {"wrapper_us": wrapper, "plan_us": (time.perf_counter() - t0) / 200 * 1e6}
+
+
+def run_table(points, copy_bw, flex: str, log) -> list[dict]:
+    rows, gen = [], torch.Generator().manual_seed(0)
+    for b in BS:
+        for l in LS:
+            if not any((b, l, t) in points for t in TS):
+                continue
+            ctx = Context(b, l, gen)
+            for t in TS:
+                if (b, l, t) not in points:
+                    continue
+                with_flex = flex == "all" or (flex == "subset" and (b, l) in FLEX_SUBSET)
+                try:
+                    row = measure_point(Point(ctx, t, gen), copy_bw, with_flex)
+                except Exception:
+                    row = {"B": b, "L": l, "T": t, "error": traceback.format_exc()[-600:]}
+                rows.append(row)
+                log(row)
+            del ctx
+            torch.cuda.empty_cache()
+    return rows
+
+
+def run_sweep(copy_bw, log) -> list[dict]:
+    rows, gen = [], torch.Generator().manual_seed(1)
+    for b, l, t in SWEEP_POINTS:
+        point = Point(Context(b, l, gen), t, gen)
+        base = point.ours()[1].num_splits
+        variants = DECODE_VARIANTS if t == 1 else TREE_VARIANTS
+        for var in variants:
+            for splits in sorted({base, max(1, base // 2), min(64, base * 2), 1}):
+                try:
+                    fn, plan = point.ours(num_splits=splits, **var)
+                    us = bench_us(fn)
+                    row = {"B": b, "L": l, "T": t, **var, "num_splits": splits, "us": us,
+                           "bw_frac": point.kv_bytes() / (us * 1e-6) / copy_bw}
+                except Exception as e:
+                    row = {"B": b, "L": l, "T": t, **var, "num_splits": splits,
+                           "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                rows.append(row)
+                log(row)
+        del point
+        torch.cuda.empty_cache()
+    return rows
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    by = {(r["B"], r["L"], r["T"]): r for r in rows if "ours_us" in r}
+    out = []
+    for (b, l, t), r in by.items():
+        if t == 1 and b >= 8 and l >= 4096:
+            out.append({"goal": f"T=1 B={b} L={l} bw >= 0.80", "value": r["bw_frac"], "ok": r["bw_frac"] >= 0.8})
+        if t == 1 and b == 1 and l == 16384:
+            out.append({"goal": "T=1 B=1 L=16384 bw >= 0.70", "value": r["bw_frac"], "ok": r["bw_frac"] >= 0.7})
+        if t == 64 and b <= 8 and l >= 4096 and (b, l, 1) in by:
+            ratio = r["ours_us"] / by[(b, l, 1)]["ours_us"]
+            out.append({"goal": f"T=64/T=1 B={b} L={l} <= 1.5", "value": ratio, "ok": ratio <= 1.5})
+        if t > 1:
+            for anchor in ("sdpa", "flex"):
+                if f"{anchor}_us" in r:
+                    sp = r[f"{anchor}_us"] / r["ours_us"]
+                    out.append({"goal": f"beat {anchor} B={b} L={l} T={t}", "value": sp, "ok": sp > 1})
+    return out
+
+
+def table_md(rows: list[dict]) -> str:
+    lines = ["| B | L | T | ours µs | % copy BW | TFLOP/s | splits | SDPA µs | Flex µs | vs SDPA | vs Flex |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "ours_us" not in r:
+            lines.append(f"| {r['B']} | {r['L']} | {r['T']} | error | | | | | | | |")
+            continue
+        fmt = lambda k: f"{r[k]:.1f}" if k in r else ("fail" if r.get(f"{k[:-3]}_failed") else "-")  # noqa: E731
+        sp = lambda k: f"{r[k] / r['ours_us']:.2f}×" if k in r else "-"  # noqa: E731
+        lines.append(f"| {r['B']} | {r['L']} | {r['T']} | {r['ours_us']:.1f} | {100 * r['bw_frac']:.0f}% | "
+                     f"{r['tflops']:.0f} | {r['num_splits']} | {fmt('sdpa_us')} | {fmt('flex_us')} | "
+                     f"{sp('sdpa_us')} | {sp('flex_us')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true", help="tile/split variants at key points")
+    ap.add_argument("--quick", action="store_true", help="a few points only")
+    ap.add_argument("--flex", choices=["all", "subset", "none"], default="subset")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    torch._dynamo.config.cache_size_limit = 256
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "kernels_sweep" if args.sweep else ("kernels_quick" if args.quick else "kernels_h100")
+    path = out_dir / f"{name}_{datetime.date.today().isoformat()}.json"
+    result = {"meta": versions(), "shape": {"Hq": HQ, "Hkv": HKV, "D": D, "page": PAGE, "dtype": str(DTYPE)}}
+    result["meta"]["copy_bw_Bps"] = copy_bw = copy_bandwidth()
+    print(json.dumps(result["meta"]), flush=True)
+
+    def log(row):
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+        path.write_text(json.dumps(result, indent=1, default=str))
+
+    if args.sweep:
+        result["sweep"] = []
+        result["sweep"] = run_sweep(copy_bw, lambda r: (result["sweep"].append(r), log(r)))
+    else:
+        points = {(b, l, t) for b in BS for l in LS for t in TS}
+        if args.quick:
+            points = {(1, 16384, 1), (8, 4096, 1), (8, 4096, 64), (1, 4096, 16)}
+        result["rows"] = []
+        run_table(points, copy_bw, args.flex, lambda r: (result["rows"].append(r), log(r)))
+        gen = torch.Generator().manual_seed(2)
+        result["host"] = host_overhead_us(Point(Context(1, 1024, gen), 16, gen))
+        result["goals"] = goals(result["rows"])
+        print(table_md(result["rows"]))
+        print(json.dumps(result["host"]))
+        for g in result["goals"]:
+            print(f"{'PASS' if g['ok'] else 'MISS'} {g['goal']}: {g['value']:.3f}")
+    path.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
