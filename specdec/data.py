@@ -36,8 +36,9 @@ def default_prompts() -> list[Prompt]:
     return [Prompt(f"default-{i}", [t], "default") for i, t in enumerate(DEFAULT_PROMPTS)]
 
 
-def read_records(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, record) from a .jsonl file (one object per line) or a .json list."""
+def read_records(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """(line number, record) pairs from a .jsonl file (one object per line) or a .json list, and
+    (line number, message) for every line that is not valid JSON."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prompt file {path} does not exist (set data.path to a jsonl/json file)")
@@ -53,7 +54,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
             raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: a .json prompt file must hold a list of objects")
-        return [(i + 1, rec) for i, rec in enumerate(data)]
+        return [(i + 1, rec) for i, rec in enumerate(data)], []
     records, errors = [], []
     for no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -61,38 +62,39 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
-            errors.append(f"{path}:{no}: invalid JSON: {err.msg}")
+            errors.append((no, f"{path}:{no}: invalid JSON: {err.msg}"))
             continue
         records.append((no, rec))
-    if errors:
-        raise DataError(f"{len(errors)} bad line(s):\n" + "\n".join(errors))
-    return records
+    return records, errors
 
 
 def load_prompt_file(path: str | Path, field_name: str = "turns", id_field: Optional[str] = None,
                      category_field: Optional[str] = "category") -> list[Prompt]:
     """Prompts from a file whose ``field_name`` holds a string or a list of turns (MT-bench:
     ``turns``). Every record without a usable prompt is reported at once."""
-    prompts, errors = [], []
-    for no, rec in read_records(path):
+    prompts = []
+    records, errors = read_records(path)
+    for no, rec in records:
         where = f"{path}:{no}"
         if not isinstance(rec, dict):
-            errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            errors.append((no, f"{where}: expected a JSON object, got {type(rec).__name__}"))
             continue
         if field_name not in rec:
-            errors.append(f"{where}: no field {field_name!r} (fields: {sorted(rec)}); "
-                          f"set data.field to the prompt field")
+            errors.append((no, f"{where}: no field {field_name!r} (fields: {sorted(rec)}); "
+                               f"set the data config's field_name to the prompt field"))
             continue
         turns = rec[field_name]
         turns = [turns] if isinstance(turns, str) else turns
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
-            errors.append(f"{where}: field {field_name!r} must be a non-empty string or list of strings")
+            errors.append((no, f"{where}: field {field_name!r} must be a non-empty string or "
+                               f"list of strings"))
             continue
         pid = str(rec.get(id_field, no)) if id_field else str(rec.get("question_id", no))
         cat = str(rec.get(category_field, "")) if category_field else ""
         prompts.append(Prompt(pid, turns, cat))
     if errors:
-        raise DataError(f"{len(errors)} bad record(s) in {path}:\n" + "\n".join(errors))
+        lines = [msg for _, msg in sorted(errors)]
+        raise DataError(f"{len(errors)} bad record(s) in {path}:\n" + "\n".join(lines))
     if not prompts:
         raise DataError(f"{path} holds no prompts")
     return prompts
