@@ -28,7 +28,7 @@ from torch import Tensor
 from .plan import TreeAttentionPlan, next_pow2, plan_tree_attention
 
 LOG2E = 1.4426950408889634
-NEG_BIG = -1.0e30  # finite "minus infinity" for the running max: keeps exp2(m_old - m_new) NaN-free
+NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: keeps exp2(m_old - m_new) NaN-free
 
 
 @triton.jit
