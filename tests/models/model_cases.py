@@ -1,0 +1,116 @@
+"""Shared helpers for tests/models: tiny random HF checkpoints and a hand-built paged-cache driver
+(the engine's ModelRunner does this for real; here it is spelled out so the model is tested alone)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+
+from specdec.models.attention import AttnMetadata, empty_cache
+
+BASE = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+# name -> (HF config class, extra config kwargs). head_dim 16: the kernels' minimum.
+CASES = {
+    "llama": ("LlamaConfig", {}),
+    "llama31_rope": ("LlamaConfig", dict(rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=16), rope_theta=500000.0, eos_token_id=[2, 3])),
+    "llama_linear": ("LlamaConfig", dict(rope_scaling=dict(rope_type="linear", factor=2.0))),
+    "llama_dynamic": ("LlamaConfig", dict(rope_scaling=dict(rope_type="dynamic", factor=2.0))),
+    "llama_yarn": ("LlamaConfig", dict(rope_scaling=dict(
+        rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
+    "llama_bias_gqa1": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True,
+                                            num_key_value_heads=1, head_dim=24)),
+    "mistral": ("MistralConfig", dict(sliding_window=48)),
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=1)),
+    "qwen3": ("Qwen3Config", dict(head_dim=32)),
+    "smollm_tied": ("LlamaConfig", dict(tie_word_embeddings=True, num_attention_heads=2,
+                                        num_key_value_heads=2, hidden_size=64)),
+}
+
+
+def hf_model(case: str, seed: int = 0):
+    """A tiny HF model with every weight random (norm weights and biases too: HF zero-inits biases,
+    which would leave the Qwen2 qkv-bias path untested)."""
+    cls_name, extra = CASES[case]
+    cfg = getattr(transformers, cls_name)(**{**BASE, **extra})
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.15 if p.dim() > 1 else 0.1)
+    return model
+
+
+def save_hf(model, directory: Path, **kwargs) -> Path:
+    model.save_pretrained(str(directory), **kwargs)
+    return directory
+
+
+@torch.no_grad()
+def hf_logits(model, ids: list[int]) -> torch.Tensor:  # [T, V] logits of one full causal pass
+    return model(torch.tensor([ids])).logits[0].float()
+
+
+@dataclass
+class PagedSeq:
+    """One sequence's block table (deliberately shuffled blocks) and cached length."""
+    table: list[int]
+    cached: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+
+class PagedDriver:
+    """Runs our model step by step over a paged cache, building AttnMetadata by hand."""
+
+    def __init__(self, model, num_blocks: int = 64, block_size: int = 4, seed: int = 0):
+        cfg = model.config
+        self.model, self.block_size = model, block_size
+        self.k_cache, self.v_cache = empty_cache(cfg.num_hidden_layers, num_blocks, block_size,
+                                                 cfg.num_key_value_heads, cfg.head_dim)
+        self.free = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def new_seq(self, max_len: int) -> PagedSeq:
+        n = -(-max_len // self.block_size)
+        table, self.free = self.free[:n], self.free[n:]
+        return PagedSeq(table)
+
+    def slot(self, seq: PagedSeq, pos: int) -> int:
+        return seq.table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    @torch.no_grad()
+    def step(self, seqs: list[PagedSeq], new: list[list[int]], depths=None, bits=None,
+             capture_layers=()):
+        """Append ``new[b]`` to sequence b (causal, or a tree when ``bits`` [N] is given: node i
+        stored at cached + i, rotary position cached + depths[b][i]); returns (hidden, captured)."""
+        ids, pos, slots, indptr = [], [], [], [0]
+        for b, (seq, toks) in enumerate(zip(seqs, new)):
+            d = depths[b] if depths else list(range(len(toks)))
+            ids += toks
+            pos += [seq.cached + x for x in d]
+            slots += [self.slot(seq, seq.cached + i) for i in range(len(toks))]
+            indptr.append(indptr[-1] + len(toks))
+        width = max(len(s.table) for s in seqs)
+        tables = torch.tensor([s.table + [0] * (width - len(s.table)) for s in seqs], dtype=torch.int32)
+        meta = AttnMetadata(
+            qo_indptr=torch.tensor(indptr, dtype=torch.int32),
+            prefix_lens=torch.tensor([s.cached for s in seqs], dtype=torch.int32),
+            block_tables=tables, slot_mapping=torch.tensor(slots, dtype=torch.int64),
+            tree_mask=None if bits is None else torch.tensor(bits, dtype=torch.int64),
+            max_q_len=max(len(t) for t in new),
+            max_kv_len=max(s.cached + len(t) for s, t in zip(seqs, new)))
+        out = self.model(torch.tensor(ids), torch.tensor(pos), meta, self.k_cache, self.v_cache,
+                         capture_layers=capture_layers)
+        for seq, toks in zip(seqs, new):
+            seq.cached += len(toks)
+            seq.tokens += toks
+        return out, indptr
