@@ -1,0 +1,156 @@
+"""One Llama-family decoder (Llama 2/3/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2) on the paged cache.
+
+Module and parameter names follow HF's `LlamaForCausalLM` (``model.layers.{i}.self_attn.q_proj``
+...), so HF state dicts load without renaming. The batch is ragged: N rows are the new tokens of all
+sequences concatenated; `AttnMetadata` says which rows belong to which sequence and where their K/V
+go. Numerics follow HF (RMSNorm in fp32, rope cos/sin in fp32) so fp32 logits match HF's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import AttnMetadata, paged_attention
+from .config import ModelConfig
+from .rope import RotaryEmbedding, apply_rope
+
+
+@dataclass
+class ModelOutput:
+    hidden: Tensor  # [N, H] after the final norm
+    captured: dict[int, Tensor] = field(default_factory=dict)  # layer i -> [N, H] its residual output
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:  # [..., dim]
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hq, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, self.hq * self.d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(h, self.hkv * self.d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(h, self.hkv * self.d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.hq * self.d, h, bias=cfg.o_proj_bias)
+        if cfg.qk_norm:  # Qwen3: per-head RMSNorm on q and k, before rope
+            self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
+        self.qk_norm = cfg.qk_norm
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+                meta: AttnMetadata) -> Tensor:  # x [N, H] -> [N, H]
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.hq, self.d)  # [N, Hq, D]
+        k = self.k_proj(x).view(n, self.hkv, self.d)  # [N, Hkv, D]
+        v = self.v_proj(x).view(n, self.hkv, self.d)  # [N, Hkv, D]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = paged_attention(q, k, v, k_cache, v_cache, meta)  # [N, Hq, D]
+        return self.o_proj(o.reshape(n, self.hq * self.d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=b)
+        self.up_proj = nn.Linear(h, i, bias=b)
+        self.down_proj = nn.Linear(i, h, bias=b)
+
+    def forward(self, x: Tensor) -> Tensor:  # [N, H]
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+                meta: AttnMetadata) -> Tensor:  # [N, H] residual stream in and out
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def embed(self, input_ids: Tensor) -> Tensor:  # [N] -> [N, H]
+        return self.model.embed_tokens(input_ids)
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:  # [M, H] -> [M, V] float32
+        return self.lm_head(hidden).float()
+
+    def forward(self, input_ids: Tensor, positions: Tensor, meta: AttnMetadata, k_cache: Tensor,
+                v_cache: Tensor, capture_layers: Sequence[int] = ()) -> ModelOutput:
+        """input_ids, positions ``[N]`` int64; caches ``[L, num_blocks, block_size, Hkv, D]``.
+        ``captured[i]`` is the residual stream after decoder layer i (HF's
+        ``output_hidden_states[i + 1]``, before the final norm)."""
+        self._check(input_ids, positions, k_cache, v_cache, capture_layers)
+        h = self.model.embed_tokens(input_ids)  # [N, H]
+        cos, sin = self.model.rotary_emb(positions, h.dtype)  # [N, D] each
+        wanted, captured = set(capture_layers), {}
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, k_cache[i], v_cache[i], meta)
+            if i in wanted:
+                captured[i] = h
+        return ModelOutput(self.model.norm(h), captured)
+
+    def _check(self, input_ids, positions, k_cache, v_cache, capture_layers) -> None:
+        cfg = self.config
+        if input_ids.dim() != 1 or positions.shape != input_ids.shape:
+            raise ValueError(f"input_ids and positions must both be [N]; got {tuple(input_ids.shape)}"
+                             f" and {tuple(positions.shape)}")
+        want = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if c.dim() != 5 or (c.shape[0], c.shape[3], c.shape[4]) != want:
+                raise ValueError(f"{name} must be [L={want[0]}, num_blocks, block_size, Hkv={want[1]}, "
+                                 f"D={want[2]}]; got {tuple(c.shape)}")
+        bad = [i for i in capture_layers if not 0 <= i < cfg.num_hidden_layers]
+        if bad:
+            raise ValueError(f"capture_layers {bad} out of range: the model has "
+                             f"{cfg.num_hidden_layers} layers (0-based)")
