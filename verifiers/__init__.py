@@ -1,4 +1,46 @@
-"""Tree verification rules for speculative decoding. Depends on torch alone."""
-from .tree import CandidateKind, DraftTree, MAX_NODES
+"""Tree verification rules for speculative decoding. Depends on torch alone.
 
-__all__ = ["CandidateKind", "DraftTree", "MAX_NODES"]
+The API an engine calls (DESIGN.md "The step": ``result = verifier.verify(tree, logits)``):
+
+    from specdec.verifiers import DraftTree, verify_tree
+    tree = DraftTree.from_lists([[root, a, b, c]], [[-1, 0, 0, 1]])     # or chains / from_choices
+    result = verify_tree(tree, logits,                # [B, T, V]: target logits after each node
+                         temperature, top_p, top_k,   # scalars or per row [B]; temperature 0 = greedy
+                         uniforms)                    # [B, U >= T] in [0, 1) (or generator=...)
+    result.accepted_nodes   # [B, D + 1] accepted path, root first, -1 padded
+    result.num_accepted     # [B] accepted draft tokens (root excluded)
+    result.bonus_token      # [B] the token sampled after the last accepted node
+    result.output_tokens    # [B, D + 1] what the step emits: accepted tokens then the bonus
+    result.depth_attempted, result.depth_accepted   # [B, D] per-depth counts for metrics
+
+* `verify_tree`: greedy rows (temperature 0) reproduce the target's argmax walk; sampled rows use
+  lossless multi-candidate rejection sampling, respecting each node's `CandidateKind`
+  (SAMPLED i.i.d. from q, SAMPLED_NO_REPLACEMENT, DETERMINISTIC top-k picks). Greedy and sampled
+  rows may share a batch.
+* `verify_tree_typical`: Medusa's typical acceptance (lossy by design, named so).
+* `LosslessVerifier()`, `TypicalVerifier(posterior_threshold, posterior_alpha)`: what Hydra
+  instantiates; ``.verify(tree, logits, temperature, top_p, top_k, uniforms)``, ``.lossless``,
+  ``.name``.
+* `processed_probs(logits, temperature, top_p, top_k)`: the target distribution every rule
+  preserves (HF order and semantics); `sample_from_probs(probs, uniforms)`: the inverse-CDF draw
+  a plain sampler shares with the verifier.
+* `check_lossless(verify_fn, ...)`: Monte-Carlo chi-square test that a verifier (ours or any
+  engine's, wrapped to this signature) preserves the target distribution.
+* `specdec.verifiers.hf` (imports transformers; not imported here): speculative generation
+  for any HF ``AutoModelForCausalLM``.
+
+Randomness is an input: ``uniforms[b, i]`` decides node i's acceptance test and
+``uniforms[b, 0]`` draws the bonus token, so a request's outputs depend only on its own draws.
+"""
+from .api import LosslessVerifier, TypicalVerifier, verify_tree, verify_tree_typical
+from .check import LosslessReport, check_lossless, chi_square_pvalue
+from .probs import processed_probs, sample, sample_from_probs
+from .result import VerifyResult
+from .tree import MAX_NODES, CandidateKind, DraftTree, TreeChoices
+
+__all__ = [
+    "CandidateKind", "DraftTree", "MAX_NODES", "TreeChoices", "VerifyResult",
+    "verify_tree", "verify_tree_typical", "LosslessVerifier", "TypicalVerifier",
+    "processed_probs", "sample", "sample_from_probs",
+    "check_lossless", "chi_square_pvalue", "LosslessReport",
+]

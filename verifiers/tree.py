@@ -10,6 +10,11 @@ Candidate kinds say how a node was chosen among its siblings; lossless verificat
   * DETERMINISTIC: picked without randomness (top-k, static trees) -> accept with prob p(c);
   * SAMPLED: drawn i.i.d. from the draft distribution q at its parent -> accept with min(1, p/q);
   * SAMPLED_NO_REPLACEMENT: drawn from q at its parent without replacement among its siblings.
+
+Static trees (Medusa, EAGLE-1) are written as "choices": paths of top-k ranks such as ``[0]``,
+``[0, 1]``, ``[1, 0, 2]`` (Medusa's ``medusa_choices``, EAGLE's ``mc_sim_7b_63``). `TreeChoices`
+orders them as those repositories do (by length, then lexicographically) and gives each node's
+parent and rank; `DraftTree.from_choices` builds the batch once the drafter has filled the tokens.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ class DraftTree:
         validate_tree(self.tokens, self.parents, self.num_nodes)
         if self.kind is None:
             self.kind = torch.zeros_like(self.tokens, dtype=torch.int8)
+        _validate_extras(self.tokens, self.kind, self.draft_probs)
         self.depth, self.ancestor_mask = _depth_and_mask(self.parents, self.num_nodes)
 
     @property
@@ -62,6 +68,52 @@ class DraftTree:
     def positions(self, context_lens: Tensor) -> Tensor:  # [B, T] int64
         """Position ids of the nodes; ``context_lens`` [B] counts the root."""
         return context_lens[:, None].long() - 1 + self.depth
+
+    @property
+    def num_children(self) -> Tensor:  # [B, T] int64
+        """Children per node (padding 0)."""
+        inner = self.valid.clone()
+        inner[:, 0] = False
+        count = torch.zeros_like(self.parents)
+        return count.scatter_add_(1, self.parents.clamp(min=0), inner.long())
+
+    @property
+    def is_leaf(self) -> Tensor:  # [B, T] bool
+        return self.valid & (self.num_children == 0)
+
+    def path_to(self, nodes: Tensor) -> Tensor:  # [B, D + 1] int64
+        """Root-to-node paths: ``nodes [B]`` -> node indices root first, -1 padded to the tree's
+        max depth D + 1."""
+        rows = torch.arange(self.batch_size, device=nodes.device)
+        return _paths(self.ancestor_mask[rows, nodes], self.depth, self.max_depth)
+
+    def leaf_paths(self) -> tuple[Tensor, Tensor]:
+        """All root-to-leaf paths, as Medusa's "retrieve indices": ``paths [B, L, D + 1]`` (node
+        indices root first, -1 padded) and ``valid [B, L]`` (L = the most leaves of any row;
+        leaves in node order)."""
+        leaf = self.is_leaf  # [B, T]
+        count = leaf.sum(1)  # [B]
+        width = max(int(count.max()), 1) if self.batch_size else 1
+        order = torch.sort((~leaf).to(torch.int8), dim=1, stable=True).indices[:, :width]  # [B, L]
+        valid = torch.arange(width, device=leaf.device) < count[:, None]  # [B, L]
+        masks = self.ancestor_mask.gather(1, order).reshape(-1)  # [B * L]
+        depth = self.depth.repeat_interleave(width, dim=0)  # [B * L, T]
+        paths = _paths(masks, depth, self.max_depth).view(self.batch_size, width, -1)
+        return torch.where(valid[:, :, None], paths, -1), valid
+
+    @classmethod
+    def from_choices(cls, choices: "TreeChoices | Sequence[Sequence[int]]", tokens: Tensor,
+                     **extra) -> "DraftTree":
+        """A batch of one static tree shape: ``tokens [B, len(choices) + 1]`` in `TreeChoices`
+        node order (root first). Nodes are DETERMINISTIC (top-k picks) unless ``kind`` is given."""
+        tc = choices if isinstance(choices, TreeChoices) else TreeChoices(choices)
+        if tokens.dim() != 2 or tokens.shape[1] != tc.num_nodes:
+            raise ValueError(f"tokens must be [B, {tc.num_nodes}] (root + {tc.num_nodes - 1} "
+                             f"choices, in TreeChoices order); got {tuple(tokens.shape)}")
+        batch = tokens.shape[0]
+        parents = torch.tensor(tc.parents, dtype=torch.long, device=tokens.device).expand(batch, -1)
+        num = torch.full((batch,), tc.num_nodes, dtype=torch.long, device=tokens.device)
+        return cls(tokens.long(), parents.clone(), num, **extra)
 
     @classmethod
     def from_lists(cls, tokens: Sequence[Sequence[int]], parents: Sequence[Sequence[int]],
@@ -123,17 +175,82 @@ def validate_tree(tokens: Tensor, parents: Tensor, num_nodes: Tensor) -> None:
 
 def _depth_and_mask(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor]:
     """``depth [B, T]`` (root 0, padding 0) and ``ancestor_mask [B, T]`` int64 (bit j of node i set
-    iff j is i or an ancestor of i; padding 0). A loop over nodes, vectorised over the batch."""
+    iff j is i or an ancestor of i; padding 0). Pointer jumping: after step k each node knows the
+    bits and edge count of its 2^k nearest ancestors, so ceil(log2 T) steps over [B, T] suffice
+    (a few dozen kernels instead of a loop over nodes)."""
     batch, width = parents.shape
-    depth = torch.zeros_like(parents)
-    mask = torch.zeros_like(parents)
-    valid = torch.arange(width, device=parents.device) < num_nodes[:, None]
-    rows = torch.arange(batch, device=parents.device)
+    idx = torch.arange(width, device=parents.device).expand(batch, width)
+    valid = idx < num_nodes[:, None]
+    has_parent = valid & (parents >= 0)
+    up = torch.where(has_parent, parents, idx)  # [B, T]; the root and padding point to themselves
     one = torch.ones((), dtype=torch.long, device=parents.device)
-    for i in range(width):
-        par = parents[:, i].clamp(min=0)
-        has_parent = parents[:, i] >= 0
-        depth[:, i] = torch.where(has_parent, depth[rows, par] + 1, 0)
-        inherited = torch.where(has_parent, mask[rows, par], 0)
-        mask[:, i] = torch.where(valid[:, i], inherited | (one << i), 0)
+    mask = torch.where(valid, one << idx, 0)  # [B, T]
+    depth = has_parent.long()  # [B, T] edges from each node to `up`
+    for _ in range(max(width - 1, 0).bit_length()):
+        mask = mask | mask.gather(1, up)
+        depth = depth + depth.gather(1, up)
+        up = up.gather(1, up)
     return depth, mask
+
+
+def _validate_extras(tokens: Tensor, kind: Tensor, draft_probs: Optional[Tensor]) -> None:
+    """Shapes of the optional per-node fields (values are checked by the verifiers)."""
+    if kind.shape != tokens.shape:
+        raise ValueError(f"kind must be [B, T] = {tuple(tokens.shape)} like tokens; got "
+                         f"{tuple(kind.shape)}")
+    if draft_probs is not None and (draft_probs.dim() != 3 or draft_probs.shape[:2] != tokens.shape):
+        raise ValueError(f"draft_probs must be [B, T, V] with [B, T] = {tuple(tokens.shape)}; got "
+                         f"{tuple(draft_probs.shape)}")
+
+
+def _mask_bits(masks: Tensor, width: int) -> Tensor:  # [N, width] bool
+    """Unpack int64 bitmasks ``[N]``: bit j of row n -> ``out[n, j]``."""
+    shifts = torch.arange(width, device=masks.device)
+    return ((masks[:, None] >> shifts) & 1).bool()
+
+
+def _paths(masks: Tensor, depth: Tensor, max_depth: int) -> Tensor:  # [N, max_depth + 1]
+    """Node indices of the paths encoded by ancestor bitmasks ``masks [N]`` (``depth [N, T]``:
+    the depth of every node of each row's tree). Topological order makes the set bits, read in
+    ascending order, exactly the root-to-node path; each lands in the slot of its depth."""
+    rows, width = depth.shape
+    bits = _mask_bits(masks, width)  # [N, T]
+    slot = torch.where(bits, depth, max_depth + 1)  # [N, T]; unset bits go to a spill column
+    idx = torch.arange(width, device=masks.device).expand(rows, width)
+    out = torch.full((rows, max_depth + 2), -1, dtype=torch.long, device=masks.device)
+    out.scatter_(1, slot, torch.where(bits, idx, -1))
+    return out[:, :-1]
+
+
+class TreeChoices:
+    """A static tree written as Medusa / EAGLE-1 "choices": top-k rank paths such as ``[0]``,
+    ``[0, 1]``, ``[1, 0, 2]``. Nodes are ordered as in Medusa's ``generate_medusa_buffers``
+    (root, then by depth, then lexicographically), so ``paths[i]``, ``parents[i]``,
+    ``ranks[i]`` (the top-k rank of node i among its parent's candidates, -1 for the root) and
+    ``depths[i]`` describe node i."""
+
+    def __init__(self, choices: Sequence[Sequence[int]]):
+        paths = sorted({tuple(int(r) for r in c) for c in choices}, key=lambda c: (len(c), c))
+        if len(paths) != len(choices):
+            raise ValueError("tree choices contain duplicate paths")
+        if any(len(c) == 0 or min(c) < 0 for c in paths):
+            raise ValueError("each choice is a non-empty path of ranks >= 0, e.g. [0, 1]")
+        if len(paths) + 1 > MAX_NODES:
+            raise ValueError(f"{len(paths)} choices + root exceed {MAX_NODES} nodes")
+        index = {(): 0, **{c: i + 1 for i, c in enumerate(paths)}}
+        missing = [list(c) for c in paths if c[:-1] not in index]
+        if missing:
+            raise ValueError(f"choices must be prefix-closed: {missing[0]} has no parent "
+                             f"{missing[0][:-1]} among the choices")
+        self.paths: list[tuple[int, ...]] = [()] + paths
+        self.parents = [-1] + [index[c[:-1]] for c in paths]
+        self.ranks = [-1] + [c[-1] for c in paths]
+        self.depths = [len(c) for c in self.paths]
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.paths)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
