@@ -5,11 +5,13 @@ B in {1, 8, 32}, context L in {1k, 4k, 16k, 32k}, T in {1, 8, 16, 32, 64} new to
 for T > 1). For every point: our kernel's time, its effective bandwidth (KV bytes read / time) as a
 fraction of a device-to-device copy measured in the same run, and two anchors on contiguous KV:
 torch SDPA with a dense boolean mask and FlexAttention with a block mask. Goals checked at the end.
-Times: `triton.testing.do_bench`, median, L2 flushed between runs (as in ../shared/GPU.md).
+Times: device time of one CUDA-graph replay (`triton.testing.do_bench`, median, L2 flushed
+between runs as in ../shared/GPU.md); eager times (host launch included) are kept in the JSON.
 
     python experiments/bench_kernels.py                  # the table -> experiments/results/
     python experiments/bench_kernels.py --sweep          # tile/split variants at key points
     python experiments/bench_kernels.py --quick          # a few points, for a smoke test
+    python experiments/bench_kernels.py --profile 8,16384,64   # 20 launches at one point (ncu)
 """
 from __future__ import annotations
 
@@ -35,17 +37,34 @@ HQ, HKV, D, PAGE = 32, 8, 128, 16
 DTYPE = torch.bfloat16
 BS, LS, TS = (1, 8, 32), (1024, 4096, 16384, 32768), (1, 8, 16, 32, 64)
 FLEX_SUBSET = {(b, l) for b in (1, 8) for l in (4096, 16384)}
-SWEEP_POINTS = [(1, 16384, 1), (8, 4096, 1), (8, 16384, 1), (32, 4096, 1), (1, 4096, 1),
-                (1, 16384, 64), (8, 4096, 64), (8, 16384, 64), (32, 4096, 64), (8, 4096, 16)]
+# Small points: in eager timing their host launch time hid the kernel (first sweep); graph-timed now.
+SWEEP_POINTS = [(1, 4096, 1), (1, 16384, 1), (8, 4096, 1), (1, 4096, 16), (1, 16384, 64),
+                (8, 4096, 64), (8, 4096, 16)]
 DECODE_VARIANTS = [dict(block_n=bn, num_stages=st, num_warps=w) for bn, st, w in
-                   ((32, 2, 4), (64, 2, 4), (64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 4), (128, 3, 8))]
+                   ((32, 2, 4), (64, 2, 4), (64, 3, 4), (128, 2, 4), (128, 3, 4))]
 TREE_VARIANTS = [dict(block_m=bm, block_n=bn, num_warps=w, num_stages=st) for bm, bn, w, st in
-                 ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3),
-                  (128, 128, 8, 2), (256, 64, 16, 2), (256, 32, 16, 3))]
+                 ((64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (256, 64, 16, 2))]
 
 
 def bench_us(fn) -> float:
+    """Eager: median µs with L2 flushed; includes host launch time whenever it exceeds the flush."""
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def bench_graph_us(fn) -> float:
+    """Device time: fn captured once in a CUDA graph, replays timed with L2 flushed between them
+    (a replay's host cost is far below the flush, so no host time leaks into the number)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    us = bench_us(graph.replay)
+    del graph
+    return us
 
 
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -184,8 +203,9 @@ def rel(a, b) -> float:
 def measure_point(point: Point, copy_bw: float, with_flex: bool) -> dict:
     b, l, t = point.ctx.b, point.ctx.l, point.t
     fn, plan = point.ours()
-    us = bench_us(fn)
-    row = {"B": b, "L": l, "T": t, "ours_us": us, "num_splits": plan.num_splits,
+    us = bench_graph_us(fn)
+    row = {"B": b, "L": l, "T": t, "ours_us": us, "ours_eager_us": bench_us(fn),
+           "num_splits": plan.num_splits,
            "block_m": plan.block_m, "q_tiles": plan.q_tiles, "kv_bytes": point.kv_bytes(),
            "bw_frac": point.kv_bytes() / (us * 1e-6) / copy_bw,
            "tflops": point.flops() / (us * 1e-6) / 1e12}
@@ -194,7 +214,8 @@ def measure_point(point: Point, copy_bw: float, with_flex: bool) -> dict:
     try:
         f = sdpa_fn(q, k, v, mask)
         row["sdpa_err"] = rel(ours_out, f())
-        row["sdpa_us"] = bench_us(f)
+        row["sdpa_us"] = bench_graph_us(f)
+        row["sdpa_eager_us"] = bench_us(f)
     except Exception as e:
         row["sdpa_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     if with_flex:
@@ -204,7 +225,12 @@ def measure_point(point: Point, copy_bw: float, with_flex: bool) -> dict:
             if f is not None:
                 row["flex_options"], row["flex_compile_s"] = info["options"], info["compile_s"]
                 row["flex_err"] = rel(ours_out, info["out"])
-                row["flex_us"] = bench_us(f)
+                row["flex_eager_us"] = bench_us(f)
+                try:
+                    row["flex_us"] = bench_graph_us(f)
+                except Exception as e:  # not capturable: report the eager time
+                    row["flex_graph_error"] = f"{type(e).__name__}: {str(e)[:160]}"
+                    row["flex_us"] = row["flex_eager_us"]
         except Exception as e:
             row["flex_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     del q, k, v, mask
@@ -220,20 +246,33 @@ def versions() -> dict:
             "sms": torch.cuda.get_device_properties(0).multi_processor_count}
 
 
-def host_overhead_us(point: Point, n: int = 2000) -> dict:
-    """Host time per call of the public wrapper with a plan (no sync) and of plan building."""
-    fn, _ = point.ours()
+def host_us(fn, n: int = 300) -> float:
     fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
-    wrapper = (time.perf_counter() - t0) / n * 1e6
+    us = (time.perf_counter() - t0) / n * 1e6
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(200):
-        plan_tree_attention(point.indptr, point.prefix, HQ, HKV, max_q_len=point.t, max_kv_len=point.kv)
-    return {"wrapper_us": wrapper, "plan_us": (time.perf_counter() - t0) / 200 * 1e6}
+    return us
+
+
+def host_overhead_us(point: Point) -> dict:
+    """Host µs per call (GPU work kept tiny so the host is the bottleneck): the public wrapper
+    with a plan, the bare launcher, the cheap checks, plan building, an empty torch op."""
+    from specdec.kernels import tree_attention_triton
+    from specdec.kernels.checks import check_attention_inputs
+    c, fn, plan = point.ctx, *point.ours()
+    args = (point.q, c.k_cache, c.v_cache, c.tables, point.prefix, point.indptr, point.tree_mask, None)
+    return {
+        "wrapper_us": host_us(fn),
+        "launcher_us": host_us(lambda: tree_attention_triton(*args, plan=plan, out=point.out)),
+        "checks_us": host_us(lambda: check_attention_inputs(*args, point.t, point.kv)),
+        "plan_us": host_us(lambda: plan_tree_attention(point.indptr, point.prefix, HQ, HKV,
+                                                       max_q_len=point.t, max_kv_len=point.kv)),
+        "torch_add_us": host_us(lambda: torch.add(point.prefix, 1)),
+        "num_splits": plan.num_splits,
+    }
 
 
 def run_table(points, copy_bw, flex: str, log) -> list[dict]:
@@ -268,7 +307,7 @@ def run_sweep(copy_bw, log) -> list[dict]:
             for splits in sorted({base, max(1, base // 2), min(64, base * 2), 1}):
                 try:
                     fn, plan = point.ours(num_splits=splits, **var)
-                    us = bench_us(fn)
+                    us = bench_graph_us(fn)
                     row = {"B": b, "L": l, "T": t, **var, "num_splits": splits, "us": us,
                            "bw_frac": point.kv_bytes() / (us * 1e-6) / copy_bw}
                 except Exception as e:
@@ -301,16 +340,16 @@ def goals(rows: list[dict]) -> list[dict]:
 
 
 def table_md(rows: list[dict]) -> str:
-    lines = ["| B | L | T | ours µs | % copy BW | TFLOP/s | splits | SDPA µs | Flex µs | vs SDPA | vs Flex |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| B | L | T | ours µs | % copy BW | TFLOP/s | splits | eager µs | SDPA µs | Flex µs | vs SDPA | vs Flex |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "ours_us" not in r:
-            lines.append(f"| {r['B']} | {r['L']} | {r['T']} | error | | | | | | | |")
+            lines.append(f"| {r['B']} | {r['L']} | {r['T']} | error | | | | | | | | |")
             continue
         fmt = lambda k: f"{r[k]:.1f}" if k in r else ("fail" if r.get(f"{k[:-3]}_failed") else "-")  # noqa: E731
         sp = lambda k: f"{r[k] / r['ours_us']:.2f}×" if k in r else "-"  # noqa: E731
         lines.append(f"| {r['B']} | {r['L']} | {r['T']} | {r['ours_us']:.1f} | {100 * r['bw_frac']:.0f}% | "
-                     f"{r['tflops']:.0f} | {r['num_splits']} | {fmt('sdpa_us')} | {fmt('flex_us')} | "
+                     f"{r['tflops']:.0f} | {r['num_splits']} | {r['ours_eager_us']:.1f} | {fmt('sdpa_us')} | {fmt('flex_us')} | "
                      f"{sp('sdpa_us')} | {sp('flex_us')} |")
     return "\n".join(lines)
 
@@ -321,7 +360,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few points only")
     ap.add_argument("--flex", choices=["all", "subset", "none"], default="subset")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--profile", help="B,L,T: run our kernel 20 times at that point (for ncu)")
     args = ap.parse_args()
+    if args.profile:
+        b, l, t = (int(x) for x in args.profile.split(","))
+        gen = torch.Generator().manual_seed(3)
+        fn, plan = Point(Context(b, l, gen), t, gen).ours()
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        print(plan)
+        return
     torch._dynamo.config.cache_size_limit = 256
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,42 @@ def check_cache_pair(k_cache: Tensor, v_cache: Tensor, lead: int = 0) -> None:
     check_head_dim(k_cache.shape[-1])
 
 
+def _attention_inputs_ok(q, kc, vc, bt, pl, ip, tm, use, max_q_len, max_kv_len) -> bool:
+    """The whole cheap check as one boolean: a few µs per layer, no string formatting."""
+    dev, dt, ks = q.device, q.dtype, kc.shape
+    i32 = torch.int32
+    b = pl.shape[0] if pl.dim() == 1 else -1
+    ok = (q.dim() == 3 and len(ks) == 4 and vc.shape == ks and dt in FLOAT_DTYPES
+          and kc.dtype == dt and vc.dtype == dt and kc.device == dev and vc.device == dev
+          and q.stride(-1) == 1 and kc.stride(-1) == 1 and vc.stride(-1) == 1
+          and q.shape[2] == ks[3] and MIN_HEAD_DIM <= ks[3] <= MAX_HEAD_DIM and ks[3] % 8 == 0
+          and q.shape[1] % ks[2] == 0
+          and pl.dtype == i32 and ip.dtype == i32 and bt.dtype == i32 and ip.dim() == 1
+          and bt.dim() == 2 and ip.shape[0] == b + 1 and bt.shape[0] == b
+          and pl.device == dev and ip.device == dev and bt.device == dev)
+    if ok and tm is not None:
+        ok = tm.dtype == torch.int64 and tm.dim() == 1 and tm.shape[0] == q.shape[0] and tm.device == dev
+        if ok and use is None and max_q_len is not None:
+            ok = max_q_len <= MAX_TREE_NODES
+    if ok and use is not None:
+        ok = (tm is not None and use.dtype == torch.bool and use.dim() == 1 and use.shape[0] == b
+              and use.device == dev)
+    if ok and max_kv_len is not None:
+        ok = max_kv_len <= bt.shape[1] * ks[1]
+    return ok
+
+
 def check_attention_inputs(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
                            use_tree_mask, max_q_len: Optional[int], max_kv_len: Optional[int]) -> None:
+    args = (q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask, use_tree_mask,
+            max_q_len, max_kv_len)
+    if not _attention_inputs_ok(*args):
+        _explain_attention_inputs(*args)  # raises the specific error
+        raise ValueError("tree_attention: invalid inputs")  # unreachable unless the two disagree
+
+
+def _explain_attention_inputs(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
+                              use_tree_mask, max_q_len, max_kv_len) -> None:
     _require(q.dim() == 3, f"q must be [N, num_q_heads, head_dim]; got shape {tuple(q.shape)}")
     check_cache_pair(k_cache, v_cache)
     _require(q.dtype in FLOAT_DTYPES, f"q dtype {q.dtype} unsupported; use one of {FLOAT_DTYPES}")
@@ -119,6 +153,21 @@ def validate_attention_lengths(q, k_cache, block_tables, prefix_lens, qo_indptr,
 
 
 def check_store_inputs(k, v, k_cache, v_cache, slot_mapping) -> None:
+    ks, dev = k_cache.shape, k.device
+    ok = (k.dim() == 3 and len(ks) == 4 and v.shape == k.shape and v_cache.shape == ks
+          and k.shape[1:] == ks[2:] and k.dtype in FLOAT_DTYPES and v.dtype in FLOAT_DTYPES
+          and k_cache.dtype == v_cache.dtype and k.stride(-1) == 1 and v.stride(-1) == 1
+          and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+          and MIN_HEAD_DIM <= ks[3] <= MAX_HEAD_DIM and ks[3] % 8 == 0
+          and v.device == dev and k_cache.device == dev and v_cache.device == dev
+          and slot_mapping.dtype == torch.int64 and slot_mapping.dim() == 1
+          and slot_mapping.shape[0] == k.shape[0] and slot_mapping.device == dev)
+    if not ok:
+        _explain_store_inputs(k, v, k_cache, v_cache, slot_mapping)
+        raise ValueError("store_kv: invalid inputs")
+
+
+def _explain_store_inputs(k, v, k_cache, v_cache, slot_mapping) -> None:
     check_cache_pair(k_cache, v_cache)
     want = (k.shape[0],) + tuple(k_cache.shape[2:])
     _require(k.dim() == 3 and tuple(k.shape) == want and v.shape == k.shape,

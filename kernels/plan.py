@@ -22,7 +22,13 @@ from torch import Tensor
 MAX_TREE_NODES = 64  # a uint64 ancestor bitmask covers 64 nodes
 MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (merge, launch tail) outweighs its gain
 MAX_SPLITS = 64
-PROGRAMS_PER_SM = 2  # target occupancy when choosing the number of splits
+# Splits are chosen to reach WAVES x SMs programs. Decode (one row per q head) merges cheaply and
+# likes two waves; tree/prefill tiles write M x D fp32 partials per split, so one wave is enough.
+# Measured on the H100 (experiments/notes_kernels.md): at B=8, L=4k a T=64 tree ran 141 µs
+# unsplit (128 programs) vs ~190 µs with 3 splits; a T=16 tree (64 programs) 86 µs with 2 splits
+# vs 132 µs unsplit.
+DECODE_WAVES, TREE_WAVES = 2, 1
+FULL_ENOUGH = 0.75  # programs >= this fraction of the SMs: no split
 
 
 @dataclass
@@ -72,12 +78,23 @@ def choose_block_m(group: int, max_q_len: int) -> int:
     return max(16, next_pow2(group), min(128, next_pow2(rows)))
 
 
-def choose_num_splits(programs: int, max_kv_len: int, sms: int) -> int:
-    """Enough KV chunks to give every SM ``PROGRAMS_PER_SM`` programs, none under MIN_SPLIT_TOKENS."""
-    if programs >= sms:
+def choose_num_splits(programs: int, max_kv_len: int, sms: int, decode: bool) -> int:
+    """KV chunks per program so that the grid fills whole waves, none under MIN_SPLIT_TOKENS."""
+    if programs >= FULL_ENOUGH * sms:
         return 1
-    want = -(-PROGRAMS_PER_SM * sms // programs)
+    want = (DECODE_WAVES if decode else TREE_WAVES) * sms // programs
     return max(1, min(want, max_kv_len // MIN_SPLIT_TOKENS, MAX_SPLITS))
+
+
+def choose_tiles(block_m: int) -> tuple[int, int, int]:
+    """(block_n, num_warps, num_stages) from the H100 sweep (experiments/results/kernels_sweep_*):
+    decode tiles stream KV (64 x D per stage, 4 warps); 128-row tree tiles are MMA-bound and ran
+    best with 128-wide KV tiles on 8 warps (wgmma over two warpgroups)."""
+    if block_m <= 16:
+        return 64, 4, 2
+    if block_m <= 64:
+        return 64, 4, 3
+    return 128, 8, 2
 
 
 def plan_tree_attention(
@@ -115,9 +132,11 @@ def plan_tree_attention(
     q_tiles = -(-max_q_len // tok)
     if sms is None:
         sms = num_sms(qo_indptr.device.index or 0) if qo_indptr.is_cuda else 132
-    splits = num_splits or choose_num_splits(batch * q_tiles * num_kv_heads, max_kv_len, sms)
+    splits = num_splits or choose_num_splits(batch * q_tiles * num_kv_heads, max_kv_len, sms,
+                                             decode=max_q_len == 1)
+    bn, warps, stages = choose_tiles(bm)
     return TreeAttentionPlan(
         batch_size=batch, max_q_len=max_q_len, max_kv_len=max_kv_len, group=group, block_m=bm,
-        tok_per_tile=tok, q_tiles=q_tiles, block_n=block_n or 64, num_splits=splits,
-        num_warps=num_warps or (8 if bm >= 128 else 4), num_stages=num_stages or 2,
+        tok_per_tile=tok, q_tiles=q_tiles, block_n=block_n or bn, num_splits=splits,
+        num_warps=num_warps or warps, num_stages=num_stages or stages,
     )
