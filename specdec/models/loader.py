@@ -128,6 +128,7 @@ def download_from_hub(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
+        reason = " ".join(str(e).split())  # hub errors span lines; keep ours on one
         raise FileNotFoundError(f"could not fetch {repo_id!r} from the Hugging Face hub "
-                                f"({type(e).__name__}: {e}); if this machine is offline, "
+                                f"({type(e).__name__}: {reason}); if this machine is offline, "
                                 f"{POINT_AT_LOCAL}") from e

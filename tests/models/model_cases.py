@@ -76,7 +76,7 @@ class PagedDriver:
         cfg = model.config
         self.model, self.block_size = model, block_size
         self.k_cache, self.v_cache = empty_cache(cfg.num_hidden_layers, num_blocks, block_size,
-                                                 cfg.num_key_value_heads, cfg.head_dim)
+                                                 cfg.num_key_value_heads, cfg.head_dim, model.dtype)
         self.free = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
 
     def new_seq(self, max_len: int) -> PagedSeq:
@@ -114,3 +114,51 @@ class PagedDriver:
             seq.cached += len(toks)
             seq.tokens += toks
         return out, indptr
+
+
+GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down"}
+
+
+def llama_cpp_permute(w, n_head: int):
+    """llama.cpp's convert_hf_to_gguf reorders q/k rows from HF's rotate-half to interleaved pairs;
+    transformers' GGUF loader undoes it, so a faithful writer must apply it."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_llama_gguf(hf, path: Path) -> Path:
+    """A float32 llama GGUF (no tokenizer) holding exactly ``hf``'s weights."""
+    import gguf
+    import numpy as np
+
+    cfg = hf.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_vocab_size(cfg.vocab_size)
+    sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if not cfg.tie_word_embeddings:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
+    for i in range(cfg.num_hidden_layers):
+        for hf_name, gguf_name in GGUF_NAMES.items():
+            t = sd[f"model.layers.{i}.{hf_name}.weight"]
+            if gguf_name == "attn_q":
+                t = llama_cpp_permute(t, cfg.num_attention_heads)
+            elif gguf_name == "attn_k":
+                t = llama_cpp_permute(t, cfg.num_key_value_heads)
+            w.add_tensor(f"blk.{i}.{gguf_name}.weight", np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
