@@ -23,6 +23,9 @@ from .weights import load_weights, read_state_dict, weight_files
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken"]
+# Mistral repos also ship consolidated.safetensors (the same weights in Mistral's own layout), and
+# Llama repos an original/ folder: skipping them halves the download.
+HUB_IGNORE = ["consolidated*", "original/*"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 POINT_AT_LOCAL = ("set model.path to a local checkpoint instead: an HF directory (config.json + "
                   "*.safetensors + tokenizer files) or a .gguf file, e.g. "
@@ -126,7 +129,8 @@ def download_from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS,
+                                      ignore_patterns=HUB_IGNORE))
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
         reason = " ".join(str(e).split())  # hub errors span lines; keep ours on one
         raise FileNotFoundError(f"could not fetch {repo_id!r} from the Hugging Face hub "
