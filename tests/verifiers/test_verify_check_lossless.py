@@ -53,10 +53,10 @@ def no_replacement_as_iid(tree, logits, temperature, top_p, top_k, uniforms):
 
 @pytest.mark.parametrize("broken,kind,shape", [
     (forgets_residual, CandidateKind.SAMPLED, "chain4"),
-    (forgets_residual, CandidateKind.DETERMINISTIC, "top3_depth3"),
+    (forgets_residual, CandidateKind.DETERMINISTIC, "dup_siblings"),
     (topk_as_sampled, CandidateKind.DETERMINISTIC, "chain4"),
-    (topk_as_sampled, CandidateKind.DETERMINISTIC, "top3_depth3"),
-    (no_replacement_as_iid, CandidateKind.SAMPLED_NO_REPLACEMENT, "top3_depth3"),
+    (topk_as_sampled, CandidateKind.DETERMINISTIC, "dup_siblings"),
+    (no_replacement_as_iid, CandidateKind.SAMPLED_NO_REPLACEMENT, "dup_siblings"),
 ])
 def test_broken_verifiers_fail(broken, kind, shape):
     report = check_lossless(broken, shape=shape, kind=kind, seed=1, **PARAMS)
