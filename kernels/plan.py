@@ -20,14 +20,14 @@ import torch
 from torch import Tensor
 
 MAX_TREE_NODES = 64  # a uint64 ancestor bitmask covers 64 nodes
-MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (merge, launch tail) outweighs its gain
+MIN_SPLIT_TOKENS = 128  # below this a split's fixed cost (merge, launch tail) outweighs its gain
 MAX_SPLITS = 64
-# Splits are chosen to reach WAVES x SMs programs. Decode (one row per q head) merges cheaply and
-# likes two waves; tree/prefill tiles write M x D fp32 partials per split, so one wave is enough.
-# Measured on the H100 (experiments/notes_kernels.md): at B=8, L=4k a T=64 tree ran 141 µs
-# unsplit (128 programs) vs ~190 µs with 3 splits; a T=16 tree (64 programs) 86 µs with 2 splits
-# vs 132 µs unsplit.
-DECODE_WAVES, TREE_WAVES = 2, 1
+# Splits are chosen to reach WAVES x SMs programs. Tiles of <= 64 rows (decode, small trees) merge
+# cheaply and like two waves; 128-row tiles are MMA-bound and write 128 x D fp32 partials per
+# split, so one wave is enough. Measured on the H100 (experiments/notes_kernels.md, graph-timed):
+# B=1 L=4k decode 20.5 µs with 32 splits vs 22.5 µs with 16; B=8 L=4k T=16 81 µs with 4 splits vs
+# 85 µs with 2; B=8 L=4k T=64 143 µs unsplit (128 programs) vs 152 µs with 2 splits.
+SMALL_TILE_WAVES, LARGE_TILE_WAVES = 2, 1
 FULL_ENOUGH = 0.75  # programs >= this fraction of the SMs: no split
 
 
@@ -78,11 +78,11 @@ def choose_block_m(group: int, max_q_len: int) -> int:
     return max(16, next_pow2(group), min(128, next_pow2(rows)))
 
 
-def choose_num_splits(programs: int, max_kv_len: int, sms: int, decode: bool) -> int:
+def choose_num_splits(programs: int, max_kv_len: int, sms: int, block_m: int) -> int:
     """KV chunks per program so that the grid fills whole waves, none under MIN_SPLIT_TOKENS."""
     if programs >= FULL_ENOUGH * sms:
         return 1
-    want = (DECODE_WAVES if decode else TREE_WAVES) * sms // programs
+    want = (SMALL_TILE_WAVES if block_m <= 64 else LARGE_TILE_WAVES) * sms // programs
     return max(1, min(want, max_kv_len // MIN_SPLIT_TOKENS, MAX_SPLITS))
 
 
@@ -132,8 +132,7 @@ def plan_tree_attention(
     q_tiles = -(-max_q_len // tok)
     if sms is None:
         sms = num_sms(qo_indptr.device.index or 0) if qo_indptr.is_cuda else 132
-    splits = num_splits or choose_num_splits(batch * q_tiles * num_kv_heads, max_kv_len, sms,
-                                             decode=max_q_len == 1)
+    splits = num_splits or choose_num_splits(batch * q_tiles * num_kv_heads, max_kv_len, sms, bm)
     bn, warps, stages = choose_tiles(bm)
     return TreeAttentionPlan(
         batch_size=batch, max_q_len=max_q_len, max_kv_len=max_kv_len, group=group, block_m=bm,

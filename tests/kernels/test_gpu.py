@@ -51,7 +51,8 @@ def test_split_kv_long_context(shape, splits):
 
 
 @pytest.mark.parametrize("block_m, block_n, warps, stages", [(16, 64, 4, 2), (64, 32, 4, 3),
-                                                            (128, 64, 8, 2), (128, 128, 8, 3)])
+                                                            (128, 64, 8, 2), (128, 128, 8, 3),
+                                                            (256, 64, 16, 2)])
 def test_tile_configs(block_m, block_n, warps, stages):
     run_case(GPU_MIX, "llama3_8b", 16, torch.bfloat16, block_m=block_m, block_n=block_n,
              num_warps=warps, num_stages=stages, num_splits=2)
