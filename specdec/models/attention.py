@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from specdec.kernels import TreeAttentionPlan, plan_tree_attention, store_kv, tree_attention
+from specdec.kernels.torch_paged import TorchPagedPlan, plan_torch_paged, tree_attention_torch
 
 
 @dataclass
@@ -41,6 +42,15 @@ class AttnMetadata:
         return self.plans[key]
 
 
+    def cpu_plan(self, block_size: int) -> TorchPagedPlan:
+        """The CPU fast path's plan (kernels/torch_paged.py), shared by every layer."""
+        key = ("cpu", block_size)
+        if key not in self.plans:
+            self.plans[key] = plan_torch_paged(self.qo_indptr, self.prefix_lens, self.block_tables,
+                                               block_size, self.tree_mask, self.use_tree_mask)
+        return self.plans[key]
+
+
 def paged_attention(
     q: Tensor,  # [N, Hq, D] (rope applied)
     k: Tensor,  # [N, Hkv, D] (rope applied)
@@ -52,6 +62,8 @@ def paged_attention(
 ) -> Tensor:  # [N, Hq, D]
     """Store this step's K/V at ``meta.slot_mapping``, then attend (prefix + allowed new tokens)."""
     store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    if not q.is_cuda:  # batched SDPA over a per-step plan; equals the reference (tested)
+        return tree_attention_torch(q, k_cache, v_cache, meta.cpu_plan(k_cache.shape[1]), sm_scale)
     plan = meta.plan_for(q.shape[1], k.shape[1])
     return tree_attention(q.contiguous(), k_cache, v_cache, meta.block_tables, meta.prefix_lens,
                           meta.qo_indptr, meta.tree_mask, meta.use_tree_mask, sm_scale,
