@@ -87,6 +87,8 @@ def prepare(tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, t
     if logits.device != tree.tokens.device:
         raise ValueError(f"logits are on {logits.device} but the tree on {tree.tokens.device}")
     params = row_params(temperature, top_p, top_k, batch, logits.shape[-1], logits.device)
+    if uniforms is None and params.all_greedy:  # greedy needs no randomness
+        uniforms = torch.zeros(batch, width, device=logits.device)
     uniforms = _uniforms(uniforms, generator, batch, width, logits.device)
     if check:
         _check_values(tree, logits, params, uniforms)

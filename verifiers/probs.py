@@ -37,19 +37,15 @@ class RowParams:
     any_greedy: bool
     filter_cap: int  # 0: no row filters; else the top-k width that holds every kept set (V: sort)
 
-    @property
-    def greedy(self) -> Tensor:  # [N] bool
-        return self.temperature == 0
+    def __post_init__(self) -> None:
+        self.greedy = self.temperature == 0  # [N] bool
+        self.inv_temperature = 1.0 / torch.where(self.greedy, 1.0, self.temperature)  # [N]
 
     def repeat(self, times: int) -> "RowParams":
         """Each row repeated ``times`` times (for logits [B, T, V] flattened to [B * T, V])."""
         rep = lambda x: x.repeat_interleave(times)  # noqa: E731
         return RowParams(rep(self.temperature), rep(self.top_p), rep(self.top_k), self.all_greedy,
                          self.any_greedy, self.filter_cap)
-
-    def take(self, rows: Tensor) -> "RowParams":
-        return RowParams(self.temperature[rows], self.top_p[rows], self.top_k[rows],
-                         self.all_greedy, self.any_greedy, self.filter_cap)
 
 
 def row_params(temperature: Param, top_p: Param, top_k: Param, rows: int, vocab: int,
@@ -110,8 +106,7 @@ def processed_probs(logits: Tensor, temperature: Param = 1.0, top_p: Param = 1.0
 def _processed(logits: Tensor, params: RowParams) -> Tensor:  # [N, V] float32
     if params.all_greedy:
         return _one_hot_argmax(logits)
-    temp = torch.where(params.greedy, 1.0, params.temperature)  # [N]
-    scaled = logits.float() / temp[:, None]  # [N, V]
+    scaled = logits.float() * params.inv_temperature[:, None]  # [N, V]
     if params.filter_cap:
         thr = _keep_threshold(scaled, params)  # [N]
         scaled = scaled.masked_fill(scaled < thr[:, None], float("-inf"))

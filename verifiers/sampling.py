@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .probs import RowParams, _processed, sample_from_probs
 from .result import VerifyResult, build_result
-from .structure import Siblings, siblings
+from .structure import Siblings, group_rank, siblings
 from .tree import CandidateKind, DraftTree
 
 DET, SAMPLED, NO_REPL = (int(k) for k in CandidateKind)
@@ -37,6 +37,67 @@ DET, SAMPLED, NO_REPL = (int(k) for k in CandidateKind)
 
 def verify_lossless(tree: DraftTree, logits: Tensor, params: RowParams, uniforms: Tensor) -> VerifyResult:
     """``logits [B, T, V]``, ``params`` per row, ``uniforms [B, >= T]`` in [0, 1)."""
+    inner = tree.valid & (torch.arange(tree.max_nodes, device=logits.device) > 0)
+    random = inner & (tree.kind != DET) & ~params.greedy[:, None]
+    if bool(random.any()):
+        return _verify_general(tree, logits, params, uniforms)
+    return _verify_deterministic(tree, logits, params, uniforms)
+
+
+def _verify_deterministic(tree: DraftTree, logits: Tensor, params: RowParams, uniforms: Tensor) -> VerifyResult:
+    """Every candidate DETERMINISTIC (top-k trees; greedy rows): per depth, the siblings' tests
+    have a closed form over ``[B, T]`` (`_first_deterministic`), and the bonus residual is
+    rebuilt once at the end from the node where each row stopped (its children all rejected),
+    so a depth costs one ``[B, V]`` processed distribution and a few ``[B, T]`` kernels."""
+    batch, width = tree.tokens.shape
+    rows, idx = torch.arange(batch, device=logits.device), torch.arange(width, device=logits.device)
+    tok = tree.tokens.clamp(0, logits.shape[-1] - 1)  # [B, T]; padding may hold anything
+    inner = tree.valid & (idx > 0)
+    _, first = group_rank(torch.where(inner, tree.parents * logits.shape[-1] + tok, -1 - idx))
+    u = uniforms[:, :width].float()  # [B, T]
+    cur = torch.zeros(batch, dtype=torch.long, device=logits.device)  # [B] current node
+    alive = torch.ones(batch, dtype=torch.bool, device=logits.device)  # [B] still descending
+    path = torch.full((batch, tree.max_depth + 1), -1, dtype=torch.long, device=logits.device)
+    path[:, 0] = 0
+    for d in range(tree.max_depth):
+        p = _processed(logits[rows, cur], params)  # [B, V]
+        kids = (tree.parents == cur[:, None]) & alive[:, None]  # [B, T] children of cur
+        pc = p.gather(1, tok) * (kids & first)  # [B, T]; a repeated token was removed already
+        hit = _first_deterministic(p, pc, u)  # [B] accepted node or -1
+        alive &= hit >= 0
+        cur = torch.where(alive, hit, cur)
+        path[:, d + 1] = torch.where(alive, cur, -1)
+        if d + 1 < tree.max_depth and not bool(alive.any()):  # every row has stopped
+            break
+    residual = _without_children(_processed(logits[rows, cur], params), tree, tok, cur)
+    return build_result(tree, path, sample_from_probs(residual, uniforms[:, 0]))
+
+
+def _first_deterministic(p: Tensor, pc: Tensor, u: Tensor) -> Tensor:  # [B]
+    """Siblings (the nonzero entries of ``pc [B, T]``, in node order) tried in turn with the
+    DETERMINISTIC rule: after rejecting the earlier ones, p(c) renormalises to
+    p(c) / (total - mass removed), so node i passes iff u_i * (total - removed_before_i) < p(c_i).
+    Returns the first passing node, -1 if none."""
+    removed = torch.cumsum(pc, dim=1) - pc  # [B, T] mass of the earlier siblings
+    ok = u * (p.sum(-1, keepdim=True) - removed) < pc  # [B, T]; pc = 0 never passes
+    hit, first = ok.to(torch.uint8).max(dim=1)  # max's index is the first maximal one
+    return torch.where(hit.bool(), first, -1)
+
+
+def _without_children(p: Tensor, tree: DraftTree, tok: Tensor, node: Tensor) -> Tensor:  # [B, V]
+    """p with the tokens of ``node``'s children zeroed: the residual once they all failed (not
+    renormalised: the inverse-CDF draw scales by the total)."""
+    kids = (tree.parents == node[:, None]) & tree.valid  # [B, T]
+    src = torch.where(kids, 0.0, float("inf"))  # amin keeps p elsewhere; no write conflicts
+    res = p.scatter_reduce(1, tok, src, "amin", include_self=True)
+    # All mass on rejected children has probability 0 (the last such child passes surely) but
+    # rounding can reach it; any law is then right in the limit: keep p.
+    return torch.where(res.sum(-1, keepdim=True) > 0, res, p)
+
+
+def _verify_general(tree: DraftTree, logits: Tensor, params: RowParams, uniforms: Tensor) -> VerifyResult:
+    """Any candidate kinds: per depth, the children of the current node are tried rank by rank
+    where a SAMPLED* kind appears (its residual needs [B, V] work per sibling)."""
     sib = siblings(tree, deterministic_rows=params.greedy)
     batch = tree.batch_size
     rows = torch.arange(batch, device=logits.device)
@@ -78,22 +139,11 @@ def _try_children(tree: DraftTree, sib: Siblings, d: int, cur: Tensor, alive: Te
         rank, residual = _first_sequential(p, tok, kind, has, u, tree.draft_probs[rows, cur])
     else:
         first = sib.first_of_token[rows[:, None], node] & has  # [B, R]
-        rank = _first_deterministic(p, tok, first, u)
+        pc = p.gather(1, tok.clamp(min=0)) * first
+        rank = _first_deterministic(p, pc, u)
         residual = _remove_tokens(p, tok, has)
     child = torch.where(rank >= 0, ch.gather(1, rank.clamp(min=0)[:, None])[:, 0], -1)
     return child, residual
-
-
-def _first_deterministic(p: Tensor, tok: Tensor, live: Tensor, u: Tensor) -> Tensor:  # [B]
-    """Closed form for siblings that are all DETERMINISTIC: after rejecting the earlier ones,
-    p(c_r) renormalises to p(c_r) / (total - mass removed), so child r passes iff
-    u_r * (total - removed_before_r) < p(c_r). A repeated token was removed already (p = 0).
-    Returns the first passing rank, -1 if none: no [B, V] work per sibling."""
-    pc = torch.where(live, p.gather(1, tok.clamp(min=0)), 0.0)  # [B, R]
-    removed = torch.cumsum(pc, dim=1) - pc  # [B, R] mass of earlier distinct siblings
-    total = p.sum(-1, keepdim=True)  # [B, 1]
-    ok = live & (u * (total - removed) < pc)
-    return _first_true(ok)
 
 
 def _first_sequential(p: Tensor, tok: Tensor, kind: Tensor, has: Tensor, u: Tensor,
@@ -121,13 +171,6 @@ def _first_sequential(p: Tensor, tok: Tensor, kind: Tensor, has: Tensor, u: Tens
             drop = (trying & ~ok & (k == NO_REPL))[:, None]
             q_nr = q_nr.scatter(1, c, torch.where(drop, 0.0, q_nr.gather(1, c)))
     return rank, p
-
-
-def _first_true(ok: Tensor) -> Tensor:  # [B] first True column, -1 if none
-    width = ok.shape[1]
-    idx = torch.arange(width, device=ok.device)
-    first = torch.where(ok, idx, width).min(dim=1).values
-    return torch.where(first < width, first, -1)
 
 
 def _remove_tokens(p: Tensor, tok: Tensor, has: Tensor) -> Tensor:  # [B, V]

@@ -19,6 +19,7 @@ parent and rank; `DraftTree.from_choices` builds the batch once the drafter has 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from enum import IntEnum
 from typing import Optional, Sequence
 
@@ -57,19 +58,26 @@ class DraftTree:
     def max_nodes(self) -> int:
         return self.tokens.shape[1]
 
-    @property
+    # Derived fields are computed once (cached): treat a tree as immutable once built.
+    @cached_property
     def valid(self) -> Tensor:  # [B, T] bool
         return torch.arange(self.max_nodes, device=self.tokens.device) < self.num_nodes[:, None]
 
-    @property
+    @cached_property
     def max_depth(self) -> int:
         return int(self.depth.max())
+
+    def to(self, device) -> "DraftTree":
+        """The same trees on ``device``."""
+        move = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return DraftTree(move(self.tokens), move(self.parents), move(self.num_nodes),
+                         kind=move(self.kind), draft_probs=move(self.draft_probs))
 
     def positions(self, context_lens: Tensor) -> Tensor:  # [B, T] int64
         """Position ids of the nodes; ``context_lens`` [B] counts the root."""
         return context_lens[:, None].long() - 1 + self.depth
 
-    @property
+    @cached_property
     def num_children(self) -> Tensor:  # [B, T] int64
         """Children per node (padding 0)."""
         inner = self.valid.clone()
