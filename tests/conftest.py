@@ -48,8 +48,29 @@ TINY_FAMILIES = {
 }
 
 
+def tiny_tokenizer():
+    """A character-level tokenizer (50 ids < TINY vocab) with a ChatML template, so that tiny
+    checkpoints run through everything a real one does (chat rendering, decoding, stop tokens)."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    chars = list(string.ascii_lowercase + string.digits + " .,?!'\n:-")
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + chars)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                          "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+                          "assistant\n{% endif %}")
+    return fast
+
+
 def write_tiny(directory: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
-    """Save a tiny random HF model (safetensors + config) into ``directory``; returns it."""
+    """Save a tiny random HF model (safetensors + config + tokenizer) into ``directory``."""
     import transformers
 
     cfg_name, model_name, extra = TINY_FAMILIES[family]
@@ -61,6 +82,7 @@ def write_tiny(directory: Path, family: str = "llama", seed: int = 0, **override
             if p.dim() == 2:
                 p.normal_(0, 0.15)
     model.save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
     return directory
 
 

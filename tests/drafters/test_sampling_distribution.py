@@ -67,7 +67,6 @@ DRAFTERS = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(DRAFTERS))
 def test_first_two_tokens_follow_the_target(name, tiny_dir, target, prompt, exact):
     engine = Engine(target, DRAFTERS[name](tiny_dir), LosslessVerifier(),

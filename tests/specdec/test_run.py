@@ -1,0 +1,64 @@
+"""`python -m specdec.run` end to end on a tiny checkpoint: summary.json, outputs, overrides."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED = ["drafter", "num_requests", "output_tokens", "wall_s", "tokens_per_s",
+            "mean_accepted_length", "mean_accepted_draft_tokens", "accept_rate_per_depth",
+            "ttft_ms_p50", "itl_ms_p50", "config", "seed", "git_sha", "versions"]
+
+
+def run(*overrides, cwd=REPO, check=True):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "specdec.run", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-2000:] + proc.stderr[-4000:])
+    return proc
+
+
+@pytest.mark.parametrize("drafter", ["none", "ngram"])
+def test_run_writes_summary_and_outputs(tiny_dir, tmp_path, drafter):
+    out = tmp_path / "run"
+    proc = run(f"model.path={tiny_dir('llama')}", f"drafter={drafter}", "logger=none",
+               "data.num_prompts=3", "max_new_tokens=8", "engine.max_num_seqs=2",
+               f"hydra.run.dir={out}")
+    summary = json.loads((out / "summary.json").read_text())
+    for key in REQUIRED:
+        assert key in summary, key
+    assert summary["drafter"] == drafter and summary["num_requests"] == 3
+    assert 0 < summary["output_tokens"] <= 24
+    if drafter == "none":
+        assert summary["mean_accepted_length"] == 1.0
+    assert summary["config"]["max_new_tokens"] == 8
+    lines = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(r["finish_reason"] in ("stop", "length") for r in lines)
+    assert "tokens/s" in proc.stdout and "tau (accepted+1)" in proc.stdout
+
+
+def test_mt_bench_data(tiny_dir, tmp_path, shared_data):
+    out = tmp_path / "run"
+    run(f"model.path={tiny_dir('llama')}", "logger=none", "data=mt_bench",
+        f"data.path={shared_data / 'mt_bench.jsonl'}", "data.num_prompts=2", "max_new_tokens=4",
+        f"hydra.run.dir={out}")
+    rows = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
+    assert [r["category"] for r in rows] == ["writing", "writing"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("verifier.temperature=-1", "temperature must be >= 0"),
+    ("verifier.top_p=0", "top_p must lie in (0, 1]"),
+    ("engine.block_size=12", "block_size must be a power of two"),
+    ("drafter=nonexistent", "Could not find 'drafter/nonexistent'"),
+])
+def test_bad_config_fails_before_loading_weights(tmp_path, override, message):
+    proc = run("model.path=/nonexistent/model", "logger=none", override,
+               f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "is not an HF hub id" not in proc.stderr + proc.stdout  # failed before the model load
