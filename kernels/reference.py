@@ -14,6 +14,8 @@ whole prefix, and new token ``j`` of its own sequence when
   * causal rule: ``j <= i`` (prefill chunks, chains, plain decode), or
   * tree rule: bit ``j`` of ``tree_mask[qo_indptr[b] + i]`` is set (uint64 ancestor bitmask stored in
     int64; a node's own bit is set).
+Rows of ``q`` past ``qo_indptr[-1]`` (padding, e.g. for CUDA graphs) are left unwritten. Query head
+``h`` reads KV head ``h // (Hq // Hkv)``; ``sm_scale`` defaults to ``1 / sqrt(head_dim)``.
 """
 from __future__ import annotations
 
