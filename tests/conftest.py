@@ -1,6 +1,9 @@
 """Shared test setup: GPU tests skip cleanly without CUDA; ../shared/data is optional."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,38 @@ def tiny_dir(tmp_path_factory):
         return made[key]
 
     return make
+
+
+# ---- the embedded default model (SmolLM2-135M-Instruct), fetched once per test session ----------
+@pytest.fixture(scope="session")
+def default_cache(tmp_path_factory):
+    """One fresh cache for the session: two processes race to fill it (download once)."""
+    from specdec import assets
+
+    cache = tmp_path_factory.mktemp("specdec_cache")
+    env = {**os.environ, assets.CACHE_ENV: str(cache)}
+    code = "from specdec.assets import default_model_dir; print(default_model_dir())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=900) + (p.returncode,) for p in procs]
+    return cache, results
+
+
+@pytest.fixture(scope="session")
+def smollm2(default_cache):
+    """The default model loaded (fp32, CPU) from the session cache."""
+    from specdec import assets
+    from specdec.models.loader import load_model
+
+    cache, results = default_cache
+    if any(rc != 0 for _, _, rc in results):
+        raise RuntimeError("fetching the default model failed:\n" + results[0][1][-3000:])
+    old = os.environ.get(assets.CACHE_ENV)
+    os.environ[assets.CACHE_ENV] = str(cache)
+    try:
+        return load_model("default")
+    finally:
+        if old is None:
+            os.environ.pop(assets.CACHE_ENV)
+        else:
+            os.environ[assets.CACHE_ENV] = old

