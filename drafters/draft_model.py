@@ -33,6 +33,9 @@ class DraftModelDrafter(DrafterBase):
             raise ValueError(f"draft_model: num_tokens (draft depth) must be >= 1; got {num_tokens}")
         if top_k < 1:
             raise ValueError(f"draft_model: top_k must be >= 1; got {top_k}")
+        from specdec.models.loader import check_model_path
+
+        check_model_path(path)  # a missing checkpoint fails here, before the target loads
         self.path, self.depth, self.top_k = path, num_tokens, top_k
         self.max_nodes = max_nodes if max_nodes is not None else num_tokens * top_k + 1
         if not 2 <= self.max_nodes <= 64:

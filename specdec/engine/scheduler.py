@@ -110,7 +110,9 @@ class Scheduler:
             needed = self._blocks_to_finish_a_step(seq)
             if needed > self.blocks.num_blocks:
                 self.waiting.popleft()
-                self._reject(seq, f"needs {needed} KV blocks but the pool holds "
+                self._reject(seq, f"request {seq.request_id} needs {needed} KV blocks "
+                                  f"({len(seq)} tokens + a draft tree of {self._lookahead(seq)}) "
+                                  f"but the pool holds "
                                   f"{self.blocks.num_blocks}; raise engine.num_blocks or shorten it")
                 continue
             item = self._item(seq, budget)

@@ -58,8 +58,16 @@ def load_model(path_or_id: Optional[str] = None, dtype: torch.dtype = torch.floa
         return load_hf_dir(path, dtype, device, source=str(path))
     if path.exists():
         raise ValueError(f"{path} is a file but not a .gguf; give the checkpoint directory instead")
+    check_model_path(path_or_id)
+    return load_hf_dir(download_from_hub(str(path_or_id)), dtype, device, source=str(path_or_id))
+
+
+def check_model_path(path_or_id: Optional[str]) -> None:
+    """Fail fast, before any weights load: a path that exists nowhere and is no hub id (owner/name)."""
+    if path_or_id in (None, "", "default") or Path(path_or_id).expanduser().exists():
+        return
     if HUB_ID.match(str(path_or_id)) and not str(path_or_id).startswith((".", "~")):
-        return load_hf_dir(download_from_hub(str(path_or_id)), dtype, device, source=str(path_or_id))
+        return
     raise FileNotFoundError(f"model path {path_or_id!r} does not exist and is not an HF hub id "
                             f"(owner/name); {POINT_AT_LOCAL}")
 

@@ -68,7 +68,8 @@ def test_bad_requests_are_rejected_without_harming_others(model):
     ok = engine.add_request(PROMPTS[0], params)
     while engine.has_work():
         engine.step()
-    assert big.finish_reason == "rejected: needs 11 KV blocks but the pool holds 8; raise engine.num_blocks or shorten it"
+    assert big.finish_reason == ("rejected: request too-big needs 11 KV blocks (40 tokens + a draft "
+                                 "tree of 1) but the pool holds 8; raise engine.num_blocks or shorten it")
     assert ok.output == solo(model, PROMPTS[0], 5)
     outs = engine.generate([[], PROMPTS[1]], params)
     assert outs[0].finish_reason.startswith("rejected: ") and "empty" in outs[0].finish_reason

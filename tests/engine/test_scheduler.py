@@ -79,5 +79,6 @@ def test_request_larger_than_pool_is_rejected_with_numbers():
     sch.add(big)
     sch.add(small)
     batch = sch.schedule()
-    assert big.finished and big.finish_reason.startswith("rejected: needs 6 KV blocks but the pool holds 2")
+    assert big.finished and big.finish_reason.startswith(
+        f"rejected: request {big.request_id} needs 6 KV blocks (20 tokens + a draft tree of 1) but the pool holds 2")
     assert [i.seq for i in batch] == [small]

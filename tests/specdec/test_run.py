@@ -54,7 +54,7 @@ def test_mt_bench_data(tiny_dir, tmp_path, shared_data):
     ("verifier.temperature=-1", "temperature must be >= 0"),
     ("verifier.top_p=0", "top_p must lie in (0, 1]"),
     ("engine.block_size=12", "block_size must be a power of two"),
-    ("drafter=nonexistent", "Could not find 'drafter/nonexistent'"),
+    ("drafter=nonexistent", "Available options in 'drafter':\n\tdraft_model"),
 ])
 def test_bad_config_fails_before_loading_weights(tmp_path, override, message):
     proc = run("model.path=/nonexistent/model", "logger=none", override,
@@ -62,3 +62,20 @@ def test_bad_config_fails_before_loading_weights(tmp_path, override, message):
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert "is not an HF hub id" not in proc.stderr + proc.stdout  # failed before the model load
+
+
+@pytest.mark.parametrize("override, message", [
+    ("drafter=draft_model drafter.path=/nonexistent/draft", "model path '/nonexistent/draft' does not exist"),
+    ("drafter=ngram drafter.max_nodes=65", "max_nodes must lie in [2, 64]"),
+    ("drafter=ngram drafter.num_tokens=0", "num_tokens (draft depth) must be >= 1"),
+    ("drafter=draft_model drafter.path=/x drafter.num_tokens=0", "num_tokens (draft depth) must be >= 1"),
+    ("verifier=nonexistent", "Could not find 'verifier/nonexistent'"),
+    ("model=nonexistent", "Could not find 'model/nonexistent'"),
+])
+def test_bad_drafter_configs_fail_before_the_target_loads(tiny_dir, tmp_path, override, message):
+    proc = run(f"model.path={tiny_dir('llama')}", "logger=none", *override.split(),
+               f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode != 0
+    out = proc.stderr + proc.stdout
+    assert message in out
+    assert "Loading weights" not in out and "summary.json" not in out
