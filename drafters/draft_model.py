@@ -17,7 +17,7 @@ import torch
 
 from specdec.engine import ragged
 from specdec.verifiers import CandidateKind, DraftTree
-from specdec.verifiers.probs import processed_probs
+from specdec.verifiers.probs import processed_probs, sample_from_probs
 
 from .base import DrafterBase, TargetContext
 from .tree_growth import Candidates, expand, select
@@ -113,12 +113,12 @@ class DraftModelDrafter(DrafterBase):
         depth = min(self.depth, max(budgets) - 1)
         temp, top_p, top_k = _params(seqs, dev)
         sampled = temp > 0
+        uniforms = _uniforms(seqs, self.depth).to(dev)  # [B, depth]: a fixed count per request
         tokens = [torch.tensor([s.tokens[-1] for s in seqs], device=dev)]
         probs = []
         for level in range(1, depth + 1):
             q = processed_probs(logits, temp.clamp(min=1e-5), top_p, top_k)  # [B, V]
-            draw = torch.stack([_sample(q[r], s.generator) if sampled[r] else logits[r].argmax()
-                                for r, s in enumerate(seqs)])
+            draw = torch.where(sampled, sample_from_probs(q, uniforms[:, level - 1]), logits.argmax(-1))
             tokens.append(draw)
             probs.append(q)
             if level == depth:
@@ -182,11 +182,12 @@ def _params(seqs, device):
     return temp, top_p, top_k
 
 
-def _sample(q: torch.Tensor, generator) -> torch.Tensor:
-    """One draw from ``q`` [V] with the request's generator (drawn on the CPU: per-request streams
-    do not depend on the device)."""
-    u = torch.rand(1, generator=generator).to(q.device)
-    return torch.searchsorted(q.float().cumsum(0), u * q.sum()).clamp(max=q.shape[0] - 1)[0]
+def _uniforms(seqs, count: int) -> torch.Tensor:
+    """``[B, count]`` draws from each sampling request's own generator (zeros for greedy ones):
+    the same count every step, so a request's stream does not depend on the batch around it."""
+    rows = [torch.rand(count, generator=s.generator) if s.generator is not None else torch.zeros(count)
+            for s in seqs]
+    return torch.stack(rows)
 
 
 def check_same_vocab(target: TargetContext, draft_model, draft_tokenizer) -> None:

@@ -63,6 +63,10 @@ class Engine:
         drafter.load(ctx)
         sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
                                 self.max_model_len, drafter.max_nodes)
+        if self.config.max_num_batched_tokens < drafter.max_nodes:
+            raise ValueError(f"engine.max_num_batched_tokens ({self.config.max_num_batched_tokens}) "
+                             f"must be >= the drafter's tree budget ({drafter.max_nodes} nodes): a "
+                             f"draft tree is never cut to fit a step")
         self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
         self.scheduler.on_release = drafter.release
         self.runner = ModelRunner(self.model, num_blocks, self.config.block_size, self.device,

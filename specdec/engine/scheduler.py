@@ -48,6 +48,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.steps = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -83,26 +84,38 @@ class Scheduler:
             self.blocks.grow(table, n)
 
     def schedule(self) -> list[ScheduledSeq]:
+        self.steps += 1
         budget = self.config.max_num_batched_tokens
         batch: list[ScheduledSeq] = []
-        for seq in list(self.running):
-            if budget <= 0 or seq.status is not Status.RUNNING:
+        # least recently scheduled first: a tight token budget rotates instead of starving anyone
+        for seq in sorted(self.running, key=lambda s: s.last_scheduled):
+            if seq.status is not Status.RUNNING:
                 continue
-            while self._missing(seq) > self.blocks.num_free and self._preempt_last(seq):
+            item = self._item(seq, budget)
+            if item is None:
+                continue
+            while self._missing(seq) > self.blocks.num_free and self._preempt_for(seq, batch):
                 pass
             if seq.status is not Status.RUNNING:  # it preempted itself
                 continue
-            item = self._item(seq, budget)
-            self._grow(seq)
-            batch.append(item)
+            self._take(item, batch)
             budget -= item.num_new
         self._admit(batch, budget)
         return batch
 
-    def _item(self, seq: Sequence, budget: int) -> ScheduledSeq:
+    def _item(self, seq: Sequence, budget: int) -> ScheduledSeq | None:
+        """A prefill chunk takes what budget is left; a draft tree is never cut to fit (its
+        shape, and so a sampled output, must not depend on the batch): it waits a step."""
         if seq.in_prefill:
-            return ScheduledSeq(seq, self._chunk(seq, budget), True)
-        return ScheduledSeq(seq, min(self._lookahead(seq), budget), False)
+            n = self._chunk(seq, budget)
+            return ScheduledSeq(seq, n, True) if n > 0 else None
+        n = self._lookahead(seq)
+        return ScheduledSeq(seq, n, False) if n <= budget else None
+
+    def _take(self, item: ScheduledSeq, batch: list[ScheduledSeq]) -> None:
+        self._grow(item.seq)
+        item.seq.last_scheduled = self.steps
+        batch.append(item)
 
     def _admit(self, batch: list[ScheduledSeq], budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -112,25 +125,26 @@ class Scheduler:
                 self.waiting.popleft()
                 self._reject(seq, f"request {seq.request_id} needs {needed} KV blocks "
                                   f"({len(seq)} tokens + a draft tree of {self._lookahead(seq)}) "
-                                  f"but the pool holds "
-                                  f"{self.blocks.num_blocks}; raise engine.num_blocks or shorten it")
+                                  f"but the pool holds {self.blocks.num_blocks}; raise "
+                                  f"engine.num_blocks or shorten it")
                 continue
             item = self._item(seq, budget)
-            seq.status = Status.RUNNING  # tables() depends on prefill state only, not status
-            if self._missing(seq) > self.blocks.num_free:
-                seq.status = Status.WAITING
+            if item is None or self._missing(seq) > self.blocks.num_free:
                 break
             self.waiting.popleft()
-            self._grow(seq)
+            seq.status = Status.RUNNING
             self.running.append(seq)
-            batch.append(item)
+            self._take(item, batch)
             budget -= item.num_new
 
-    def _preempt_last(self, keep: Sequence) -> bool:
-        """Preempt the newest running sequence; returns False when ``keep`` had to go itself."""
-        victim = self.running[-1]
+    def _preempt_for(self, seq: Sequence, batch: list[ScheduledSeq]) -> bool:
+        """Free blocks for ``seq`` by preempting the newest running sequence not yet scheduled
+        this step; ``seq`` itself goes when there is none (then returns False)."""
+        taken = {id(item.seq) for item in batch}
+        others = [s for s in reversed(self.running) if s is not seq and id(s) not in taken]
+        victim = others[0] if others else seq
         self.preempt(victim)
-        return victim is not keep
+        return victim is not seq
 
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -58,6 +58,7 @@ class Sequence:
     first_token_time: Optional[float] = None
     token_times: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens appended)
     num_preemptions: int = 0
+    last_scheduled: int = -1  # scheduler step that last ran it (fair rotation under a tight budget)
     accept_lengths: list[int] = field(default_factory=list)  # accepted draft tokens per decode step
     draft_depths: list[int] = field(default_factory=list)  # depth of the tree verified, per decode step
 
