@@ -183,9 +183,9 @@ def _params(seqs, device):
 
 
 def _uniforms(seqs, count: int) -> torch.Tensor:
-    """``[B, count]`` draws from each sampling request's own generator (zeros for greedy ones):
-    the same count every step, so a request's stream does not depend on the batch around it."""
-    rows = [torch.rand(count, generator=s.generator) if s.generator is not None else torch.zeros(count)
+    """``[B, count]`` draws from each sampling request's own generator (zeros for greedy ones),
+    keyed by the request and its length, so drafts do not depend on the batch or the schedule."""
+    rows = [torch.rand(count, generator=s.generator(stream=1)) if s.samples else torch.zeros(count)
             for s in seqs]
     return torch.stack(rows)
 

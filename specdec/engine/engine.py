@@ -159,11 +159,11 @@ class Engine:
         return self.verifier.verify(inputs.tree, logits, temp, top_p, top_k, uniforms[:, : width + 1])
 
     def _uniforms(self, seq: Sequence) -> torch.Tensor:
-        """A fixed number of draws from the request's own generator per sampling event, so that
-        sampled outputs do not depend on which other requests share the batch."""
-        if seq.generator is None:
+        """A fixed number of draws per sampling event from the request's own counter-based
+        generator, so sampled outputs do not depend on the batch or the schedule."""
+        if not seq.samples:
             return torch.zeros(self.num_uniforms)
-        return torch.rand(self.num_uniforms, generator=seq.generator)
+        return torch.rand(self.num_uniforms, generator=seq.generator(stream=0))
 
     def _step_result(self, batch, inputs: StepInputs, out, result) -> StepResult:
         return StepResult(

@@ -68,7 +68,11 @@ class Scheduler:
         return max(1, min(self.config.lookahead, self.config.max_model_len - len(seq) + 1))
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
-        return min(len(seq) - seq.num_cached, budget)
+        """A fresh prompt's prefill runs through its last token and samples from it. A sequence
+        recomputed after preemption stops one short: its next token then comes from a decode step
+        with a draft tree, exactly as without preemption (sampled outputs stay schedule-free)."""
+        end = len(seq) - 1 if seq.output else len(seq)
+        return min(end - seq.num_cached, budget)
 
     def _blocks_to_finish_a_step(self, seq: Sequence) -> int:
         """Blocks to prefill ``seq`` and then decode one tree: below this it can never progress."""

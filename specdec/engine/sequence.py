@@ -53,7 +53,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)  # the target's KV blocks
     aux_tables: dict[str, list[int]] = field(default_factory=dict)  # drafters' own KV blocks
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | "rejected: ..."
-    generator: Optional[torch.Generator] = None
+    seed: Optional[int] = None  # resolved at creation: params.seed, else a fresh random one
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: Optional[float] = None
     token_times: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens appended)
@@ -67,10 +67,8 @@ class Sequence:
             self.tokens = list(self.prompt)
         if not self.request_id:
             self.request_id = str(self.seq_id)
-        if self.generator is None and self.params.temperature > 0:
-            self.generator = torch.Generator()
-            seed = self.params.seed if self.params.seed is not None else torch.seed()
-            self.generator.manual_seed(seed)
+        if self.seed is None:
+            self.seed = self.params.seed if self.params.seed is not None else torch.seed() % 2**62
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -89,6 +87,18 @@ class Sequence:
         the last token too, and then samples from it; otherwise the last token is the root of the
         next decode step's draft tree. Either way positions ``0..num_cached-1`` are cached."""
         return self.num_cached < len(self.tokens) - 1
+
+    @property
+    def samples(self) -> bool:
+        return self.params.temperature > 0
+
+    def generator(self, stream: int) -> torch.Generator:
+        """The randomness of one sampling event, keyed by (request seed, current length, stream):
+        the same whatever batch, schedule or preemption the request goes through (a counter-based
+        scheme: a stateful stream would shift when a preempted request recomputes its prefix).
+        Streams: 0 = the verifier's uniforms, 1 = the drafter's."""
+        key = hash((self.seed, len(self.tokens), stream)) % 2**63  # int-tuple hashes are stable
+        return torch.Generator().manual_seed(key)
 
     @property
     def finished(self) -> bool:
