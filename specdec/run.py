@@ -85,15 +85,38 @@ def git_sha() -> str:
         return "unknown"
 
 
-def serve(engine: Engine, prompts, params: SamplingParams, logger, cfg: DictConfig):
+class OutputWriter:
+    """outputs.jsonl, one line per request as it finishes: an interrupted run keeps them all."""
+
+    def __init__(self, path: Path, tokenizer) -> None:
+        self.file, self.tokenizer = open(path, "w"), tokenizer
+
+    def write(self, prompt: data_mod.Prompt, seq) -> None:
+        text = self.tokenizer.decode(seq.output, skip_special_tokens=True) if self.tokenizer else None
+        self.file.write(json.dumps({"id": prompt.id, "category": prompt.category,
+                                    "prompt": prompt.turns[0], "output_ids": seq.output,
+                                    "output": text, "finish_reason": seq.finish_reason}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def serve(engine: Engine, prompts, params: SamplingParams, logger, writer: OutputWriter, cfg: DictConfig):
     """Run every prompt through the engine; Ctrl-C stops early and keeps what finished."""
-    seqs = [engine._add_or_reject(ids, params) for _, ids in prompts]
+    seqs = [engine.submit(ids, params) for _, ids in prompts]
+    by_id = {seq.request_id: prompt for (prompt, _), seq in zip(prompts, seqs)}
+    for seq in seqs:
+        if seq.finished:  # rejected on arrival
+            writer.write(by_id[seq.request_id], seq)
     bar = tqdm(total=len(seqs), desc="requests", unit="req", disable=not cfg.progress)
     bar.update(sum(s.finished for s in seqs))
     interrupted = False
     try:
         while engine.has_work():
             done = engine.step()
+            for seq in done:
+                writer.write(by_id[seq.request_id], seq)
             bar.update(len(done))
             if engine.stats.steps % cfg.log_every == 0:
                 logger.log_step(engine.stats.steps, {"step_ms": 1000 * engine.stats.step_times[-1],
@@ -102,15 +125,6 @@ def serve(engine: Engine, prompts, params: SamplingParams, logger, cfg: DictConf
         interrupted = True
     bar.close()
     return seqs, interrupted
-
-
-def write_outputs(run_dir: Path, prompts, seqs, tokenizer) -> None:
-    with open(run_dir / "outputs.jsonl", "w") as f:
-        for (prompt, _), seq in zip(prompts, seqs):
-            text = tokenizer.decode(seq.output, skip_special_tokens=True) if tokenizer else None
-            f.write(json.dumps({"id": prompt.id, "category": prompt.category, "prompt": prompt.turns[0],
-                                "output_ids": seq.output, "output": text,
-                                "finish_reason": seq.finish_reason}) + "\n")
 
 
 def print_table(summary: dict) -> None:
@@ -136,11 +150,13 @@ def main(cfg: DictConfig) -> dict:
     prompts = load_prompts(cfg, engine.tokenizer)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger.start(resolved, run_dir)
+    writer = OutputWriter(run_dir / "outputs.jsonl", engine.tokenizer)
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     start = time.perf_counter()
-    seqs, interrupted = serve(engine, prompts, params, logger, cfg)
+    seqs, interrupted = serve(engine, prompts, params, logger, writer, cfg)
     wall = time.perf_counter() - start
     signal.signal(signal.SIGINT, old)
+    writer.close()
     summary = {"drafter": getattr(engine.drafter, "name", type(engine.drafter).__name__),
                "verifier": getattr(engine.verifier, "name", type(engine.verifier).__name__),
                "lossless": getattr(engine.verifier, "lossless", True),
@@ -149,12 +165,15 @@ def main(cfg: DictConfig) -> dict:
                "seed": cfg.seed, "git_sha": git_sha(), "versions": versions(),
                "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
                "config": resolved}
-    write_outputs(run_dir, prompts, seqs, engine.tokenizer)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     logger.log_summary(summary)
     logger.finish()
     print_table(summary)
     print(f"summary: {run_dir / 'summary.json'}")
+    if interrupted:
+        print(f"interrupted: {summary['num_requests']} of {len(seqs)} requests finished; their "
+              f"outputs and this summary are kept")
+        raise SystemExit(130)
     return summary
 
 

@@ -219,7 +219,7 @@ class Engine:
         """Run prompts to completion; bad requests come back finished with ``rejected: why``."""
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
-        seqs = [self._add_or_reject(p, sp) for p, sp in zip(prompts, params)]
+        seqs = [self.submit(p, sp) for p, sp in zip(prompts, params)]
         bar = tqdm(total=len(seqs), desc="generating", unit="req", disable=not progress)
         bar.update(sum(s.finished for s in seqs))
         while self.has_work():
@@ -227,7 +227,7 @@ class Engine:
         bar.close()
         return seqs
 
-    def _add_or_reject(self, prompt, params: SamplingParams) -> Sequence:
+    def submit(self, prompt, params: SamplingParams) -> Sequence:
         try:
             return self.add_request(prompt, params)
         except RequestError as err:

@@ -79,3 +79,32 @@ def test_bad_drafter_configs_fail_before_the_target_loads(tiny_dir, tmp_path, ov
     out = proc.stderr + proc.stdout
     assert message in out
     assert "Loading weights" not in out and "summary.json" not in out
+
+
+def test_sigint_keeps_finished_outputs_and_a_summary(tiny_dir, tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"turns": [f"question number {i}"]}) for i in range(40)))
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "specdec.run", f"model.path={tiny_dir('llama')}",
+                             "logger=none", "data=mt_bench", f"data.path={data}", "max_new_tokens=48",
+                             "verifier.temperature=1", "engine.max_num_seqs=1", "progress=false",
+                             f"hydra.run.dir={out}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = out / "outputs.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not outputs.exists() or len(outputs.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = outputs.read_text().splitlines()
+    assert summary["interrupted"] is True
+    assert 3 <= summary["num_requests"] < 40 and summary["num_requests_submitted"] == 40
+    assert len(rows) == summary["num_requests"]
+    assert all(json.loads(r)["finish_reason"] in ("stop", "length") for r in rows)
+    assert "interrupted:" in stdout
