@@ -20,8 +20,8 @@ from typing import Optional
 
 from torch import Tensor
 
-from .checks import (check_attention_inputs, check_compact_inputs, check_store_inputs,
-                     validate_attention_lengths, validate_slots)
+from .checks import (check_attention_inputs, check_compact_inputs, check_sm_scale,
+                     check_store_inputs, validate_attention_lengths, validate_slots)
 from .plan import MAX_TREE_NODES, TreeAttentionPlan, plan_tree_attention
 from .reference import compact_kv_ref, store_kv_ref, tree_attention_ref
 
@@ -63,6 +63,7 @@ def tree_attention(
         max_kv_len = plan.max_kv_len if max_kv_len is None else max_kv_len
     check_attention_inputs(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
                            use_tree_mask, max_q_len, max_kv_len)
+    check_sm_scale(sm_scale)
     if validate or (validate is None and (max_q_len is None or max_kv_len is None)):
         validate_attention_lengths(q, k_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
                                    use_tree_mask, max_q_len, max_kv_len)

@@ -74,6 +74,12 @@ def _attention_inputs_ok(q, kc, vc, bt, pl, ip, tm, use, max_q_len, max_kv_len) 
     return ok
 
 
+def check_sm_scale(sm_scale: Optional[float]) -> None:
+    if sm_scale is not None and not sm_scale > 0:
+        raise ValueError(f"sm_scale={sm_scale} must be > 0 (the kernel takes row maxima of unscaled "
+                         "scores); leave it None for 1/sqrt(head_dim)")
+
+
 def check_attention_inputs(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
                            use_tree_mask, max_q_len: Optional[int], max_kv_len: Optional[int]) -> None:
     args = (q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask, use_tree_mask,

@@ -8,7 +8,8 @@ graph of a decode/verify step needs; the kernel reads the true lengths from devi
 
 Split-KV (flash-decoding, Dao et al. 2023): when ``batch * query tiles * kv heads`` programs cannot
 fill the GPU, each sequence's KV range is cut into ``num_splits`` chunks processed by separate
-programs, and a second kernel merges the partial outputs by their log-sum-exp.
+programs, and the partial outputs are merged by their log-sum-exp: inside the attention kernel
+for decode plans (the last split of a tile merges; one launch), by a second kernel otherwise.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ MAX_SPLITS = 64
 # 85 µs with 2; B=8 L=4k T=64 143 µs unsplit (128 programs) vs 152 µs with 2 splits.
 SMALL_TILE_WAVES, LARGE_TILE_WAVES = 2, 1
 FULL_ENOUGH = 0.75  # programs >= this fraction of the SMs: no split
+# The fused merge loads all splits x GQA heads x head_dim partials of a token at once; past this
+# many (split, head) pairs per token it would need more registers than the main loop.
+MAX_FUSED_MERGE_PAIRS = 128
 
 
 @dataclass
@@ -44,6 +48,7 @@ class TreeAttentionPlan:
     num_splits: int  # KV chunks per (sequence, tile, kv head); 1 = no split, no merge
     num_warps: int
     num_stages: int
+    fused_merge: bool = False  # split merge inside the attention kernel (decode plans)
     _workspace: dict = field(default_factory=dict, repr=False, compare=False)
 
     def grid(self, num_kv_heads: int) -> tuple[int, int, int]:
@@ -59,6 +64,16 @@ class TreeAttentionPlan:
                 torch.empty(s, num_tokens, num_q_heads, head_dim, dtype=torch.float32, device=device),
                 torch.empty(s, num_tokens, num_q_heads, dtype=torch.float32, device=device),
             )
+        return self._workspace[key]
+
+    def counters(self, num_kv_heads: int, device) -> Tensor:
+        """Arrival counters ``[B * q_tiles * Hkv]`` int32 of the fused merge, zeroed once; the last
+        split of each tile resets its counter, so every launch (layer, graph replay) finds zeros.
+        One plan must not run on two streams at once."""
+        key = ("counters", num_kv_heads, str(device))
+        if key not in self._workspace:
+            self._workspace[key] = torch.zeros(self.batch_size * self.q_tiles * num_kv_heads,
+                                               dtype=torch.int32, device=device)
         return self._workspace[key]
 
 
@@ -86,15 +101,20 @@ def choose_num_splits(programs: int, max_kv_len: int, sms: int, block_m: int) ->
     return max(1, min(want, max_kv_len // MIN_SPLIT_TOKENS, MAX_SPLITS))
 
 
+def max_fused_splits(group: int) -> int:
+    return MAX_FUSED_MERGE_PAIRS // next_pow2(group)
+
+
 def choose_tiles(block_m: int) -> tuple[int, int, int]:
-    """(block_n, num_warps, num_stages) from the H100 sweep (experiments/results/kernels_sweep_*):
-    decode tiles stream KV (64 x D per stage, 4 warps); 128-row tree tiles are MMA-bound and ran
-    best with 128-wide KV tiles on 8 warps (wgmma over two warpgroups)."""
+    """(block_n, num_warps, num_stages). ``num_stages - 1`` K/V tiles are in flight while one is
+    used (the block ids are prefetched, so Triton's pipeliner gets the whole depth; see
+    tree_attention.py). Decode tiles stream KV on 4 warps; 128-row tree tiles use wgmma over two
+    warpgroups (8 warps)."""
     if block_m <= 16:
-        return 64, 4, 2
+        return 64, 4, 4
     if block_m <= 64:
-        return 64, 4, 3
-    return 128, 8, 2
+        return 64, 4, 4
+    return 64, 8, 4
 
 
 def plan_tree_attention(
@@ -106,6 +126,7 @@ def plan_tree_attention(
     max_kv_len: Optional[int] = None,  # None: read from prefix_lens + lengths (a device sync)
     *,
     num_splits: Optional[int] = None,  # None: chosen from the shapes
+    fused_merge: Optional[bool] = None,  # None: for decode plans (max_q_len == 1) that split
     block_m: Optional[int] = None,
     block_n: Optional[int] = None,
     num_warps: Optional[int] = None,
@@ -132,10 +153,19 @@ def plan_tree_attention(
     q_tiles = -(-max_q_len // tok)
     if sms is None:
         sms = num_sms(qo_indptr.device.index or 0) if qo_indptr.is_cuda else 132
+    decode = max_q_len == 1
     splits = num_splits or choose_num_splits(batch * q_tiles * num_kv_heads, max_kv_len, sms, bm)
+    if num_splits is None and decode and fused_merge is not False:
+        splits = min(splits, max_fused_splits(group))
+    if fused_merge is None:
+        fused_merge = decode and splits <= max_fused_splits(group)
+    if fused_merge and splits > max_fused_splits(group):
+        raise ValueError(f"fused_merge with {splits} splits and GQA group {group}: at most "
+                         f"{max_fused_splits(group)} splits; pass fewer or fused_merge=False")
     bn, warps, stages = choose_tiles(bm)
     return TreeAttentionPlan(
         batch_size=batch, max_q_len=max_q_len, max_kv_len=max_kv_len, group=group, block_m=bm,
         tok_per_tile=tok, q_tiles=q_tiles, block_n=block_n or bn, num_splits=splits,
         num_warps=num_warps or warps, num_stages=num_stages or stages,
+        fused_merge=bool(fused_merge and splits > 1),
     )

@@ -12,8 +12,17 @@ Semantics: `reference.tree_attention_ref`. One launch serves a ragged batch; eve
   tiles that reach the new tokens apply the causal rule or the uint64 ancestor bitmask.
 * Split-KV (flash-decoding): program ``split`` covers one chunk of the KV range and writes an
   fp32 partial output and its log-sum-exp; `_merge_splits` combines them. Trees split too: the
-  bitmask only touches positions >= prefix_len, whichever chunk holds them.
-Online softmax in base 2 (FlashAttention-2, Dao 2023), fp32 accumulation.
+  bitmask only touches positions >= prefix_len, whichever chunk holds them. Decode plans merge
+  inside the attention kernel instead (one launch): every split bumps a per-tile counter after
+  writing its partial, and the split that arrives last merges (the "last block" reduction of
+  CUDA's threadFenceReduction sample; CUTLASS's semaphore uses the same barrier + release/acquire).
+* Block ids are prefetched one KV tile ahead as loop-carried values. Triton's software pipeliner
+  divides its stages by the depth of load->load chains in the loop (AssignLatencies: latency =
+  (num_stages - 1) / (indirection + 1)), so a block-table load feeding the K/V address in the same
+  iteration halved the pipelining depth; at num_stages=2 the K/V copies were issued one tile ahead
+  but waited on at once (TTGIR: one wait with num=0 per iteration), i.e. no overlap.
+Online softmax in base 2 (FlashAttention-2, Dao 2023), fp32 accumulation; the scale is applied in
+the exp2 argument (one FMA per score, as Triton's fused-attention tutorial).
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .checks import check_sm_scale
 from .plan import TreeAttentionPlan, next_pow2, plan_tree_attention
 
 LOG2E = 1.4426950408889634
@@ -32,29 +42,35 @@ NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: 
 
 
 @triton.jit
-def _kv_offsets(bt_row, start, hi, kvh, stride_blk, stride_slot, stride_head,
-                BLOCK_N: tl.constexpr, PAGE: tl.constexpr, MASKED: tl.constexpr):
+def _tile_pages(bt_row, start, hi, BLOCK_N: tl.constexpr, PAGE: tl.constexpr):
+    """Block ids of positions start .. start+BLOCK_N-1 (int64; a scalar when the tile lies inside
+    one page, else ``[BLOCK_N]``); positions >= hi read no table entry (block 0 stands in)."""
+    if PAGE % BLOCK_N == 0:
+        page = tl.load(bt_row + start // PAGE, mask=start < hi, other=0)
+    else:
+        pos = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        page = tl.load(bt_row + pos // PAGE, mask=pos < hi, other=0)  # [BLOCK_N]
+    return page.to(tl.int64)
+
+
+@triton.jit
+def _kv_offsets(page, start, kvh, stride_blk, stride_slot, stride_head,
+                BLOCK_N: tl.constexpr, PAGE: tl.constexpr):
     """Element offsets ``[BLOCK_N]`` of positions start .. start+BLOCK_N-1 in a paged cache."""
     pos = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    if PAGE % BLOCK_N == 0:  # the tile lies inside one page: one block-table read
-        page = tl.load(bt_row + start // PAGE).to(tl.int64)
-    elif MASKED:
-        page = tl.load(bt_row + pos // PAGE, mask=pos < hi, other=0).to(tl.int64)  # [BLOCK_N]
-    else:
-        page = tl.load(bt_row + pos // PAGE).to(tl.int64)
     return page * stride_blk + (pos % PAGE) * stride_slot + kvh * stride_head
 
 
 @triton.jit
-def _attend(acc, l_i, m_i, q, k_ptr, v_ptr, bt_row, start, hi, kvh, prefix, tok, bits, is_tree,
+def _attend(acc, l_i, m_i, q, k_ptr, v_ptr, page, start, hi, kvh, prefix, tok, bits, is_tree,
             scale_log2, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
             BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
             PAGE: tl.constexpr, MASKED: tl.constexpr, HAS_TREE: tl.constexpr, PREC: tl.constexpr):
-    """One KV tile into the running (acc [M, D], l_i [M], m_i [M]) of the online softmax."""
+    """One KV tile (block ids ``page``) into the running (acc [M, D], l_i [M], m_i [M], log2 units)."""
     offs_d = tl.arange(0, BLOCK_D)  # [D]
     pos = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    k_off = _kv_offsets(bt_row, start, hi, kvh, stride_kb, stride_ks, stride_kh, BLOCK_N, PAGE, MASKED)
-    v_off = _kv_offsets(bt_row, start, hi, kvh, stride_vb, stride_vs, stride_vh, BLOCK_N, PAGE, MASKED)
+    k_off = _kv_offsets(page, start, kvh, stride_kb, stride_ks, stride_kh, BLOCK_N, PAGE)
+    v_off = _kv_offsets(page, start, kvh, stride_vb, stride_vs, stride_vh, BLOCK_N, PAGE)
     kv_mask = (pos < hi)[:, None] & (offs_d < HEAD_DIM)[None, :]  # [BLOCK_N, D]
     if MASKED or BLOCK_D != HEAD_DIM:
         k = tl.load(k_ptr + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -62,7 +78,7 @@ def _attend(acc, l_i, m_i, q, k_ptr, v_ptr, bt_row, start, hi, kvh, prefix, tok,
     else:
         k = tl.load(k_ptr + k_off[:, None] + offs_d[None, :])  # [BLOCK_N, D]
         v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :])  # [BLOCK_N, D]
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2  # [M, BLOCK_N], log2 units
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [M, BLOCK_N] raw scores
     if MASKED:
         j = pos - prefix  # [BLOCK_N] index among the new tokens (negative: prefix)
         seen = j[None, :] <= tok[:, None]  # causal rule
@@ -72,17 +88,41 @@ def _attend(acc, l_i, m_i, q, k_ptr, v_ptr, bt_row, start, hi, kvh, prefix, tok,
             seen = tl.where(is_tree, bit, seen)
         seen = ((j < 0)[None, :] | seen) & (pos < hi)[None, :]
         s = tl.where(seen, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))  # [M]
+    m_new = tl.maximum(m_i, tl.max(s, 1) * scale_log2)  # [M]; scale_log2 > 0 keeps the argmax
     alpha = tl.exp2(m_i - m_new)  # [M]
-    p = tl.exp2(s - m_new[:, None])  # [M, BLOCK_N]
+    p = tl.exp2(s * scale_log2 - m_new[:, None])  # [M, BLOCK_N], one FMA + exp2 per score
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return acc, l_i, m_new
 
 
 @triton.jit
+def _merge_decode_tile(po_ptr, plse_ptr, o_ptr, row, kvh, num_tokens, num_q_heads, num_splits,
+                       stride_on, stride_oh, GROUP: tl.constexpr, MERGE_ROWS: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """out[row, h] = sum_s 2^(lse_s - lse) o_s for the GROUP heads of one token, all splits loaded
+    at once ([S, G, D]: one L2 round trip instead of one per split)."""
+    offs_s = tl.arange(0, BLOCK_S)  # [S]
+    g = tl.arange(0, MERGE_ROWS)  # [G]
+    offs_d = tl.arange(0, BLOCK_D)  # [D]
+    head = kvh * GROUP + g  # [G]
+    part = (offs_s[:, None] * num_tokens + row) * num_q_heads + head[None, :]  # [S, G]
+    ok = (offs_s < num_splits)[:, None] & (g < GROUP)[None, :]  # [S, G]
+    d_ok = offs_d < HEAD_DIM
+    # .cg: read L2, where the other programs' partials are (L1 is not coherent across SMs).
+    lse = tl.load(plse_ptr + part, mask=ok, other=float("-inf"), cache_modifier=".cg")  # [S, G]
+    o = tl.load(po_ptr + part[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                mask=ok[:, :, None] & d_ok[None, None, :], other=0.0, cache_modifier=".cg")  # [S, G, D]
+    m = tl.max(lse, 0)  # [G]
+    w = tl.where(lse > float("-inf"), tl.exp2(lse - m[None, :]), 0.0)  # [S, G]
+    out = tl.sum(o * w[:, :, None], 0) / tl.sum(w, 0)[:, None]  # [G, D]
+    o_off = row * stride_on + head[:, None] * stride_oh + offs_d[None, :]  # [G, D]
+    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=(g < GROUP)[:, None] & d_ok[None, :])
+
+
+@triton.jit
 def _tree_attn_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, cnt_ptr,
     bt_ptr, prefix_ptr, indptr_ptr, mask_ptr, use_ptr,
     scale_log2, num_tokens, num_q_heads, q_tiles, num_splits,
     stride_qn, stride_qh, stride_on, stride_oh,
@@ -90,6 +130,7 @@ def _tree_attn_kernel(
     GROUP: tl.constexpr, TOK_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE: tl.constexpr,
     HAS_TREE: tl.constexpr, HAS_USE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    FUSED_MERGE: tl.constexpr, MERGE_ROWS: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     b = tl.program_id(0) // q_tiles
     t0 = (tl.program_id(0) % q_tiles) * TOK_PER_TILE  # first new token of this tile
@@ -131,16 +172,21 @@ def _tree_attn_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)
     bt_row = bt_ptr + b.to(tl.int64) * stride_bt
+    page = _tile_pages(bt_row, lo, hi, BLOCK_N, PAGE)  # block ids of the first tile
     for start in range(lo, full_end, BLOCK_N):  # prefix tiles: fully visible
-        acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_ptr, v_ptr, bt_row, start, hi, kvh, prefix,
+        page_next = _tile_pages(bt_row, start + BLOCK_N, hi, BLOCK_N, PAGE)  # one tile ahead
+        acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_ptr, v_ptr, page, start, hi, kvh, prefix,
                                 tok, bits, is_tree, scale_log2, stride_kb, stride_ks, stride_kh,
                                 stride_vb, stride_vs, stride_vh, BLOCK_N, HEAD_DIM, BLOCK_D, PAGE,
                                 False, HAS_TREE, PREC)
+        page = page_next
     for start in range(full_end, hi, BLOCK_N):  # tail tiles: prefix end, new tokens, masks
-        acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_ptr, v_ptr, bt_row, start, hi, kvh, prefix,
+        page_next = _tile_pages(bt_row, start + BLOCK_N, hi, BLOCK_N, PAGE)
+        acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_ptr, v_ptr, page, start, hi, kvh, prefix,
                                 tok, bits, is_tree, scale_log2, stride_kb, stride_ks, stride_kh,
                                 stride_vb, stride_vs, stride_vh, BLOCK_N, HEAD_DIM, BLOCK_D, PAGE,
                                 True, HAS_TREE, PREC)
+        page = page_next
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)
     out = acc / safe_l[:, None]  # [M, D]
@@ -150,6 +196,16 @@ def _tree_attn_kernel(
         part = (split * num_tokens + row) * num_q_heads + head  # [M] index into [S, N, Hq]
         tl.store(plse_ptr + part, lse, mask=row_ok)
         tl.store(po_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=io_mask)
+        if FUSED_MERGE:  # decode: the last split of this (sequence, kv head) merges them all
+            tl.debug_barrier()  # every thread's partial is stored before the release below
+            tile = tl.program_id(0) * tl.num_programs(1) + kvh
+            arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_splits - 1:
+                tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+                for t in range(0, tl.minimum(n - t0, TOK_PER_TILE)):  # one token when decoding
+                    _merge_decode_tile(po_ptr, plse_ptr, o_ptr, (q_start + t0 + t).to(tl.int64),
+                                       kvh, num_tokens, num_q_heads, num_splits, stride_on,
+                                       stride_oh, GROUP, MERGE_ROWS, HEAD_DIM, BLOCK_D, BLOCK_S)
     else:
         o_off = row[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=io_mask)
@@ -202,15 +258,18 @@ def tree_attention_triton(
     out = torch.empty_like(q) if out is None else out
     if n_tok == 0 or plan.batch_size == 0:
         return out
+    check_sm_scale(sm_scale)
     scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)) * LOG2E
     split = plan.num_splits > 1
+    fused = split and plan.fused_merge
     po, plse = plan.workspace(n_tok, hq, d, q.device) if split else (out, out)
+    cnt = plan.counters(hkv, q.device) if fused else prefix_lens  # placeholder pointer when unused
     mask = tree_mask if tree_mask is not None else prefix_lens  # placeholder pointer when unused
     use = use_tree_mask if use_tree_mask is not None else prefix_lens
     block_d = max(16, next_pow2(d))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     _tree_attn_kernel[plan.grid(hkv)](
-        q, k_cache, v_cache, out, po, plse, block_tables, prefix_lens, qo_indptr, mask, use,
+        q, k_cache, v_cache, out, po, plse, cnt, block_tables, prefix_lens, qo_indptr, mask, use,
         scale, n_tok, hq, plan.q_tiles, plan.num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -218,9 +277,10 @@ def tree_attention_triton(
         GROUP=plan.group, TOK_PER_TILE=plan.tok_per_tile, BLOCK_M=plan.block_m,
         BLOCK_N=plan.block_n, HEAD_DIM=d, BLOCK_D=block_d, PAGE=page,
         HAS_TREE=tree_mask is not None, HAS_USE=use_tree_mask is not None, SPLIT=split, PREC=prec,
+        FUSED_MERGE=fused, MERGE_ROWS=next_pow2(plan.group), BLOCK_S=max(2, next_pow2(plan.num_splits)),
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
-    if split:
+    if split and not fused:
         _merge_splits[(n_tok, hq)](
             po, plse, out, qo_indptr, plan.batch_size, n_tok, hq, plan.num_splits,
             out.stride(0), out.stride(1),

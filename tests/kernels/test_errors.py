@@ -96,6 +96,14 @@ def test_plan_mismatch_and_gqa():
         plan_tree_attention(b.qo_indptr, b.prefix_lens, 5, 2)
     with pytest.raises(ValueError, match="power of two"):
         plan_tree_attention(b.qo_indptr, b.prefix_lens, 4, 2, block_m=24)
+    with pytest.raises(ValueError, match="at most 16 splits"):
+        plan_tree_attention(b.qo_indptr, b.prefix_lens, 16, 2, num_splits=20, fused_merge=True)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.125])
+def test_non_positive_sm_scale(batch, scale):
+    with pytest.raises(ValueError, match="must be > 0"):
+        call(batch, sm_scale=scale)
 
 
 def test_store_kv_errors():

@@ -20,6 +20,7 @@ GPU_MIX = [SeqSpec(1000, 1), SeqSpec(517, 8, "chain"), SeqSpec(33, 16, "star"),
            SeqSpec(2049, 31, "balanced"), SeqSpec(4093, 64, "random"), SeqSpec(0, 300),
            SeqSpec(77, 1, "single"), SeqSpec(256, 200), SeqSpec(3000, 6)]
 LONG_FEW = [SeqSpec(16381, 1), SeqSpec(9000, 64, "random")]  # split-KV territory
+LONG_DECODE = [SeqSpec(16381, 1), SeqSpec(9000, 1), SeqSpec(3, 1), SeqSpec(4096, 1)]  # fused merge
 
 
 def run_case(specs, shape, page, dtype, seed=0, **plan_kw):
@@ -50,9 +51,18 @@ def test_split_kv_long_context(shape, splits):
         assert plan.num_splits > 1, "small batch at long context should split"
 
 
+@pytest.mark.parametrize("shape", ["llama3_8b", "smollm2", "gqa8"])
+@pytest.mark.parametrize("splits", [None, 2, 16])
+def test_fused_merge_decode(shape, splits):
+    _, plan, _ = run_case(LONG_DECODE, shape, 16, torch.bfloat16, num_splits=splits)
+    assert plan.fused_merge, plan
+
+
 @pytest.mark.parametrize("block_m, block_n, warps, stages", [(16, 64, 4, 2), (64, 32, 4, 3),
                                                             (128, 64, 8, 2), (128, 128, 8, 3),
-                                                            (256, 64, 16, 2)])
+                                                            (256, 64, 16, 2), (16, 32, 4, 4),
+                                                            (16, 64, 4, 4), (64, 64, 4, 4),
+                                                            (128, 64, 8, 4), (128, 64, 8, 5)])
 def test_tile_configs(block_m, block_n, warps, stages):
     run_case(GPU_MIX, "llama3_8b", 16, torch.bfloat16, block_m=block_m, block_n=block_n,
              num_warps=warps, num_stages=stages, num_splits=2)
@@ -62,6 +72,17 @@ def test_deterministic():
     b, plan, out = run_case(GPU_MIX, "smollm2", 16, torch.bfloat16, num_splits=3)
     again = tree_attention(*b.args(), plan=plan)
     assert torch.equal(out, again), "two runs differ: a race"
+
+
+def test_fused_merge_repeated_launches_agree():
+    """The last-arriving split reads the others' partials: a missing barrier/fence or a counter not
+    reset shows up as a launch whose output differs from the first (the merge order is fixed)."""
+    b, plan, out = run_case(LONG_DECODE * 8, "llama3_8b", 16, torch.bfloat16, num_splits=16)
+    assert plan.fused_merge
+    for _ in range(50):
+        again = torch.full_like(out, float("nan"))
+        tree_attention(*b.args(), plan=plan, out=again)
+        assert torch.equal(out, again), "fused merge launches differ: a race"
 
 
 def test_hot_path_does_not_sync():
@@ -106,6 +127,33 @@ def test_cuda_graph_replay_with_new_lengths():
         tree_attention(*static, plan=plan, out=out)
     for batch in (second, first):
         _load(static, batch)
+        graph.replay()
+        assert rel_err(out, tree_attention_ref(*batch.args())) < REL_TOL[torch.bfloat16]
+
+
+def test_cuda_graph_replay_fused_decode():
+    """Decode plan with the in-kernel merge, captured once, replayed with other lengths: the
+    counters must be back at zero after every replay."""
+    hq, hkv, d = SHAPES["llama3_8b"]
+    mk = lambda lens, seed: make_batch([SeqSpec(n, 1) for n in lens], hq, hkv, d, 16,  # noqa: E731
+                                       dtype=torch.bfloat16, seed=seed).to("cuda")
+    first, second = mk([3000, 700, 4000], 1), mk([5, 4090, 1200], 2)
+    cap = {1: (800, 16, hkv, d), 2: (800, 16, hkv, d), 3: (3, 260)}
+    static = [None if t is None else torch.zeros(cap.get(i, t.shape), dtype=t.dtype, device="cuda")
+              for i, t in enumerate(first.args())]
+    plan = plan_tree_attention(first.qo_indptr, first.prefix_lens, hq, hkv, max_q_len=1,
+                               max_kv_len=4096)
+    assert plan.fused_merge and plan.num_splits > 1, plan
+    out = torch.empty_like(first.q)
+    _load(static, first)
+    tree_attention(*static, plan=plan, out=out)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        tree_attention(*static, plan=plan, out=out)
+    for batch in (second, first, second):
+        _load(static, batch)
+        out.fill_(float("nan"))
         graph.replay()
         assert rel_err(out, tree_attention_ref(*batch.args())) < REL_TOL[torch.bfloat16]
 
