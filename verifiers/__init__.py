@@ -34,13 +34,13 @@ Randomness is an input: ``uniforms[b, i]`` decides node i's acceptance test and
 """
 from .api import LosslessVerifier, TypicalVerifier, verify_tree, verify_tree_typical
 from .check import LosslessReport, check_lossless, chi_square_pvalue
-from .probs import processed_probs, sample, sample_from_probs
+from .probs import SamplingPlan, processed_probs, sample, sample_from_probs
 from .result import VerifyResult
 from .tree import MAX_NODES, CandidateKind, DraftTree, TreeChoices
 
 __all__ = [
     "CandidateKind", "DraftTree", "MAX_NODES", "TreeChoices", "VerifyResult",
     "verify_tree", "verify_tree_typical", "LosslessVerifier", "TypicalVerifier",
-    "processed_probs", "sample", "sample_from_probs",
+    "processed_probs", "sample", "sample_from_probs", "SamplingPlan",
     "check_lossless", "chi_square_pvalue", "LosslessReport",
 ]

@@ -8,17 +8,17 @@ import torch
 from torch import Tensor
 
 from .greedy import verify_greedy
-from .probs import Param, RowParams, row_params
+from .probs import Param, RowParams, SamplingPlan, device_params, read_plan
 from .result import VerifyResult
 from .sampling import verify_lossless
-from .structure import group_rank
 from .tree import CandidateKind, DraftTree
 from .typical import verify_typical
 
 
 def verify_tree(tree: DraftTree, logits: Tensor, temperature: Param = 0.0, top_p: Param = 1.0,
                 top_k: Param = 0, uniforms: Optional[Tensor] = None,
-                generator: Optional[torch.Generator] = None, check: bool = True) -> VerifyResult:
+                generator: Optional[torch.Generator] = None, check: bool = True,
+                plan: Optional[SamplingPlan] = None) -> VerifyResult:
     """Verify a batch of draft trees against the target's ``logits [B, T, V]`` (row i of a tree:
     the target's logits after node i). Rows with temperature 0 are greedy (exactly the target's
     argmax walk); others use lossless recursive rejection sampling, respecting each node's
@@ -27,9 +27,16 @@ def verify_tree(tree: DraftTree, logits: Tensor, temperature: Param = 0.0, top_p
     ``uniforms [B, U >= T]`` in [0, 1): column i >= 1 decides node i, column 0 draws the bonus
     token; draw them from each request's own generator (a fixed count per step, e.g. 65) so
     outputs do not depend on the batch. Without them, ``generator`` (or torch's global one)
-    draws them. ``check`` validates values (one host sync); shapes are always checked."""
-    params, uniforms = prepare(tree, logits, temperature, top_p, top_k, uniforms, generator, check)
-    if params.all_greedy:
+    draws them.
+
+    Host syncs: ``check=True`` validates values (one device-to-host transfer, two when the
+    sampling parameters are device tensors). With ``check=False`` verification reads nothing from
+    the device — it can be captured in a CUDA graph — provided the host facts are known: the
+    tree's (`DraftTree` reads them when built, or takes bounds) and the sampling parameters'
+    (free for Python numbers and CPU tensors; for device tensors pass ``plan``, else they are read
+    once). Shapes are always checked."""
+    params, uniforms = prepare(tree, logits, temperature, top_p, top_k, uniforms, generator, check, plan)
+    if params is None:  # every row greedy
         return verify_greedy(tree, logits)
     return verify_lossless(tree, logits, params, uniforms)
 
@@ -38,23 +45,30 @@ def verify_tree_typical(tree: DraftTree, logits: Tensor, temperature: Param = 0.
                         top_p: Param = 1.0, top_k: Param = 0, uniforms: Optional[Tensor] = None,
                         generator: Optional[torch.Generator] = None,
                         posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
-                        check: bool = True) -> VerifyResult:
+                        check: bool = True, plan: Optional[SamplingPlan] = None) -> VerifyResult:
     """Medusa's typical acceptance (LOSSY); same arguments as `verify_tree`."""
     if not (posterior_threshold > 0 and posterior_alpha > 0):
         raise ValueError(f"posterior_threshold and posterior_alpha must be > 0; got "
                          f"{posterior_threshold}, {posterior_alpha}")
-    params, uniforms = prepare(tree, logits, temperature, top_p, top_k, uniforms, generator, check)
+    params, uniforms = prepare(tree, logits, temperature, top_p, top_k, uniforms, generator, check, plan)
+    if params is None:
+        return verify_greedy(tree, logits)
     return verify_typical(tree, logits, params, uniforms, posterior_threshold, posterior_alpha)
 
 
 class LosslessVerifier:
-    """Greedy at temperature 0, lossless rejection sampling otherwise (Hydra: verifier=lossless)."""
+    """Greedy at temperature 0, lossless rejection sampling otherwise (Hydra: verifier=lossless).
+    ``check=False`` skips value validation (no host sync; see `verify_tree`)."""
     name = "lossless"
     lossless = True
 
+    def __init__(self, check: bool = True):
+        self.check = check
+
     def verify(self, tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, top_k: Param,
-               uniforms: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> VerifyResult:
-        return verify_tree(tree, logits, temperature, top_p, top_k, uniforms, generator)
+               uniforms: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+               plan: Optional[SamplingPlan] = None) -> VerifyResult:
+        return verify_tree(tree, logits, temperature, top_p, top_k, uniforms, generator, self.check, plan)
 
 
 class TypicalVerifier:
@@ -62,20 +76,23 @@ class TypicalVerifier:
     name = "typical"
     lossless = False
 
-    def __init__(self, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3):
+    def __init__(self, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, check: bool = True):
         self.posterior_threshold = posterior_threshold
         self.posterior_alpha = posterior_alpha
+        self.check = check
 
     def verify(self, tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, top_k: Param,
-               uniforms: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> VerifyResult:
+               uniforms: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+               plan: Optional[SamplingPlan] = None) -> VerifyResult:
         return verify_tree_typical(tree, logits, temperature, top_p, top_k, uniforms, generator,
-                                   self.posterior_threshold, self.posterior_alpha)
+                                   self.posterior_threshold, self.posterior_alpha, self.check, plan)
 
 
 def prepare(tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, top_k: Param,
-            uniforms: Optional[Tensor], generator: Optional[torch.Generator],
-            check: bool) -> tuple[RowParams, Tensor]:
-    """Validate the inputs; broadcast the parameters; draw uniforms when none are given."""
+            uniforms: Optional[Tensor], generator: Optional[torch.Generator], check: bool,
+            plan: Optional[SamplingPlan] = None) -> tuple[Optional[RowParams], Optional[Tensor]]:
+    """Validate the inputs; plan and place the parameters; draw uniforms when none are given.
+    Returns (None, None) when every row is greedy (no parameter or randomness is needed)."""
     if not isinstance(tree, DraftTree):
         raise TypeError(f"tree must be a specdec.verifiers.DraftTree; got {type(tree).__name__}")
     batch, width = tree.tokens.shape
@@ -86,9 +103,14 @@ def prepare(tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, t
         raise ValueError(f"logits must be floating point; got {logits.dtype}")
     if logits.device != tree.tokens.device:
         raise ValueError(f"logits are on {logits.device} but the tree on {tree.tokens.device}")
-    params = row_params(temperature, top_p, top_k, batch, logits.shape[-1], logits.device)
-    if uniforms is None and params.all_greedy:  # greedy needs no randomness
-        uniforms = torch.zeros(batch, width, device=logits.device)
+    plan = read_plan(temperature, top_p, top_k, batch, plan, check)
+    if uniforms is not None:
+        uniforms = _uniforms(uniforms, generator, batch, width, logits.device)
+    if plan.all_greedy:
+        if check:
+            _check_values(tree, logits, None, uniforms)
+        return None, None
+    params = device_params(temperature, top_p, top_k, batch, plan, logits.shape[-1], logits.device)
     uniforms = _uniforms(uniforms, generator, batch, width, logits.device)
     if check:
         _check_values(tree, logits, params, uniforms)
@@ -98,24 +120,27 @@ def prepare(tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, t
 def _uniforms(uniforms: Optional[Tensor], generator, batch: int, width: int, device) -> Tensor:
     if uniforms is None:
         gen_device = generator.device if generator is not None else "cpu"
-        return torch.rand(batch, width, generator=generator, device=gen_device).to(device)
+        return torch.rand(batch, width, generator=generator, device=gen_device).to(device, non_blocking=True)
     if uniforms.dim() != 2 or uniforms.shape[0] != batch or uniforms.shape[1] < width:
         raise ValueError(f"uniforms must be [B, U] with B = {batch} and U >= T = {width} (column i "
                          f"decides node i, column 0 the bonus token); got {tuple(uniforms.shape)}")
-    return uniforms.to(device)
+    return uniforms.to(device, torch.float32, non_blocking=True)
 
 
-def _check_values(tree: DraftTree, logits: Tensor, params: RowParams, uniforms: Tensor) -> None:
+def _check_values(tree: DraftTree, logits: Tensor, params: Optional[RowParams],
+                  uniforms: Optional[Tensor]) -> None:
     """All value checks, decided in one host transfer; the failing one is explained."""
     vocab = logits.shape[-1]
     valid, width = tree.valid, tree.max_nodes
-    inner = valid & (torch.arange(width, device=valid.device) > 0)
-    random = inner & (tree.kind != CandidateKind.DETERMINISTIC) & ~params.greedy[:, None]
-    u = uniforms[:, :width].float()
+    none = torch.zeros((), dtype=torch.bool, device=valid.device)
+    random = none
+    if params is not None:
+        random = tree.inner & (tree.kind != CandidateKind.DETERMINISTIC) & ~params.greedy[:, None]
+    u = uniforms[:, :width] if uniforms is not None else None
     flags = torch.stack([
         (valid & ((tree.tokens < 0) | (tree.tokens >= vocab))).any(),
         (valid & ((tree.kind < 0) | (tree.kind > 2))).any(),
-        ((u < 0) | (u >= 1) | torch.isnan(u)).any(),
+        none if u is None else ((u < 0) | (u >= 1) | torch.isnan(u)).any(),
         random.any(),
     ]).tolist()
     if flags[0]:
@@ -139,7 +164,7 @@ def _check_draft_probs(tree: DraftTree, vocab: int, random: Tensor) -> None:
     if q.shape[-1] != vocab:
         raise ValueError(f"draft_probs has vocabulary {q.shape[-1]} but the logits {vocab}")
     rows = torch.arange(tree.batch_size, device=q.device)[:, None]
-    par = tree.parents.clamp(min=0)
+    par = tree.parent_index
     total = q.float().sum(-1)[rows, par]  # [B, T] mass of q at each node's parent
     low = q.amin(-1).float()[rows, par]  # [B, T]
     tol = 1e-3 if q.dtype in (torch.float32, torch.float64) else 2e-2
@@ -161,8 +186,7 @@ def _check_draft_probs(tree: DraftTree, vocab: int, random: Tensor) -> None:
 
 
 def _repeated_no_replacement(tree: DraftTree, random: Tensor) -> Tensor:  # [B, T] bool
-    nr = random & (tree.kind == CandidateKind.SAMPLED_NO_REPLACEMENT)
-    idx = torch.arange(tree.max_nodes, device=nr.device)
-    vocab = int(tree.tokens.max()) + 1
-    _, first = group_rank(torch.where(nr, tree.parents * vocab + tree.tokens, -1 - idx))
-    return nr & ~first
+    """No-replacement nodes with an earlier no-replacement sibling of the same token."""
+    nr = random & (tree.kind == CandidateKind.SAMPLED_NO_REPLACEMENT)  # [B, T]
+    same = tree.tokens[:, :, None] == tree.tokens[:, None, :]  # [B, T, T]
+    return nr & ((tree.earlier_siblings > 0) & same & nr[:, None, :]).any(-1)

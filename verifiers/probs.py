@@ -18,7 +18,7 @@ Rules, per row:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -26,16 +26,61 @@ from torch import Tensor
 Param = Union[float, int, Sequence[float], Tensor]
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Host-side facts about a batch's sampling parameters: they pick the verifier's code path
+    and loop bounds, so that verification needs no device-to-host read. They are derived for
+    free from parameters given as Python numbers or CPU tensors; pass one explicitly when the
+    parameters live on the GPU and no read is allowed (CUDA-graph capture). Any plan that holds
+    for the batch gives the same results; a looser one only costs time.
+
+    * ``all_greedy``: every row has temperature 0 (only the argmax is computed);
+    * ``any_greedy``: some row may have temperature 0;
+    * ``filter_cap``: 0 = no sampled row uses top-k or top-p; K >= 1 = every sampled row that
+      filters has 0 < top_k <= K (its kept set is decided within its top K logits: one batched
+      ``topk`` over all nodes); None = a row may use top-p without top-k (a full sort of the
+      current nodes' rows at every depth: the slow path)."""
+    all_greedy: bool = False
+    any_greedy: bool = True
+    filter_cap: Optional[int] = None
+
+    @staticmethod
+    def of(temperature: Tensor, top_p: Tensor, top_k: Tensor) -> "SamplingPlan":
+        """The tightest plan for host (CPU) parameter values ``[N]``."""
+        greedy = temperature == 0
+        filters = ~greedy & ((top_p < 1) | (top_k > 0))
+        if not bool(filters.any()):
+            cap = 0
+        elif bool((filters & (top_k <= 0)).any()):
+            cap = None
+        else:
+            cap = int(top_k[filters].max())
+        return SamplingPlan(bool(greedy.all()), bool(greedy.any()), cap)
+
+    def violation(self, temperature: Tensor, top_p: Tensor, top_k: Tensor) -> Optional[str]:
+        """Why this plan does not hold for host parameter values (None: it holds)."""
+        tight = SamplingPlan.of(temperature, top_p, top_k)
+        if self.all_greedy and not tight.all_greedy:
+            return "all_greedy=True but some row has temperature > 0"
+        if tight.any_greedy and not self.any_greedy:
+            return "any_greedy=False but some row has temperature 0"
+        if tight.all_greedy or self.filter_cap is None or tight.filter_cap == 0:
+            return None
+        if tight.filter_cap is None or tight.filter_cap > self.filter_cap:
+            return (f"filter_cap={self.filter_cap} but a sampled row has top_k = 0 or above it "
+                    f"with top-p or top-k on (tight plan: {tight})")
+        return None
+
+
 @dataclass
 class RowParams:
-    """Per-row sampling parameters on the logits' device, plus host-side facts the kernels'
-    choice depends on (read once per call)."""
+    """Per-row sampling parameters on the logits' device, plus the plan's host facts."""
     temperature: Tensor  # [N] float32, 0 = greedy
     top_p: Tensor  # [N] float32 in (0, 1]
     top_k: Tensor  # [N] int64, 0 = off
     all_greedy: bool
     any_greedy: bool
-    filter_cap: int  # 0: no row filters; else the top-k width that holds every kept set (V: sort)
+    filter_cap: int  # 0: no row filters; K < V: batched top-K thresholds; V: sort per row
 
     def __post_init__(self) -> None:
         self.greedy = self.temperature == 0  # [N] bool
@@ -48,24 +93,49 @@ class RowParams:
                          self.any_greedy, self.filter_cap)
 
 
-def row_params(temperature: Param, top_p: Param, top_k: Param, rows: int, vocab: int,
-               device) -> RowParams:
-    """Broadcast scalars or ``[rows]`` values to tensors, validate them, and read the host facts
-    in one transfer."""
-    temp = _column(temperature, rows, torch.float32, "temperature")
-    tp = _column(top_p, rows, torch.float32, "top_p")
-    tk = _column(top_k, rows, torch.float64, "top_k")
-    host = torch.stack([temp.double(), tp.double(), tk]).cpu()  # [3, rows]: one sync
+def read_plan(temperature: Param, top_p: Param, top_k: Param, rows: int,
+              plan: Optional[SamplingPlan] = None, check: bool = True) -> SamplingPlan:
+    """The plan for a batch of ``rows``: ``plan`` as given, else derived from the values. Values
+    are read from the device (one transfer) only when they live there and are needed: no plan
+    was given, or ``check`` asks to validate them (against the plan too)."""
+    cols = [_column(x, rows, dt, name) for x, dt, name in
+            ((temperature, torch.float32, "temperature"), (top_p, torch.float32, "top_p"),
+             (top_k, torch.float64, "top_k"))]
+    if plan is not None and not check:
+        return plan
+    host = _on_host(cols)  # [3, rows] float64 on the CPU
     _check_params(host)
-    greedy = host[0] == 0
-    sampled = ~greedy
-    filters = sampled & ((host[1] < 1) | (host[2] > 0))
-    cap = 0
-    if bool(filters.any()):
-        needs_sort = sampled & (host[1] < 1) & (host[2] == 0)
-        cap = vocab if bool(needs_sort.any()) else min(int(host[2][filters].max()), vocab)
-    return RowParams(temp.to(device), tp.to(device), tk.long().to(device),
-                     all_greedy=bool(greedy.all()), any_greedy=bool(greedy.any()), filter_cap=cap)
+    temp, tp, tk = host
+    if plan is None:
+        return SamplingPlan.of(temp, tp, tk)
+    why = plan.violation(temp, tp, tk)
+    if why:
+        raise ValueError(f"the SamplingPlan does not hold for these parameters: {why}")
+    return plan
+
+
+def device_params(temperature: Param, top_p: Param, top_k: Param, rows: int, plan: SamplingPlan,
+                  vocab: int, device) -> RowParams:
+    """Parameters as ``[rows]`` tensors on ``device`` (no device-to-host read)."""
+    out = []
+    for x, dtype, name in ((temperature, torch.float32, "temperature"),
+                           (top_p, torch.float32, "top_p"), (top_k, torch.int64, "top_k")):
+        if isinstance(x, Tensor):
+            t = _column(x, rows, dtype, name).to(device, non_blocking=True)
+        elif isinstance(x, (int, float)):
+            t = torch.full((rows,), x, dtype=dtype, device=device)
+        else:
+            t = torch.as_tensor(x, dtype=dtype).to(device, non_blocking=True)
+        out.append(t)
+    cap = vocab if plan.filter_cap is None else min(plan.filter_cap, vocab)
+    return RowParams(*out, all_greedy=plan.all_greedy, any_greedy=plan.any_greedy, filter_cap=cap)
+
+
+def row_params(temperature: Param, top_p: Param, top_k: Param, rows: int, vocab: int,
+               device, plan: Optional[SamplingPlan] = None, check: bool = True) -> RowParams:
+    """Validate, plan and place the parameters (see `read_plan`, `device_params`)."""
+    plan = read_plan(temperature, top_p, top_k, rows, plan, check)
+    return device_params(temperature, top_p, top_k, rows, plan, vocab, device)
 
 
 def _column(x: Param, rows: int, dtype, name: str) -> Tensor:  # [rows]
@@ -76,6 +146,14 @@ def _column(x: Param, rows: int, dtype, name: str) -> Tensor:  # [rows]
         raise ValueError(f"{name} must be a scalar or have one value per row [{rows}]; got shape "
                          f"{tuple(t.shape)}")
     return t
+
+
+def _on_host(cols: list[Tensor]) -> Tensor:  # [3, rows] float64 on the CPU
+    """CPU columns cost nothing; device ones are read in one transfer."""
+    if all(c.device.type == "cpu" for c in cols):
+        return torch.stack([c.double() for c in cols])
+    dev = next(c.device for c in cols if c.device.type != "cpu")
+    return torch.stack([c.to(dev).double() for c in cols]).cpu()
 
 
 def _check_params(host: Tensor) -> None:

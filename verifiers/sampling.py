@@ -18,18 +18,26 @@ node has law p exactly, whatever the candidates; by induction over depth the out
 the target's law. A greedy row (temperature 0) has p = the point mass at the argmax: the same
 rule then reproduces the greedy walk.
 
-Vectorised over the batch; the host loops over depth (and, only at depths with random kinds,
-over sibling rank). Randomness is an input: ``uniforms[b, i]`` decides node i's test and
-``uniforms[b, 0]`` draws the bonus token.
+Three implementations, all free of host syncs (loop bounds are the tree's host facts):
+  * every candidate DETERMINISTIC, no row with top-p alone (the common case: top-k trees,
+    n-gram tries, greedy rows): closed form over all nodes at once, no loop (`_verify_deterministic`);
+  * DETERMINISTIC with a row using top-p alone: the same tests, one depth at a time, because a
+    node's threshold needs a full sort of its row (`_verify_deterministic_walk`);
+  * any SAMPLED* candidate: per depth, siblings tried rank by rank with [B, V] residuals
+    (`_verify_general`).
+Randomness is an input: ``uniforms[b, i]`` decides node i's test and ``uniforms[b, 0]`` draws
+the bonus token.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .probs import RowParams, _processed, sample_from_probs
+from .greedy import deepest_good
+from .probs import RowParams, sample_from_probs
 from .result import VerifyResult, build_result
-from .structure import Siblings, group_rank, siblings
+from .structure import children_table
+from .target import Target
 from .tree import CandidateKind, DraftTree
 
 DET, SAMPLED, NO_REPL = (int(k) for k in CandidateKind)
@@ -37,57 +45,61 @@ DET, SAMPLED, NO_REPL = (int(k) for k in CandidateKind)
 
 def verify_lossless(tree: DraftTree, logits: Tensor, params: RowParams, uniforms: Tensor) -> VerifyResult:
     """``logits [B, T, V]``, ``params`` per row, ``uniforms [B, >= T]`` in [0, 1)."""
-    inner = tree.valid & (torch.arange(tree.max_nodes, device=logits.device) > 0)
-    random = inner & (tree.kind != DET) & ~params.greedy[:, None]
-    if bool(random.any()):
-        return _verify_general(tree, logits, params, uniforms)
-    return _verify_deterministic(tree, logits, params, uniforms)
+    target = Target(tree, logits, params)
+    if tree.has_sampled:
+        return _verify_general(tree, target, uniforms)
+    if target.batched:
+        return _verify_deterministic(tree, target, uniforms)
+    return _verify_deterministic_walk(tree, target, uniforms)
 
 
-def _verify_deterministic(tree: DraftTree, logits: Tensor, params: RowParams, uniforms: Tensor) -> VerifyResult:
-    """Every candidate DETERMINISTIC (top-k trees; greedy rows): per depth, the siblings' tests
-    have a closed form over ``[B, T]`` (`_first_deterministic`), and the bonus residual is
-    rebuilt once at the end from the node where each row stopped (its children all rejected),
-    so a depth costs one ``[B, V]`` processed distribution and a few ``[B, T]`` kernels."""
+def _verify_deterministic(tree: DraftTree, target: Target, uniforms: Tensor) -> VerifyResult:
+    """Every candidate DETERMINISTIC: siblings c_1, c_2, ... of a node are tried in order, and
+    after the earlier ones failed p(c_i) renormalises to p(c_i) / (1 - removed_i), with removed_i
+    the mass of the earlier siblings' (distinct) tokens. So node i passes iff
+    ``u_i * (1 - removed_i) < p(c_i)``, decided for all nodes at once; the accepted child of a
+    node is its first passing child, and the path the deepest node reached through accepted
+    children. The bonus is drawn from p at that node without its children's tokens."""
+    width = tree.max_nodes
+    pc = torch.where(tree.first_of_token, target.child_probs(), 0.0)  # [B, T]; a repeat passes never
+    removed = torch.bmm(tree.earlier_siblings, pc[:, :, None])[:, :, 0]  # [B, T]
+    ok = uniforms[:, :width] * (1.0 - removed) < pc  # [B, T]
+    earlier_ok = torch.bmm(tree.earlier_siblings, ok[:, :, None].float())[:, :, 0]  # [B, T]
+    leaf = deepest_good(tree, ok & (earlier_ok == 0))  # [B]
+    residual = _without_children(target.row_probs(leaf), tree, leaf)
+    return build_result(tree, tree.path_to(leaf), sample_from_probs(residual, uniforms[:, 0]))
+
+
+def _verify_deterministic_walk(tree: DraftTree, target: Target, uniforms: Tensor) -> VerifyResult:
+    """The same rule one depth at a time: only the rows the walk visits are processed (a sort of
+    ``[B, V]`` per depth when a row uses top-p alone)."""
     batch, width = tree.tokens.shape
-    rows, idx = torch.arange(batch, device=logits.device), torch.arange(width, device=logits.device)
-    tok = tree.tokens.clamp(0, logits.shape[-1] - 1)  # [B, T]; padding may hold anything
-    inner = tree.valid & (idx > 0)
-    _, first = group_rank(torch.where(inner, tree.parents * logits.shape[-1] + tok, -1 - idx))
-    u = uniforms[:, :width].float()  # [B, T]
-    cur = torch.zeros(batch, dtype=torch.long, device=logits.device)  # [B] current node
-    alive = torch.ones(batch, dtype=torch.bool, device=logits.device)  # [B] still descending
-    path = torch.full((batch, tree.max_depth + 1), -1, dtype=torch.long, device=logits.device)
+    dev = tree.tokens.device
+    tok = tree.tokens.clamp(0, target.logits.shape[-1] - 1)  # [B, T]; padding may hold anything
+    u = uniforms[:, :width]  # [B, T]
+    cur = torch.zeros(batch, dtype=torch.long, device=dev)  # [B] current node
+    alive = torch.ones(batch, dtype=torch.bool, device=dev)  # [B] still descending
+    path = torch.full((batch, tree.max_depth + 1), -1, dtype=torch.long, device=dev)
     path[:, 0] = 0
     for d in range(tree.max_depth):
-        p = _processed(logits[rows, cur], params)  # [B, V]
-        kids = (tree.parents == cur[:, None]) & alive[:, None]  # [B, T] children of cur
-        pc = p.gather(1, tok) * (kids & first)  # [B, T]; a repeated token was removed already
-        hit = _first_deterministic(p, pc, u)  # [B] accepted node or -1
-        alive &= hit >= 0
-        cur = torch.where(alive, hit, cur)
+        p = target.row_probs(cur)  # [B, V]
+        kids = tree.first_of_token & (tree.parent_index == cur[:, None]) & alive[:, None]  # [B, T]
+        pc = torch.where(kids, p.gather(1, tok), 0.0)  # [B, T]
+        removed = torch.cumsum(pc, dim=1) - pc  # [B, T]; only cur's children are nonzero
+        ok = u * (1.0 - removed) < pc
+        hit, first = ok.to(torch.uint8).max(dim=1)  # max's index is the first maximal one
+        alive &= hit.bool()
+        cur = torch.where(alive, first, cur)
         path[:, d + 1] = torch.where(alive, cur, -1)
-        if d + 1 < tree.max_depth and not bool(alive.any()):  # every row has stopped
-            break
-    residual = _without_children(_processed(logits[rows, cur], params), tree, tok, cur)
+    residual = _without_children(target.row_probs(cur), tree, cur)
     return build_result(tree, path, sample_from_probs(residual, uniforms[:, 0]))
 
 
-def _first_deterministic(p: Tensor, pc: Tensor, u: Tensor) -> Tensor:  # [B]
-    """Siblings (the nonzero entries of ``pc [B, T]``, in node order) tried in turn with the
-    DETERMINISTIC rule: after rejecting the earlier ones, p(c) renormalises to
-    p(c) / (total - mass removed), so node i passes iff u_i * (total - removed_before_i) < p(c_i).
-    Returns the first passing node, -1 if none."""
-    removed = torch.cumsum(pc, dim=1) - pc  # [B, T] mass of the earlier siblings
-    ok = u * (p.sum(-1, keepdim=True) - removed) < pc  # [B, T]; pc = 0 never passes
-    hit, first = ok.to(torch.uint8).max(dim=1)  # max's index is the first maximal one
-    return torch.where(hit.bool(), first, -1)
-
-
-def _without_children(p: Tensor, tree: DraftTree, tok: Tensor, node: Tensor) -> Tensor:  # [B, V]
+def _without_children(p: Tensor, tree: DraftTree, node: Tensor) -> Tensor:  # [B, V]
     """p with the tokens of ``node``'s children zeroed: the residual once they all failed (not
     renormalised: the inverse-CDF draw scales by the total)."""
-    kids = (tree.parents == node[:, None]) & tree.valid  # [B, T]
+    kids = tree.inner & (tree.parent_index == node[:, None])  # [B, T]
+    tok = tree.tokens.clamp(0, p.shape[-1] - 1)
     src = torch.where(kids, 0.0, float("inf"))  # amin keeps p elsewhere; no write conflicts
     res = p.scatter_reduce(1, tok, src, "amin", include_self=True)
     # All mass on rejected children has probability 0 (the last such child passes surely) but
@@ -95,68 +107,61 @@ def _without_children(p: Tensor, tree: DraftTree, tok: Tensor, node: Tensor) -> 
     return torch.where(res.sum(-1, keepdim=True) > 0, res, p)
 
 
-def _verify_general(tree: DraftTree, logits: Tensor, params: RowParams, uniforms: Tensor) -> VerifyResult:
+def _verify_general(tree: DraftTree, target: Target, uniforms: Tensor) -> VerifyResult:
     """Any candidate kinds: per depth, the children of the current node are tried rank by rank
-    where a SAMPLED* kind appears (its residual needs [B, V] work per sibling)."""
-    sib = siblings(tree, deterministic_rows=params.greedy)
+    (up to the tree's ``max_children``), each rejection updating the ``[B, V]`` residual."""
     batch = tree.batch_size
-    rows = torch.arange(batch, device=logits.device)
-    cur = torch.zeros(batch, dtype=torch.long, device=logits.device)  # [B] current node
-    alive = torch.ones(batch, dtype=torch.bool, device=logits.device)  # [B] still descending
-    path = torch.full((batch, sib.max_depth + 1), -1, dtype=torch.long, device=logits.device)
+    dev = tree.tokens.device
+    children = children_table(tree)  # [B, T, R]
+    cur = torch.zeros(batch, dtype=torch.long, device=dev)  # [B] current node
+    alive = torch.ones(batch, dtype=torch.bool, device=dev)  # [B] still descending
+    path = torch.full((batch, tree.max_depth + 1), -1, dtype=torch.long, device=dev)
     path[:, 0] = 0
     bonus_p = None  # [B, V] the distribution each row draws its bonus token from
-    for d in range(sib.max_depth + 1):
-        p = _processed(logits[rows, cur], params)  # [B, V]
-        if sib.width_at_depth[d] == 0:
-            bonus_p = p if bonus_p is None else torch.where(alive[:, None], p, bonus_p)
-            break
-        child, residual = _try_children(tree, sib, d, cur, alive, p, params, uniforms)
+    for d in range(tree.max_depth):
+        p = target.row_probs(cur)  # [B, V]
+        child, residual = _try_children(tree, target, children, cur, alive, p, uniforms)
         stop = alive & (child < 0)
         bonus_p = residual if bonus_p is None else torch.where(stop[:, None], residual, bonus_p)
         alive &= child >= 0
         cur = torch.where(alive, child, cur)
         path[:, d + 1] = torch.where(alive, cur, -1)
-        if d < sib.max_depth and not bool(alive.any()):  # every row has stopped: skip the rest
-            break
-    bonus = sample_from_probs(bonus_p, uniforms[:, 0])
-    return build_result(tree, path, bonus)
+    # rows still descending stand on a node of the deepest level: a leaf, whose p is the law
+    last = target.row_probs(cur)
+    bonus_p = last if bonus_p is None else torch.where(alive[:, None], last, bonus_p)
+    return build_result(tree, path, sample_from_probs(bonus_p, uniforms[:, 0]))
 
 
-def _try_children(tree: DraftTree, sib: Siblings, d: int, cur: Tensor, alive: Tensor, p: Tensor,
-                  params: RowParams, uniforms: Tensor) -> tuple[Tensor, Tensor]:
+def _try_children(tree: DraftTree, target: Target, children: Tensor, cur: Tensor, alive: Tensor,
+                  p: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
     """Try the children of ``cur`` in order: ``(accepted child [B] or -1, residual p [B, V])``
     (the residual matters only for rows that accepted nothing)."""
-    rows = torch.arange(cur.shape[0], device=cur.device)
-    width = sib.width_at_depth[d]
-    ch = sib.children[rows, cur, :width]  # [B, R]
+    rows = target.rows
+    ch = children[rows, cur]  # [B, R]
     has = (ch >= 0) & alive[:, None]  # [B, R]
     node = ch.clamp(min=0)
-    tok = tree.tokens[rows[:, None], node]  # [B, R]
+    tok = tree.tokens[rows[:, None], node].clamp(0, p.shape[-1] - 1)  # [B, R]
     u = uniforms[rows[:, None], node]  # [B, R]
-    if sib.random_at_depth[d]:
-        kind = torch.where(params.greedy[:, None], DET, tree.kind[rows[:, None], node].long())
-        rank, residual = _first_sequential(p, tok, kind, has, u, tree.draft_probs[rows, cur])
-    else:
-        first = sib.first_of_token[rows[:, None], node] & has  # [B, R]
-        pc = p.gather(1, tok.clamp(min=0)) * first
-        rank = _first_deterministic(p, pc, u)
-        residual = _remove_tokens(p, tok, has)
+    kind = tree.kind[rows[:, None], node].long()
+    if target.params.any_greedy:
+        kind = torch.where(target.params.greedy[:, None], DET, kind)
+    q = tree.draft_probs[rows, cur].float()  # [B, V]
+    rank, residual = _first_sequential(p, tok, kind, has, u, q, tree.has_no_replacement)
     child = torch.where(rank >= 0, ch.gather(1, rank.clamp(min=0)[:, None])[:, 0], -1)
     return child, residual
 
 
-def _first_sequential(p: Tensor, tok: Tensor, kind: Tensor, has: Tensor, u: Tensor,
-                      q: Tensor) -> tuple[Tensor, Tensor]:
+def _first_sequential(p: Tensor, tok: Tensor, kind: Tensor, has: Tensor, u: Tensor, q: Tensor,
+                      no_replacement: bool) -> tuple[Tensor, Tensor]:
     """General rule, one sibling rank at a time (``kind [B, R]`` per child, ``q [B, V]`` the
     draft law at the parent). Returns (first accepted rank or -1 [B], residual p [B, V])."""
     batch, width = tok.shape
     rank = torch.full((batch,), -1, dtype=torch.long, device=p.device)
-    q_nr = q.float() if bool((kind == NO_REPL).any()) else None  # [B, V] q minus rejected NR tokens
+    q_nr = q if no_replacement else None  # [B, V] q minus the rejected no-replacement tokens
     for r in range(width):
-        c, k = tok[:, r].clamp(min=0)[:, None], kind[:, r]  # [B, 1], [B]
+        c, k = tok[:, r, None], kind[:, r]  # [B, 1], [B]
         trying = has[:, r] & (rank < 0)
-        law = q.float() if q_nr is None else torch.where((k == NO_REPL)[:, None], q_nr / q_nr.sum(-1, keepdim=True), q.float())
+        law = q if q_nr is None else torch.where((k == NO_REPL)[:, None], q_nr / q_nr.sum(-1, keepdim=True), q)
         law = torch.where((k == DET)[:, None], 0.0, law)  # [B, V]; DET's point mass handled below
         qc = torch.where(k == DET, 1.0, law.gather(1, c)[:, 0])  # [B]
         pc = p.gather(1, c)[:, 0]  # [B]
@@ -171,16 +176,3 @@ def _first_sequential(p: Tensor, tok: Tensor, kind: Tensor, has: Tensor, u: Tens
             drop = (trying & ~ok & (k == NO_REPL))[:, None]
             q_nr = q_nr.scatter(1, c, torch.where(drop, 0.0, q_nr.gather(1, c)))
     return rank, p
-
-
-def _remove_tokens(p: Tensor, tok: Tensor, has: Tensor) -> Tensor:  # [B, V]
-    """p with the tokens of every tried child zeroed (the residual after all DETERMINISTIC
-    siblings fail; not renormalised: the inverse-CDF draw scales by the total)."""
-    any_child = has.any(1, keepdim=True)  # [B, 1]
-    pad = torch.where(any_child, tok[:, :1], 0).clamp(min=0)  # padding writes to a child's slot
-    idx = torch.where(has, tok, pad).clamp(min=0)  # [B, R]
-    keep = torch.where(has | any_child, 0.0, p.gather(1, idx))  # rows without children: unchanged
-    res = p.scatter(1, idx, keep)
-    # All mass on rejected children has probability 0 (the last such child passes surely) but
-    # rounding can reach it; any law is then correct in the limit: keep p.
-    return torch.where(res.sum(-1, keepdim=True) > 0, res, p)

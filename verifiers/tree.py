@@ -18,7 +18,7 @@ parent and rank; `DraftTree.from_choices` builds the batch once the drafter has 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from functools import cached_property
 from enum import IntEnum
 from typing import Optional, Sequence
@@ -37,18 +37,49 @@ class CandidateKind(IntEnum):
 
 @dataclass
 class DraftTree:
+    """A batch of draft trees. Built with ``validate=True`` (the default) the topology is checked
+    and the host facts below are read in ONE device-to-host transfer; with ``validate=False``
+    nothing is read from the device (CUDA-graph capture), and the facts are the bounds given or
+    the loosest ones (T - 1).
+
+    Host facts (Python values, so that verification needs no device read):
+      * ``max_depth``: depth of the deepest node, or ``depth_bound`` when given (>= it): the
+        verifier's results have ``max_depth + 1`` path columns;
+      * ``max_children``: most children of any node, or ``children_bound``;
+      * ``has_sampled``: some node is SAMPLED / SAMPLED_NO_REPLACEMENT and ``draft_probs`` is
+        given (without validation: ``draft_probs is not None``); ``has_no_replacement``: some
+        node is SAMPLED_NO_REPLACEMENT (without validation: as ``has_sampled``)."""
     tokens: Tensor  # [B, T] int64; padding nodes hold 0
     parents: Tensor  # [B, T] int64; -1 for the root and for padding
     num_nodes: Tensor  # [B] int64, 1 <= num_nodes <= T
     kind: Optional[Tensor] = None  # [B, T] int8 CandidateKind per node (None: all DETERMINISTIC)
     draft_probs: Optional[Tensor] = None  # [B, T, V] q at node t, the law of t's sampled children
+    depth_bound: InitVar[Optional[int]] = None
+    children_bound: InitVar[Optional[int]] = None
+    validate: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
-        validate_tree(self.tokens, self.parents, self.num_nodes)
+    def __post_init__(self, depth_bound: Optional[int], children_bound: Optional[int],
+                      validate: bool) -> None:
+        _validate_shapes(self.tokens, self.parents, self.num_nodes)
         if self.kind is None:
             self.kind = torch.zeros_like(self.tokens, dtype=torch.int8)
         _validate_extras(self.tokens, self.kind, self.draft_probs)
-        self.depth, self.ancestor_mask = _depth_and_mask(self.parents, self.num_nodes)
+        # Derived on the device from sanitised parents, so that even a bad tree indexes in range.
+        self.parent_index, linked = _parent_index(self.parents, self.num_nodes)  # [B, T], [B, T]
+        self.num_children = torch.zeros_like(self.parent_index).scatter_add_(
+            1, self.parent_index, linked.long())  # [B, T] children per node (padding 0)
+        self.depth, self.ancestor_mask = _depth_and_mask(self.parent_index, linked, self.num_nodes)
+        loose = max(self.max_nodes - 1, 0)
+        if validate:
+            depth, children, top_kind = _read_facts(self)
+            self.max_depth = _bound(depth_bound, depth, "depth_bound", "depth")
+            self.max_children = _bound(children_bound, children, "children_bound", "children of a node")
+            self.has_sampled = top_kind > 0 and self.draft_probs is not None
+            self.has_no_replacement = top_kind == CandidateKind.SAMPLED_NO_REPLACEMENT and self.has_sampled
+        else:
+            self.max_depth = loose if depth_bound is None else int(depth_bound)
+            self.max_children = loose if children_bound is None else int(children_bound)
+            self.has_sampled = self.has_no_replacement = self.draft_probs is not None
 
     @property
     def batch_size(self) -> int:
@@ -64,26 +95,34 @@ class DraftTree:
         return torch.arange(self.max_nodes, device=self.tokens.device) < self.num_nodes[:, None]
 
     @cached_property
-    def max_depth(self) -> int:
-        return int(self.depth.max())
+    def inner(self) -> Tensor:  # [B, T] bool: valid non-root nodes
+        return self.valid & (torch.arange(self.max_nodes, device=self.tokens.device) > 0)
+
+    @cached_property
+    def earlier_siblings(self) -> Tensor:  # [B, T, T] float32: [b, i, j] = 1 iff j < i share a parent
+        """As a float matrix: ``earlier_siblings @ x[..., None]`` sums x over each node's earlier
+        siblings (a segmented exclusive prefix sum in one batched matmul; T <= 64)."""
+        idx = torch.arange(self.max_nodes, device=self.tokens.device)
+        par = torch.where(self.inner, self.parents, -1 - idx)  # [B, T]; no two padding nodes match
+        return ((par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])).float()
+
+    @cached_property
+    def first_of_token(self) -> Tensor:  # [B, T] bool
+        """Non-root nodes whose token no earlier sibling has (a repeat is a wasted candidate:
+        every rule rejects it, since its token was removed when the first copy failed)."""
+        same = self.tokens[:, :, None] == self.tokens[:, None, :]  # [B, T, T]
+        return self.inner & ~((self.earlier_siblings > 0) & same).any(-1)
 
     def to(self, device) -> "DraftTree":
-        """The same trees on ``device``."""
+        """The same trees on ``device`` (same host facts)."""
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return DraftTree(move(self.tokens), move(self.parents), move(self.num_nodes),
-                         kind=move(self.kind), draft_probs=move(self.draft_probs))
+                         kind=move(self.kind), draft_probs=move(self.draft_probs),
+                         depth_bound=self.max_depth, children_bound=self.max_children)
 
     def positions(self, context_lens: Tensor) -> Tensor:  # [B, T] int64
         """Position ids of the nodes; ``context_lens`` [B] counts the root."""
         return context_lens[:, None].long() - 1 + self.depth
-
-    @cached_property
-    def num_children(self) -> Tensor:  # [B, T] int64
-        """Children per node (padding 0)."""
-        inner = self.valid.clone()
-        inner[:, 0] = False
-        count = torch.zeros_like(self.parents)
-        return count.scatter_add_(1, self.parents.clamp(min=0), inner.long())
 
     @property
     def is_leaf(self) -> Tensor:  # [B, T] bool
@@ -156,8 +195,8 @@ class DraftTree:
         return cls.chains(tokens.view(-1, 1))
 
 
-def validate_tree(tokens: Tensor, parents: Tensor, num_nodes: Tensor) -> None:
-    """Raise ValueError on shapes, sizes or parent orders that no tree can have."""
+def _validate_shapes(tokens: Tensor, parents: Tensor, num_nodes: Tensor) -> None:
+    """Shape errors, decided on the host."""
     if tokens.dim() != 2 or parents.shape != tokens.shape:
         raise ValueError(f"tokens and parents must both be [B, T]; got {tuple(tokens.shape)} "
                          f"and {tuple(parents.shape)}")
@@ -167,33 +206,62 @@ def validate_tree(tokens: Tensor, parents: Tensor, num_nodes: Tensor) -> None:
                          f"bitmask per node); got T = {width}. Lower the drafter's node budget.")
     if num_nodes.shape != (batch,):
         raise ValueError(f"num_nodes must be [B] = [{batch}]; got {tuple(num_nodes.shape)}")
-    if batch and (int(num_nodes.min()) < 1 or int(num_nodes.max()) > width):
-        raise ValueError(f"num_nodes must lie in [1, T={width}]; got {num_nodes.tolist()}")
-    idx = torch.arange(width, device=tokens.device)
-    valid = idx < num_nodes[:, None]
-    inner = valid & (idx > 0)
-    bad = inner & ((parents < 0) | (parents >= idx))
-    if bool((parents[:, 0] != -1).any()):
+
+
+def _parent_index(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor]:
+    """``(parent_index [B, T], linked [B, T] bool)``: linked nodes are valid non-root nodes with
+    a parent in ``[0, i)``; parent_index is their parent and 0 elsewhere (root, padding, and the
+    bad links of an invalid tree), so that gathers by it stay in range whatever the input."""
+    idx = torch.arange(parents.shape[1], device=parents.device)
+    linked = (idx > 0) & (idx < num_nodes[:, None]) & (parents >= 0) & (parents < idx)
+    return torch.where(linked, parents, 0), linked
+
+
+def _read_facts(tree: "DraftTree") -> tuple[int, int, int]:
+    """Validate the topology and read (max depth, most children, largest kind) in one
+    device-to-host transfer; raise ValueError on sizes or parent orders no tree can have."""
+    batch, width = tree.tokens.shape
+    if batch == 0:
+        return 0, 0, 0
+    idx = torch.arange(width, device=tree.tokens.device)
+    num, par = tree.num_nodes, tree.parents
+    inner = (idx > 0) & (idx < num[:, None])  # [B, T]
+    bad_link = inner & ((par < 0) | (par >= idx))
+    facts = torch.stack([
+        ((num < 1) | (num > width)).any().long(), (par[:, 0] != -1).any().long(), bad_link.any().long(),
+        tree.depth.max(), tree.num_children.max(), torch.where(inner, tree.kind.long(), 0).max(),
+    ]).tolist()
+    if facts[0]:
+        raise ValueError(f"num_nodes must lie in [1, T={width}]; got {num.tolist()}")
+    if facts[1]:
         raise ValueError("node 0 is the root: parents[:, 0] must be -1")
-    if bool(bad.any()):
-        b, i = (int(x) for x in bad.nonzero()[0])
+    if facts[2]:
+        b, i = (int(x) for x in bad_link.nonzero()[0])
         raise ValueError(f"parents must be topologically ordered (0 <= parents[b, i] < i): "
-                         f"sequence {b}, node {i} has parent {int(parents[b, i])}")
+                         f"sequence {b}, node {i} has parent {int(par[b, i])}")
+    return int(facts[3]), int(facts[4]), int(facts[5])
 
 
-def _depth_and_mask(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor]:
+def _bound(given: Optional[int], actual: int, name: str, what: str) -> int:
+    if given is None:
+        return actual
+    if int(given) < actual:
+        raise ValueError(f"{name} = {given} is below the trees' {what} ({actual}); raise it or "
+                         f"leave it out")
+    return int(given)
+
+
+def _depth_and_mask(parent_index: Tensor, linked: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor]:
     """``depth [B, T]`` (root 0, padding 0) and ``ancestor_mask [B, T]`` int64 (bit j of node i set
     iff j is i or an ancestor of i; padding 0). Pointer jumping: after step k each node knows the
     bits and edge count of its 2^k nearest ancestors, so ceil(log2 T) steps over [B, T] suffice
     (a few dozen kernels instead of a loop over nodes)."""
-    batch, width = parents.shape
-    idx = torch.arange(width, device=parents.device).expand(batch, width)
-    valid = idx < num_nodes[:, None]
-    has_parent = valid & (parents >= 0)
-    up = torch.where(has_parent, parents, idx)  # [B, T]; the root and padding point to themselves
-    one = torch.ones((), dtype=torch.long, device=parents.device)
-    mask = torch.where(valid, one << idx, 0)  # [B, T]
-    depth = has_parent.long()  # [B, T] edges from each node to `up`
+    batch, width = parent_index.shape
+    idx = torch.arange(width, device=parent_index.device).expand(batch, width)
+    up = torch.where(linked, parent_index, idx)  # [B, T]; the root and padding point to themselves
+    one = torch.ones((), dtype=torch.long, device=parent_index.device)
+    mask = torch.where(idx < num_nodes[:, None], one << idx, 0)  # [B, T]
+    depth = linked.long()  # [B, T] edges from each node to `up`
     for _ in range(max(width - 1, 0).bit_length()):
         mask = mask | mask.gather(1, up)
         depth = depth + depth.gather(1, up)

@@ -31,19 +31,23 @@ def _tree_with_q(tree: DraftTree, vocab: int, gen, kinds) -> DraftTree:
     return DraftTree(tokens, tree.parents, tree.num_nodes, kind=kind, draft_probs=q)
 
 
-CASES = [  # kinds, temperature, top_p, top_k
-    ([CandidateKind.DETERMINISTIC], 0.7, 1.0, 0),
-    ([CandidateKind.DETERMINISTIC], 1.3, 0.8, 4),
-    ([CandidateKind.SAMPLED], 1.0, 1.0, 0),
-    ([CandidateKind.SAMPLED], 0.6, 0.9, 5),
-    ([CandidateKind.SAMPLED_NO_REPLACEMENT], 1.0, 0.95, 0),
-    ([0, 1, 2], 0.8, 0.9, 6),
+CASES = [  # kinds, temperature, top_p, top_k, top_k on every row (else off on a quarter of them)
+    # DETERMINISTIC: closed form over all nodes (no filters / batched top-k + top-p thresholds),
+    # and the per-depth walk (rows with top-p alone need a sort)
+    ([CandidateKind.DETERMINISTIC], 0.7, 1.0, 0, False),
+    ([CandidateKind.DETERMINISTIC], 1.1, 0.8, 4, True),
+    ([CandidateKind.DETERMINISTIC], 1.3, 0.8, 4, False),
+    ([CandidateKind.SAMPLED], 1.0, 1.0, 0, False),
+    ([CandidateKind.SAMPLED], 0.6, 0.9, 5, False),
+    ([CandidateKind.SAMPLED_NO_REPLACEMENT], 1.0, 0.95, 0, False),
+    ([0, 1, 2], 0.8, 0.9, 6, False),
+    ([0, 1, 2], 0.8, 0.7, 3, True),
 ]
 
 
-@pytest.mark.parametrize("kinds,temperature,top_p,top_k", CASES)
-def test_matches_sequential_walk(kinds, temperature, top_p, top_k):
-    gen = torch.Generator().manual_seed(hash((tuple(kinds), temperature)) % 1000)
+@pytest.mark.parametrize("kinds,temperature,top_p,top_k,topk_all", CASES)
+def test_matches_sequential_walk(kinds, temperature, top_p, top_k, topk_all):
+    gen = torch.Generator().manual_seed(int(100 * temperature) + 7 * len(kinds) + top_k)
     vocab, width, batch = 7, 14, 160
     tree = _tree_with_q(random_tree(batch, width, vocab, gen), vocab, gen, [int(k) for k in kinds])
     logits = friendly_logits(tree, vocab, gen, boost=2.5)
@@ -51,7 +55,8 @@ def test_matches_sequential_walk(kinds, temperature, top_p, top_k):
     temp = torch.full((batch,), temperature)
     temp[::4] = 0.0
     tp, tk = torch.full((batch,), top_p), torch.full((batch,), top_k)
-    tk[1::4] = 0
+    if not topk_all:
+        tk[1::4] = 0
     u = torch.rand(batch, width + 1, generator=gen)
     result = verify_tree(tree, logits, temp, tp, tk, uniforms=u)
     depths = []

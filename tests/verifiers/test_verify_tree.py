@@ -80,3 +80,51 @@ def test_bad_trees_raise_clear_errors():
         DraftTree.from_lists([[1, 2]], [[-1, 0]], kind=torch.zeros(1, 3, dtype=torch.int8))
     with pytest.raises(ValueError, match="draft_probs must be"):
         DraftTree.from_lists([[1, 2]], [[-1, 0]], draft_probs=torch.zeros(1, 2))
+
+
+def test_host_facts_and_bounds():
+    gen = torch.Generator().manual_seed(4)
+    tree = random_tree(30, 20, 5, gen, kind=[0, 1])
+    tree = DraftTree(tree.tokens, tree.parents, tree.num_nodes, kind=tree.kind)
+    children = [[sum(1 for j in range(int(tree.num_nodes[b])) if int(tree.parents[b, j]) == i)
+                 for i in range(20)] for b in range(30)]
+    assert tree.max_depth == int(tree.depth.max())
+    assert tree.max_children == max(max(c) for c in children)
+    assert tree.num_children.tolist() == children
+    assert not tree.has_sampled  # SAMPLED kinds but no draft_probs: nothing to sample against
+    q = torch.full((30, 20, 5), 0.2)
+    with_q = DraftTree(tree.tokens, tree.parents, tree.num_nodes, kind=tree.kind, draft_probs=q)
+    assert with_q.has_sampled and not with_q.has_no_replacement
+    # bounds: accepted when they hold, kept as the facts (a fixed result width), refused when not
+    bounded = DraftTree(tree.tokens, tree.parents, tree.num_nodes, depth_bound=19, children_bound=19)
+    assert (bounded.max_depth, bounded.max_children) == (19, 19)
+    assert bounded.path_to(torch.zeros(30, dtype=torch.long)).shape == (30, 20)
+    with pytest.raises(ValueError, match="depth_bound = 1 is below"):
+        DraftTree(tree.tokens, tree.parents, tree.num_nodes, depth_bound=1)
+    # without validation: loose facts, and a bad tree still indexes in range (no crash, no read)
+    loose = DraftTree(tree.tokens, tree.parents, tree.num_nodes, draft_probs=q, validate=False)
+    assert (loose.max_depth, loose.max_children, loose.has_sampled) == (19, 19, True)
+    assert torch.equal(loose.depth, tree.depth) and torch.equal(loose.ancestor_mask, tree.ancestor_mask)
+    bad = DraftTree(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[-1, 7, 1]]), torch.tensor([3]),
+                    validate=False)
+    assert bad.parent_index.tolist() == [[0, 0, 1]]
+
+
+def test_sibling_structure_matches_naive():
+    from specdec.verifiers.structure import children_table
+    gen = torch.Generator().manual_seed(6)
+    tree = random_tree(25, 16, 3, gen)  # 3 tokens: many repeated siblings
+    table = children_table(tree)
+    assert table.shape == (25, 16, tree.max_children)
+    for b in range(25):
+        n = int(tree.num_nodes[b])
+        toks, par = tree.tokens[b].tolist(), tree.parents[b].tolist()
+        for i in range(16):
+            kids = [j for j in range(1, n) if par[j] == i]
+            assert [k for k in table[b, i].tolist() if k >= 0] == kids
+            if 0 < i < n:
+                sibs = [j for j in range(1, i) if par[j] == par[i]]
+                assert tree.earlier_siblings[b, i].nonzero()[:, 0].tolist() == sibs
+                assert bool(tree.first_of_token[b, i]) == all(toks[j] != toks[i] for j in sibs)
+            else:
+                assert not bool(tree.first_of_token[b, i]) and not bool(tree.earlier_siblings[b, i].any())
