@@ -11,6 +11,7 @@ between runs as in ../shared/GPU.md); eager times (host launch included) are kep
     python experiments/bench_kernels.py                  # the table -> experiments/results/
     python experiments/bench_kernels.py --sweep          # tile/split variants at key points
     python experiments/bench_kernels.py --quick          # a few points, for a smoke test
+    python experiments/bench_kernels.py --harness        # L2-flush study + tile check at more points
     python experiments/bench_kernels.py --profile 8,16384,64   # 20 launches at one point (ncu)
 """
 from __future__ import annotations
@@ -388,6 +389,88 @@ def sweep_md(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def graph_replay(fn):
+    """fn captured in a CUDA graph (after one warm-up run on a side stream); returns the replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def bench_flush_us(replay, flush: torch.Tensor, dirty: bool, reps: int = 100) -> float:
+    """Median µs of one replay after flushing L2 with a 256 MB buffer: written (zero_, as
+    do_bench does: L2 is left full of dirty lines that the kernel's reads must write back) or
+    read (L2 left holding clean lines)."""
+    flush_fn = flush.zero_ if dirty else (lambda: flush.sum(dtype=torch.int32))
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for _ in range(5):
+        flush_fn()
+        replay()
+    for a, b in ev:
+        flush_fn()
+        a.record()
+        replay()
+        b.record()
+    torch.cuda.synchronize()
+    return sorted(a.elapsed_time(b) for a, b in ev)[reps // 2] * 1e3
+
+
+HARNESS_TILE_POINTS = {(8, 4096, 16): [dict(block_n=64, num_warps=4, num_stages=2),
+                                      dict(block_n=32, num_warps=4, num_stages=4),
+                                      dict(block_n=64, num_warps=4, num_stages=3),
+                                      dict(block_m=128, block_n=64, num_warps=8, num_stages=3)],
+                       (32, 4096, 16): [dict(block_n=64, num_warps=4, num_stages=2),
+                                       dict(block_n=32, num_warps=4, num_stages=4),
+                                       dict(block_m=128, block_n=64, num_warps=8, num_stages=3)],
+                       (32, 4096, 64): [dict(), dict(block_m=128, block_n=64, num_warps=8, num_stages=4),
+                                       dict(block_n=32, num_warps=16, num_stages=4)],
+                       (8, 16384, 64): [dict(), dict(block_n=32, num_warps=16, num_stages=4),
+                                       dict(block_m=128, block_n=64, num_warps=8, num_stages=4)]}
+
+
+def run_harness(copy_bw, log) -> None:
+    """(1) The same decode calls and a plain read of the same bytes, after a dirty (do_bench's
+    zero_) and a clean (read) L2 flush. (2) Tile variants at points the sweep did not cover."""
+    gen = torch.Generator().manual_seed(4)
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    for b, l in ((8, 4096), (1, 16384)):
+        point = Point(Context(b, l, gen, layers=LAYERS), 1, gen)
+        nbytes = point.kv_bytes()
+        bufs = [torch.randn(nbytes // 2, device="cuda", dtype=DTYPE) for _ in range(LAYERS)]
+        calls = {"ours": [point.ours(i)[0] for i in range(LAYERS)],
+                 "read": [lambda x=x: x.sum(dtype=torch.float32) for x in bufs]}
+        for name, fns in calls.items():
+            one, four = graph_replay(fns[0]), graph_replay(lambda fns=fns: [f() for f in fns])
+            for dirty in (True, False):
+                us, x4 = bench_flush_us(one.replay, flush, dirty), bench_flush_us(four.replay, flush, dirty) / LAYERS
+                log({"B": b, "L": l, "T": 1, "what": name, "flush": "dirty" if dirty else "clean",
+                     "us": us, "x4_us": x4, "bw_frac": nbytes / (us * 1e-6) / copy_bw,
+                     "bw_frac_x4": nbytes / (x4 * 1e-6) / copy_bw})
+        del point, bufs, calls
+        torch.cuda.empty_cache()
+    for (b, l, t), variants in HARNESS_TILE_POINTS.items():
+        point = Point(Context(b, l, gen, layers=LAYERS), t, gen)
+        for var in variants:
+            try:
+                fn, plan = point.ours(**var)
+                us = bench_graph_us(fn)
+                x4 = per_call_us([point.ours(i, **var)[0] for i in range(LAYERS)])
+                log({"B": b, "L": l, "T": t, "block_m": plan.block_m, "block_n": plan.block_n,
+                     "num_warps": plan.num_warps, "num_stages": plan.num_stages,
+                     "num_splits": plan.num_splits, "default": not var, "us": us, "x4_us": x4,
+                     "bw_frac_x4": point.kv_bytes() / (x4 * 1e-6) / copy_bw,
+                     "tflops_x4": point.flops() / (x4 * 1e-6) / 1e12})
+            except Exception as e:
+                log({"B": b, "L": l, "T": t, **var, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        del point
+        torch.cuda.empty_cache()
+
+
 def goals(rows: list[dict]) -> list[dict]:
     """Each goal on single-call times and on per-call times inside a 4-call graph ("x4")."""
     by = {(r["B"], r["L"], r["T"]): r for r in rows if "ours_us" in r}
@@ -435,9 +518,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="tile/split variants at key points")
     ap.add_argument("--quick", action="store_true", help="a few points only")
+    ap.add_argument("--harness", action="store_true", help="L2-flush study and extra tile checks")
     ap.add_argument("--flex", choices=["all", "subset", "none"], default="subset")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--profile", help="B,L,T: run our kernel 20 times at that point (for ncu)")
+    ap.add_argument("--points", help="table at these points only: 'B,L,T;B,L,T;...'")
+    ap.add_argument("--name", help="results file stem (default from the mode)")
     args = ap.parse_args()
     if args.profile:
         b, l, t = (int(x) for x in args.profile.split(","))
@@ -451,7 +537,8 @@ def main() -> None:
     torch._dynamo.config.cache_size_limit = 256
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "kernels_sweep" if args.sweep else ("kernels_quick" if args.quick else "kernels_h100")
+    name = args.name or ("kernels_sweep" if args.sweep else "kernels_harness" if args.harness
+                         else "kernels_quick" if args.quick else "kernels_h100")
     path = out_dir / f"{name}_{datetime.date.today().isoformat()}.json"
     result = {"meta": versions(), "shape": {"Hq": HQ, "Hkv": HKV, "D": D, "page": PAGE, "dtype": str(DTYPE)}}
     result["meta"]["copy_bw_Bps"] = copy_bw = copy_bandwidth()
@@ -462,7 +549,10 @@ def main() -> None:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         path.write_text(json.dumps(result, indent=1, default=str))
 
-    if args.sweep:
+    if args.harness:
+        result["harness"] = []
+        run_harness(copy_bw, lambda r: (result["harness"].append(r), log(r)))
+    elif args.sweep:
         result["sweep"] = []
         run_sweep(copy_bw, lambda r: (result["sweep"].append(r), log(r)))
         print(sweep_md(result["sweep"]))
@@ -470,6 +560,8 @@ def main() -> None:
         points = {(b, l, t) for b in BS for l in LS for t in TS}
         if args.quick:
             points = {(1, 16384, 1), (8, 4096, 1), (8, 4096, 64), (1, 4096, 16)}
+        if args.points:
+            points = {tuple(int(x) for x in p.split(",")) for p in args.points.split(";")}
         result["rows"] = []
         run_table(points, copy_bw, args.flex, lambda r: (result["rows"].append(r), log(r)))
         gen = torch.Generator().manual_seed(2)

@@ -70,7 +70,7 @@ def tree_attention(
     if q.is_cuda:
         if plan is None:
             plan = plan_tree_attention(qo_indptr, prefix_lens, q.shape[1], k_cache.shape[2],
-                                       max_q_len, max_kv_len)
+                                       max_q_len, max_kv_len, head_dim=q.shape[2])
         return tree_attention_triton(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,
                                      tree_mask, use_tree_mask, sm_scale, plan=plan, out=out)
     res = tree_attention_ref(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,

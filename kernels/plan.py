@@ -24,10 +24,10 @@ MAX_TREE_NODES = 64  # a uint64 ancestor bitmask covers 64 nodes
 MIN_SPLIT_TOKENS = 128  # below this a split's fixed cost (merge, launch tail) outweighs its gain
 MAX_SPLITS = 64
 # Splits are chosen to reach WAVES x SMs programs. Tiles of <= 64 rows (decode, small trees) merge
-# cheaply and like two waves; 128-row tiles are MMA-bound and write 128 x D fp32 partials per
+# cheaply and like two waves; 128/256-row tiles are MMA-bound and write 128 x D fp32 partials per
 # split, so one wave is enough. Measured on the H100 (experiments/notes_kernels.md, graph-timed):
 # B=1 L=4k decode 20.5 µs with 32 splits vs 22.5 µs with 16; B=8 L=4k T=16 81 µs with 4 splits vs
-# 85 µs with 2; B=8 L=4k T=64 143 µs unsplit (128 programs) vs 152 µs with 2 splits.
+# 85 µs with 2; B=8 L=16k T=64 (256-row tiles) 334 µs with 2 splits vs 617 µs unsplit (64 programs).
 SMALL_TILE_WAVES, LARGE_TILE_WAVES = 2, 1
 FULL_ENOUGH = 0.75  # programs >= this fraction of the SMs: no split
 # The fused merge loads all splits x GQA heads x head_dim partials of a token at once; past this
@@ -86,11 +86,15 @@ def num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def choose_block_m(group: int, max_q_len: int) -> int:
-    """Smallest power of two >= 16 (tl.dot's minimum) holding every row, at most 128 rows
-    (or one token's heads when the GQA group alone is larger)."""
+def choose_block_m(group: int, max_q_len: int, head_dim: Optional[int] = None) -> int:
+    """Smallest power of two >= 16 (tl.dot's minimum) holding every row, at most 256 rows (128
+    when head_dim > 128: the accumulator would not fit in registers), or one token's heads when
+    the GQA group alone is larger. 256-row tiles (a whole T=64 tree of 4 heads) read each KV tile
+    once instead of twice and keep 16 warps per SM busy: B=8 L=16k T=64 334 µs vs 396 µs with two
+    128-row tiles (round-2 sweep)."""
     rows = group * max_q_len
-    return max(16, next_pow2(group), min(128, next_pow2(rows)))
+    cap = 128 if head_dim is not None and head_dim > 128 else 256
+    return max(16, next_pow2(group), min(cap, next_pow2(rows)))
 
 
 def choose_num_splits(programs: int, max_kv_len: int, sms: int, block_m: int) -> int:
@@ -102,19 +106,27 @@ def choose_num_splits(programs: int, max_kv_len: int, sms: int, block_m: int) ->
 
 
 def max_fused_splits(group: int) -> int:
+    """The fused merge is opt-in (``fused_merge=True``): on the H100 it saved no time (the merge
+    kernel's launch inside a CUDA graph costs ~1.3 µs, and the merge code raises the decode kernel
+    from 122 to 194 registers: B=8 L=4k x4 57.8 vs 57.1 µs, B=1 L=16k 36.1 vs 35.2 µs)."""
     return MAX_FUSED_MERGE_PAIRS // next_pow2(group)
 
 
 def choose_tiles(block_m: int) -> tuple[int, int, int]:
     """(block_n, num_warps, num_stages). ``num_stages - 1`` K/V tiles are in flight while one is
     used (the block ids are prefetched, so Triton's pipeliner gets the whole depth; see
-    tree_attention.py). Decode tiles stream KV on 4 warps; 128-row tree tiles use wgmma over two
-    warpgroups (8 warps)."""
-    if block_m <= 16:
-        return 64, 4, 4
+    tree_attention.py). From the round-2 H100 sweep (experiments/results/kernels_sweep_*):
+    decode streams 64-token tiles on 4 warps with 2 in flight (122 registers, 70 KB: 3 CTAs/SM;
+    deeper or wider was 2-10% slower); 64-row tiles keep round 1's depth (2 stages, 82 KB: 2 CTAs
+    per SM; 4 stages took 148 KB, one 4-warp CTA per SM, and ran 13-23% slower); 128-row tiles
+    use wgmma over two warpgroups; 256-row tiles four (16 warps, 128 registers each)."""
+    if block_m <= 32:
+        return 64, 4, 3 if block_m <= 16 else 4
     if block_m <= 64:
-        return 64, 4, 4
-    return 64, 8, 4
+        return 64, 4, 2
+    if block_m <= 128:
+        return 64, 8, 4
+    return 64, 16, 3
 
 
 def plan_tree_attention(
@@ -126,12 +138,13 @@ def plan_tree_attention(
     max_kv_len: Optional[int] = None,  # None: read from prefix_lens + lengths (a device sync)
     *,
     num_splits: Optional[int] = None,  # None: chosen from the shapes
-    fused_merge: Optional[bool] = None,  # None: for decode plans (max_q_len == 1) that split
+    fused_merge: Optional[bool] = None,  # None: off (measured no faster; see max_fused_splits)
     block_m: Optional[int] = None,
     block_n: Optional[int] = None,
     num_warps: Optional[int] = None,
     num_stages: Optional[int] = None,
     sms: Optional[int] = None,  # None: the device's SM count (132 assumed off CUDA)
+    head_dim: Optional[int] = None,  # None: assumed <= 128 (caps the tile rows when larger)
 ) -> TreeAttentionPlan:
     """Launch plan for one step. Pass ``max_q_len``/``max_kv_len`` (host ints the engine already
     knows) to keep it sync-free; upper bounds are fine and give a fixed grid for CUDA graphs."""
@@ -146,19 +159,16 @@ def plan_tree_attention(
             max_kv_len = int((prefix_lens.long() + lens).max().item()) if batch else 0
     max_q_len, max_kv_len = max(1, int(max_q_len)), max(1, int(max_kv_len))
     group = num_q_heads // num_kv_heads
-    bm = block_m or choose_block_m(group, max_q_len)
+    bm = block_m or choose_block_m(group, max_q_len, head_dim)
     if bm < group or bm & (bm - 1):
         raise ValueError(f"block_m={bm} must be a power of two >= the GQA group {group}")
     tok = bm // group
     q_tiles = -(-max_q_len // tok)
     if sms is None:
         sms = num_sms(qo_indptr.device.index or 0) if qo_indptr.is_cuda else 132
-    decode = max_q_len == 1
     splits = num_splits or choose_num_splits(batch * q_tiles * num_kv_heads, max_kv_len, sms, bm)
-    if num_splits is None and decode and fused_merge is not False:
+    if fused_merge and num_splits is None:
         splits = min(splits, max_fused_splits(group))
-    if fused_merge is None:
-        fused_merge = decode and splits <= max_fused_splits(group)
     if fused_merge and splits > max_fused_splits(group):
         raise ValueError(f"fused_merge with {splits} splits and GQA group {group}: at most "
                          f"{max_fused_splits(group)} splits; pass fewer or fused_merge=False")

@@ -12,9 +12,9 @@ Semantics: `reference.tree_attention_ref`. One launch serves a ragged batch; eve
   tiles that reach the new tokens apply the causal rule or the uint64 ancestor bitmask.
 * Split-KV (flash-decoding): program ``split`` covers one chunk of the KV range and writes an
   fp32 partial output and its log-sum-exp; `_merge_splits` combines them. Trees split too: the
-  bitmask only touches positions >= prefix_len, whichever chunk holds them. Decode plans merge
-  inside the attention kernel instead (one launch): every split bumps a per-tile counter after
-  writing its partial, and the split that arrives last merges (the "last block" reduction of
+  bitmask only touches positions >= prefix_len, whichever chunk holds them. With
+  ``plan.fused_merge`` the merge runs inside the attention kernel instead (one launch): every
+  split bumps a per-tile counter after writing its partial, and the split that arrives last merges (the "last block" reduction of
   CUDA's threadFenceReduction sample; CUTLASS's semaphore uses the same barrier + release/acquire).
 * Block ids are prefetched one KV tile ahead as loop-carried values. Triton's software pipeliner
   divides its stages by the depth of load->load chains in the loop (AssignLatencies: latency =
@@ -251,7 +251,7 @@ def tree_attention_triton(
     n_tok, hq, d = q.shape
     hkv, page = k_cache.shape[2], k_cache.shape[1]
     if plan is None:
-        plan = plan_tree_attention(qo_indptr, prefix_lens, hq, hkv)
+        plan = plan_tree_attention(qo_indptr, prefix_lens, hq, hkv, head_dim=d)
     if plan.batch_size != prefix_lens.shape[0] or plan.group != hq // hkv:
         raise ValueError(f"plan built for batch {plan.batch_size}, GQA group {plan.group}; this call "
                          f"has batch {prefix_lens.shape[0]}, group {hq // hkv}: build a new plan")

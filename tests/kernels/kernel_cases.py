@@ -152,7 +152,7 @@ SPLIT_MIX = [SeqSpec(300, 1), SeqSpec(130, 9, "random"), SeqSpec(77, 64, "random
              SeqSpec(200, 5), SeqSpec(0, 3, "chain")]
 TREES_ONLY = [SeqSpec(9, 64, k) for k in ("chain", "star", "balanced")] + [SeqSpec(100, 20, "random")]
 CAUSAL_ONLY = [SeqSpec(0, 40), SeqSpec(65, 1), SeqSpec(17, 33), SeqSpec(128, 2)]
-# Plain decode (one new token each): the plan merges splits inside the attention kernel.
+# Plain decode (one new token each), split-KV with the merge in or after the attention kernel.
 DECODE = [SeqSpec(300, 1), SeqSpec(77, 1), SeqSpec(0, 1), SeqSpec(129, 1, "single"), SeqSpec(16, 1)]
 
 # name -> (specs, hq, hkv, d, page, plan kwargs)
@@ -173,9 +173,12 @@ ATTN_CASES = {
     "small_tiles_bm16_bn16": ([MIX[4], MIX[0], MIX[2]], 4, 1, 64, 32,
                               {"num_splits": 2, "block_m": 16, "block_n": 16}),
     # Fused split merge (last split of a tile merges; counters reset for the next launch).
-    "decode_fused_g4_p16": (DECODE, 8, 2, 64, 16, {"num_splits": 4}),
-    "decode_fused_g3_d128_p32": (DECODE, 6, 2, 128, 32, {"max_q_len": 1, "max_kv_len": 512}),
-    "decode_fused_g1_splits7": (DECODE, 2, 2, 32, 16, {"num_splits": 7, "block_n": 16}),
+    "decode_fused_g4_p16": (DECODE, 8, 2, 64, 16, {"num_splits": 4, "fused_merge": True}),
+    "decode_fused_g3_d128_p32": (DECODE, 6, 2, 128, 32, {"max_q_len": 1, "max_kv_len": 512,
+                                                         "fused_merge": True}),
+    "decode_fused_g1_splits7": (DECODE, 2, 2, 32, 16, {"num_splits": 7, "block_n": 16,
+                                                       "fused_merge": True}),
+    "decode_kernel_merge_g4": (DECODE, 8, 2, 64, 16, {"max_q_len": 1, "max_kv_len": 400}),
     "fused_multi_token_tiles": (SPLIT_MIX, 4, 1, 64, 16, {"num_splits": 3, "fused_merge": True}),
 }
 KV_CASES = ("store_kv", "compact_kv")

@@ -53,16 +53,20 @@ def test_split_kv_long_context(shape, splits):
 
 @pytest.mark.parametrize("shape", ["llama3_8b", "smollm2", "gqa8"])
 @pytest.mark.parametrize("splits", [None, 2, 16])
-def test_fused_merge_decode(shape, splits):
-    _, plan, _ = run_case(LONG_DECODE, shape, 16, torch.bfloat16, num_splits=splits)
-    assert plan.fused_merge, plan
+@pytest.mark.parametrize("fused", [True, False])
+def test_split_decode(shape, splits, fused):
+    _, plan, _ = run_case(LONG_DECODE, shape, 16, torch.bfloat16, num_splits=splits,
+                          fused_merge=fused)
+    assert plan.fused_merge == fused and plan.num_splits > 1, plan
 
 
 @pytest.mark.parametrize("block_m, block_n, warps, stages", [(16, 64, 4, 2), (64, 32, 4, 3),
                                                             (128, 64, 8, 2), (128, 128, 8, 3),
                                                             (256, 64, 16, 2), (16, 32, 4, 4),
                                                             (16, 64, 4, 4), (64, 64, 4, 4),
-                                                            (128, 64, 8, 4), (128, 64, 8, 5)])
+                                                            (128, 64, 8, 4), (128, 64, 8, 5),
+                                                            (256, 64, 16, 3), (256, 32, 16, 4),
+                                                            (64, 64, 4, 2), (64, 32, 4, 4)])
 def test_tile_configs(block_m, block_n, warps, stages):
     run_case(GPU_MIX, "llama3_8b", 16, torch.bfloat16, block_m=block_m, block_n=block_n,
              num_warps=warps, num_stages=stages, num_splits=2)
@@ -77,7 +81,8 @@ def test_deterministic():
 def test_fused_merge_repeated_launches_agree():
     """The last-arriving split reads the others' partials: a missing barrier/fence or a counter not
     reset shows up as a launch whose output differs from the first (the merge order is fixed)."""
-    b, plan, out = run_case(LONG_DECODE * 8, "llama3_8b", 16, torch.bfloat16, num_splits=16)
+    b, plan, out = run_case(LONG_DECODE * 8, "llama3_8b", 16, torch.bfloat16, num_splits=16,
+                            fused_merge=True)
     assert plan.fused_merge
     for _ in range(50):
         again = torch.full_like(out, float("nan"))
@@ -142,7 +147,7 @@ def test_cuda_graph_replay_fused_decode():
     static = [None if t is None else torch.zeros(cap.get(i, t.shape), dtype=t.dtype, device="cuda")
               for i, t in enumerate(first.args())]
     plan = plan_tree_attention(first.qo_indptr, first.prefix_lens, hq, hkv, max_q_len=1,
-                               max_kv_len=4096)
+                               max_kv_len=4096, fused_merge=True)
     assert plan.fused_merge and plan.num_splits > 1, plan
     out = torch.empty_like(first.q)
     _load(static, first)
