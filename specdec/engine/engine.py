@@ -50,30 +50,34 @@ class Engine:
         self.model, self.tokenizer = model.to(self.device, self.dtype).eval(), tokenizer
         self.drafter, self.verifier = drafter, verifier
         self.stop_token_ids = set(stop_token_ids)
-        limit = max_model_len or model.config.max_position_embeddings
-        self.max_model_len = min(limit, self.config.max_model_len or limit)
-        cfg = model.config
-        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
-        per_token *= torch.finfo(self.dtype).bits // 8
-        num_blocks = self.config.resolve_num_blocks(per_token, self.device, self.max_model_len)
-        self.blocks = BlockManager(num_blocks, self.config.block_size)
-        ctx = TargetContext(model=self.model, tokenizer=tokenizer, vocab_size=cfg.vocab_size,
-                            device=self.device, dtype=self.dtype, blocks=self.blocks,
-                            max_model_len=self.max_model_len)
-        drafter.load(ctx)
-        sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
-                                self.max_model_len, drafter.max_nodes)
         if self.config.max_num_batched_tokens < drafter.max_nodes:
             raise ValueError(f"engine.max_num_batched_tokens ({self.config.max_num_batched_tokens}) "
                              f"must be >= the drafter's tree budget ({drafter.max_nodes} nodes): a "
                              f"draft tree is never cut to fit a step")
+        limit = max_model_len or model.config.max_position_embeddings
+        self.max_model_len = min(limit, self.config.max_model_len or limit)
+        self.blocks = BlockManager(self._num_blocks(), self.config.block_size)
+        ctx = TargetContext(model=self.model, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
+                            device=self.device, dtype=self.dtype, blocks=self.blocks,
+                            max_model_len=self.max_model_len)
+        drafter.load(ctx)  # may set ctx.capture_layers (target features it needs)
+        sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
+                                self.max_model_len, drafter.max_nodes)
         self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
         self.scheduler.on_release = drafter.release
-        self.runner = ModelRunner(self.model, num_blocks, self.config.block_size, self.device,
-                                  self.dtype, ctx.capture_layers)
+        self.runner = ModelRunner(self.model, self.blocks.num_blocks, self.config.block_size,
+                                  self.device, self.dtype, ctx.capture_layers)
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
+
+    def _num_blocks(self) -> int:
+        """The target's KV pool: K and V of every layer per token (drafters' own caches, which
+        index the same block ids, come on top)."""
+        cfg = self.model.config
+        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+        per_token *= torch.finfo(self.dtype).bits // 8
+        return self.config.resolve_num_blocks(per_token, self.device, self.max_model_len)
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, prompt: Seq[int] | str, params: SamplingParams | None = None,
