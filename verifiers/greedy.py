@@ -19,8 +19,7 @@ def deepest_good(tree: DraftTree, ok: Tensor) -> Tensor:  # [B] int64
     ``ok`` holds at most one child per parent and only linked nodes, so that node is unique
     (the root when none). Padding nodes have an empty ancestor mask and depth 0: they tie with
     the root, and argmax's first index picks the root."""
-    idx = torch.arange(tree.max_nodes, device=ok.device)
-    ok_bits = (ok.long() << idx).sum(1) | 1  # [B]; distinct bits (sum = or), root set
+    ok_bits = (ok.long() << tree.node_index).sum(1) | 1  # [B]; distinct bits (sum = or), root set
     good = (tree.ancestor_mask & ~ok_bits[:, None]) == 0  # [B, T]
     return torch.where(good, tree.depth, -1).argmax(dim=1)
 
@@ -30,6 +29,5 @@ def verify_greedy(tree: DraftTree, logits: Tensor) -> VerifyResult:
     target, _ = row_stats(logits, None, None, tree.num_children > 0, want_lse=False)  # [B, T]
     match = tree.first_of_token & (tree.tokens == target.gather(1, tree.parent_index))  # [B, T]
     leaf = deepest_good(tree, match)  # [B]
-    rows = torch.arange(tree.batch_size, device=leaf.device)
-    bonus = logits[rows, leaf].argmax(dim=-1)  # [B]; a leaf's row was skipped above
+    bonus = logits[tree.row_index, leaf].argmax(dim=-1)  # [B]; a leaf's row was skipped above
     return build_result(tree, tree.path_to(leaf), bonus)

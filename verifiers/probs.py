@@ -17,6 +17,7 @@ Rules, per row:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -98,17 +99,40 @@ def read_plan(temperature: Param, top_p: Param, top_k: Param, rows: int,
     """The plan for a batch of ``rows``: ``plan`` as given, else derived from the values. Values
     are read from the device (one transfer) only when they live there and are needed: no plan
     was given, or ``check`` asks to validate them (against the plan too)."""
+    if plan is not None and not check:  # trusted: shapes only, no tensor op
+        for x, name in ((temperature, "temperature"), (top_p, "top_p"), (top_k, "top_k")):
+            _check_shape(x, rows, name)
+        return plan
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (temperature, top_p, top_k)):
+        return _scalar_plan(float(temperature), float(top_p), float(top_k), plan)
     cols = [_column(x, rows, dt, name) for x, dt, name in
             ((temperature, torch.float32, "temperature"), (top_p, torch.float32, "top_p"),
              (top_k, torch.float64, "top_k"))]
-    if plan is not None and not check:
-        return plan
     host = _on_host(cols)  # [3, rows] float64 on the CPU
     _check_params(host)
     temp, tp, tk = host
     if plan is None:
         return SamplingPlan.of(temp, tp, tk)
     why = plan.violation(temp, tp, tk)
+    if why:
+        raise ValueError(f"the SamplingPlan does not hold for these parameters: {why}")
+    return plan
+
+
+def _scalar_plan(temp: float, tp: float, tk: float, plan: Optional[SamplingPlan]) -> SamplingPlan:
+    """`read_plan` for Python numbers: no tensor is made."""
+    if not (math.isfinite(temp) and temp >= 0):
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy); got {temp}")
+    if not 0 < tp <= 1:
+        raise ValueError(f"top_p must lie in (0, 1] (1 = off); got {tp}")
+    if not (tk >= 0 and tk == round(tk)):
+        raise ValueError(f"top_k must be a whole number >= 0 (0 = off); got {tk}")
+    greedy = temp == 0
+    filters = not greedy and (tp < 1 or tk > 0)
+    tight = SamplingPlan(greedy, greedy, 0 if not filters else (None if tk <= 0 else int(tk)))
+    if plan is None:
+        return tight
+    why = plan.violation(*(torch.tensor([v]) for v in (temp, tp, tk)))
     if why:
         raise ValueError(f"the SamplingPlan does not hold for these parameters: {why}")
     return plan
@@ -146,6 +170,12 @@ def _column(x: Param, rows: int, dtype, name: str) -> Tensor:  # [rows]
         raise ValueError(f"{name} must be a scalar or have one value per row [{rows}]; got shape "
                          f"{tuple(t.shape)}")
     return t
+
+
+def _check_shape(x: Param, rows: int, name: str) -> None:
+    shape = tuple(x.shape) if isinstance(x, Tensor) else (() if isinstance(x, (int, float)) else (len(x),))
+    if shape not in ((), (rows,)):
+        raise ValueError(f"{name} must be a scalar or have one value per row [{rows}]; got shape {shape}")
 
 
 def _on_host(cols: list[Tensor]) -> Tensor:  # [3, rows] float64 on the CPU

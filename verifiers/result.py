@@ -48,10 +48,9 @@ class VerifyResult:
 def build_result(tree: DraftTree, path: Tensor, bonus: Tensor) -> VerifyResult:
     """Fill the derived fields from the accepted path ``path [B, D + 1]`` (-1 padded) and the
     bonus tokens ``[B]``."""
-    rows = torch.arange(tree.batch_size, device=path.device)[:, None]
     on_path = path >= 0  # [B, D + 1]
     nodes = path.clamp(min=0)
-    toks = torch.where(on_path[:, 1:], tree.tokens[rows, nodes[:, 1:]], -1)  # [B, D]
-    has_children = tree.num_children[rows, nodes[:, :-1]] > 0  # [B, D]
-    attempted = on_path[:, :-1] & has_children
-    return VerifyResult(path, on_path[:, 1:].sum(1), bonus, toks, attempted, on_path[:, 1:].clone())
+    toks = torch.where(on_path[:, 1:], tree.tokens.gather(1, nodes[:, 1:]), -1)  # [B, D]
+    attempted = on_path[:, :-1] & (tree.num_children.gather(1, nodes[:, :-1]) > 0)  # [B, D]
+    accepted = on_path[:, 1:]
+    return VerifyResult(path, accepted.sum(1), bonus, toks, attempted, accepted)

@@ -109,7 +109,7 @@ def _without_children(p: Tensor, tree: DraftTree, node: Tensor) -> Tensor:  # [B
 
 def _verify_general(tree: DraftTree, target: Target, uniforms: Tensor) -> VerifyResult:
     """Any candidate kinds: per depth, the children of the current node are tried rank by rank
-    (up to the tree's ``max_children``), each rejection updating the ``[B, V]`` residual."""
+    (up to the tree's ``children_at_depth``), each rejection updating the ``[B, V]`` residual."""
     batch = tree.batch_size
     dev = tree.tokens.device
     children = children_table(tree)  # [B, T, R]
@@ -120,7 +120,8 @@ def _verify_general(tree: DraftTree, target: Target, uniforms: Tensor) -> Verify
     bonus_p = None  # [B, V] the distribution each row draws its bonus token from
     for d in range(tree.max_depth):
         p = target.row_probs(cur)  # [B, V]
-        child, residual = _try_children(tree, target, children, cur, alive, p, uniforms)
+        child, residual = _try_children(tree, target, children[:, :, : tree.children_at_depth[d]], cur,
+                                        alive, p, uniforms)
         stop = alive & (child < 0)
         bonus_p = residual if bonus_p is None else torch.where(stop[:, None], residual, bonus_p)
         alive &= child >= 0

@@ -29,7 +29,7 @@ NEG_INF = float("-inf")
 class Target:
     def __init__(self, tree: DraftTree, logits: Tensor, params: RowParams):
         self.tree, self.logits, self.params = tree, logits, params  # logits [B, T, V]
-        self.rows = torch.arange(logits.shape[0], device=logits.device)  # [B]
+        self.rows = tree.row_index  # [B]
         self.batched = params.filter_cap < logits.shape[-1]
 
     @cached_property

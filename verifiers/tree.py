@@ -46,6 +46,8 @@ class DraftTree:
       * ``max_depth``: depth of the deepest node, or ``depth_bound`` when given (>= it): the
         verifier's results have ``max_depth + 1`` path columns;
       * ``max_children``: most children of any node, or ``children_bound``;
+        ``children_at_depth[d]``: most children of a node at depth d (d <= max_depth; without
+        validation: ``max_children`` at every depth);
       * ``has_sampled``: some node is SAMPLED / SAMPLED_NO_REPLACEMENT and ``draft_probs`` is
         given (without validation: ``draft_probs is not None``); ``has_no_replacement``: some
         node is SAMPLED_NO_REPLACEMENT (without validation: as ``has_sampled``)."""
@@ -71,14 +73,16 @@ class DraftTree:
         self.depth, self.ancestor_mask = _depth_and_mask(self.parent_index, linked, self.num_nodes)
         loose = max(self.max_nodes - 1, 0)
         if validate:
-            depth, children, top_kind = _read_facts(self)
+            depth, children, top_kind, per_depth = _read_facts(self)
             self.max_depth = _bound(depth_bound, depth, "depth_bound", "depth")
             self.max_children = _bound(children_bound, children, "children_bound", "children of a node")
+            self.children_at_depth = (per_depth + [0] * (self.max_depth + 1))[: self.max_depth + 1]
             self.has_sampled = top_kind > 0 and self.draft_probs is not None
             self.has_no_replacement = top_kind == CandidateKind.SAMPLED_NO_REPLACEMENT and self.has_sampled
         else:
             self.max_depth = loose if depth_bound is None else int(depth_bound)
             self.max_children = loose if children_bound is None else int(children_bound)
+            self.children_at_depth = [self.max_children] * (self.max_depth + 1)
             self.has_sampled = self.has_no_replacement = self.draft_probs is not None
 
     @property
@@ -91,18 +95,26 @@ class DraftTree:
 
     # Derived fields are computed once (cached): treat a tree as immutable once built.
     @cached_property
+    def node_index(self) -> Tensor:  # [T] int64: 0..T-1
+        return torch.arange(self.max_nodes, device=self.tokens.device)
+
+    @cached_property
+    def row_index(self) -> Tensor:  # [B] int64: 0..B-1
+        return torch.arange(self.batch_size, device=self.tokens.device)
+
+    @cached_property
     def valid(self) -> Tensor:  # [B, T] bool
-        return torch.arange(self.max_nodes, device=self.tokens.device) < self.num_nodes[:, None]
+        return self.node_index < self.num_nodes[:, None]
 
     @cached_property
     def inner(self) -> Tensor:  # [B, T] bool: valid non-root nodes
-        return self.valid & (torch.arange(self.max_nodes, device=self.tokens.device) > 0)
+        return self.valid & (self.node_index > 0)
 
     @cached_property
     def earlier_siblings(self) -> Tensor:  # [B, T, T] float32: [b, i, j] = 1 iff j < i share a parent
         """As a float matrix: ``earlier_siblings @ x[..., None]`` sums x over each node's earlier
         siblings (a segmented exclusive prefix sum in one batched matmul; T <= 64)."""
-        idx = torch.arange(self.max_nodes, device=self.tokens.device)
+        idx = self.node_index
         par = torch.where(self.inner, self.parents, -1 - idx)  # [B, T]; no two padding nodes match
         return ((par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])).float()
 
@@ -131,8 +143,8 @@ class DraftTree:
     def path_to(self, nodes: Tensor) -> Tensor:  # [B, D + 1] int64
         """Root-to-node paths: ``nodes [B]`` -> node indices root first, -1 padded to the tree's
         max depth D + 1."""
-        rows = torch.arange(self.batch_size, device=nodes.device)
-        return _paths(self.ancestor_mask[rows, nodes], self.depth, self.max_depth)
+        return _paths(self.ancestor_mask.gather(1, nodes[:, None])[:, 0], self.depth, self.max_depth,
+                      self.node_index)
 
     def leaf_paths(self) -> tuple[Tensor, Tensor]:
         """All root-to-leaf paths, as Medusa's "retrieve indices": ``paths [B, L, D + 1]`` (node
@@ -217,20 +229,23 @@ def _parent_index(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(linked, parents, 0), linked
 
 
-def _read_facts(tree: "DraftTree") -> tuple[int, int, int]:
-    """Validate the topology and read (max depth, most children, largest kind) in one
-    device-to-host transfer; raise ValueError on sizes or parent orders no tree can have."""
+def _read_facts(tree: "DraftTree") -> tuple[int, int, int, list[int]]:
+    """Validate the topology and read (max depth, most children, largest kind, most children
+    per depth) in one device-to-host transfer; raise ValueError on sizes or parent orders no tree
+    can have."""
     batch, width = tree.tokens.shape
     if batch == 0:
-        return 0, 0, 0
+        return 0, 0, 0, [0]
     idx = torch.arange(width, device=tree.tokens.device)
     num, par = tree.num_nodes, tree.parents
     inner = (idx > 0) & (idx < num[:, None])  # [B, T]
     bad_link = inner & ((par < 0) | (par >= idx))
-    facts = torch.stack([
+    per_depth = torch.zeros(width, dtype=torch.long, device=idx.device).scatter_reduce_(
+        0, tree.depth.flatten(), tree.num_children.flatten(), "amax")  # [T]
+    facts = torch.cat([torch.stack([
         ((num < 1) | (num > width)).any().long(), (par[:, 0] != -1).any().long(), bad_link.any().long(),
         tree.depth.max(), tree.num_children.max(), torch.where(inner, tree.kind.long(), 0).max(),
-    ]).tolist()
+    ]), per_depth]).tolist()
     if facts[0]:
         raise ValueError(f"num_nodes must lie in [1, T={width}]; got {num.tolist()}")
     if facts[1]:
@@ -239,7 +254,7 @@ def _read_facts(tree: "DraftTree") -> tuple[int, int, int]:
         b, i = (int(x) for x in bad_link.nonzero()[0])
         raise ValueError(f"parents must be topologically ordered (0 <= parents[b, i] < i): "
                          f"sequence {b}, node {i} has parent {int(par[b, i])}")
-    return int(facts[3]), int(facts[4]), int(facts[5])
+    return int(facts[3]), int(facts[4]), int(facts[5]), facts[6:]
 
 
 def _bound(given: Optional[int], actual: int, name: str, what: str) -> int:
@@ -285,14 +300,15 @@ def _mask_bits(masks: Tensor, width: int) -> Tensor:  # [N, width] bool
     return ((masks[:, None] >> shifts) & 1).bool()
 
 
-def _paths(masks: Tensor, depth: Tensor, max_depth: int) -> Tensor:  # [N, max_depth + 1]
+def _paths(masks: Tensor, depth: Tensor, max_depth: int, idx: Optional[Tensor] = None) -> Tensor:
     """Node indices of the paths encoded by ancestor bitmasks ``masks [N]`` (``depth [N, T]``:
-    the depth of every node of each row's tree). Topological order makes the set bits, read in
-    ascending order, exactly the root-to-node path; each lands in the slot of its depth."""
+    the depth of every node of each row's tree; ``idx [T]``: 0..T-1 if at hand), ``[N, max_depth
+    + 1]``. Topological order makes the set bits, read in ascending order, exactly the root-to-node
+    path; each lands in the slot of its depth."""
     rows, width = depth.shape
-    bits = _mask_bits(masks, width)  # [N, T]
+    idx = torch.arange(width, device=masks.device) if idx is None else idx  # [T]
+    bits = ((masks[:, None] >> idx) & 1).bool()  # [N, T]
     slot = torch.where(bits, depth, max_depth + 1)  # [N, T]; unset bits go to a spill column
-    idx = torch.arange(width, device=masks.device).expand(rows, width)
     out = torch.full((rows, max_depth + 2), -1, dtype=torch.long, device=masks.device)
     out.scatter_(1, slot, torch.where(bits, idx, -1))
     return out[:, :-1]

@@ -91,6 +91,9 @@ def test_host_facts_and_bounds():
     assert tree.max_depth == int(tree.depth.max())
     assert tree.max_children == max(max(c) for c in children)
     assert tree.num_children.tolist() == children
+    assert tree.children_at_depth == [max(c[i] for b, c in enumerate(children) for i in range(20)
+                                          if int(tree.depth[b, i]) == d and i < int(tree.num_nodes[b]))
+                                      for d in range(tree.max_depth + 1)]
     assert not tree.has_sampled  # SAMPLED kinds but no draft_probs: nothing to sample against
     q = torch.full((30, 20, 5), 0.2)
     with_q = DraftTree(tree.tokens, tree.parents, tree.num_nodes, kind=tree.kind, draft_probs=q)
@@ -98,12 +101,14 @@ def test_host_facts_and_bounds():
     # bounds: accepted when they hold, kept as the facts (a fixed result width), refused when not
     bounded = DraftTree(tree.tokens, tree.parents, tree.num_nodes, depth_bound=19, children_bound=19)
     assert (bounded.max_depth, bounded.max_children) == (19, 19)
+    assert bounded.children_at_depth == (tree.children_at_depth + [0] * 20)[:20]
     assert bounded.path_to(torch.zeros(30, dtype=torch.long)).shape == (30, 20)
     with pytest.raises(ValueError, match="depth_bound = 1 is below"):
         DraftTree(tree.tokens, tree.parents, tree.num_nodes, depth_bound=1)
     # without validation: loose facts, and a bad tree still indexes in range (no crash, no read)
     loose = DraftTree(tree.tokens, tree.parents, tree.num_nodes, draft_probs=q, validate=False)
     assert (loose.max_depth, loose.max_children, loose.has_sampled) == (19, 19, True)
+    assert loose.children_at_depth == [19] * 20
     assert torch.equal(loose.depth, tree.depth) and torch.equal(loose.ancestor_mask, tree.ancestor_mask)
     bad = DraftTree(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[-1, 7, 1]]), torch.tensor([3]),
                     validate=False)
