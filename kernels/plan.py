@@ -8,8 +8,8 @@ graph of a decode/verify step needs; the kernel reads the true lengths from devi
 
 Split-KV (flash-decoding, Dao et al. 2023): when ``batch * query tiles * kv heads`` programs cannot
 fill the GPU, each sequence's KV range is cut into ``num_splits`` chunks processed by separate
-programs, and the partial outputs are merged by their log-sum-exp: inside the attention kernel
-for decode plans (the last split of a tile merges; one launch), by a second kernel otherwise.
+programs, and the partial outputs are merged by their log-sum-exp: by a second kernel, or with
+``fused_merge=True`` inside the attention kernel (the last split of a tile merges; one launch).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class TreeAttentionPlan:
     num_splits: int  # KV chunks per (sequence, tile, kv head); 1 = no split, no merge
     num_warps: int
     num_stages: int
-    fused_merge: bool = False  # split merge inside the attention kernel (decode plans)
+    fused_merge: bool = False  # split merge inside the attention kernel (opt-in)
     _workspace: dict = field(default_factory=dict, repr=False, compare=False)
 
     def grid(self, num_kv_heads: int) -> tuple[int, int, int]:

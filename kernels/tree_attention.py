@@ -14,8 +14,9 @@ Semantics: `reference.tree_attention_ref`. One launch serves a ragged batch; eve
   fp32 partial output and its log-sum-exp; `_merge_splits` combines them. Trees split too: the
   bitmask only touches positions >= prefix_len, whichever chunk holds them. With
   ``plan.fused_merge`` the merge runs inside the attention kernel instead (one launch): every
-  split bumps a per-tile counter after writing its partial, and the split that arrives last merges (the "last block" reduction of
-  CUDA's threadFenceReduction sample; CUTLASS's semaphore uses the same barrier + release/acquire).
+  split bumps a per-tile counter after writing its partial, and the split that arrives last
+  merges (the "last block" reduction of CUDA's threadFenceReduction sample; CUTLASS's semaphore
+  uses the same barrier + release/acquire). Both merges live in `split_merge.py`.
 * Block ids are prefetched one KV tile ahead as loop-carried values. Triton's software pipeliner
   divides its stages by the depth of load->load chains in the loop (AssignLatencies: latency =
   (num_stages - 1) / (indirection + 1)), so a block-table load feeding the K/V address in the same
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from .checks import check_sm_scale
 from .plan import TreeAttentionPlan, next_pow2, plan_tree_attention
+from .split_merge import _merge_decode_tile, _merge_splits
 
 LOG2E = 1.4426950408889634
 NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: keeps exp2(m_old - m_new) NaN-free
@@ -94,30 +96,6 @@ def _attend(acc, l_i, m_i, q, k_ptr, v_ptr, page, start, hi, kvh, prefix, tok, b
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
     return acc, l_i, m_new
-
-
-@triton.jit
-def _merge_decode_tile(po_ptr, plse_ptr, o_ptr, row, kvh, num_tokens, num_q_heads, num_splits,
-                       stride_on, stride_oh, GROUP: tl.constexpr, MERGE_ROWS: tl.constexpr,
-                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """out[row, h] = sum_s 2^(lse_s - lse) o_s for the GROUP heads of one token, all splits loaded
-    at once ([S, G, D]: one L2 round trip instead of one per split)."""
-    offs_s = tl.arange(0, BLOCK_S)  # [S]
-    g = tl.arange(0, MERGE_ROWS)  # [G]
-    offs_d = tl.arange(0, BLOCK_D)  # [D]
-    head = kvh * GROUP + g  # [G]
-    part = (offs_s[:, None] * num_tokens + row) * num_q_heads + head[None, :]  # [S, G]
-    ok = (offs_s < num_splits)[:, None] & (g < GROUP)[None, :]  # [S, G]
-    d_ok = offs_d < HEAD_DIM
-    # .cg: read L2, where the other programs' partials are (L1 is not coherent across SMs).
-    lse = tl.load(plse_ptr + part, mask=ok, other=float("-inf"), cache_modifier=".cg")  # [S, G]
-    o = tl.load(po_ptr + part[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                mask=ok[:, :, None] & d_ok[None, None, :], other=0.0, cache_modifier=".cg")  # [S, G, D]
-    m = tl.max(lse, 0)  # [G]
-    w = tl.where(lse > float("-inf"), tl.exp2(lse - m[None, :]), 0.0)  # [S, G]
-    out = tl.sum(o * w[:, :, None], 0) / tl.sum(w, 0)[:, None]  # [G, D]
-    o_off = row * stride_on + head[:, None] * stride_oh + offs_d[None, :]  # [G, D]
-    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=(g < GROUP)[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -209,29 +187,6 @@ def _tree_attn_kernel(
     else:
         o_off = row[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=io_mask)
-
-
-@triton.jit
-def _merge_splits(po_ptr, plse_ptr, o_ptr, indptr_ptr, batch, num_tokens, num_q_heads, num_splits,
-                  stride_on, stride_oh,
-                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """out[t, h] = sum_s 2^(lse_s - lse) * o_s with lse = log2 sum_s 2^lse_s (one program per t, h)."""
-    t = tl.program_id(0)
-    h = tl.program_id(1)
-    if t >= tl.load(indptr_ptr + batch):  # padding rows past the last sequence
-        return
-    offs_s = tl.arange(0, BLOCK_S).to(tl.int64)  # [S]
-    offs_d = tl.arange(0, BLOCK_D)  # [D]
-    part = (offs_s * num_tokens + t) * num_q_heads + h  # [S]
-    s_ok = offs_s < num_splits
-    lse = tl.load(plse_ptr + part, mask=s_ok, other=float("-inf"))  # [S]
-    m = tl.max(lse, 0)
-    w = tl.where(lse > float("-inf"), tl.exp2(lse - m), 0.0)  # [S]
-    o = tl.load(po_ptr + part[:, None] * HEAD_DIM + offs_d[None, :],
-                mask=s_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)  # [S, D]
-    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)  # [D]
-    tl.store(o_ptr + t * stride_on + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
 
 
 def tree_attention_triton(
