@@ -29,16 +29,17 @@ class AttnMetadata:
     max_kv_len: Optional[int] = None  # host upper bound of prefix_len + new tokens
     plans: dict = field(default_factory=dict, repr=False)  # (Hq, Hkv) -> plan, built on first use
 
-    def plan_for(self, num_q_heads: int, num_kv_heads: int) -> Optional[TreeAttentionPlan]:
+    def plan_for(self, num_q_heads: int, num_kv_heads: int, head_dim: int) -> Optional[TreeAttentionPlan]:
         """The kernel's launch plan, shared by every layer of one forward. Only CUDA uses one, and
         only when the host hints are set (otherwise the kernel reads lengths from the device).
         The metadata is per step: do not change its tensors after the first layer ran."""
         if not self.qo_indptr.is_cuda or self.max_q_len is None or self.max_kv_len is None:
             return None
-        key = (num_q_heads, num_kv_heads)
+        key = (num_q_heads, num_kv_heads, head_dim)
         if key not in self.plans:
             self.plans[key] = plan_tree_attention(self.qo_indptr, self.prefix_lens, num_q_heads,
-                                                  num_kv_heads, self.max_q_len, self.max_kv_len)
+                                                  num_kv_heads, self.max_q_len, self.max_kv_len,
+                                                  head_dim=head_dim)
         return self.plans[key]
 
 
@@ -64,8 +65,8 @@ def paged_attention(
     store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     if not q.is_cuda:  # batched SDPA over a per-step plan; equals the reference (tested)
         return tree_attention_torch(q, k_cache, v_cache, meta.cpu_plan(k_cache.shape[1]), sm_scale)
-    plan = meta.plan_for(q.shape[1], k.shape[1])
-    return tree_attention(q.contiguous(), k_cache, v_cache, meta.block_tables, meta.prefix_lens,
+    plan = meta.plan_for(q.shape[1], k.shape[1], q.shape[2])
+    return tree_attention(q, k_cache, v_cache, meta.block_tables, meta.prefix_lens,
                           meta.qo_indptr, meta.tree_mask, meta.use_tree_mask, sm_scale,
                           max_q_len=meta.max_q_len, max_kv_len=meta.max_kv_len, plan=plan)
 
