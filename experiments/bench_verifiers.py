@@ -191,8 +191,8 @@ def _sync_free(fast, tree) -> dict:
     try:
         fast(fresh(tree))
         return {"sync_free": True}
-    except RuntimeError as e:
-        return {"sync_free": False, "sync_error": str(e)[:300]}
+    except Exception as e:  # noqa: BLE001 - a synchronising call raises RuntimeError; record any
+        return {"sync_free": False, "sync_error": f"{type(e).__name__}: {str(e)[:300]}"}
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -263,6 +263,7 @@ def micro(args) -> list[dict]:
             print(f"micro | {out[-1]['what']} | {out[-1].get('dtype')} | {out[-1].get('median_ms', float('nan')):.3f} ms | "
                   f"{out[-1].get('GB_per_s', float('nan')):.0f} GB/s", flush=True)
         del x
+    out += kernel_sweep(args, tree, internal, scale)
     xs = torch.randn(args.batch, args.vocab, device=dev)
     us = torch.rand(args.batch, device=dev)
     for mode, (temp, top_p, top_k) in MODES.items():
@@ -270,6 +271,28 @@ def micro(args) -> list[dict]:
         out.append({"what": f"plain sampler sample([B, V]) {mode}", **stats})
         print(f"micro | {out[-1]['what']} | {stats['median_ms']:.3f} ms", flush=True)
     return out
+
+
+def kernel_sweep(args, tree, internal, scale) -> list[dict]:
+    """row_stats (argmax + lse, internal nodes, fp32) at other block sizes / warp counts."""
+    if args.device != "cuda":
+        return []
+    from specdec.verifiers import row_stats_triton as rst
+    x = make_logits(tree, args.vocab, "random", torch.float32, 4)
+    nbytes = int(internal.sum()) * args.vocab * 4
+    default, rows = (rst.BLOCK, rst.NUM_WARPS), []
+    try:
+        for block, warps in ((4096, 8), (2048, 8), (2048, 4), (8192, 8), (1024, 4)):
+            rst.BLOCK, rst.NUM_WARPS = block, warps
+            stats = time_calls(lambda: row_stats(x, scale, None, internal), lambda: (), args.warmup, args.repeat)
+            rows.append({"what": f"row_stats argmax+lse internal fp32 BLOCK={block} warps={warps}",
+                         "GB_per_s": nbytes / (stats["median_ms"] * 1e-3) / 1e9, **stats})
+            print(f"micro | {rows[-1]['what']} | {stats['median_ms']:.3f} ms | {rows[-1]['GB_per_s']:.0f} GB/s", flush=True)
+    except Exception as e:  # noqa: BLE001
+        rows.append({"what": "kernel sweep", "error": str(e)[:300]})
+    finally:
+        rst.BLOCK, rst.NUM_WARPS = default
+    return rows
 
 
 def cases(args):
@@ -309,19 +332,6 @@ def main() -> None:
     print("| tree | logits | mode | dtype | kind | path | accepted | default ms | fast ms | fast host ms | "
           "graph ms | sync-free | graph = eager |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    rows, errors = [], []
-    for case in cases(args):
-        try:
-            rows.append(run_case(args, *case))
-        except Exception:  # noqa: BLE001 - record and go on
-            errors.append({"case": [str(c) for c in case], "error": traceback.format_exc()[-2000:]})
-            print(f"ERROR {case}: {errors[-1]['error']}", flush=True)
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
-    build = construction(args)
-    for b in build:
-        print(f"build | {b['what']} | {b['median_ms']:.3f} ms (host {b['host_ms']:.3f} ms)", flush=True)
-    parts = [] if args.skip_micro else micro(args)
     meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
             "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.date.today().isoformat(), "batch": args.batch, "nodes": args.nodes,
@@ -333,10 +343,29 @@ def main() -> None:
         meta["triton"] = triton.__version__
     except ImportError:
         pass
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "construction": build, "micro": parts,
-                                    "errors": errors}, indent=1))
-    print(f"wrote {args.out} ({len(rows)} cases, {len(errors)} errors)")
+    out = {"meta": meta, "rows": [], "construction": [], "micro": [], "errors": []}
+
+    def save():  # after every case: a run cut short still leaves its numbers
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+
+    for case in cases(args):
+        try:
+            out["rows"].append(run_case(args, *case))
+        except Exception:  # noqa: BLE001 - record and go on
+            out["errors"].append({"case": [str(c) for c in case], "error": traceback.format_exc()[-2000:]})
+            print(f"ERROR {case}: {out['errors'][-1]['error']}", flush=True)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+        save()
+    out["construction"] = construction(args)
+    for b in out["construction"]:
+        print(f"build | {b['what']} | {b['median_ms']:.3f} ms (host {b['host_ms']:.3f} ms)", flush=True)
+    save()
+    if not args.skip_micro:
+        out["micro"] = micro(args)
+    save()
+    print(f"wrote {args.out} ({len(out['rows'])} cases, {len(out['errors'])} errors)")
 
 
 if __name__ == "__main__":

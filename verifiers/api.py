@@ -189,4 +189,4 @@ def _repeated_no_replacement(tree: DraftTree, random: Tensor) -> Tensor:  # [B, 
     """No-replacement nodes with an earlier no-replacement sibling of the same token."""
     nr = random & (tree.kind == CandidateKind.SAMPLED_NO_REPLACEMENT)  # [B, T]
     same = tree.tokens[:, :, None] == tree.tokens[:, None, :]  # [B, T, T]
-    return nr & ((tree.earlier_siblings > 0) & same & nr[:, None, :]).any(-1)
+    return nr & (tree.earlier_siblings & same & nr[:, None, :]).any(-1)

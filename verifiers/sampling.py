@@ -61,11 +61,11 @@ def _verify_deterministic(tree: DraftTree, target: Target, uniforms: Tensor) -> 
     node is its first passing child, and the path the deepest node reached through accepted
     children. The bonus is drawn from p at that node without its children's tokens."""
     width = tree.max_nodes
+    sib = tree.earlier_siblings  # [B, T, T]
     pc = torch.where(tree.first_of_token, target.child_probs(), 0.0)  # [B, T]; a repeat passes never
-    removed = torch.bmm(tree.earlier_siblings, pc[:, :, None])[:, :, 0]  # [B, T]
+    removed = torch.where(sib, pc[:, None, :], 0.0).sum(-1)  # [B, T]
     ok = uniforms[:, :width] * (1.0 - removed) < pc  # [B, T]
-    earlier_ok = torch.bmm(tree.earlier_siblings, ok[:, :, None].float())[:, :, 0]  # [B, T]
-    leaf = deepest_good(tree, ok & (earlier_ok == 0))  # [B]
+    leaf = deepest_good(tree, ok & ~(sib & ok[:, None, :]).any(-1))  # [B]; first passing sibling
     residual = _without_children(target.row_probs(leaf), tree, leaf)
     return build_result(tree, tree.path_to(leaf), sample_from_probs(residual, uniforms[:, 0]))
 

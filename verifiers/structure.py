@@ -13,7 +13,7 @@ def children_table(tree: DraftTree) -> Tensor:  # [B, T, R] int64
     A node's rank among its siblings is its count of earlier siblings."""
     batch, nodes = tree.tokens.shape
     width = max(tree.max_children, 1)
-    rank = tree.earlier_siblings.sum(-1).long()  # [B, T]
+    rank = tree.earlier_siblings.sum(-1)  # [B, T] int64
     spill = nodes * width  # padding (and ranks beyond a too-small bound) write into one extra column
     slot = torch.where(tree.inner & (rank < width), tree.parent_index * width + rank, spill)  # [B, T]
     node = torch.arange(nodes, device=rank.device).expand(batch, nodes)

@@ -111,19 +111,20 @@ class DraftTree:
         return self.valid & (self.node_index > 0)
 
     @cached_property
-    def earlier_siblings(self) -> Tensor:  # [B, T, T] float32: [b, i, j] = 1 iff j < i share a parent
-        """As a float matrix: ``earlier_siblings @ x[..., None]`` sums x over each node's earlier
-        siblings (a segmented exclusive prefix sum in one batched matmul; T <= 64)."""
+    def earlier_siblings(self) -> Tensor:  # [B, T, T] bool: [b, i, j] iff j < i share a parent
+        """Segmented sums over each node's earlier siblings are ``where(earlier_siblings,
+        x[:, None, :], 0).sum(-1)``: T <= 64, so ``[B, T, T]`` is small, and exact (no matmul,
+        whose float32 may run as TF32)."""
         idx = self.node_index
         par = torch.where(self.inner, self.parents, -1 - idx)  # [B, T]; no two padding nodes match
-        return ((par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])).float()
+        return (par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])
 
     @cached_property
     def first_of_token(self) -> Tensor:  # [B, T] bool
-        """Non-root nodes whose token no earlier sibling has (a repeat is a wasted candidate:
-        every rule rejects it, since its token was removed when the first copy failed)."""
+        """Non-root nodes whose token no earlier sibling has. For DETERMINISTIC candidates and
+        greedy rows a repeat is wasted (its token was removed when the first copy failed)."""
         same = self.tokens[:, :, None] == self.tokens[:, None, :]  # [B, T, T]
-        return self.inner & ~((self.earlier_siblings > 0) & same).any(-1)
+        return self.inner & ~(self.earlier_siblings & same).any(-1)
 
     def to(self, device) -> "DraftTree":
         """The same trees on ``device`` (same host facts)."""

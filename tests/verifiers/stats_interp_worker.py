@@ -37,8 +37,8 @@ def main() -> None:
     torch.set_num_threads(1)
     out = {}
     for name, (seed, dtype, vocab, strided) in {
-        "fp32_v1000": (0, torch.float32, 1000, False), "bf16_v5000": (1, torch.bfloat16, 5000, False),
-        "fp32_v37_strided": (2, torch.float32, 37, True), "fp32_v9000_blocks": (3, torch.float32, 9000, True),
+        "fp32_v1000": (0, torch.float32, 1000, False), "bf16_v3000": (1, torch.bfloat16, 3000, False),
+        "fp32_v37_strided": (2, torch.float32, 37, True), "fp32_v4500_blocks": (3, torch.float32, 4500, True),  # two 4096-wide steps
     }.items():
         logits, scale, thr, need = make_case(seed, dtype, vocab, strided)
         for variant, args in {"plain": (None, None), "thr_need": (thr, need)}.items():
