@@ -1,0 +1,40 @@
+"""A short model card (README.md) beside exported drafter weights: what it is, how it was trained
+(data, steps, time), what it measured (tau), and how to use it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+USE = {"eagle": "python -m specdec.run drafter=eagle drafter.path={path}",
+       "eagle3": "python -m specdec.run drafter=eagle3 drafter.path={path}",
+       "medusa": "python -m specdec.run drafter=medusa drafter.path={path}",
+       "draft": "python -m specdec.run drafter=small_draft drafter.path={path}"}
+WHAT = {"eagle": "EAGLE-1/2 draft head (one decoder layer; official EAGLE format)",
+        "eagle3": "EAGLE-3 draft head (fused low/mid/high features, draft vocabulary; official EAGLE-3 format)",
+        "medusa": "Medusa heads (official medusa_lm_head format; shared lm_head when so flagged)",
+        "draft": "small draft model sharing the target's embedding and lm_head"}
+
+
+def write_card(directory: Path, kind: str, target: str, data: dict, train: dict, evaluation: dict,
+               command: str) -> Path:
+    files = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".json"))
+    tau = evaluation.get("mean_accepted_length")
+    lines = [
+        f"# {WHAT.get(kind, kind)} for {target}", "",
+        "Trained by specdec (`python -m specdec.train`) on the target's own answers (self-distillation).", "",
+        "| | |", "|---|---|",
+        f"| target | {target} |",
+        f"| data | {data.get('examples')} examples, {data.get('tokens')} tokens ({data.get('sources')}) |",
+        f"| steps | {train.get('steps')} (batch {train.get('batch_size')}, lr {train.get('lr')}) |",
+        f"| training time | {train.get('train_s', float('nan')):.0f} s on {train.get('device')} |",
+        f"| tau (T=0, accepted + 1) | {'n/a' if tau is None else f'{tau:.3f}'} on {evaluation.get('num_prompts')} "
+        f"{evaluation.get('prompts', 'prompts')}, {evaluation.get('output_tokens')} tokens |",
+        f"| accepted draft tokens / step | {evaluation.get('mean_accepted_draft_tokens', float('nan')):.3f} |",
+        f"| files | {', '.join(files)} |", "",
+        f"Use: `{USE[kind].format(path=directory)}`", "",
+        f"Reproduce: `{command}`", "",
+        "Acceptance per depth: " + json.dumps([round(x, 3) for x in evaluation.get('accept_rate_per_depth', [])]), "",
+    ]
+    path = directory / "README.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,138 @@
+"""EAGLE-1/2 and EAGLE-3 training objectives.
+
+EAGLE-1/2 (Li et al. 2024, sec. 4): from (f_i, t_{i+1}) predict f_{i+1}: Smooth L1 to the
+target's feature plus cross-entropy of the target's distribution at i+1 through the target's
+lm_head (weights 1.0 and 0.1 as in the reference), with uniform noise on the input features;
+``steps > 1`` also unrolls the draft on its own features (the training-time test).
+EAGLE-3 (Li et al. 2025): no feature loss; fused low/mid/high features, the draft vocabulary's
+cross-entropy against the target distribution restricted to it, unrolled ``steps`` times with
+step k weighted 0.8^k; positions whose target argmax lies outside the draft vocabulary are skipped.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from specdec.drafters.eagle_net import (Eagle3Net, EagleNet, config_dict, default_feature_layers,
+                                        draft_model_config, save_eagle, save_eagle3, vocab_map)
+
+from .batches import Batch
+from .losses import feature_regression, soft_ce, target_logprobs, top1_agreement, uniform_noise
+from .unroll import shift, unroll
+
+
+def _init_layer_from(dst, src) -> None:
+    """Start a draft decoder layer from a target layer (same shapes where they match)."""
+    with torch.no_grad():
+        for name, p in dst.named_parameters():
+            q = dict(src.named_parameters()).get(name)
+            if q is not None and q.shape == p.shape:
+                p.copy_(q.float())
+
+
+class EagleObjective:
+    kind = "eagle"
+
+    def __init__(self, target, examples=None, steps: int = 1, num_layers: int = 1, w_reg: float = 1.0,
+                 w_ce: float = 0.1, noise: float = 0.1, step_decay: float = 0.8) -> None:
+        self.target, self.steps, self.w_reg, self.w_ce = target, steps, w_reg, w_ce
+        self.noise, self.decay = noise, step_decay
+        cfg = draft_model_config(config_dict(target.config, num_hidden_layers=num_layers))
+        self.module = self.net = EagleNet(cfg, bias=True)
+        for layer in self.net.layers:
+            _init_layer_from(layer, target.model.layers[-1])
+        self.layers: tuple[int, ...] = ()
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        p = batch.tokens.shape[1] - 1
+        feats = uniform_noise(batch.hidden[:, :-1], self.noise if self.net.training else 0.0)
+        outs = unroll(self.net, self.target.embed, feats, batch.tokens, self.steps)
+        total, metrics = 0.0, {}
+        for k, out in enumerate(outs):
+            goal = shift(batch.hidden, 1 + k, p)  # [B, P, h] f_{i+1+k}
+            mask = shift(batch.loss_mask & batch.valid, 2 + k, p)  # predicts token i+2+k
+            logits = self.target.compute_logits(out)
+            tgt = target_logprobs(self.target.lm_head.weight, goal)
+            reg, ce = feature_regression(out, goal, mask), soft_ce(tgt, logits, mask)
+            total = total + self.decay ** k * (self.w_reg * reg + self.w_ce * ce)
+            metrics.update({f"reg_{k}": float(reg.detach()), f"ce_{k}": float(ce.detach()),
+                            f"acc_{k}": top1_agreement(tgt, logits, mask)})
+        return total, metrics
+
+    def export(self, directory: Path, dtype=torch.bfloat16) -> list[Path]:
+        return save_eagle(self.net, directory, dtype=dtype)
+
+    def drafter(self, path: str, **options):
+        from specdec.drafters.eagle import EagleDrafter
+
+        return EagleDrafter(path, **options)
+
+
+def draft_vocabulary(examples, size: int, vocab: int, always: Sequence[int] = ()) -> Tensor:
+    """EAGLE-3's draft vocabulary: the ``size`` most frequent target ids in the training data
+    (``always`` first, e.g. stop tokens), topped up with the lowest unused ids; sorted."""
+    if not 0 < size <= vocab:
+        raise ValueError(f"draft_vocab_size must lie in [1, {vocab}]; got {size}")
+    counts = Counter(t for e in examples or () for t in e.tokens)
+    ranked = list(dict.fromkeys([*always, *(t for t, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0])))]))
+    chosen = ranked[:size]
+    if len(chosen) < size:
+        used = set(chosen)
+        chosen += [t for t in range(vocab) if t not in used][: size - len(chosen)]
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+class Eagle3Objective:
+    kind = "eagle3"
+
+    def __init__(self, target, examples=None, steps: int = 5, draft_vocab_size: int = 8192,
+                 feature_layers: Sequence[int] | None = None, step_decay: float = 0.8,
+                 always: Sequence[int] = ()) -> None:
+        self.target, self.steps, self.decay = target, steps, step_decay
+        tc = target.config
+        layers = feature_layers if feature_layers is not None else default_feature_layers(tc.num_hidden_layers)
+        self.layers = tuple(int(i) for i in layers)
+        ids = draft_vocabulary(examples, min(draft_vocab_size, tc.vocab_size), tc.vocab_size, always)
+        cfg = draft_model_config(config_dict(tc, num_hidden_layers=1))
+        self.module = self.net = Eagle3Net(cfg, ids.numel())
+        self.net.d2t, self.net.t2d = vocab_map(ids, tc.vocab_size)
+        self.ids = ids  # [Vd] target id of each draft id
+        self._init_from_target()
+
+    def _init_from_target(self) -> None:
+        t = self.target
+        _init_layer_from(self.net.midlayer, t.model.layers[-1])
+        with torch.no_grad():
+            self.net.lm_head.weight.copy_(t.lm_head.weight[self.ids].float())
+            self.net.norm.weight.copy_(t.model.norm.weight.float())
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        p = batch.tokens.shape[1] - 1
+        first = self.net.fuse(batch.aux[:, :-1])  # [B, P, h]
+        outs = unroll(self.net, self.target.embed, first, batch.tokens, self.steps)
+        w_sub = self.target.lm_head.weight[self.ids.to(batch.tokens.device)]  # [Vd, h]
+        total, metrics = 0.0, {}
+        for k, out in enumerate(outs):
+            goal = shift(batch.hidden, 1 + k, p)  # target hidden whose next token is i+2+k
+            full = target_logprobs(self.target.lm_head.weight, goal)  # [B, P, V]
+            inside = self.net.t2d[full.argmax(-1)]  # target argmax in the draft vocabulary
+            mask = shift(batch.loss_mask & batch.valid, 2 + k, p) & inside
+            tgt = target_logprobs(w_sub, goal)  # [B, P, Vd] restricted and renormalised
+            logits = self.net.logits(out)
+            ce = soft_ce(tgt, logits, mask)
+            total = total + self.decay ** k * ce
+            metrics.update({f"ce_{k}": float(ce.detach()), f"acc_{k}": top1_agreement(tgt, logits, mask)})
+        return total, metrics
+
+    def export(self, directory: Path, dtype=torch.bfloat16) -> list[Path]:
+        # our captured output of layer l is the input of layer l + 1 (the reference's layer id)
+        return save_eagle3(self.net, directory, [i + 1 for i in self.layers], dtype=dtype)
+
+    def drafter(self, path: str, **options):
+        from specdec.drafters.eagle3 import Eagle3Drafter
+
+        return Eagle3Drafter(path, **options)

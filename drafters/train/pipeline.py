@@ -1,0 +1,142 @@
+"""The training pipeline as plain functions over dataclasses (specdec/train.py is its Hydra
+front): data -> train -> export -> eval, each stage resumable or skippable."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from specdec.data import default_prompts, load_prompt_file, select
+from specdec.engine.config import EngineConfig
+
+from . import checkpoint
+from .batches import BatchSource
+from .card import write_card
+from .evaluate import baseline_outputs, evaluate
+from .objective import make_objective
+from .selfdistill import DataConfig, generate
+from .shards import Manifest, read_shards
+from .trainer import TrainConfig, Trainer
+
+STAGES = ("data", "train", "export", "eval")
+
+
+@dataclass
+class EvalConfig:
+    prompts_path: Optional[str] = None  # MT-bench-format jsonl; absent -> the built-in prompts
+    num_prompts: Optional[int] = None
+    max_new_tokens: int = 256
+    compare: bool = True  # also run the target alone and count outputs equal to it
+
+
+@dataclass
+class Plan:
+    kind: str  # eagle | eagle3 | medusa | draft
+    work_dir: Path
+    options: dict = field(default_factory=dict)  # the objective's (configs/train/method/<kind>.yaml)
+    drafter_options: dict = field(default_factory=dict)  # the drafter's at evaluation
+    stages: tuple[str, ...] = STAGES
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data_dir: Optional[Path] = None  # default work_dir/data (point several methods at one)
+    export_dir: Optional[Path] = None  # default work_dir/export
+    export_dtype: str = "bfloat16"
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stages {bad}; stages are {list(STAGES)}")
+        self.work_dir = Path(self.work_dir)
+        self.data_dir = Path(self.data_dir or self.work_dir / "data")
+        self.export_dir = Path(self.export_dir or self.work_dir / "export")
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.work_dir / "checkpoint"
+
+
+def run(loaded, plan: Plan, logger=None, log=print) -> dict:
+    """Run the plan's stages with ``loaded`` (a `LoadedModel`: the target); returns the summary."""
+    from specdec.loggers import NullLogger
+
+    logger = logger or NullLogger()
+    summary: dict = {"kind": plan.kind, "target": loaded.source}
+    if "data" in plan.stages:
+        generate(loaded, plan.data_dir, _data_cfg(plan, loaded), plan.engine, log)
+    objective, examples = _objective(loaded, plan)
+    device = plan.engine.torch_device()
+    if "train" in plan.stages:
+        source = BatchSource(examples, plan.train.batch_size, plan.train.max_len, plan.train.seed,
+                             loaded.model, objective.layers, device)
+        result = Trainer(objective, source, plan.train, plan.ckpt_dir, logger, device).run()
+        summary["train"] = {k: v for k, v in result.items() if k != "loss_history"}
+        summary["loss_history"] = result["loss_history"]
+    elif checkpoint.load(plan.ckpt_dir, objective.module, None) is None and plan.stages != ("data",):
+        raise FileNotFoundError(f"no training checkpoint in {plan.ckpt_dir}: run the train stage first")
+    if "export" in plan.stages:
+        objective.module.to(device)
+        files = objective.export(plan.export_dir, getattr(torch, plan.export_dtype))
+        summary["export"] = [str(f) for f in files]
+    if "eval" in plan.stages:
+        summary["eval"] = _evaluate(loaded, plan, objective)
+        logger.log_summary({f"eval_{k}": v for k, v in summary["eval"].items()})
+    if "export" in plan.stages:
+        _card(plan, summary, loaded, str(device))
+    return summary
+
+
+def _data_cfg(plan: Plan, loaded) -> DataConfig:
+    """EAGLE-3 data that stores hidden states also stores its three feature layers."""
+    if plan.kind != "eagle3" or not plan.data.store_hidden:
+        return plan.data
+    from specdec.drafters.eagle_net import default_feature_layers
+
+    layers = plan.options.get("feature_layers") or default_feature_layers(loaded.model.config.num_hidden_layers)
+    return dataclasses.replace(plan.data, layers=tuple(int(i) for i in layers))
+
+
+def _objective(loaded, plan: Plan):
+    examples = read_shards(plan.data_dir)
+    options = dict(plan.options)
+    if plan.kind == "eagle3":
+        options.setdefault("always", list(loaded.stop_token_ids))
+    if plan.kind == "medusa":
+        options.setdefault("base_model", loaded.source)
+    return make_objective(plan.kind, loaded.model, examples, **options), examples
+
+
+def _eval_prompts(plan: Plan):
+    path = plan.eval.prompts_path
+    prompts = load_prompt_file(path) if path and Path(path).is_file() else default_prompts()
+    return select(prompts, plan.eval.num_prompts), (Path(path).name if path and Path(path).is_file() else "built-in prompts")
+
+
+def _evaluate(loaded, plan: Plan, objective) -> dict:
+    prompts, name = _eval_prompts(plan)
+    base = None
+    if plan.eval.compare:
+        base, base_wall = baseline_outputs(loaded, prompts, plan.engine, plan.eval.max_new_tokens)
+    drafter = objective.drafter(str(plan.export_dir), **plan.drafter_options)
+    out = evaluate(loaded, drafter, prompts, plan.engine, plan.eval.max_new_tokens, base)
+    out["prompts"] = name
+    if base is not None:
+        out["baseline_wall_s"] = base_wall
+    return out
+
+
+def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
+    manifest = Manifest.load(plan.data_dir)
+    data = {"examples": manifest.num_examples, "tokens": manifest.num_tokens,
+            "sources": "training prompts + self-instruct" if manifest else ""} if manifest else {}
+    train = {**summary.get("train", {}), "batch_size": plan.train.batch_size, "lr": plan.train.lr,
+             "device": device}
+    train.setdefault("steps", plan.train.steps)
+    train.setdefault("train_s", float("nan"))
+    write_card(plan.export_dir, plan.kind, loaded.source, data, train, summary.get("eval", {}), plan.command)

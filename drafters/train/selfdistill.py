@@ -1,0 +1,119 @@
+"""Self-distillation data: the target answers the training prompts through the engine; shards of
+prompt + answer tokens (and, with ``store_hidden``, the target's hidden states) are written with
+a manifest, so an interrupted run resumes where it stopped."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from specdec.data import Prompt, render
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+
+from .features import target_features
+from .prompts import parse_instruction, seed_tasks, self_instruct_prompt, training_prompts
+from .shards import Example, Manifest, write_shard
+
+PROMPTS_FILE = "prompts.json"
+
+
+@dataclass
+class DataConfig:
+    prompts_dir: Optional[str] = None  # ../shared/data/train; absent -> self-instruct prompts only
+    max_prompts: int = 2000  # from the public sets
+    self_instruct: int = 0  # extra prompts the target writes from the seed tasks
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: the target's greedy answers (what T=0 serving drafts against)
+    max_len: int = 1024  # prompt + answer tokens kept per example
+    shard_size: int = 256  # examples per shard (the unit of resumption)
+    store_hidden: bool = False  # else training recomputes them with the target each batch
+    layers: Sequence[int] = ()  # target layers to store beside the final hidden (EAGLE-3)
+    seed: int = 0
+
+
+def build_engine(loaded, engine_cfg: EngineConfig) -> Engine:
+    from specdec.drafters.none import NoDrafter
+    from specdec.verifiers import LosslessVerifier
+
+    return Engine(loaded.model, NoDrafter(), LosslessVerifier(), engine_cfg, tokenizer=loaded.tokenizer,
+                  stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len)
+
+
+def collect_prompts(loaded, cfg: DataConfig, engine_cfg: EngineConfig, log=print) -> list[str]:
+    prompts = training_prompts(Path(cfg.prompts_dir) if cfg.prompts_dir else None, cfg.max_prompts,
+                               cfg.seed, log)
+    if cfg.self_instruct:
+        prompts += self_instruct(loaded, seed_tasks(cfg.prompts_dir), cfg.self_instruct, engine_cfg, cfg.seed)
+    if not prompts:
+        raise ValueError("no training prompts: the prompt folder is absent and self_instruct=0 (or "
+                         "no seed tasks); set data.prompts_dir or data.self_instruct")
+    return prompts
+
+
+def self_instruct(loaded, seeds: list[str], count: int, engine_cfg: EngineConfig, seed: int) -> list[str]:
+    """``count`` new instructions written by the target from random triples of seed tasks
+    (sampled at temperature 0.8; duplicates and unusable lines dropped, so maybe fewer)."""
+    seeds = seeds or ["Explain how a bicycle works.", "Write a short poem about the sea.",
+                      "Give three tips for learning a new language."]
+    rng = random.Random(seed)
+    asks = [Prompt(f"si-{i}", [self_instruct_prompt(rng.sample(seeds, min(3, len(seeds))))])
+            for i in range(count)]
+    ids = [render(p, loaded.tokenizer) for p in asks]
+    params = [SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=64, seed=seed + i) for i in range(count)]
+    seqs = build_engine(loaded, engine_cfg).generate(ids, params, progress=True)
+    found = [parse_instruction(loaded.tokenizer.decode(s.output, skip_special_tokens=True)) for s in seqs]
+    return list(dict.fromkeys(f for f in found if f))
+
+
+def generate(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig, log=print) -> Manifest:
+    """Write (or finish writing) the shards of ``directory``; returns the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(directory) or Manifest(target=str(getattr(loaded, "source", "")),
+                                                    info={"config": _jsonable(cfg)})
+    prompts = _prompts(loaded, directory, cfg, engine_cfg, log)
+    engine = build_engine(loaded, engine_cfg)
+    bar = tqdm(total=len(prompts), initial=manifest.prompts_done, desc="self-distillation", unit="prompt")
+    while manifest.prompts_done < len(prompts):
+        chunk = prompts[manifest.prompts_done: manifest.prompts_done + cfg.shard_size]
+        examples = answer(engine, loaded, chunk, cfg, manifest.prompts_done)
+        manifest.shards.append(write_shard(directory, len(manifest.shards), examples))
+        manifest.prompts_done += len(chunk)
+        manifest.save(directory)
+        bar.update(len(chunk))
+    bar.close()
+    log(f"[specdec.train] data: {manifest.num_examples} examples, {manifest.num_tokens} tokens in {directory}")
+    return manifest
+
+
+def _prompts(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig, log) -> list[str]:
+    """The prompt list, fixed at the first run (self-instruct sampling is not repeated on resume)."""
+    f = directory / PROMPTS_FILE
+    if f.is_file():
+        return json.loads(f.read_text())
+    prompts = collect_prompts(loaded, cfg, engine_cfg, log)
+    f.write_text(json.dumps(prompts))
+    return prompts
+
+
+def answer(engine: Engine, loaded, prompts: list[str], cfg: DataConfig, first: int) -> list[Example]:
+    ids = [render(Prompt(str(first + i), [p]), loaded.tokenizer) for i, p in enumerate(prompts)]
+    params = [SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                             seed=cfg.seed + first + i) for i in range(len(prompts))]
+    seqs = engine.generate(ids, params)
+    examples = [Example(s.tokens[: cfg.max_len], len(s.prompt)) for s in seqs
+                if s.output and len(s.prompt) < cfg.max_len - 1]
+    if cfg.store_hidden and examples:
+        hidden, aux = target_features(loaded.model, [e.tokens for e in examples], tuple(cfg.layers))
+        for e, h, a in zip(examples, hidden, aux):
+            e.hidden, e.aux = h, a
+    return examples
+
+
+def _jsonable(cfg: DataConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}

@@ -1,0 +1,89 @@
+"""The training loop: AdamW, linear warmup then cosine decay, gradient clipping, bf16 autocast on
+CUDA, metrics to a specdec logger (W&B like runs), resumable checkpoints, and a wall-clock limit
+that saves and stops cleanly (so one GPU call of bounded length can resume the next)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .batches import BatchSource
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    max_len: int = 1024
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 0.5
+    log_every: int = 10
+    save_every: int = 200
+    save_optimizer: bool = True  # False keeps checkpoints small (weights only; AdamW restarts)
+    time_limit_s: Optional[float] = None  # stop and checkpoint after this much training time
+    seed: int = 0
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+class Trainer:
+    def __init__(self, objective, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path, logger, device) -> None:
+        self.objective, self.source, self.cfg, self.ckpt_dir = objective, source, cfg, ckpt_dir
+        self.logger, self.device = logger, torch.device(device)
+        self.module = objective.module.to(self.device).float().train().requires_grad_(True)
+        self.opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                     weight_decay=cfg.weight_decay)
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        step = checkpoint.load(self.ckpt_dir, self.module, self.opt) or 0
+        start_step, start, history = step, time.perf_counter(), []
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {self.objective.kind}", unit="step")
+        while step < cfg.steps:
+            loss, metrics = self._step(step)
+            step += 1
+            history.append(loss)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(loss=f"{loss:.4f}")
+                self.logger.log_step(step, {"loss": loss, "lr": lr_at(step - 1, cfg), **metrics})
+            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s
+            if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+                self.save(step)
+            if out_of_time:
+                break
+        bar.close()
+        return {"steps": step, "steps_this_run": step - start_step, "finished": step >= cfg.steps,
+                "train_s": time.perf_counter() - start, "loss_history": history,
+                "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}
+
+    def _step(self, step: int) -> tuple[float, dict]:
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, self.cfg)
+        batch = self.source.batch(step)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss, metrics = self.objective.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip))
+        self.opt.step()
+        return float(loss.detach()), metrics
+
+    def save(self, step: int) -> None:
+        checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step,
+                        {"kind": self.objective.kind})
