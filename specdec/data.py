@@ -1,11 +1,20 @@
-"""Prompt sets: the built-in default prompts, MT-bench-format jsonl, and any jsonl/json file with a
-chosen prompt field. Errors name the file and every bad line, not only the first."""
+"""Prompt sets: the built-in default prompts, local files (jsonl / json / parquet / csv, read with
+`datasets`) and HF hub data sets by name (MT-bench, Spec-Bench's question format, GSM8K, HumanEval,
+any set with a chosen prompt field). Errors name the file and every bad line, not only the first.
+Multi-turn sets keep all their user turns; `render` puts earlier answers into the chat."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
+
+# MT-bench's 8 categories, and Spec-Bench's 13 (MT-bench's plus 5 tasks; Xia et al. 2024,
+# github.com/hemingkx/Spec-Bench). The Spec-Bench leaderboard groups MT-bench's as one column.
+MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
+                       "humanities")
+SPEC_BENCH_CATEGORIES = MT_BENCH_CATEGORIES + ("translation", "summarization", "qa",
+                                               "math_reasoning", "rag")
 
 # A handful of short, varied instructions written for this project (the default `data=default`).
 DEFAULT_PROMPTS = [
@@ -68,36 +77,149 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[i
     return records, errors
 
 
+# ---- loading through `datasets` -------------------------------------------------------------
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def is_local(path: str) -> bool:
+    """A local file (existing, or named with a data-file suffix or a relative/absolute prefix);
+    anything else (``openai/gsm8k``) is taken as an HF hub data set name."""
+    p = Path(path).expanduser()
+    return p.exists() or p.suffix in FILE_BUILDERS or str(path).startswith((".", "/", "~"))
+
+
+def _line_numbers(path: Path, count: int) -> list[int]:
+    """The file line of each row `datasets` returns: non-blank lines of a .jsonl, header-less
+    rows of a .csv, list positions of a .json or .parquet (as read_records numbers them)."""
+    if path.suffix == ".jsonl":
+        text = path.read_text(encoding="utf-8")
+        lines = [no for no, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if len(lines) == count:
+            return lines
+    return [i + (2 if path.suffix == ".csv" else 1) for i in range(count)]
+
+
+def local_records(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """(line, record) pairs of a local jsonl/json/parquet/csv file read with
+    ``datasets.load_dataset(<builder>, data_files=path)``. When `datasets` rejects the file
+    (bad JSON, bad UTF-8), the file is read line by line so that every bad line is reported."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"prompt file {path} does not exist (set data.path to a jsonl/json file, "
+                        f"or to an HF hub data set name)")
+    if path.suffix not in FILE_BUILDERS:
+        raise DataError(f"{path}: unknown prompt file type {path.suffix!r}; use one of "
+                        f"{sorted(FILE_BUILDERS)}")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        rows = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path),
+                                     split="train").to_list()
+    except Exception:  # noqa: BLE001 - pyarrow/json errors of many kinds: read it ourselves
+        if path.suffix in (".parquet", ".csv"):
+            raise
+        return read_records(path)
+    return list(zip(_line_numbers(path, len(rows)), rows)), []
+
+
+def hub_records(name: str, subset: Optional[str], split: str) -> list[tuple[int, dict]]:
+    """(row number, record) pairs of an HF hub data set; a clear error when it cannot be had."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        rows = datasets.load_dataset(name, subset, split=split).to_list()
+    except (ConnectionError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"could not load the data set {name!r} (subset {subset}, split {split}) "
+                        f"from the HF hub: {first}. Offline? Load it once with a network (it is "
+                        f"then cached), or set data.path to a local jsonl/json file") from None
+    except ValueError as err:  # unknown split / subset
+        raise DataError(f"data set {name!r}: {err}") from None
+    return [(i + 1, row) for i, row in enumerate(rows)]
+
+
 def load_prompt_file(path: str | Path, field_name: str = "turns", id_field: Optional[str] = None,
-                     category_field: Optional[str] = "category") -> list[Prompt]:
-    """Prompts from a file whose ``field_name`` holds a string or a list of turns (MT-bench:
-    ``turns``). Every record without a usable prompt is reported at once."""
-    prompts = []
-    records, errors = read_records(path)
+                     category_field: Optional[str] = "category", default_category: str = "",
+                     template: Optional[str] = None) -> list[Prompt]:
+    """Prompts from a local file whose ``field_name`` holds a string or a list of turns
+    (MT-bench and Spec-Bench: ``turns``). Every record without a usable prompt is reported at
+    once, with its file and line."""
+    records, errors = local_records(path)
+    return to_prompts(records, errors, str(path), field_name, id_field, category_field,
+                      default_category, template)
+
+
+def load_prompts(path: str, field_name: str = "turns", split: str = "train",
+                 subset: Optional[str] = None, id_field: Optional[str] = None,
+                 category_field: Optional[str] = "category", default_category: str = "",
+                 template: Optional[str] = None,
+                 categories: Optional[Sequence[str]] = None) -> list[Prompt]:
+    """Prompts from a local file or an HF hub data set (``path`` = its name, with ``subset`` and
+    ``split``). ``template`` (a format string with ``{prompt}``) wraps every user turn;
+    ``categories`` keeps only those categories (e.g. Spec-Bench's ``[translation, rag]``)."""
+    if template is not None and "{prompt}" not in template:
+        raise DataError(f"data.template must contain '{{prompt}}' (where each turn goes); got {template!r}")
+    if is_local(path):
+        prompts = load_prompt_file(path, field_name, id_field, category_field, default_category, template)
+    else:
+        prompts = to_prompts(hub_records(path, subset, split), [], f"{path}[{split}]", field_name,
+                             id_field, category_field, default_category, template)
+    return filter_categories(prompts, categories, path)
+
+
+def filter_categories(prompts: list[Prompt], categories: Optional[Sequence[str]], where: str) -> list[Prompt]:
+    if not categories:
+        return prompts
+    keep = [p for p in prompts if p.category in set(categories)]
+    if not keep:
+        raise DataError(f"{where}: no prompt in categories {list(categories)} (its categories: "
+                        f"{sorted({p.category for p in prompts})})")
+    return keep
+
+
+def to_prompts(records: list[tuple[int, dict]], errors: list[tuple[int, str]], where: str,
+               field_name: str, id_field: Optional[str], category_field: Optional[str],
+               default_category: str = "", template: Optional[str] = None) -> list[Prompt]:
+    """Validate records (a missing / null / empty prompt field is an error naming the source,
+    the line and the field) and build Prompts; raises one DataError listing every bad line."""
+    prompts, errors = [], list(errors)
     for no, rec in records:
-        where = f"{path}:{no}"
-        if not isinstance(rec, dict):
-            errors.append((no, f"{where}: expected a JSON object, got {type(rec).__name__}"))
-            continue
-        if field_name not in rec:
-            errors.append((no, f"{where}: no field {field_name!r} (fields: {sorted(rec)}); "
-                               f"set the data config's field_name to the prompt field"))
-            continue
-        turns = rec[field_name]
-        turns = [turns] if isinstance(turns, str) else turns
-        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
-            errors.append((no, f"{where}: field {field_name!r} must be a non-empty string or "
-                               f"list of strings"))
-            continue
-        pid = str(rec.get(id_field, no)) if id_field else str(rec.get("question_id", no))
-        cat = str(rec.get(category_field, "")) if category_field else ""
-        prompts.append(Prompt(pid, turns, cat))
+        prompt = _record_prompt(rec, f"{where}:{no}", no, field_name, id_field, category_field,
+                                default_category, template)
+        if isinstance(prompt, str):
+            errors.append((no, prompt))
+        else:
+            prompts.append(prompt)
     if errors:
         lines = [msg for _, msg in sorted(errors)]
-        raise DataError(f"{len(errors)} bad record(s) in {path}:\n" + "\n".join(lines))
+        raise DataError(f"{len(errors)} bad record(s) in {where}:\n" + "\n".join(lines))
     if not prompts:
-        raise DataError(f"{path} holds no prompts")
+        raise DataError(f"{where} holds no prompts")
     return prompts
+
+
+def _record_prompt(rec, where: str, no: int, field_name: str, id_field: Optional[str],
+                   category_field: Optional[str], default_category: str,
+                   template: Optional[str]) -> Prompt | str:
+    """A Prompt, or the error message for this record."""
+    if not isinstance(rec, dict):
+        return f"{where}: expected a JSON object, got {type(rec).__name__}"
+    if rec.get(field_name) is None:
+        fields = sorted(k for k, v in rec.items() if v is not None)
+        return (f"{where}: no field {field_name!r} (fields: {fields}); set the data config's "
+                f"field_name to the prompt field")
+    turns = rec[field_name]
+    turns = [turns] if isinstance(turns, str) else turns
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        return f"{where}: field {field_name!r} must be a non-empty string or list of strings"
+    if template:
+        turns = [template.format(prompt=t) for t in turns]
+    key = id_field or "question_id"
+    pid = str(rec[key]) if rec.get(key) is not None else str(no)
+    cat = rec.get(category_field) if category_field else None
+    return Prompt(pid, list(turns), str(cat) if cat is not None else default_category)
 
 
 def select(prompts: list[Prompt], num_prompts: Optional[int]) -> list[Prompt]:
@@ -109,14 +231,18 @@ def select(prompts: list[Prompt], num_prompts: Optional[int]) -> list[Prompt]:
 
 
 def render(prompt: Prompt, tokenizer, chat_template: bool = True, turn: int = 0,
-           system: Optional[str] = None) -> list[int]:
-    """Token ids of the prompt's first ``turn + 1`` user turns (earlier answers are not known, so
-    multi-turn rendering takes them from ``prompt.meta['answers']`` when present)."""
-    text = prompt.turns[turn]
+           system: Optional[str] = None, answers: Optional[Sequence[str]] = None) -> list[int]:
+    """Token ids of the prompt's first ``turn + 1`` user turns, with the model's earlier answers
+    (``answers``, else ``prompt.meta['answers']``) between them: MT-bench's second turn is asked
+    after the model's own first answer. Rendered with the model's chat template when it has one
+    and ``chat_template`` is true, else as plain text."""
+    if not 0 <= turn < len(prompt.turns):
+        raise DataError(f"prompt {prompt.id} has {len(prompt.turns)} turn(s); turn {turn} asked")
+    answers = list(answers if answers is not None else prompt.meta.get("answers", []))
     if not chat_template or getattr(tokenizer, "chat_template", None) is None:
-        return tokenizer.encode(text, add_special_tokens=True)
+        parts = [x for i in range(turn) for x in (prompt.turns[i], answers[i] if i < len(answers) else "")]
+        return tokenizer.encode("\n\n".join(parts + [prompt.turns[turn]]), add_special_tokens=True)
     messages = [{"role": "system", "content": system}] if system else []
-    answers: Sequence[str] = prompt.meta.get("answers", [])
     for i in range(turn + 1):
         messages.append({"role": "user", "content": prompt.turns[i]})
         if i < turn:

@@ -41,7 +41,8 @@ def _scalars(summary: dict) -> dict:
 
 
 class WandbLogger:
-    """One W&B run per experiment; sweeps share ``group``."""
+    """One W&B run per experiment; a sweep's runs share ``group`` (run.py sets it to the sweep
+    name when it is null)."""
 
     def __init__(self, project: str = "specdec", entity: Optional[str] = None,
                  group: Optional[str] = None, name: Optional[str] = None,
@@ -63,21 +64,37 @@ class WandbLogger:
             self.run.log(metrics, step=step)
 
     def log_summary(self, summary: dict) -> None:
+        """Scalars into the run summary; charts of per-depth acceptance and accepted lengths;
+        tables of per-category speed / tau / speedup and of per-request results."""
         import wandb
 
         if self.run is None:
             return
         self.run.summary.update(_scalars(summary))
+        charts = {}
         rates = summary.get("accept_rate_per_depth") or []
         if rates:
             table = wandb.Table(columns=["depth", "accept_rate"],
                                 data=[[d + 1, r] for d, r in enumerate(rates)])
-            self.run.log({"accept_rate_per_depth": wandb.plot.bar(
-                table, "depth", "accept_rate", title="Acceptance rate per depth")})
+            charts["accept_rate_per_depth"] = wandb.plot.bar(
+                table, "depth", "accept_rate", title="Acceptance rate per depth")
+        hist = summary.get("accepted_length_histogram") or []
+        if sum(hist):
+            table = wandb.Table(columns=["tokens_per_step", "fraction"],
+                                data=[[a + 1, h / sum(hist)] for a, h in enumerate(hist)])
+            charts["accepted_lengths"] = wandb.plot.bar(
+                table, "tokens_per_step", "fraction", title="Accepted lengths (drafts + 1)")
+        categories = summary.get("per_category") or {}
+        if categories:
+            cols = ["category", "questions", "tokens_per_s", "mean_accepted_length", "speedup"]
+            charts["per_category"] = wandb.Table(columns=cols, data=[
+                [c] + [s.get(k) for k in cols[1:]] for c, s in categories.items()])
         requests = summary.get("requests") or []
         if requests:
             cols = list(requests[0])
-            self.run.log({"requests": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in requests])})
+            charts["requests"] = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in requests])
+        if charts:
+            self.run.log(charts)
 
     def finish(self) -> None:
         if self.run is not None:

@@ -1,13 +1,19 @@
-"""Hydra entry point: compose -> build -> run -> log.
+"""Hydra entry point: compose -> build -> serve -> baseline -> log.
 
     python -m specdec.run                                   # embedded default model, drafter=none
     python -m specdec.run drafter=ngram verifier.temperature=1 data=mt_bench data.num_prompts=20
     python -m specdec.run -m drafter=none,ngram verifier.temperature=0,1   # a sweep
+    python -m specdec.run -m experiment=drafter_table       # a paper preset (configs/experiment/)
 
-Writes ``summary.json`` and ``outputs.jsonl`` into Hydra's run directory and prints a short table.
+Writes ``summary.json`` and ``outputs.jsonl`` (streamed as requests finish) into Hydra's run
+directory and prints a short table. The speedup is measured against the autoregressive run of the
+same model, data, engine, serving and sampling settings: a finished one is reused from the
+baseline store (``speedup.baseline_dir``), else it is run here. A run directory that already holds
+a finished summary of the same config is skipped (sweeps resume where they were stopped).
 """
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import random
@@ -15,19 +21,23 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from specdec import data as data_mod
+from specdec import experiment as exp
+from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
 from specdec.metrics import run_summary
+from specdec.serving import Request, ServeConfig, Server
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 REPO = Path(__file__).resolve().parent.parent
@@ -45,21 +55,56 @@ def build_verifier(cfg: DictConfig):
     return instantiate(args)
 
 
-def build_engine(cfg: DictConfig) -> Engine:
-    """Validate what can be validated without weights, then load and assemble."""
+def engine_config(cfg: DictConfig) -> EngineConfig:
+    return EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
+
+
+def serve_config(cfg: DictConfig) -> ServeConfig:
+    s = cfg.serving
+    rate = None if s.request_rate is None else float(s.request_rate)
+    return ServeConfig(request_rate=rate, concurrency=s.concurrency, max_turns=cfg.data.get("max_turns", 1),
+                       warmup=int(s.warmup), seed=int(cfg.seed))
+
+
+def load_target(cfg: DictConfig, engine_cfg: EngineConfig):
     from specdec.models.loader import load_model
 
-    engine_cfg = EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
-    drafter, verifier = instantiate(cfg.drafter), build_verifier(cfg)
     device = engine_cfg.torch_device()
-    loaded = load_model(str(cfg.model.path), dtype=engine_cfg.torch_dtype(device), device=device)
+    return load_model(str(cfg.model.path), dtype=engine_cfg.torch_dtype(device), device=device)
+
+
+def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig) -> Engine:
     return Engine(loaded.model, drafter, verifier, engine_cfg, tokenizer=loaded.tokenizer,
                   stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len)
 
 
-def load_prompts(cfg: DictConfig, tokenizer) -> list[tuple[data_mod.Prompt, list[int]]]:
-    prompts = data_mod.select(instantiate(cfg.data.loader), cfg.data.num_prompts)
-    return [(p, data_mod.render(p, tokenizer, cfg.data.chat_template, cfg.data.turn)) for p in prompts]
+def build_engine(cfg: DictConfig) -> Engine:
+    """Validate what can be validated without weights, then load and assemble."""
+    engine_cfg = engine_config(cfg)
+    drafter, verifier = instantiate(cfg.drafter), build_verifier(cfg)
+    return make_engine(load_target(cfg, engine_cfg), drafter, verifier, engine_cfg)
+
+
+def load_prompts(cfg: DictConfig) -> list[data_mod.Prompt]:
+    if cfg.data.get("turn", 0) and cfg.data.get("max_turns", 1) != 1:
+        raise data_mod.DataError("data.turn selects one turn of a single-turn run; with data.max_turns "
+                                 "!= 1 every turn is asked from the first: leave data.turn at 0")
+    return data_mod.select(instantiate(cfg.data.loader), cfg.data.num_prompts)
+
+
+def renderer(cfg: DictConfig, tokenizer):
+    """(prompt, turn, answers) -> token ids: the model's chat template, earlier answers in it.
+    Single-turn runs ask ``data.turn``."""
+    single = cfg.data.get("max_turns", 1) == 1
+    base_turn = int(cfg.data.get("turn", 0))
+    system = cfg.data.get("system")
+
+    def render(prompt: data_mod.Prompt, turn: int, answers: list[str]) -> list[int]:
+        t = base_turn if single else turn
+        return data_mod.render(prompt, tokenizer, cfg.data.chat_template, t, system,
+                               answers if answers or not single else None)
+
+    return render
 
 
 def versions() -> dict:
@@ -89,12 +134,14 @@ class OutputWriter:
     """outputs.jsonl, one line per request as it finishes: an interrupted run keeps them all."""
 
     def __init__(self, path: Path, tokenizer) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.file, self.tokenizer = open(path, "w"), tokenizer
 
-    def write(self, prompt: data_mod.Prompt, seq) -> None:
+    def write(self, req: Request) -> None:
+        seq, prompt = req.seq, req.prompt
         text = self.tokenizer.decode(seq.output, skip_special_tokens=True) if self.tokenizer else None
-        self.file.write(json.dumps({"id": prompt.id, "category": prompt.category,
-                                    "prompt": prompt.turns[0], "output_ids": seq.output,
+        self.file.write(json.dumps({"id": prompt.id, "category": prompt.category, "turn": req.turn,
+                                    "prompt": prompt.turns[req.turn], "output_ids": seq.output,
                                     "output": text, "finish_reason": seq.finish_reason}) + "\n")
         self.file.flush()
 
@@ -102,29 +149,50 @@ class OutputWriter:
         self.file.close()
 
 
-def serve(engine: Engine, prompts, params: SamplingParams, logger, writer: OutputWriter, cfg: DictConfig):
-    """Run every prompt through the engine; Ctrl-C stops early and keeps what finished."""
-    seqs = [engine.submit(ids, params) for _, ids in prompts]
-    by_id = {seq.request_id: prompt for (prompt, _), seq in zip(prompts, seqs)}
-    for seq in seqs:
-        if seq.finished:  # rejected on arrival
-            writer.write(by_id[seq.request_id], seq)
-    bar = tqdm(total=len(seqs), desc="requests", unit="req", disable=not cfg.progress)
-    bar.update(sum(s.finished for s in seqs))
-    interrupted = False
+def serve(engine: Engine, prompts: list[data_mod.Prompt], params: SamplingParams, cfg: DictConfig,
+          out_dir: Path, logger=None, progress: bool = True):
+    """Serve every prompt (every turn up to data.max_turns) and write outputs.jsonl as requests
+    finish; Ctrl-C stops early and keeps what finished."""
+    writer = OutputWriter(out_dir / "outputs.jsonl", engine.tokenizer)
+
+    def on_step(e: Engine) -> None:
+        if logger is not None and e.stats.steps % cfg.log_every == 0:
+            logger.log_step(e.stats.steps, {"step_ms": 1000 * e.stats.step_times[-1],
+                                            "running": len(e.scheduler.running)})
+
+    decode = (lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)) if engine.tokenizer else str
+    server = Server(engine, renderer(cfg, engine.tokenizer), decode, params, serve_config(cfg),
+                    on_finish=writer.write, on_step=on_step, progress=progress)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        while engine.has_work():
-            done = engine.step()
-            for seq in done:
-                writer.write(by_id[seq.request_id], seq)
-            bar.update(len(done))
-            if engine.stats.steps % cfg.log_every == 0:
-                logger.log_step(engine.stats.steps, {"step_ms": 1000 * engine.stats.step_times[-1],
-                                                     "running": len(engine.scheduler.running)})
-    except KeyboardInterrupt:
-        interrupted = True
-    bar.close()
-    return seqs, interrupted
+        server.warmup(prompts)
+        result = server.run(prompts)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        writer.close()
+    return result
+
+
+def summarize(engine: Engine, result, cfg: DictConfig, role: str) -> dict:
+    """summary.json's run-level numbers (config, provenance and speedup are added by the caller)."""
+    reqs = result.finished
+    seqs = [r.seq for r in reqs]
+    body = run_summary(seqs, result.stats, result.wall_s)
+    by_id = {r.seq.request_id: r for r in reqs}
+    for row in body["requests"]:  # which question, category and turn each request served
+        req = by_id[row["request_id"]]
+        row.update(prompt_id=req.prompt.id, category=req.prompt.category, turn=req.turn,
+                   decode_steps=len(req.seq.accept_lengths))
+    drafter = engine.drafter
+    return {"drafter": getattr(drafter, "name", type(drafter).__name__),
+            "verifier": getattr(engine.verifier, "name", type(engine.verifier).__name__),
+            "lossless": getattr(engine.verifier, "lossless", True), "role": role,
+            "tree_budget": int(drafter.max_nodes),
+            **body, "questions": exp.question_stats(body["requests"]),
+            "num_requests_submitted": result.submitted, "num_requests_planned": result.planned,
+            "interrupted": result.interrupted, "seed": cfg.seed, "git_sha": git_sha(),
+            "versions": versions(), "device": str(engine.device),
+            "dtype": str(engine.dtype).replace("torch.", "")}
 
 
 def print_table(summary: dict) -> None:
@@ -135,44 +203,148 @@ def print_table(summary: dict) -> None:
             ("accepted draft tokens", f"{summary['mean_accepted_draft_tokens']:.2f}"),
             ("TTFT p50 ms", f"{summary['ttft_ms_p50']:.1f}"), ("ITL p50 ms", f"{summary['itl_ms_p50']:.1f}"),
             ("draft time share", f"{summary['draft_time_share']:.2f}")]
+    if summary.get("speedup") is not None:
+        rows.append(("speedup vs autoregressive", f"{summary['speedup']:.2f}x "
+                                                  f"({summary['baseline']['source']})"))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+# ---- the autoregressive baseline ---------------------------------------------------------------
+def baseline_store(cfg: DictConfig, run_dir: Path) -> exp.BaselineStore:
+    """speedup.baseline_dir, else ``baselines/`` beside the run (in a sweep: in the sweep dir)."""
+    root = cfg.speedup.baseline_dir
+    return exp.BaselineStore(Path(root) if root else run_dir.parent / "baselines")
+
+
+def run_baseline(cfg: DictConfig, resolved: dict, loaded, verifier, engine_cfg: EngineConfig, prompts,
+                 params, out_dir: Path, key: str) -> dict:
+    """The autoregressive run of the same settings, here and now, on the already loaded target;
+    its summary reads like a drafter=none run's (config, speedup 1 over itself)."""
+    print(f"running the autoregressive baseline into {out_dir}")
+    base_verifier = verifier if getattr(verifier, "lossless", True) else instantiate(
+        {"_target_": "specdec.verifiers.LosslessVerifier"})
+    engine = make_engine(loaded, NoDrafter(), base_verifier, engine_cfg)
+    result = serve(engine, prompts, params, cfg, out_dir, progress=cfg.progress)
+    summary = {**summarize(engine, result, cfg, role="baseline"), "method": "none", "overrides": [],
+               "sweep_name": resolved.get("sweep_name"), "reused": False, "baseline_key": key}
+    del engine
+    gc.collect()
+    if not summary["interrupted"]:
+        summary.update(exp.speedup_fields(summary, summary, "self", key, out_dir / "summary.json"))
+    config = {**resolved, "drafter": {"_target_": "specdec.drafters.none.NoDrafter"}}
+    if not getattr(verifier, "lossless", True):
+        config["verifier"] = {"_target_": "specdec.verifiers.LosslessVerifier",
+                              **{k: resolved["verifier"][k] for k in SAMPLING_KEYS}}
+    return {**summary, "config": config}
+
+
+def speedup_mode(cfg: DictConfig) -> str:
+    mode = str(cfg.speedup.baseline)
+    if mode not in ("auto", "reuse", "off"):
+        raise ValueError(f"speedup.baseline must be auto (reuse or run), reuse (only reuse) or off; "
+                         f"got {mode!r}")
+    return mode
+
+
+def attach_speedup(summary: dict, cfg: DictConfig, store: exp.BaselineStore, key: str, run_dir: Path,
+                   baseline_runner) -> dict:
+    """Add speedup fields: this run itself (drafter none), a stored baseline, or a fresh one."""
+    mode = speedup_mode(cfg)
+    summary["baseline_key"] = key
+    if mode == "off":
+        return summary
+    if summary["drafter"] == "none" and summary["lossless"]:
+        return {**summary, **exp.speedup_fields(summary, summary, "self", key, run_dir / "summary.json")}
+    found = store.find(key)
+    if found is not None:
+        source = f"reused: {found.get('registered_from') or store.dir(key)}"
+        return {**summary, **exp.speedup_fields(summary, found, source, key, store.dir(key) / "summary.json")}
+    if mode == "reuse":
+        print(f"no finished autoregressive run with these settings in {store.root}: no speedup")
+        return summary
+    base = baseline_runner(store.dir(key))
+    base_path = store.dir(key) / "summary.json"
+    if base["interrupted"]:
+        exp.write_json(base_path, base)
+        summary["interrupted"] = True  # without its baseline the run is not finished
+        return summary
+    exp.write_json(base_path, base)
+    return {**summary, **exp.speedup_fields(summary, base, f"ran: {store.dir(key)}", key, base_path)}
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def sweep_info(cfg: DictConfig) -> dict:
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {"method": method_name(hc.runtime.choices, cfg),
+            "sweep_name": str(cfg.sweep_name) if multirun else None,
+            "job_num": hc.job.num if multirun else None, "overrides": list(hc.overrides.task)}
+
+
+def method_name(choices, cfg: DictConfig) -> str:
+    """The drafter config chosen (ngram_tree, eagle ...), with '+<verifier>' when not lossless."""
+    name = str(choices.get("drafter") or "drafter")
+    verifier = str(choices.get("verifier") or "lossless")
+    return name if verifier == "lossless" else f"{name}+{verifier}"
+
+
+def make_logger(cfg: DictConfig, info: dict):
+    """logger.group defaults to the sweep name, so that W&B groups a sweep's runs."""
+    if info["sweep_name"] and "group" in cfg.logger and cfg.logger.group is None:
+        return instantiate(cfg.logger, group=info["sweep_name"])
+    return instantiate(cfg.logger)
+
+
+def reuse(run_dir: Path, summary: dict) -> dict:
+    """A finished run of the same config: skipped, and its summary says so."""
+    summary["reused"] = True
+    summary.setdefault("reused_at", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    exp.write_json(run_dir / "summary.json", summary)
+    print(f"skipped: {run_dir} already holds a finished run of this config (resume=false re-runs it)")
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.resume and (done := exp.finished_run(run_dir, resolved)) is not None:
+        return reuse(run_dir, done)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    params = sampling_params(cfg)  # bad sampling values fail here, before any weights load
-    logger = instantiate(cfg.logger)
-    engine = build_engine(cfg)
-    prompts = load_prompts(cfg, engine.tokenizer)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = sampling_params(cfg)  # bad values fail here, before any weights load
+    serve_config(cfg)
+    speedup_mode(cfg)
+    engine_cfg = engine_config(cfg)
+    info = sweep_info(cfg)
+    logger = make_logger(cfg, info)
+    drafter, verifier = instantiate(cfg.drafter), build_verifier(cfg)
+    prompts = load_prompts(cfg)
+    loaded = load_target(cfg, engine_cfg)
+    engine = make_engine(loaded, drafter, verifier, engine_cfg)
     logger.start(resolved, run_dir)
-    writer = OutputWriter(run_dir / "outputs.jsonl", engine.tokenizer)
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    start = time.perf_counter()
-    seqs, interrupted = serve(engine, prompts, params, logger, writer, cfg)
-    wall = time.perf_counter() - start
-    signal.signal(signal.SIGINT, old)
-    writer.close()
-    summary = {"drafter": getattr(engine.drafter, "name", type(engine.drafter).__name__),
-               "verifier": getattr(engine.verifier, "name", type(engine.verifier).__name__),
-               "lossless": getattr(engine.verifier, "lossless", True),
-               **run_summary([s for s in seqs if s.finished], engine.stats, wall),
-               "num_requests_submitted": len(seqs), "interrupted": interrupted,
-               "seed": cfg.seed, "git_sha": git_sha(), "versions": versions(),
-               "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
-               "config": resolved}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    result = serve(engine, prompts, params, cfg, run_dir, logger, progress=cfg.progress)
+    summary = {**summarize(engine, result, cfg, role="run"), **info, "reused": False}
+    device, dtype = summary["device"], summary["dtype"]
+    del engine
+    gc.collect()
+    key = exp.settings_key(exp.baseline_settings(resolved, device, dtype))
+    store = baseline_store(cfg, run_dir)
+    if not result.interrupted:
+        summary = attach_speedup(summary, cfg, store, key, run_dir, lambda d: run_baseline(
+            cfg, resolved, loaded, verifier, engine_cfg, prompts, params, d, key))
+    summary["config"] = resolved
+    exp.write_json(run_dir / "summary.json", summary)
+    if summary["drafter"] == "none" and summary["lossless"] and not summary["interrupted"]:
+        store.register(key, summary, run_dir)
     logger.log_summary(summary)
     logger.finish()
     print_table(summary)
     print(f"summary: {run_dir / 'summary.json'}")
-    if interrupted:
-        print(f"interrupted: {summary['num_requests']} of {len(seqs)} requests finished; their "
-              f"outputs and this summary are kept")
+    if summary["interrupted"]:
+        print(f"interrupted: {summary['num_requests']} of {summary['num_requests_planned']} requests "
+              f"finished; their outputs and this summary are kept")
         raise SystemExit(130)
     return summary
 

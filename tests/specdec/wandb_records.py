@@ -37,10 +37,11 @@ def raw_records(path: Path) -> list[bytes]:
 
 
 def read_run(path: Path) -> dict:
-    """{'history': [{key: value}], 'summary': {key: value}, 'config': {key: value}}."""
+    """{'history': [{key: value}], 'summary': {key: value}, 'config': {key: value},
+    'group': run group, 'name': display name}."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    history, summary, config = [], {}, {}
+    history, summary, config, run = [], {}, {}, {}
     for raw in raw_records(path):
         rec = pb.Record()
         rec.ParseFromString(raw)
@@ -53,4 +54,5 @@ def read_run(path: Path) -> dict:
             config.update({i.key: json.loads(i.value_json) for i in rec.config.update})
         elif kind == "run":
             config.update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
-    return {"history": history, "summary": summary, "config": config}
+            run = {"group": rec.run.run_group, "name": rec.run.display_name}
+    return {"history": history, "summary": summary, "config": config, **run}

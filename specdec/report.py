@@ -1,0 +1,328 @@
+"""Tables and plots from finished runs: ``python -m specdec.report DIR... [--out OUT]``.
+
+Collects every ``summary.json`` under the given directories (a sweep, several sweeps, single runs)
+and writes into OUT (default: DIR/report):
+
+- ``report.md``: the Spec-Bench leaderboard layout (speedup and tau per category, one table per
+  setting and temperature; MT-bench's 8 categories form one "multi-turn" column when the data has
+  Spec-Bench's other tasks, as the leaderboard does), the EAGLE paper layout (speedup and tau per
+  method x temperature), and every run;
+- ``spec_bench.csv``, ``eagle.csv``, ``runs.csv``: the same numbers;
+- PNG plots: acceptance rate per depth, histogram of accepted lengths, tau vs tree budget,
+  throughput vs batch size, latency CDFs.
+
+Numbers are copied from the summaries (speedups were measured by the runs against their
+autoregressive baselines, see specdec/experiment.py); nothing is re-measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+from tqdm.auto import tqdm
+
+from specdec import experiment as exp
+from specdec.data import MT_BENCH_CATEGORIES, SPEC_BENCH_CATEGORIES
+
+SPEC_BENCH_ONLY = set(SPEC_BENCH_CATEGORIES) - set(MT_BENCH_CATEGORIES)
+MULTI_TURN = "multi-turn"  # Spec-Bench's "Multi-turn Conversation" column: MT-bench's categories
+COLUMN_ORDER = (MULTI_TURN,) + SPEC_BENCH_CATEGORIES
+
+
+# ---- collecting --------------------------------------------------------------------------------
+def collect(dirs: Iterable[str | Path], progress: bool = True) -> list[dict]:
+    """Finished runs under ``dirs``: copies kept by the baseline store are skipped, and an
+    in-process baseline only stands in for drafter none where the runs have no such row."""
+    paths = sorted({p for d in dirs for p in Path(d).rglob("summary.json")})
+    runs = []
+    for path in tqdm(paths, desc="summaries", unit="file", disable=not progress):
+        s = exp.read_json(path)
+        if exp.is_complete(s) and s.get("role", "run") != "baseline_copy":
+            runs.append({**s, "_path": str(path)})
+    own = {(r.get("baseline_key")) for r in runs if r.get("role", "run") == "run" and r["drafter"] == "none"}
+    return [r for r in runs if r.get("role", "run") == "run" or r.get("baseline_key") not in own]
+
+
+def cfg(run: dict, dotted: str, default=None):
+    node = run.get("config", {})
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def temperature(run: dict) -> float:
+    return float(cfg(run, "verifier.temperature", 0.0))
+
+
+def label(run: dict) -> str:
+    """The method, with the drafter/verifier overrides that distinguish sweep points."""
+    method = run.get("method") or run["drafter"]
+    if run.get("role") == "baseline":
+        method = "none"
+    extra = [o.split("=", 1)[0].split(".", 1)[1] + "=" + o.split("=", 1)[1]
+             for o in run.get("overrides", []) if o.startswith(("drafter.", "verifier."))
+             and not o.startswith(("verifier.temperature", "drafter.path"))]
+    return " ".join([method] + extra)
+
+
+def setting(run: dict) -> str:
+    """What a table holds fixed: model, data, output length, engine and serving."""
+    parts = [f"model={cfg(run, 'model.path')}", f"data={cfg(run, 'data.name')}",
+             f"prompts={cfg(run, 'data.num_prompts')}", f"max_new_tokens={cfg(run, 'max_new_tokens')}",
+             f"batch={cfg(run, 'engine.max_num_seqs')}"]
+    for key in ("serving.concurrency", "serving.request_rate"):
+        if cfg(run, key) is not None:
+            parts.append(f"{key.split('.')[1]}={cfg(run, key)}")
+    return " ".join(parts)
+
+
+def groups_for(runs: list[dict]) -> Optional[dict[str, str]]:
+    cats = {q["category"] for r in runs for q in r.get("questions", {}).values()}
+    return {c: MULTI_TURN for c in MT_BENCH_CATEGORIES} if cats & SPEC_BENCH_ONLY else None
+
+
+def by(runs: list[dict], key) -> dict:
+    out: dict = {}
+    for r in runs:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+# ---- tables ------------------------------------------------------------------------------------
+def fmt(x: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{spec}}{suffix}"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def spec_bench_rows(runs: list[dict]) -> tuple[list[str], list[dict]]:
+    """Per run: per category speedup and tau (regrouped as the leaderboard when it applies)."""
+    groups = groups_for(runs)
+    rows = []
+    for r in runs:
+        base = (r.get("baseline") or {}).get("questions")
+        stats = exp.category_stats(r.get("questions", {}), base, groups)
+        rows.append({"setting": setting(r), "method": label(r), "temperature": temperature(r),
+                     "stats": stats, "run": r})
+    cats = {c for row in rows for c in row["stats"] if c != "overall"}
+    order = [c for c in COLUMN_ORDER if c in cats] + sorted(cats - set(COLUMN_ORDER))
+    return order, rows
+
+
+def spec_bench_tables(runs: list[dict]) -> tuple[str, list[dict]]:
+    cats, rows = spec_bench_rows(runs)
+    md, records = [], []
+    for (sett, temp), group in sorted(by(rows, lambda x: (x["setting"], x["temperature"])).items()):
+        table = []
+        for row in sorted(group, key=lambda x: x["method"]):
+            st = row["stats"]
+            cells = [fmt(st.get(c, {}).get("speedup"), ".2f", "x") + " / " + fmt(st.get(c, {}).get("mean_accepted_length"))
+                     for c in cats]
+            overall = st["overall"]
+            table.append([row["method"]] + cells + [fmt(overall["mean_accepted_length"]),
+                                                     fmt(overall["speedup"], ".2f", "x")])
+            rec = {"setting": sett, "temperature": temp, "method": row["method"]}
+            for c in cats + ["overall"]:
+                rec[f"{c}_speedup"] = st.get(c, {}).get("speedup")
+                rec[f"{c}_tau"] = st.get(c, {}).get("mean_accepted_length")
+                rec[f"{c}_tokens_per_s"] = st.get(c, {}).get("tokens_per_s")
+            records.append(rec)
+        md.append(f"**{sett}, temperature {temp:g}** (cell: speedup / tau)\n\n"
+                  + markdown(["method"] + cats + ["mean tau", "overall"], table))
+    return "\n\n".join(md), records
+
+
+def eagle_tables(runs: list[dict]) -> tuple[str, list[dict]]:
+    """Rows: methods; columns: speedup and tau at each temperature (EAGLE paper tables)."""
+    md, records = [], []
+    for sett, group in sorted(by(runs, setting).items()):
+        temps = sorted({temperature(r) for r in group})
+        table = []
+        for method, rs in sorted(by(group, label).items()):
+            at = {temperature(r): r for r in rs}
+            cells = []
+            for t in temps:
+                r = at.get(t)
+                cells += [fmt(r.get("speedup") if r else None, ".2f", "x"),
+                          fmt(r["mean_accepted_length"] if r else None)]
+                if r:
+                    records.append({"setting": sett, "method": method, "temperature": t,
+                                    "speedup": r.get("speedup"), "tau": r["mean_accepted_length"],
+                                    "tokens_per_s": r["tokens_per_s"],
+                                    "baseline_tokens_per_s": r.get("baseline_tokens_per_s")})
+            table.append([method] + cells)
+        header = ["method"] + [x for t in temps for x in (f"T={t:g} speedup", f"T={t:g} tau")]
+        md.append(f"**{sett}**\n\n" + markdown(header, table))
+    return "\n\n".join(md), records
+
+
+RUN_COLUMNS = ["path", "method", "temperature", "drafter", "tree_budget", "max_num_seqs", "request_rate",
+               "concurrency", "num_requests", "output_tokens", "tokens_per_s", "speedup",
+               "baseline_tokens_per_s", "baseline_source", "mean_accepted_length",
+               "mean_accepted_draft_tokens", "ttft_ms_p50", "itl_ms_p50", "e2e_ms_p50", "e2e_ms_p99",
+               "draft_time_share", "reused"]
+
+
+def run_records(runs: list[dict]) -> list[dict]:
+    out = []
+    for r in runs:
+        rec = {k: r.get(k) for k in RUN_COLUMNS}
+        rec.update(path=str(Path(r["_path"]).parent), method=label(r), temperature=temperature(r),
+                   max_num_seqs=cfg(r, "engine.max_num_seqs"), request_rate=cfg(r, "serving.request_rate"),
+                   concurrency=cfg(r, "serving.concurrency"),
+                   baseline_source=(r.get("baseline") or {}).get("source"))
+        out.append(rec)
+    return out
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    cols = list(dict.fromkeys(k for rec in records for k in rec))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(records)
+
+
+# ---- plots -------------------------------------------------------------------------------------
+def plots(runs: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for name, draw in (("acceptance_per_depth", plot_acceptance), ("accepted_lengths", plot_histogram),
+                       ("tau_vs_tree_budget", plot_tau_budget), ("throughput_vs_batch", plot_throughput),
+                       ("latency_cdf", plot_latency)):
+        fig = draw(plt, runs)
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def run_name(r: dict) -> str:
+    return f"{label(r)} T={temperature(r):g}"
+
+
+def plot_acceptance(plt, runs):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in runs:
+        rates = r.get("accept_rate_per_depth") or []
+        pts = [(d + 1, x) for d, x in enumerate(rates) if x is not None and not math.isnan(x)]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=run_name(r))
+    ax.set(xlabel="draft depth", ylabel="acceptance rate (given the parent was accepted)",
+           title="Acceptance rate per depth", ylim=(0, 1.05))
+    return legend(ax, fig)
+
+
+def plot_histogram(plt, runs):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    shown = [r for r in runs if sum(r.get("accepted_length_histogram") or []) > 0]
+    width = 0.8 / max(1, len(shown))
+    for i, r in enumerate(shown):
+        hist = r["accepted_length_histogram"]
+        total = sum(hist)
+        ax.bar([a + 1 + (i - (len(shown) - 1) / 2) * width for a in range(len(hist))],
+               [h / total for h in hist], width=width, label=run_name(r))
+    ax.set(xlabel="tokens per step (accepted drafts + 1)", ylabel="fraction of decode steps",
+           title="Accepted lengths")
+    return legend(ax, fig)
+
+
+def plot_tau_budget(plt, runs):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = by(runs, lambda r: (r.get("method") or r["drafter"], temperature(r)))
+    for (method, t), rs in sorted(series.items()):
+        pts = sorted((r.get("tree_budget") or 1, r["mean_accepted_length"]) for r in rs)
+        ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "", label=f"{method} T={t:g}")
+    ax.set(xlabel="tree budget (nodes, root included)", ylabel="tau (accepted + 1 per step)",
+           title="tau vs tree budget")
+    return legend(ax, fig)
+
+
+def plot_throughput(plt, runs):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = by(runs, lambda r: (label(r), temperature(r), cfg(r, "serving.request_rate")))
+    for (method, t, rate), rs in sorted(series.items(), key=lambda kv: str(kv[0])):
+        pts = sorted((cfg(r, "engine.max_num_seqs") or 0, r["tokens_per_s"]) for r in rs)
+        name = f"{method} T={t:g}" + (f" rate={rate}/s" if rate is not None else "")
+        ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "", label=name)
+    ax.set(xlabel="batch size (engine.max_num_seqs)", ylabel="output tokens/s", title="Throughput vs batch size")
+    return legend(ax, fig)
+
+
+def plot_latency(plt, runs):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, ax, title in (("e2e_ms", axes[0], "end-to-end latency"), ("ttft_ms", axes[1], "time to first token")):
+        for r in runs:
+            xs = sorted(q[key] for q in r.get("requests", []) if q.get(key) is not None and not math.isnan(q[key]))
+            if xs:
+                ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=run_name(r))
+        ax.set(xlabel="ms", ylabel="fraction of requests", title=f"CDF of {title}", ylim=(0, 1.02))
+    legend(axes[0], fig)
+    return fig
+
+
+def legend(ax, fig):
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+# ---- entry -------------------------------------------------------------------------------------
+def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: bool = True) -> dict:
+    """Write the tables and plots; returns {'runs': n, 'files': [...]}."""
+    runs = collect(dirs, progress)
+    if not runs:
+        raise SystemExit(f"no finished summary.json under {', '.join(map(str, dirs))}")
+    out = Path(out) if out else Path(dirs[0]) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sb_md, sb_rec = spec_bench_tables(runs)
+    ea_md, ea_rec = eagle_tables(runs)
+    runs_rec = run_records(runs)
+    files = {"spec_bench.csv": sb_rec, "eagle.csv": ea_rec, "runs.csv": runs_rec}
+    for name, recs in files.items():
+        write_csv(out / name, recs)
+    pngs = plots(runs, out)
+    text = "\n\n".join([
+        f"# specdec report\n\n{len(runs)} runs from {', '.join(map(str, dirs))}. Speedup: over the "
+        "autoregressive run of the same settings (tokens/s ratio; per category the mean of "
+        "per-question speeds, as Spec-Bench). tau: tokens per decode step (accepted drafts + 1).",
+        "## Spec-Bench layout (speedup / tau per category)", sb_md,
+        "## EAGLE layout (speedup and tau per method x temperature)", ea_md,
+        "## Runs", markdown(["run", "method", "T", "tokens/s", "speedup", "tau", "baseline"],
+                            [[Path(r["path"]).name, r["method"], f"{r['temperature']:g}",
+                              fmt(r.get("tokens_per_s"), ".1f"), fmt(r.get("speedup"), ".2f", "x"),
+                              fmt(r.get("mean_accepted_length")), str(r.get("baseline_source"))]
+                             for r in runs_rec]),
+        "## Plots", "\n".join(f"![{p.stem}]({p.name})" for p in pngs)])
+    (out / "report.md").write_text(text + "\n")
+    return {"runs": len(runs), "out": str(out), "files": [str(out / n) for n in files] + [str(p) for p in pngs]}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m specdec.report", description=__doc__.split("\n")[0])
+    ap.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively)")
+    ap.add_argument("--out", default=None, help="output directory (default: <first DIR>/report)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    result = report(args.dirs, args.out, progress=not args.no_progress)
+    print(f"{result['runs']} runs -> {result['out']}")
+    print((Path(result["out"]) / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

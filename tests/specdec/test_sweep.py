@@ -1,0 +1,97 @@
+"""A 2 x 2 Hydra multirun (two drafters x two temperatures) on a tiny checkpoint: four summaries
+with speedups over in-process autoregressive baselines, the report's tables hold the summaries'
+numbers, its plots exist, and re-running the same sweep skips the four finished runs."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specdec.report import report
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = {("ngram", 0.0): "0-ngram-t0", ("ngram", 1.0): "1-ngram-t1",
+        ("ngram_tree", 0.0): "2-ngram_tree-t0", ("ngram_tree", 1.0): "3-ngram_tree-t1"}
+
+
+def sweep(tiny, out: Path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "specdec.run", "-m", f"model.path={tiny}",
+                           "drafter=ngram,ngram_tree", "verifier.temperature=0,1", "logger=none",
+                           "data.num_prompts=3", "max_new_tokens=8", "sweep_name=pytest",
+                           f"hydra.sweep.dir={out}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    proc = sweep(tiny_dir("llama"), out)
+    return out, proc
+
+
+def summaries(out: Path) -> dict:
+    return {key: json.loads((out / d / "summary.json").read_text()) for key, d in JOBS.items()}
+
+
+def test_four_summaries_with_speedups(swept):
+    out, proc = swept
+    runs = summaries(out)
+    for (method, temp), s in runs.items():
+        assert s["method"] == method and s["config"]["verifier"]["temperature"] == temp
+        assert s["sweep_name"] == "pytest" and s["interrupted"] is False and s["reused"] is False
+        assert s["num_requests"] == 3 and s["speedup"] > 0
+        assert s["speedup"] == pytest.approx(s["tokens_per_s"] / s["baseline_tokens_per_s"])
+        base = json.loads(Path(s["baseline"]["summary"]).read_text())
+        assert base["drafter"] == "none" and base["tokens_per_s"] == s["baseline_tokens_per_s"]
+        assert base["config"]["verifier"]["temperature"] == temp  # same sampling settings
+    # the first drafter at each temperature ran the baseline, the second reused it
+    assert runs["ngram", 0.0]["baseline"]["source"].startswith("ran:")
+    assert runs["ngram_tree", 0.0]["baseline"]["source"].startswith("reused:")
+    assert runs["ngram", 0.0]["baseline"]["key"] == runs["ngram_tree", 0.0]["baseline"]["key"]
+    assert runs["ngram", 0.0]["baseline"]["key"] != runs["ngram", 1.0]["baseline"]["key"]
+    assert "4/4" in proc.stderr  # the sweep's progress bar
+
+
+def test_report_tables_hold_the_summaries_numbers(swept, tmp_path):
+    out, _ = swept
+    result = report([out], tmp_path / "report", progress=False)
+    runs = summaries(out)
+    with open(tmp_path / "report" / "eagle.csv") as f:
+        rows = {(r["method"], float(r["temperature"])): r for r in csv.DictReader(f)}
+    assert set(rows) == set(runs) | {("none", 0.0), ("none", 1.0)}
+    for key, s in runs.items():
+        assert float(rows[key]["speedup"]) == pytest.approx(s["speedup"], rel=1e-12)
+        assert float(rows[key]["tau"]) == pytest.approx(s["mean_accepted_length"], rel=1e-12)
+    assert float(rows["none", 0.0]["speedup"]) == 1.0
+    with open(tmp_path / "report" / "spec_bench.csv") as f:
+        sb = {(r["method"], float(r["temperature"])): r for r in csv.DictReader(f)}
+    for key, s in runs.items():
+        overall = s["per_category"]["overall"]
+        assert float(sb[key]["overall_speedup"]) == pytest.approx(overall["speedup"], rel=1e-12)
+        assert float(sb[key]["default_tau"]) == pytest.approx(s["per_category"]["default"]["mean_accepted_length"])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| ngram_tree | " in md and "T=1 speedup" in md
+    for name in ("acceptance_per_depth", "accepted_lengths", "tau_vs_tree_budget", "throughput_vs_batch",
+                 "latency_cdf"):
+        png = tmp_path / "report" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert result["runs"] == 6
+
+
+def test_rerunning_the_sweep_skips_finished_runs(swept, tiny_dir):
+    out, _ = swept
+    before = summaries(out)
+    mtimes = {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in JOBS.values()}
+    proc = sweep(tiny_dir("llama"), out)
+    assert proc.stdout.count("skipped:") == 4
+    after = summaries(out)
+    for key, s in after.items():
+        assert s["reused"] is True and len(s["reused_at"]) == 1
+        assert s["wall_s"] == before[key]["wall_s"] and s["speedup"] == before[key]["speedup"]
+    assert mtimes == {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in JOBS.values()}
