@@ -222,7 +222,20 @@ def _record_prompt(rec, where: str, no: int, field_name: str, id_field: Optional
     return Prompt(pid, list(turns), str(cat) if cat is not None else default_category)
 
 
-def select(prompts: list[Prompt], num_prompts: Optional[int]) -> list[Prompt]:
+def select(prompts: list[Prompt], num_prompts: Optional[int],
+           per_category: Optional[int] = None) -> list[Prompt]:
+    """The first ``per_category`` prompts of each category (in file order; a small subset that
+    still covers every category), then the first ``num_prompts`` of those."""
+    if per_category is not None:
+        if per_category < 1:
+            raise DataError(f"data.per_category must be >= 1 or null; got {per_category}")
+        seen: dict[str, int] = {}
+        kept = []
+        for p in prompts:
+            seen[p.category] = seen.get(p.category, 0) + 1
+            if seen[p.category] <= per_category:
+                kept.append(p)
+        prompts = kept
     if num_prompts is None:
         return prompts
     if num_prompts < 1:

@@ -89,7 +89,8 @@ def load_prompts(cfg: DictConfig) -> list[data_mod.Prompt]:
     if cfg.data.get("turn", 0) and cfg.data.get("max_turns", 1) != 1:
         raise data_mod.DataError("data.turn selects one turn of a single-turn run; with data.max_turns "
                                  "!= 1 every turn is asked from the first: leave data.turn at 0")
-    return data_mod.select(instantiate(cfg.data.loader), cfg.data.num_prompts)
+    return data_mod.select(instantiate(cfg.data.loader), cfg.data.num_prompts,
+                           cfg.data.get("per_category"))
 
 
 def renderer(cfg: DictConfig, tokenizer):

@@ -1,8 +1,12 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from specdec.data import DataError, default_prompts, load_prompt_file, select
+from specdec.data import (MT_BENCH_CATEGORIES, SPEC_BENCH_CATEGORIES, DataError, Prompt, default_prompts,
+                          load_prompt_file, load_prompts, render, select)
 
 
 def write(tmp_path, name, text, mode="w"):
@@ -72,3 +76,115 @@ def test_json_list_file(tmp_path):
 def test_num_prompts_must_be_positive():
     with pytest.raises(DataError, match="num_prompts"):
         select(default_prompts(), 0)
+
+
+# ---- loaders through `datasets`: each format with small files the tests write ------------------
+def jsonl(tmp_path, name, rows, blank_after=None):
+    lines = [json.dumps(r) for r in rows]
+    if blank_after is not None:
+        lines.insert(blank_after, "")
+    return write(tmp_path, name, "\n".join(lines) + "\n")
+
+
+def test_spec_bench_format_all_categories_and_a_filter(tmp_path):
+    rows = [{"question_id": i, "category": c, "turns": [f"q{i}"] + ([f"q{i} again"] if c in MT_BENCH_CATEGORIES else [])}
+            for i, c in enumerate(SPEC_BENCH_CATEGORIES)]
+    p = jsonl(tmp_path, "question.jsonl", rows)
+    prompts = load_prompts(str(p))
+    assert [x.category for x in prompts] == list(SPEC_BENCH_CATEGORIES) and len(prompts) == 13
+    assert [len(x.turns) for x in prompts] == [2] * 8 + [1] * 5  # MT-bench's are multi-turn
+    picked = load_prompts(str(p), categories=["translation", "rag"])
+    assert [(x.id, x.category) for x in picked] == [("8", "translation"), ("12", "rag")]
+    with pytest.raises(DataError, match="no prompt in categories \\['poetry'\\]"):
+        load_prompts(str(p), categories=["poetry"])
+
+
+def test_gsm8k_format(tmp_path):
+    p = jsonl(tmp_path, "gsm8k.jsonl", [{"question": "2+2?", "answer": "4"}, {"question": "3*3?", "answer": "9"}])
+    prompts = load_prompts(str(p), field_name="question", default_category="gsm8k",
+                           template="{prompt}\nThink step by step.")
+    assert [(x.id, x.category, x.turns) for x in prompts] == [
+        ("1", "gsm8k", ["2+2?\nThink step by step."]), ("2", "gsm8k", ["3*3?\nThink step by step."])]
+    with pytest.raises(DataError, match="must contain '\\{prompt\\}'"):
+        load_prompts(str(p), field_name="question", template="no slot")
+
+
+def test_humaneval_format(tmp_path):
+    rows = [{"task_id": "HumanEval/0", "prompt": "def f(x):\n    ", "entry_point": "f"}]
+    p = jsonl(tmp_path, "HumanEval.jsonl", rows)
+    prompts = load_prompts(str(p), field_name="prompt", id_field="task_id", default_category="humaneval")
+    assert [(x.id, x.category, x.turns) for x in prompts] == [("HumanEval/0", "humaneval", ["def f(x):\n    "])]
+
+
+def test_blank_lines_keep_line_numbers_in_errors(tmp_path):
+    p = jsonl(tmp_path, "gap.jsonl", [{"turns": ["ok"]}, {"turns": ["ok"]}, {"question": "x"}], blank_after=1)
+    with pytest.raises(DataError, match=f"{p}:4: no field 'turns'") as err:  # line 4: after the blank
+        load_prompts(str(p))
+    assert ":1:" not in str(err.value) and ":3:" not in str(err.value)
+
+
+def test_null_and_missing_fields_both_named(tmp_path):
+    p = jsonl(tmp_path, "n.jsonl", [{"prompt": "a"}, {"prompt": None}, {"other": "b"}])
+    with pytest.raises(DataError) as err:
+        load_prompts(str(p), field_name="prompt")
+    msg = str(err.value)
+    assert "2 bad record(s)" in msg and f"{p}:2: no field 'prompt'" in msg and f"{p}:3: no field 'prompt'" in msg
+
+
+def test_parquet_and_csv_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"instruction": ["a", "b"], "category": ["x", "y"]}), tmp_path / "p.parquet")
+    assert [(x.id, x.category, x.turns) for x in load_prompts(str(tmp_path / "p.parquet"), field_name="instruction")] \
+        == [("1", "x", ["a"]), ("2", "y", ["b"])]
+    write(tmp_path, "c.csv", "instruction,category\nhello,z\n")
+    assert [(x.id, x.turns) for x in load_prompts(str(tmp_path / "c.csv"), field_name="instruction")] == [("2", ["hello"])]
+
+
+def test_missing_local_file_with_a_directory_in_its_name(tmp_path):
+    with pytest.raises(DataError, match="missing/q.jsonl does not exist"):
+        load_prompts(str(tmp_path / "missing" / "q.jsonl"))
+
+
+def test_hub_name_offline_fails_with_a_clear_message():
+    """A hub data set without a network: one DataError saying what to do (no traceback chain)."""
+    code = ("from specdec.data import load_prompts\n"
+            "load_prompts('openai/gsm8k', subset='main', split='test', field_name='question')")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "DataError: could not load the data set 'openai/gsm8k' (subset main, split test)" in proc.stderr
+    assert "set data.path to a local jsonl/json file" in proc.stderr
+
+
+def test_per_category_subset():
+    prompts = [Prompt(str(i), ["x"], c) for i, c in enumerate("aabbbc")]
+    assert [p.id for p in select(prompts, None, per_category=1)] == ["0", "2", "5"]
+    assert [p.id for p in select(prompts, 2, per_category=2)] == ["0", "1"]
+    with pytest.raises(DataError, match="per_category"):
+        select(prompts, None, per_category=0)
+
+
+def test_second_turn_renders_the_first_answer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir("llama"))
+    p = Prompt("1", ["first question", "second question"], "writing")
+    text = tok.decode(render(p, tok, True, 1, answers=["my answer"]))
+    assert text.index("first question") < text.index("my answer") < text.index("second question")
+    assert text.count("<|im_start|>assistant") == 2 and text.endswith("<|im_start|>assistant\n")
+    plain = tok.decode(render(p, tok, False, 1, answers=["my answer"]))
+    assert "first question" in plain and "my answer" in plain and plain.endswith("second question")
+    with pytest.raises(DataError, match="has 2 turn"):
+        render(p, tok, True, 2)
+
+
+def test_real_sets_through_datasets(shared_data):
+    mt = load_prompts(str(shared_data / "mt_bench.jsonl"))
+    assert len(mt) == 80 and {p.category for p in mt} == set(MT_BENCH_CATEGORIES)
+    assert [p.id for p in select(mt, None, per_category=1)] == ["81", "91", "101", "111", "121", "131", "141", "151"]
+    gsm = load_prompts(str(shared_data / "train" / "gsm8k_train.jsonl"), field_name="question")
+    assert len(gsm) == 7473
+    code = load_prompts(str(shared_data / "train" / "code_alpaca.json"), field_name="instruction")
+    assert len(code) == 4535
