@@ -136,7 +136,11 @@ class Server:
         while self.queue and self.queue[0][0] <= now and len(self.in_flight) < limit:
             _, _, req = heapq.heappop(self.queue)
             req.seq = self.engine.submit(self.render(req.prompt, req.turn, req.answers), self.params)
-            req.seq.arrival_time = start + req.arrival_s  # latency counts from the arrival
+            if self.config.request_rate is not None and req.turn == 0:
+                # open loop: latency counts from the Poisson arrival, waits for a step (or for a
+                # free slot under a concurrency cap) included; closed loop (all at once, or a
+                # fixed concurrency): from the submission
+                req.seq.arrival_time = start + req.arrival_s
             self.submitted += 1
             self.in_flight[req.seq.request_id] = req
             if req.seq.finished:  # rejected on arrival: never reaches a step

@@ -107,3 +107,12 @@ def test_warmup_is_not_timed(loaded):
     assert eng.stats.steps == 0
     result = srv.run(PROMPTS[:1])
     assert result.stats.steps > 0 and len(result.finished) == 1
+
+
+def test_closed_loop_latency_counts_from_submission(loaded):
+    """One at a time: a request's TTFT is its own prefill, not the wait for the ones before it."""
+    eng = engine(loaded)
+    result = server(eng, ServeConfig(concurrency=1)).run(PROMPTS)
+    seqs = [r.seq for r in result.finished]
+    for before, after in zip(seqs, seqs[1:]):
+        assert after.arrival_time >= before.token_times[-1][0]  # submitted once the previous finished
