@@ -18,7 +18,7 @@ NUM_WARPS = 8
 @triton.jit
 def _row_stats_kernel(x_ptr, stride_b, stride_t, nodes, vocab, scale_ptr, thr_ptr, need_ptr,
                       argmax_ptr, lse_ptr, HAS_THR: tl.constexpr, HAS_NEED: tl.constexpr,
-                      WANT_LSE: tl.constexpr, BLOCK: tl.constexpr):
+                      WANT_LSE: tl.constexpr, BLOCK: tl.constexpr, NUM_STEPS: tl.constexpr):
     row = tl.program_id(0)  # = b * nodes + t
     b = row // nodes
     t = row % nodes
@@ -38,8 +38,8 @@ def _row_stats_kernel(x_ptr, stride_b, stride_t, nodes, vocab, scale_ptr, thr_pt
         best_idx = tl.zeros([BLOCK], tl.int32)  # its first index (lanes see indices ascending)
         m = tl.full([BLOCK], float("-inf"), tl.float32)  # per-lane running max of kept scaled
         s = tl.zeros([BLOCK], tl.float32)  # per-lane sum of exp(kept - m)
-        for start in range(0, vocab, BLOCK):
-            idx = start + offs
+        for step in range(NUM_STEPS):  # = cdiv(vocab, BLOCK), a constant per vocabulary
+            idx = step * BLOCK + offs
             inb = idx < vocab
             x = tl.load(base + idx, mask=inb, other=float("-inf")).to(tl.float32)
             better = x > best
@@ -85,5 +85,6 @@ def row_stats_triton(logits: Tensor, scale: Optional[Tensor], thr: Optional[Tens
     _row_stats_kernel[(batch * nodes,)](
         logits, logits.stride(0), logits.stride(1), nodes, vocab, scale, thr_arg, need_arg, argmax,
         lse if lse is not None else scale, HAS_THR=thr is not None, HAS_NEED=need is not None,
-        WANT_LSE=want_lse, BLOCK=block, num_warps=NUM_WARPS if block >= 1024 else 4)
+        WANT_LSE=want_lse, BLOCK=block, NUM_STEPS=triton.cdiv(vocab, block),
+        num_warps=NUM_WARPS if block >= 1024 else 4)
     return argmax, lse
