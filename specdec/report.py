@@ -59,15 +59,19 @@ def temperature(run: dict) -> float:
     return float(cfg(run, "verifier.temperature", 0.0))
 
 
-def label(run: dict) -> str:
-    """The method, with the drafter/verifier overrides that distinguish sweep points."""
+def label(run: dict, skip: tuple[str, ...] = ()) -> str:
+    """The method, with the drafter/verifier overrides that distinguish sweep points (except
+    those in ``skip``)."""
     method = run.get("method") or run["drafter"]
     if run.get("role") == "baseline":
         method = "none"
     extra = [o.split("=", 1)[0].split(".", 1)[1] + "=" + o.split("=", 1)[1]
              for o in run.get("overrides", []) if o.startswith(("drafter.", "verifier."))
-             and not o.startswith(("verifier.temperature", "drafter.path"))]
+             and not o.startswith(("verifier.temperature", "drafter.path") + skip)]
     return " ".join([method] + extra)
+
+
+BUDGET_KEYS = ("drafter.total_tokens", "drafter.max_nodes")  # the x axis of tau vs tree budget
 
 
 def setting(run: dict) -> str:
@@ -242,7 +246,7 @@ def plot_histogram(plt, runs):
 
 def plot_tau_budget(plt, runs):
     fig, ax = plt.subplots(figsize=(6, 4))
-    series = by(runs, lambda r: (r.get("method") or r["drafter"], temperature(r)))
+    series = by(runs, lambda r: (label(r, BUDGET_KEYS), temperature(r)))
     for (method, t), rs in sorted(series.items()):
         pts = sorted((r.get("tree_budget") or 1, r["mean_accepted_length"]) for r in rs)
         ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "", label=f"{method} T={t:g}")
@@ -268,7 +272,8 @@ def plot_latency(plt, runs):
         for r in runs:
             xs = sorted(q[key] for q in r.get("requests", []) if q.get(key) is not None and not math.isnan(q[key]))
             if xs:
-                ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=run_name(r))
+                ax.step([xs[0]] + xs, [0.0] + [(i + 1) / len(xs) for i in range(len(xs))], where="post",
+                        label=run_name(r))
         ax.set(xlabel="ms", ylabel="fraction of requests", title=f"CDF of {title}", ylim=(0, 1.02))
     legend(axes[0], fig)
     return fig
@@ -285,7 +290,7 @@ def legend(ax, fig):
 # ---- entry -------------------------------------------------------------------------------------
 def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: bool = True) -> dict:
     """Write the tables and plots; returns {'runs': n, 'files': [...]}."""
-    runs = collect(dirs, progress)
+    runs = sorted(collect(dirs, progress), key=lambda r: (setting(r), label(r), temperature(r)))
     if not runs:
         raise SystemExit(f"no finished summary.json under {', '.join(map(str, dirs))}")
     out = Path(out) if out else Path(dirs[0]) / "report"

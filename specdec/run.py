@@ -14,14 +14,10 @@ a finished summary of the same config is skipped (sweeps resume where they were 
 from __future__ import annotations
 
 import gc
-import json
-import platform
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 import hydra
 import torch
@@ -36,11 +32,10 @@ from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
-from specdec.metrics import run_summary
-from specdec.serving import Request, ServeConfig, Server
+from specdec.results import OutputWriter, git_sha, summarize, versions  # noqa: F401 (re-exported)
+from specdec.serving import ServeConfig, Server
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def sampling_params(cfg: DictConfig) -> SamplingParams:
@@ -108,48 +103,6 @@ def renderer(cfg: DictConfig, tokenizer):
     return render
 
 
-def versions() -> dict:
-    import transformers
-
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "specdec": __import__("specdec").__version__}
-    try:
-        import triton
-        out["triton"] = triton.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name()
-    return out
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-class OutputWriter:
-    """outputs.jsonl, one line per request as it finishes: an interrupted run keeps them all."""
-
-    def __init__(self, path: Path, tokenizer) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file, self.tokenizer = open(path, "w"), tokenizer
-
-    def write(self, req: Request) -> None:
-        seq, prompt = req.seq, req.prompt
-        text = self.tokenizer.decode(seq.output, skip_special_tokens=True) if self.tokenizer else None
-        self.file.write(json.dumps({"id": prompt.id, "category": prompt.category, "turn": req.turn,
-                                    "prompt": prompt.turns[req.turn], "output_ids": seq.output,
-                                    "output": text, "finish_reason": seq.finish_reason}) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def serve(engine: Engine, prompts: list[data_mod.Prompt], params: SamplingParams, cfg: DictConfig,
           out_dir: Path, logger=None, progress: bool = True):
     """Serve every prompt (every turn up to data.max_turns) and write outputs.jsonl as requests
@@ -172,28 +125,6 @@ def serve(engine: Engine, prompts: list[data_mod.Prompt], params: SamplingParams
         signal.signal(signal.SIGINT, old)
         writer.close()
     return result
-
-
-def summarize(engine: Engine, result, cfg: DictConfig, role: str) -> dict:
-    """summary.json's run-level numbers (config, provenance and speedup are added by the caller)."""
-    reqs = result.finished
-    seqs = [r.seq for r in reqs]
-    body = run_summary(seqs, result.stats, result.wall_s)
-    by_id = {r.seq.request_id: r for r in reqs}
-    for row in body["requests"]:  # which question, category and turn each request served
-        req = by_id[row["request_id"]]
-        row.update(prompt_id=req.prompt.id, category=req.prompt.category, turn=req.turn,
-                   decode_steps=len(req.seq.accept_lengths))
-    drafter = engine.drafter
-    return {"drafter": getattr(drafter, "name", type(drafter).__name__),
-            "verifier": getattr(engine.verifier, "name", type(engine.verifier).__name__),
-            "lossless": getattr(engine.verifier, "lossless", True), "role": role,
-            "tree_budget": int(drafter.max_nodes),
-            **body, "questions": exp.question_stats(body["requests"]),
-            "num_requests_submitted": result.submitted, "num_requests_planned": result.planned,
-            "interrupted": result.interrupted, "seed": cfg.seed, "git_sha": git_sha(),
-            "versions": versions(), "device": str(engine.device),
-            "dtype": str(engine.dtype).replace("torch.", "")}
 
 
 def print_table(summary: dict) -> None:
@@ -227,7 +158,7 @@ def run_baseline(cfg: DictConfig, resolved: dict, loaded, verifier, engine_cfg: 
         {"_target_": "specdec.verifiers.LosslessVerifier"})
     engine = make_engine(loaded, NoDrafter(), base_verifier, engine_cfg)
     result = serve(engine, prompts, params, cfg, out_dir, progress=cfg.progress)
-    summary = {**summarize(engine, result, cfg, role="baseline"), "method": "none", "overrides": [],
+    summary = {**summarize(engine, result, int(cfg.seed), role="baseline"), "method": "none", "overrides": [],
                "sweep_name": resolved.get("sweep_name"), "reused": False, "baseline_key": key}
     del engine
     gc.collect()
@@ -326,7 +257,7 @@ def main(cfg: DictConfig) -> dict:
     engine = make_engine(loaded, drafter, verifier, engine_cfg)
     logger.start(resolved, run_dir)
     result = serve(engine, prompts, params, cfg, run_dir, logger, progress=cfg.progress)
-    summary = {**summarize(engine, result, cfg, role="run"), **info, "reused": False}
+    summary = {**summarize(engine, result, int(cfg.seed), role="run"), **info, "reused": False}
     device, dtype = summary["device"], summary["dtype"]
     del engine
     gc.collect()
