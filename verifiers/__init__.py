@@ -31,6 +31,12 @@ The API an engine calls (DESIGN.md "The step": ``result = verifier.verify(tree, 
 
 Randomness is an input: ``uniforms[b, i]`` decides node i's acceptance test and
 ``uniforms[b, 0]`` draws the bonus token, so a request's outputs depend only on its own draws.
+
+No host sync, for CUDA graphs: ``verify_tree(..., check=False, plan=SamplingPlan(...))`` (or
+``LosslessVerifier(check=False).verify(..., plan=...)``) reads nothing from the device, given a
+tree built with ``validate=True`` (its one read happens when it is built) or, inside a graph,
+``DraftTree(tokens, parents, num_nodes, ..., validate=False, depth_bound=D, children_bound=R)``.
+Parameters given as Python numbers or CPU tensors need no plan.
 """
 from .api import LosslessVerifier, TypicalVerifier, verify_tree, verify_tree_typical
 from .check import LosslessReport, check_lossless, chi_square_pvalue
