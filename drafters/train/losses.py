@@ -12,10 +12,11 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:  # x, mask [...] -> scalar
 
 
 def soft_ce(target_logp: Tensor, draft_logits: Tensor, mask: Tensor) -> Tensor:
-    """Cross-entropy of the draft against the target's distribution, ``-sum p log q``, averaged
-    over masked positions (equals KL(p || q) up to the target's entropy)."""
+    """Forward KL(p || q) of the draft against the target's distribution, averaged over masked
+    positions: the cross-entropy ``-sum p log q`` minus the target's entropy, so 0 means a
+    perfect draft (same gradients as the cross-entropy)."""
     logq = draft_logits.float().log_softmax(-1)
-    return masked_mean(-(target_logp.exp() * logq).sum(-1), mask)
+    return masked_mean((target_logp.exp() * (target_logp - logq)).sum(-1), mask)
 
 
 def top1_agreement(target_logp: Tensor, draft_logits: Tensor, mask: Tensor) -> float:

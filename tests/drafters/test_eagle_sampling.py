@@ -1,0 +1,82 @@
+"""At temperature > 0 the tree drafters stay lossless: their nodes are top-k picks (DETERMINISTIC
+candidates, accepted with probability p(c)), and the first two tokens of many seeded requests
+pass the chi-square test against the target's exact distribution (as test_sampling_distribution
+does for the other drafters)."""
+import pytest
+import torch
+
+from specdec.drafters.eagle import EagleDrafter
+from specdec.drafters.medusa import MedusaDrafter
+from specdec.drafters.none import NoDrafter
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.verifiers import CandidateKind, LosslessVerifier, chi_square_pvalue
+
+from eagle_cases import mimic_eagle, random_medusa, unit_rms_target, write
+from test_sampling_distribution import BASE, TEMP, TOP_K, TOP_P, next_token_probs
+
+N = 3000
+
+
+@pytest.fixture(scope="module")
+def target(tiny_dir):
+    return unit_rms_target(tiny_dir("llama", num_hidden_layers=1))
+
+
+@pytest.fixture(scope="module")
+def prompt(target):
+    engine = Engine(target, NoDrafter(), LosslessVerifier(), EngineConfig(device="cpu"))
+    cont = engine.generate([BASE], SamplingParams(max_new_tokens=6, ignore_eos=True))[0].output
+    return BASE + cont + BASE
+
+
+@pytest.fixture(scope="module")
+def exact(target, prompt):
+    p1 = next_token_probs(target, [prompt])[0]
+    support = p1.nonzero().flatten().tolist()
+    p2 = torch.zeros(p1.shape[0], p1.shape[0])
+    p2[support] = next_token_probs(target, [prompt + [t] for t in support])
+    return p1, p1[:, None] * p2
+
+
+@pytest.fixture(scope="module")
+def paths(target, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sampling")
+    return {"eagle": str(write(mimic_eagle(target), root / "eagle")),
+            "medusa": str(write(random_medusa(target), root / "medusa"))}
+
+
+DRAFTERS = {
+    "eagle2": lambda p: EagleDrafter(p["eagle"], total_tokens=12, depth=3, top_k=4),
+    # random heads: a wide first level (24 of the 96 tokens) gives the test its power
+    "medusa": lambda p: MedusaDrafter(p["medusa"], [[r] for r in range(24)] + [[0, 0], [1, 0], [0, 0, 0]]),
+}
+
+
+@pytest.mark.parametrize("name", list(DRAFTERS))
+def test_first_two_tokens_follow_the_target(name, target, prompt, exact, paths):
+    drafter = DRAFTERS[name](paths)
+    engine = Engine(target, drafter, LosslessVerifier(),
+                    EngineConfig(device="cpu", max_num_seqs=512, max_num_batched_tokens=8192))
+    kinds, propose = [], drafter.propose
+
+    def spy(seqs, budgets):
+        tree = propose(seqs, budgets)
+        kinds.append(tree.kind)
+        return tree
+
+    drafter.propose = spy
+    params = [SamplingParams(temperature=TEMP, top_p=TOP_P, top_k=TOP_K, max_new_tokens=2,
+                             ignore_eos=True, seed=i) for i in range(N)]
+    seqs = engine.generate([prompt] * N, params)
+    assert all(bool((k == CandidateKind.DETERMINISTIC).all()) for k in kinds)
+    first = torch.tensor([s.output[0] for s in seqs])
+    pair = torch.tensor([s.output[0] * 96 + s.output[1] for s in seqs])
+    p1, p12 = exact
+    assert bool((p1[first] > 0).all()) and bool((p12.flatten()[pair] > 0).all()), "impossible token"
+    _, p_first, _ = chi_square_pvalue(torch.bincount(first, minlength=96), p1)
+    _, p_pair, _ = chi_square_pvalue(torch.bincount(pair, minlength=96 * 96), p12.flatten())
+    assert p_first > 1e-3 and p_pair > 1e-3, (p_first, p_pair)
+    accepted = sum(a for s in seqs for a in s.accept_lengths)
+    assert accepted > 0.05 * N, "the drafter never got a token accepted: the test has no power"

@@ -1,0 +1,65 @@
+"""The whole pipeline on a tiny target: prompts from a training-data folder (GSM8K / Code Alpaca /
+seed-task formats) and self-instruct, self-distillation shards with a manifest (a second run
+resumes instead of regenerating), training, export in the official format with a model card,
+and evaluation through the engine (greedy outputs equal to the target's)."""
+import json
+
+import pytest
+
+from specdec.drafters.train.pipeline import EvalConfig, Plan, run
+from specdec.drafters.train.prompts import parse_instruction, training_prompts
+from specdec.drafters.train.selfdistill import DataConfig
+from specdec.drafters.train.shards import Manifest, read_shards
+from specdec.drafters.train.trainer import TrainConfig
+from specdec.engine.config import EngineConfig
+from specdec.models.loader import load_model
+
+
+def write_prompts(d):
+    d.mkdir()
+    (d / "gsm8k_train.jsonl").write_text("\n".join(json.dumps({"question": f"what is {i} plus {i}?",
+                                                               "answer": "x"}) for i in range(4)))
+    (d / "code_alpaca.json").write_text(json.dumps([{"instruction": "sort a list", "input": "1, 3, 2",
+                                                     "output": "x"}]))
+    (d / "alpaca_seed_tasks.jsonl").write_text("\n".join(json.dumps({"instruction": f"name {i} fruits",
+                                                                     "instances": [{"input": ""}]}) for i in range(3)))
+    return d
+
+
+def test_pipeline_end_to_end(tiny_dir, tmp_path):
+    loaded = load_model(str(tiny_dir("llama", num_hidden_layers=4)))
+    prompts_dir = write_prompts(tmp_path / "prompts")
+    plan = Plan(kind="eagle3", work_dir=tmp_path / "work",
+                options={"steps": 2, "draft_vocab_size": 40, "feature_layers": (0, 1, 3)},
+                drafter_options={"total_tokens": 10, "depth": 3, "top_k": 3},
+                data=DataConfig(prompts_dir=str(prompts_dir), max_prompts=6, self_instruct=2,
+                                max_new_tokens=12, max_len=256, shard_size=4, store_hidden=True),
+                train=TrainConfig(steps=6, batch_size=2, max_len=128, warmup=1, save_every=3),
+                engine=EngineConfig(device="cpu"), eval=EvalConfig(num_prompts=2, max_new_tokens=8))
+    summary = run(loaded, plan, log=lambda *_: None)
+    manifest = Manifest.load(plan.data_dir)
+    assert manifest.prompts_done >= 6 and len(manifest.shards) >= 2
+    examples = read_shards(plan.data_dir)
+    assert examples[0].aux.shape[-1] == 3 * 64  # stored features: final hidden + 3 layers
+    assert summary["train"]["steps"] == 6
+    assert summary["eval"]["greedy_equal"] == 2 and summary["eval"]["mean_accepted_length"] >= 1.0
+    card = (plan.export_dir / "README.md").read_text()
+    assert "EAGLE-3" in card and "tau (T=0" in card
+    config = json.loads((plan.export_dir / "config.json").read_text())
+    assert config["draft_vocab_size"] == 40 and config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 4]
+    # a second run resumes: no prompt is answered again, training is already done
+    again = run(loaded, Plan(**{**plan.__dict__, "stages": ("data", "train")}), log=lambda *_: None)
+    assert Manifest.load(plan.data_dir).shards == manifest.shards and again["train"]["steps_this_run"] == 0
+
+
+def test_missing_prompt_folder_is_skipped_with_a_note(tmp_path):
+    notes = []
+    assert training_prompts(tmp_path / "absent", 10, log=notes.append) == []
+    assert "skipping" in notes[0]
+
+
+@pytest.mark.parametrize("text, want", [("1. Write a haiku about rain.\nmore", "Write a haiku about rain."),
+                                        ("Task: Summarize this article in two lines", "Summarize this article in two lines"),
+                                        ("ok", None), ("\n\n- List five prime numbers please", "List five prime numbers please")])
+def test_parse_self_instruct_lines(text, want):
+    assert parse_instruction(text) == want
