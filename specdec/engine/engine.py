@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from specdec.drafters.base import StepResult, TargetContext
+from specdec.verifiers import SamplingPlan
 
 from .block_manager import BlockManager
 from .config import EngineConfig
@@ -154,13 +155,14 @@ class Engine:
         if inputs.tree is None:
             return None
         seqs = [item.seq for item, r in zip(batch, inputs.sample_index) if r >= 0]
-        dev = logits.device
-        temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32, device=dev)
-        top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32, device=dev)
-        top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.long, device=dev)
-        uniforms = torch.stack([self._uniforms(s) for s in seqs]).to(dev)  # [Bs, U]
-        width = inputs.tree.max_nodes
-        return self.verifier.verify(inputs.tree, logits, temp, top_p, top_k, uniforms[:, : width + 1])
+        temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
+        top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32)
+        top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.long)
+        plan = SamplingPlan.of(temp, top_p, top_k)  # host facts: no device read to pick the path
+        uniforms = torch.stack([self._uniforms(s) for s in seqs])  # [Bs, U]
+        dev, width = logits.device, inputs.tree.max_nodes
+        return self.verifier.verify(inputs.tree, logits, temp.to(dev), top_p.to(dev), top_k.to(dev),
+                                    uniforms[:, : width + 1].to(dev), plan=plan)
 
     def _uniforms(self, seq: Sequence) -> torch.Tensor:
         """A fixed number of draws per sampling event from the request's own counter-based
