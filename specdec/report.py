@@ -76,9 +76,12 @@ BUDGET_KEYS = ("drafter.total_tokens", "drafter.max_nodes")  # the x axis of tau
 
 def setting(run: dict) -> str:
     """What a table holds fixed: model, data, output length, engine and serving."""
-    parts = [f"model={cfg(run, 'model.path')}", f"data={cfg(run, 'data.name')}",
-             f"prompts={cfg(run, 'data.num_prompts')}", f"max_new_tokens={cfg(run, 'max_new_tokens')}",
-             f"batch={cfg(run, 'engine.max_num_seqs')}"]
+    parts = [f"model={cfg(run, 'model.path')}", f"data={cfg(run, 'data.name')}"]
+    for key in ("data.num_prompts", "data.per_category", "data.max_turns"):
+        if cfg(run, key, 1 if key == "data.max_turns" else None) != (1 if key == "data.max_turns" else None):
+            value = cfg(run, key)
+            parts.append(f"{key.split('.')[1]}={'all' if value is None else value}")
+    parts += [f"max_new_tokens={cfg(run, 'max_new_tokens')}", f"batch={cfg(run, 'engine.max_num_seqs')}"]
     for key in ("serving.concurrency", "serving.request_rate"):
         if cfg(run, key) is not None:
             parts.append(f"{key.split('.')[1]}={cfg(run, key)}")
@@ -112,6 +115,8 @@ def spec_bench_rows(runs: list[dict]) -> tuple[list[str], list[dict]]:
     groups = groups_for(runs)
     rows = []
     for r in runs:
+        if not r.get("questions"):  # a summary without per-question data (older runs)
+            continue
         base = (r.get("baseline") or {}).get("questions")
         stats = exp.category_stats(r.get("questions", {}), base, groups)
         rows.append({"setting": setting(r), "method": label(r), "temperature": temperature(r),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from specdec import experiment as exp
 from specdec.report import report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,14 +85,24 @@ def test_report_tables_hold_the_summaries_numbers(swept, tmp_path):
     assert result["runs"] == 6
 
 
-def test_rerunning_the_sweep_skips_finished_runs(swept, tiny_dir):
+def test_rerunning_the_sweep_skips_finished_runs_and_redoes_interrupted_ones(swept, tiny_dir):
+    """The same command again: finished runs are skipped (their files untouched, `reused` in
+    their summaries); a run left interrupted (as Ctrl-C leaves it: summary with interrupted: true,
+    the finished requests' outputs; tests/specdec/test_run.py makes one) is run again."""
     out, _ = swept
     before = summaries(out)
-    mtimes = {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in JOBS.values()}
+    stopped = out / JOBS["ngram_tree", 1.0]
+    exp.write_json(stopped / "summary.json", {**before["ngram_tree", 1.0], "interrupted": True})
+    kept = {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in list(JOBS.values())[:3]}
     proc = sweep(tiny_dir("llama"), out)
-    assert proc.stdout.count("skipped:") == 4
+    assert proc.stdout.count("skipped:") == 3
     after = summaries(out)
-    for key, s in after.items():
+    for key in list(JOBS)[:3]:
+        s = after[key]
         assert s["reused"] is True and len(s["reused_at"]) == 1
         assert s["wall_s"] == before[key]["wall_s"] and s["speedup"] == before[key]["speedup"]
-    assert mtimes == {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in JOBS.values()}
+    assert kept == {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in list(JOBS.values())[:3]}
+    redone = after["ngram_tree", 1.0]
+    assert redone["interrupted"] is False and redone["reused"] is False
+    assert redone["wall_s"] != before["ngram_tree", 1.0]["wall_s"]
+    assert redone["baseline"]["source"].startswith("reused:")  # the stored T=1 baseline
