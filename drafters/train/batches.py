@@ -32,14 +32,15 @@ class BatchSource:
 
     def indices(self, step: int) -> list[int]:
         """Examples of batch ``step``: epochs are seeded permutations, walked in order."""
-        n, out = len(self.examples), []
-        first = step * self.batch_size
-        for pos in range(first, first + self.batch_size):
-            epoch, i = divmod(pos, n)
-            perm = list(range(n))
+        n, first = len(self.examples), step * self.batch_size
+        return [self._perm(pos // n)[pos % n] for pos in range(first, first + self.batch_size)]
+
+    def _perm(self, epoch: int) -> list[int]:
+        if getattr(self, "_epoch", None) != epoch:
+            perm = list(range(len(self.examples)))
             random.Random(self.seed * 100_003 + epoch).shuffle(perm)
-            out.append(perm[i])
-        return out
+            self._epoch, self._order = epoch, perm
+        return self._order
 
     def batch(self, step: int) -> Batch:
         exs = [self.examples[i] for i in self.indices(step)]

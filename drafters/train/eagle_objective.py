@@ -51,12 +51,13 @@ class EagleObjective:
         p = batch.tokens.shape[1] - 1
         feats = uniform_noise(batch.hidden[:, :-1], self.noise if self.net.training else 0.0)
         outs = unroll(self.net, self.target.embed, feats, batch.tokens, self.steps)
+        every = target_logprobs(self.target.lm_head.weight, batch.hidden)  # [B, S, V] once
         total, metrics = 0.0, {}
         for k, out in enumerate(outs):
             goal = shift(batch.hidden, 1 + k, p)  # [B, P, h] f_{i+1+k}
             mask = shift(batch.loss_mask & batch.valid, 2 + k, p)  # predicts token i+2+k
             logits = self.target.compute_logits(out)
-            tgt = target_logprobs(self.target.lm_head.weight, goal)
+            tgt = shift(every, 1 + k, p)  # the target's distribution of token i+2+k
             reg, ce = feature_regression(out, goal, mask), soft_ce(tgt, logits, mask)
             total = total + self.decay ** k * (self.w_reg * reg + self.w_ce * ce)
             metrics.update({f"reg_{k}": float(reg.detach()), f"ce_{k}": float(ce.detach()),
@@ -114,14 +115,14 @@ class Eagle3Objective:
         p = batch.tokens.shape[1] - 1
         first = self.net.fuse(batch.aux[:, :-1])  # [B, P, h]
         outs = unroll(self.net, self.target.embed, first, batch.tokens, self.steps)
-        w_sub = self.target.lm_head.weight[self.ids.to(batch.tokens.device)]  # [Vd, h]
+        w = self.target.lm_head.weight
+        with torch.no_grad():
+            inside = self.net.t2d[(batch.hidden.to(w.dtype) @ w.T).argmax(-1)]  # [B, S] argmax in draft vocab
+        every = target_logprobs(w[self.ids.to(w.device)], batch.hidden)  # [B, S, Vd] restricted, renormalised
         total, metrics = 0.0, {}
         for k, out in enumerate(outs):
-            goal = shift(batch.hidden, 1 + k, p)  # target hidden whose next token is i+2+k
-            full = target_logprobs(self.target.lm_head.weight, goal)  # [B, P, V]
-            inside = self.net.t2d[full.argmax(-1)]  # target argmax in the draft vocabulary
-            mask = shift(batch.loss_mask & batch.valid, 2 + k, p) & inside
-            tgt = target_logprobs(w_sub, goal)  # [B, P, Vd] restricted and renormalised
+            mask = shift(batch.loss_mask & batch.valid, 2 + k, p) & shift(inside, 1 + k, p)
+            tgt = shift(every, 1 + k, p)  # the target's distribution of token i+2+k
             logits = self.net.logits(out)
             ce = soft_ce(tgt, logits, mask)
             total = total + self.decay ** k * ce

@@ -30,9 +30,10 @@ class MedusaObjective:
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         s = batch.tokens.shape[1]
         logits = self.heads(batch.hidden, self.target.compute_logits)  # [B, S, heads, V]
+        every = target_logprobs(self.target.lm_head.weight, batch.hidden)  # [B, S, V] once
         total, metrics = 0.0, {}
         for k in range(self.heads.num_heads):
-            tgt = target_logprobs(self.target.lm_head.weight, shift(batch.hidden, k + 1, s))
+            tgt = shift(every, k + 1, s)  # the target's distribution of token i + k + 2
             mask = shift(batch.loss_mask & batch.valid, k + 2, s)  # head k scores token i + k + 2
             ce = soft_ce(tgt, logits[:, :, k], mask)
             total = total + self.decay ** k * ce

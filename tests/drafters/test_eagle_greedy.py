@@ -77,3 +77,16 @@ def test_greedy_equality_under_preemption(name, target, paths, reference):
     engine, outputs, _ = run(target, DRAFTERS[name](paths), num_blocks=48, max_num_batched_tokens=64)
     assert engine.scheduler.num_preemptions > 0
     assert outputs == reference
+
+
+def test_medusa_with_typical_acceptance(target, paths, reference):
+    """verifier=typical (Medusa-2, lossy): greedy rows stay exact, sampled rows run and accept."""
+    from specdec.verifiers import TypicalVerifier
+
+    engine = Engine(target, DRAFTERS["medusa"](paths), TypicalVerifier(),
+                    EngineConfig(device="cpu", block_size=4, max_model_len=MAX_LEN))
+    greedy = engine.generate(PROMPTS, PARAMS)
+    assert [s.output for s in greedy] == reference
+    sampled = engine.generate(PROMPTS, SamplingParams(temperature=0.7, max_new_tokens=24, ignore_eos=True, seed=0))
+    assert all(len(s.output) == 24 for s in sampled)
+    assert engine.blocks.num_free == engine.blocks.num_blocks
