@@ -24,11 +24,14 @@ class Batch:
 
 class BatchSource:
     def __init__(self, examples: Sequence[Example], batch_size: int, max_len: int, seed: int,
-                 target, layers: Sequence[int] = (), device="cpu") -> None:
+                 target, layers: Sequence[int] = (), device="cpu", stored_layers: Sequence[int] = ()) -> None:
+        """``stored_layers``: the target layers the examples' stored ``aux`` holds (features are
+        recomputed with the target when they are not the ``layers`` asked for)."""
         if not examples:
             raise ValueError("no training examples")
         self.examples, self.batch_size, self.max_len = list(examples), batch_size, max_len
         self.seed, self.target, self.layers, self.device = seed, target, tuple(layers), device
+        self.use_stored = examples[0].hidden is not None and (not self.layers or tuple(stored_layers) == self.layers)
 
     def indices(self, step: int) -> list[int]:
         """Examples of batch ``step``: epochs are seeded permutations, walked in order."""
@@ -57,7 +60,7 @@ class BatchSource:
         return Batch(tokens.to(dev), valid.to(dev), loss_mask.to(dev), hidden, aux)
 
     def _features(self, exs, toks, s) -> tuple[Tensor, Tensor]:
-        if exs[0].hidden is not None and (not self.layers or exs[0].aux.shape[-1]):
+        if self.use_stored:
             hidden = [e.hidden[: len(t)] for e, t in zip(exs, toks)]
             aux = [e.aux[: len(t)] for e, t in zip(exs, toks)]
         else:

@@ -73,8 +73,9 @@ def run(loaded, plan: Plan, logger=None, log=print) -> dict:
     objective, examples = _objective(loaded, plan)
     device = plan.engine.torch_device()
     if "train" in plan.stages:
+        stored = (Manifest.load(plan.data_dir).info.get("config") or {}).get("layers") or ()
         source = BatchSource(examples, plan.train.batch_size, plan.train.max_len, plan.train.seed,
-                             loaded.model, objective.layers, device)
+                             loaded.model, objective.layers, device, stored_layers=tuple(stored))
         result = Trainer(objective, source, plan.train, plan.ckpt_dir, logger, device).run()
         summary["train"] = {k: v for k, v in result.items() if k != "loss_history"}
         summary["loss_history"] = result["loss_history"]
@@ -133,8 +134,11 @@ def _evaluate(loaded, plan: Plan, objective) -> dict:
 
 def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
     manifest = Manifest.load(plan.data_dir)
-    data = {"examples": manifest.num_examples, "tokens": manifest.num_tokens,
-            "sources": "training prompts + self-instruct" if manifest else ""} if manifest else {}
+    data = {}
+    if manifest:
+        src = manifest.info.get("sources", {})
+        data = {"examples": manifest.num_examples, "tokens": manifest.num_tokens,
+                "sources": ", ".join(f"{k}: {v}" for k, v in src.items()) or "see the data manifest"}
     train = {**summary.get("train", {}), "batch_size": plan.train.batch_size, "lr": plan.train.lr,
              "device": device}
     train.setdefault("steps", plan.train.steps)

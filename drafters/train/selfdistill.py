@@ -45,15 +45,17 @@ def build_engine(loaded, engine_cfg: EngineConfig) -> Engine:
                   stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len)
 
 
-def collect_prompts(loaded, cfg: DataConfig, engine_cfg: EngineConfig, log=print) -> list[str]:
-    prompts = training_prompts(Path(cfg.prompts_dir) if cfg.prompts_dir else None, cfg.max_prompts,
-                               cfg.seed, log)
-    if cfg.self_instruct:
-        prompts += self_instruct(loaded, seed_tasks(cfg.prompts_dir), cfg.self_instruct, engine_cfg, cfg.seed)
-    if not prompts:
+def collect_prompts(loaded, cfg: DataConfig, engine_cfg: EngineConfig, log=print) -> tuple[list[str], dict]:
+    """(prompts, how many came from where)."""
+    public = training_prompts(Path(cfg.prompts_dir) if cfg.prompts_dir else None, cfg.max_prompts,
+                              cfg.seed, log)
+    written = self_instruct(loaded, seed_tasks(cfg.prompts_dir), cfg.self_instruct, engine_cfg,
+                            cfg.seed) if cfg.self_instruct else []
+    if not public and not written:
         raise ValueError("no training prompts: the prompt folder is absent and self_instruct=0 (or "
                          "no seed tasks); set data.prompts_dir or data.self_instruct")
-    return prompts
+    return public + written, {"public prompts (GSM8K, Code Alpaca, Alpaca seeds)": len(public),
+                              "self-instruct prompts": len(written)}
 
 
 def self_instruct(loaded, seeds: list[str], count: int, engine_cfg: EngineConfig, seed: int) -> list[str]:
@@ -76,7 +78,8 @@ def generate(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig,
     directory.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(directory) or Manifest(target=str(getattr(loaded, "source", "")),
                                                     info={"config": _jsonable(cfg)})
-    prompts = _prompts(loaded, directory, cfg, engine_cfg, log)
+    prompts, sources = _prompts(loaded, directory, cfg, engine_cfg, log)
+    manifest.info.setdefault("sources", sources)
     engine = build_engine(loaded, engine_cfg)
     bar = tqdm(total=len(prompts), initial=manifest.prompts_done, desc="self-distillation", unit="prompt")
     while manifest.prompts_done < len(prompts):
@@ -91,14 +94,15 @@ def generate(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig,
     return manifest
 
 
-def _prompts(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig, log) -> list[str]:
+def _prompts(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig, log) -> tuple[list[str], dict]:
     """The prompt list, fixed at the first run (self-instruct sampling is not repeated on resume)."""
     f = directory / PROMPTS_FILE
     if f.is_file():
-        return json.loads(f.read_text())
-    prompts = collect_prompts(loaded, cfg, engine_cfg, log)
-    f.write_text(json.dumps(prompts))
-    return prompts
+        saved = json.loads(f.read_text())
+        return saved["prompts"], saved["sources"]
+    prompts, sources = collect_prompts(loaded, cfg, engine_cfg, log)
+    f.write_text(json.dumps({"prompts": prompts, "sources": sources}))
+    return prompts, sources
 
 
 def answer(engine: Engine, loaded, prompts: list[str], cfg: DataConfig, first: int) -> list[Example]:

@@ -44,7 +44,7 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     assert summary["train"]["steps"] == 6
     assert summary["eval"]["greedy_equal"] == 2 and summary["eval"]["mean_accepted_length"] >= 1.0
     card = (plan.export_dir / "README.md").read_text()
-    assert "EAGLE-3" in card and "tau (T=0" in card
+    assert "EAGLE-3" in card and "tau (T=0" in card and "self-instruct prompts: " in card
     config = json.loads((plan.export_dir / "config.json").read_text())
     assert config["draft_vocab_size"] == 40 and config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 4]
     # a second run resumes: no prompt is answered again, training is already done
