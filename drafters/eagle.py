@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
 from torch import Tensor
 
 from .base import StepResult, TargetContext
 from .eagle_base import EagleDrafterBase, static_choices
-from .eagle_net import EagleNet, load_eagle
+from .eagle_format import load_eagle
+from .eagle_net import EagleNet
 
 
 class EagleDrafter(EagleDrafterBase):

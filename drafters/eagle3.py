@@ -14,7 +14,8 @@ from torch import Tensor
 from . import formats
 from .base import StepResult, TargetContext
 from .eagle_base import EagleDrafterBase, static_choices
-from .eagle_net import Eagle3Net, feature_layers, load_eagle3
+from .eagle_format import feature_layers, load_eagle3
+from .eagle_net import Eagle3Net
 
 
 class Eagle3Drafter(EagleDrafterBase):

@@ -9,7 +9,7 @@ The drafter keeps, per sequence, the target's hidden state at the position befor
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor

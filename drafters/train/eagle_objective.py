@@ -17,8 +17,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from specdec.drafters.eagle_net import (Eagle3Net, EagleNet, config_dict, default_feature_layers,
-                                        draft_model_config, save_eagle, save_eagle3, vocab_map)
+from specdec.drafters.eagle_format import (config_dict, default_feature_layers, save_eagle, save_eagle3,
+                                           vocab_map)
+from specdec.drafters.eagle_net import Eagle3Net, EagleNet, draft_model_config
 
 from .batches import Batch
 from .losses import feature_regression, soft_ce, target_logprobs, top1_agreement, uniform_noise

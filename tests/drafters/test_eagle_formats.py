@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from specdec.drafters import formats
-from specdec.drafters.eagle_net import Eagle3Net, EagleNet, load_eagle, load_eagle3, vocab_map
+from specdec.drafters.eagle_format import load_eagle, load_eagle3
+from specdec.drafters.eagle_net import EagleNet
 from specdec.models.loader import load_model
 
 from eagle_cases import random_eagle, random_eagle3, write
@@ -51,7 +52,8 @@ def test_eagle1_loads_from_either_file(target, tmp_path, flavour):
 
 
 def test_eagle1_multi_layer_and_no_bias_configs(target, tmp_path):
-    from specdec.drafters.eagle_net import config_dict, draft_model_config, save_eagle
+    from specdec.drafters.eagle_format import config_dict, save_eagle
+    from specdec.drafters.eagle_net import draft_model_config
 
     net = EagleNet(draft_model_config(config_dict(target.config, num_hidden_layers=2)), bias=False)
     save_eagle(net, tmp_path / "e2", dtype=torch.float32)
