@@ -110,3 +110,25 @@ def test_hydra_configs_build_a_plan(tmp_path):
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=["train/method=medusa", f"work_dir={tmp_path}"])
     assert len(build_plan(cfg).drafter_options["tree_choices"]) == 63  # the mc_sim_7b_63 preset
+
+
+def test_a_draft_fit_on_the_targets_answers_drafts_them(target, examples, tmp_path):
+    """End to end (training features and alignment = serving ones): an EAGLE head trained on the
+    target's greedy answers proposes them, chains of 4 accepted far more than before training."""
+    prompts = [e.tokens[: e.prompt_len] for e in examples]
+    params = SamplingParams(max_new_tokens=20, ignore_eos=True)
+    chain = [[0] * d for d in range(1, 5)]
+
+    def tau(objective, name):
+        objective.export(tmp_path / name, torch.float32)
+        drafter = objective.drafter(str(tmp_path / name), tree_choices=chain)
+        seqs = Engine(target, drafter, LosslessVerifier(), EngineConfig(device="cpu")).generate(prompts, params)
+        assert [s.tokens for s in seqs] == [e.tokens for e in examples]  # still the target's output
+        acc = [a for s in seqs for a in s.accept_lengths]
+        return 1 + sum(acc) / len(acc)
+
+    torch.manual_seed(0)
+    untrained = tau(make_objective("eagle", target, examples), "before")
+    torch.manual_seed(0)
+    trained, _ = train(target, examples, "eagle", 200, tmp_path / "ckpt", noise=0.0, steps=2)
+    assert untrained < 1.5 and tau(trained, "after") > 2.0
