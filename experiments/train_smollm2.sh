@@ -4,15 +4,19 @@
 # (data from its manifest, training from its checkpoint), as long as the machine stays warm; the
 # results of each call are copied to $OUT.
 #
-# Prepare here, once:  /work/shared/tools/gpu-wheels.sh   (.whl: hydra, omegaconf, gguf, ...; WANDB=1
-#                      for W&B) and /work/shared/tools/gpu-model.sh (.gguf/a, .gguf/b: the GGUF in halves)
-# Then, one `run` call each, in this order, on one machine (it is held for 30 minutes at most):
-#   1. carry [.whl, .gguf/a]  experiments/train_smollm2.sh deps model-a
-#   2. carry [.gguf/b]        experiments/train_smollm2.sh deps model-b data
-#   3. experiments/train_smollm2.sh eagle      -> $OUT/eagle/   (weights, README.md, summary.json)
+# Prepare here, once (all git-excluded):
+#   /work/shared/tools/gpu-wheels.sh   -> .whl   (hydra, omegaconf, gguf, ...; WANDB=1 adds W&B, 20 MB)
+#   /work/shared/tools/gpu-model.sh    -> .gguf/a, .gguf/b (the default model's GGUF in two halves)
+#   cp -r ../shared/data .data && echo /.data/ >> .git/info/exclude   (../shared does not travel)
+# Then one `run` call each, in this order, on one warm machine (held 30 minutes at most); a call's
+# working tree must stay under 64 MiB, hence the split carries:
+#   1. carry [.whl, .gguf/a]   experiments/train_smollm2.sh deps model-a
+#   2. carry [.gguf/b, .data]  experiments/train_smollm2.sh model-b data       -> $OUT/data.tar
+#   3. experiments/train_smollm2.sh eagle      -> $OUT/eagle/   (weights, README.md, summary.json, log)
 #   4. experiments/train_smollm2.sh eagle3     -> $OUT/eagle3/
 #   5. experiments/train_smollm2.sh medusa     -> $OUT/medusa/
 #   6. experiments/train_smollm2.sh draft      -> $OUT/draft/
+# (with W&B: carry the WANDB=1 .whl in call 3 and run `deps eagle`).
 # A stage cut by its time limit checkpoints; call it again to go on. Copy each $OUT/<kind>/ into
 # drafters/weights/smollm2-135m-instruct/<kind>/ to ship it (`drafter.path=default` reads there).
 # Data can also come back ($OUT/data.tar, tokens only) and be carried to a fresh machine.
@@ -29,11 +33,13 @@ RUNS=${RUNS:-/tmp/specdec_runs}             # data, checkpoints, exports
 export SPECDEC_CACHE=${SPECDEC_CACHE:-/tmp/specdec_cache}
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false TQDM_MININTERVAL=20
 TRAIN_LIMIT=${TRAIN_LIMIT:-330}             # seconds of training per call
+for d in .data shared/data ../shared/data; do  # prompt sets: a carried copy, else the shared folder
+  if [ -d "$d" ] && [ ! -d "$STASH/data" ]; then mkdir -p "$STASH" && cp -r "$d" "$STASH/data"; fi
+done
+PROMPTS=${PROMPTS:-$STASH/data/train} MT_BENCH=${MT_BENCH:-$STASH/data/mt_bench.jsonl}
 DATA_PROMPTS=${DATA_PROMPTS:-2000} SELF_INSTRUCT=${SELF_INSTRUCT:-200} NEW_TOKENS=${NEW_TOKENS:-256}
 EVAL_PROMPTS=${EVAL_PROMPTS:-null} DEVICE=${DEVICE:-auto}  # EVAL_PROMPTS: null = all 80
 STEPS=${STEPS:-} BATCH=${BATCH:-}              # set: every method uses these (smoke runs)
-MT_BENCH=${MT_BENCH:-../shared/data/mt_bench.jsonl}
-PROMPTS=${PROMPTS:-../shared/data/train}
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 mkdir -p "$STASH" "$RUNS" ${OUT:+"$OUT"}
 
@@ -55,7 +61,7 @@ train() {  # train() <method> [overrides...]: train, export, evaluate; results t
 for stage in "$@"; do
   case $stage in
     deps)
-      if [ -d .whl ] && [ ! -d /tmp/site ]; then
+      if [ -d .whl ]; then  # idempotent: a later call may bring more wheels (W&B)
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
       fi

@@ -20,6 +20,8 @@ from .unroll import shift
 
 
 class DraftObjective:
+    """The draft starts as the target's first ``num_layers`` layers plus its final norm (sane
+    logits from step 0; later layers, tried too, expect a residual stream they never see here)."""
     kind = "draft"
 
     def __init__(self, target, examples=None, num_layers: int = 2, intermediate_size: int | None = None) -> None:
@@ -28,8 +30,8 @@ class DraftObjective:
         self.target = target
         self.model = LlamaForCausalLM(cfg).float()
         src = target.model.layers
-        picks = [round(i * (len(src) - 1) / max(num_layers - 1, 1)) for i in range(num_layers)]
-        with torch.no_grad():  # start from evenly spaced target layers (shapes permitting)
+        picks = [min(i, len(src) - 1) for i in range(num_layers)]
+        with torch.no_grad():  # start as the target cut after its first layers (an early exit)
             for dst, i in zip(self.model.model.layers, picks):
                 for name, p in dst.named_parameters():
                     q = dict(src[i].named_parameters()).get(name)

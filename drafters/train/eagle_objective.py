@@ -44,9 +44,23 @@ class EagleObjective:
         self.noise, self.decay = noise, step_decay
         cfg = draft_model_config(config_dict(target.config, num_hidden_layers=num_layers))
         self.module = self.net = EagleNet(cfg, bias=True)
-        for layer in self.net.layers:
-            _init_layer_from(layer, target.model.layers[-1])
+        self._identity_start(target)
         self.layers: tuple[int, ...] = ()
+
+    def _identity_start(self, target) -> None:
+        """Start as "the next feature is this one": fc passes the feature through and each layer
+        adds nothing (o_proj, down_proj zero; the rest from the target's last layer), so the
+        first predictions are the target's own distribution one position early instead of the
+        extreme logits a random layer sends through the target's lm_head."""
+        h = self.net.config.hidden_size
+        with torch.no_grad():
+            self.net.fc.weight.zero_()
+            self.net.fc.weight[:, h:] = torch.eye(h)
+            self.net.fc.bias.zero_()
+            for layer in self.net.layers:
+                _init_layer_from(layer, target.model.layers[-1])
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         p = batch.tokens.shape[1] - 1
