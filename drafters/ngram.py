@@ -9,7 +9,6 @@ are chosen deterministically, so every node is a DETERMINISTIC candidate for the
 from __future__ import annotations
 
 import numpy as np
-import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from specdec.verifiers import CandidateKind, DraftTree
