@@ -21,7 +21,7 @@ MAX_NEW, MAX_LEN, STEPS_PER_RUN = 24, 64, 2000
 
 @pytest.fixture(scope="module")
 def target(tiny_dir):
-    return load_model(str(tiny_dir("llama"))).model
+    return load_model(str(tiny_dir("llama", num_hidden_layers=1))).model  # 10k steps: keep each cheap
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def solo(target, pool):
 
 def drafters(tiny_dir):
     return [NoDrafter(), NgramDrafter(num_tokens=4), NgramDrafter(num_tokens=3, max_matches=3, max_nodes=8),
-            DraftModelDrafter(str(tiny_dir("llama", seed=1)), num_tokens=3),
-            DraftModelDrafter(str(tiny_dir("llama")), num_tokens=2, top_k=2, max_nodes=5)]
+            DraftModelDrafter(str(tiny_dir("llama", seed=1, num_hidden_layers=1)), num_tokens=3),
+            DraftModelDrafter(str(tiny_dir("llama", num_hidden_layers=1)), num_tokens=2, top_k=2, max_nodes=5)]
 
 
 def check_invariants(engine: Engine, live: dict) -> None:

@@ -14,7 +14,7 @@ from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
 from specdec.verifiers import LosslessVerifier
 
-N_NEW = 32
+N_NEW = 24
 pytestmark = pytest.mark.slow
 
 
@@ -25,7 +25,7 @@ def two_threads():
 
 @pytest.fixture(scope="module")
 def prompts(smollm2):
-    return [render(p, smollm2.tokenizer) for p in default_prompts()[:3]]
+    return [render(p, smollm2.tokenizer) for p in default_prompts()[:2]]
 
 
 @pytest.fixture(scope="module")
