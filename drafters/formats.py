@@ -16,8 +16,10 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from specdec.models.weights import state_problems
+
 MAX_FILE_BYTES = 15 * 2**20  # shipped files stay under 16 MB
-MAX_LISTED = 20
+
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.md"]
 
 
@@ -135,26 +137,10 @@ def read_config(directory: Path, what: str) -> dict:
         raise CheckpointError(f"{what}: {f} is not valid JSON ({e.msg}, line {e.lineno})") from None
 
 
-def _listing(names: list[str]) -> str:
-    head = ", ".join(names[:MAX_LISTED])
-    return head + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
-
-
 def check_state(expected: dict[str, tuple], state: dict[str, Tensor], what: str,
                 optional: Iterable[str] = ()) -> None:
     """One CheckpointError naming every missing key, unexpected key and shape mismatch."""
-    optional = set(optional)
-    missing = sorted(k for k in expected if k not in state and k not in optional)
-    unexpected = sorted(k for k in state if k not in expected)
-    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs expected {tuple(expected[k])}"
-                    for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k]))
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {_listing(shapes)}")
+    problems = state_problems(expected, state, optional)
     if problems:
         raise CheckpointError(f"{what} does not fit the architecture its config.json describes "
                               f"(and the target): " + "; ".join(problems))

@@ -54,14 +54,15 @@ def _listing(names: list[str]) -> str:
     return head + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Tensor], tied: bool) -> None:
-    """Raise one ValueError naming every missing key, unexpected key and shape mismatch."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    optional = {"lm_head.weight"} if tied else set()
+def state_problems(expected: dict[str, tuple], state: dict[str, Tensor],
+                   optional: Iterable[str] = ()) -> list[str]:
+    """Every missing key, unexpected key and shape mismatch of ``state`` against ``expected``
+    (name -> shape), as messages; keys in ``optional`` may be absent."""
+    optional = set(optional)
     missing = sorted(k for k in expected if k not in state and k not in optional)
     unexpected = sorted(k for k in state if k not in expected)
-    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
-                    for k, v in state.items() if k in expected and tuple(v.shape) != expected[k])
+    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs expected {tuple(expected[k])}"
+                    for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k]))
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
@@ -69,6 +70,13 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], tied: bool) -> 
         problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
     if shapes:
         problems.append(f"shape mismatches ({len(shapes)}): {_listing(shapes)}")
+    return problems
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], tied: bool) -> None:
+    """Raise one ValueError naming every missing key, unexpected key and shape mismatch."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = state_problems(expected, state, {"lm_head.weight"} if tied else ())
     if problems:
         raise ValueError("checkpoint does not fit the model built from its config.json: "
                          + "; ".join(problems))

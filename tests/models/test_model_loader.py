@@ -141,7 +141,7 @@ def test_missing_unexpected_and_misshaped_keys_are_all_listed(llama, tmp_path):
     for part in ("missing keys (2): model.layers.1.mlp.up_proj.weight, model.norm.weight",
                  "unexpected keys (1): model.layers.0.self_attn.extra.weight",
                  "shape mismatches (1): model.layers.2.self_attn.k_proj.weight: checkpoint (5, 64) "
-                 "vs model (32, 64)"):
+                 "vs expected (32, 64)"):
         assert part in msg
 
 
