@@ -14,7 +14,7 @@ from specdec.engine.sequence import SamplingParams
 from specdec.verifiers import CandidateKind, LosslessVerifier, chi_square_pvalue
 
 from eagle_cases import mimic_eagle, random_medusa, unit_rms_target, write
-from test_sampling_distribution import BASE, TEMP, TOP_K, TOP_P, next_token_probs
+from sampling_cases import TEMP, TOP_K, TOP_P
 
 N = 3000
 
@@ -22,22 +22,6 @@ N = 3000
 @pytest.fixture(scope="module")
 def target(tiny_dir):
     return unit_rms_target(tiny_dir("llama", num_hidden_layers=1))
-
-
-@pytest.fixture(scope="module")
-def prompt(target):
-    engine = Engine(target, NoDrafter(), LosslessVerifier(), EngineConfig(device="cpu"))
-    cont = engine.generate([BASE], SamplingParams(max_new_tokens=6, ignore_eos=True))[0].output
-    return BASE + cont + BASE
-
-
-@pytest.fixture(scope="module")
-def exact(target, prompt):
-    p1 = next_token_probs(target, [prompt])[0]
-    support = p1.nonzero().flatten().tolist()
-    p2 = torch.zeros(p1.shape[0], p1.shape[0])
-    p2[support] = next_token_probs(target, [prompt + [t] for t in support])
-    return p1, p1[:, None] * p2
 
 
 @pytest.fixture(scope="module")

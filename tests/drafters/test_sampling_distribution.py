@@ -13,50 +13,17 @@ from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
-from specdec.models.attention import AttnMetadata, empty_cache
 from specdec.models.loader import load_model
-from specdec.verifiers import LosslessVerifier, chi_square_pvalue, processed_probs
+from specdec.verifiers import LosslessVerifier, chi_square_pvalue
 
-BASE = [1, 2, 3, 4]
-TEMP, TOP_P, TOP_K = 0.6, 0.95, 40
+from sampling_cases import TEMP, TOP_K, TOP_P
+
 N = 3000
-
-
-def next_token_probs(model, contexts: list[list[int]]) -> torch.Tensor:
-    """Exact processed p(. | context) for each context, with a fresh cache per context ([C, V])."""
-    out = []
-    for ctx in contexts:
-        k, v = empty_cache(model.config.num_hidden_layers, 8, 16, model.config.num_key_value_heads,
-                           model.config.head_dim)
-        n = len(ctx)
-        meta = AttnMetadata(torch.tensor([0, n], dtype=torch.int32), torch.tensor([0], dtype=torch.int32),
-                            torch.arange(8, dtype=torch.int32)[None], torch.arange(n))
-        with torch.inference_mode():
-            h = model(torch.tensor(ctx), torch.arange(n), meta, k, v).hidden
-            out.append(model.compute_logits(h[-1:]))
-    return processed_probs(torch.cat(out), TEMP, TOP_P, TOP_K)
 
 
 @pytest.fixture(scope="module")
 def target(tiny_dir):
     return load_model(str(tiny_dir("llama"))).model
-
-
-@pytest.fixture(scope="module")
-def prompt(target):
-    """BASE, the target's greedy continuation of it, BASE again."""
-    engine = Engine(target, NoDrafter(), LosslessVerifier(), EngineConfig(device="cpu"))
-    cont = engine.generate([BASE], SamplingParams(max_new_tokens=6, ignore_eos=True))[0].output
-    return BASE + cont + BASE
-
-
-@pytest.fixture(scope="module")
-def exact(target, prompt):
-    p1 = next_token_probs(target, [prompt])[0]  # [V]
-    support = p1.nonzero().flatten().tolist()
-    p2 = torch.zeros(p1.shape[0], p1.shape[0])
-    p2[support] = next_token_probs(target, [prompt + [t] for t in support])
-    return p1, p1[:, None] * p2  # [V], [V, V]
 
 
 DRAFTERS = {
