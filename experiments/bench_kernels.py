@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import platform
 import subprocess
 import time

@@ -21,7 +21,6 @@ is not needed. Seeds are fixed: the same call gives the same report.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
@@ -128,7 +127,7 @@ class _World:
 
     def trees(self, parents: list[int], rank: list[int], kind: CandidateKind, rows: int,
               gen: torch.Generator) -> tuple[DraftTree, Tensor]:
-        width, vocab = len(parents), self.target_logits.shape[-1]
+        width = len(parents)
         depth = [0] * width
         for i in range(1, width):
             depth[i] = depth[parents[i]] + 1

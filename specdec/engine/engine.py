@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence as Seq
+from typing import Iterable, Sequence as Seq
 
 import torch
 from tqdm.auto import tqdm

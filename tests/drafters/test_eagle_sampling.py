@@ -7,7 +7,6 @@ import torch
 
 from specdec.drafters.eagle import EagleDrafter
 from specdec.drafters.medusa import MedusaDrafter
-from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams

@@ -2,7 +2,7 @@
 (the loop-free greedy path, and greedy rows inside the sampling path)."""
 import torch
 
-from specdec.verifiers import CandidateKind, DraftTree, verify_tree
+from specdec.verifiers import DraftTree, verify_tree
 from specdec.verifiers.greedy import verify_greedy
 
 from verifier_naive import friendly_logits, greedy_walk, random_tree

@@ -5,7 +5,7 @@ and the fast configuration returns exactly what the default, validating one retu
 import pytest
 import torch
 
-from specdec.verifiers import CandidateKind, DraftTree, SamplingPlan, verify_tree, verify_tree_typical
+from specdec.verifiers import DraftTree, SamplingPlan, verify_tree, verify_tree_typical
 
 from test_verify_sampling import _tree_with_q
 from verifier_naive import friendly_logits, random_tree
