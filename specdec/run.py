@@ -1,6 +1,6 @@
 """Hydra entry point: compose -> build -> serve -> baseline -> log.
 
-    python -m specdec.run                                   # embedded default model, drafter=none
+    python -m specdec.run                                   # embedded default model, drafter=ngram
     python -m specdec.run drafter=ngram verifier.temperature=1 data=mt_bench data.num_prompts=20
     python -m specdec.run -m drafter=none,ngram verifier.temperature=0,1   # a sweep
     python -m specdec.run -m experiment=drafter_table       # a paper preset (configs/experiment/)
