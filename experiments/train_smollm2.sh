@@ -12,10 +12,9 @@
 # working tree must stay under 64 MiB, hence the split carries:
 #   1. carry [.whl, .gguf/a]   experiments/train_smollm2.sh deps model-a
 #   2. carry [.gguf/b, .data]  experiments/train_smollm2.sh model-b data       -> $OUT/data.tar
-#   3. experiments/train_smollm2.sh eagle      -> $OUT/eagle/   (weights, README.md, summary.json, log)
-#   4. experiments/train_smollm2.sh eagle3     -> $OUT/eagle3/
-#   5. experiments/train_smollm2.sh medusa     -> $OUT/medusa/
-#   6. experiments/train_smollm2.sh draft      -> $OUT/draft/
+#   3. experiments/train_smollm2.sh eagle medusa   -> $OUT/eagle/, $OUT/medusa/
+#   4. experiments/train_smollm2.sh eagle3 draft   -> $OUT/eagle3/, $OUT/draft/
+#      (each: the *.safetensors weights, and meta.tar with config, README.md, summary.json, log)
 # (with W&B: carry the WANDB=1 .whl in call 3 and run `deps eagle`).
 # A stage cut by its time limit checkpoints; call it again to go on. Copy each $OUT/<kind>/ into
 # drafters/weights/smollm2-135m-instruct/<kind>/ to ship it (`drafter.path=default` reads there).
@@ -24,8 +23,8 @@
 # Sizes (chosen for < 10 min per call on an H100; guesses until measured there): 2000 public
 # prompts + 200 self-instruct, greedy answers of <= 256 tokens; EAGLE 3000 steps x 16 sequences,
 # EAGLE-3 2000 x 16 with 5 unrolled steps, Medusa 2000 x 8, draft 2000 x 16; training stops and
-# checkpoints after TRAIN_LIMIT seconds whatever the step. Evaluation: the 80 MT-bench first turns,
-# T = 0, 256 new tokens, against the target alone.
+# checkpoints after TRAIN_LIMIT seconds whatever the step (two methods per call: TRAIN_LIMIT=200).
+# Evaluation: the 80 MT-bench first turns, T = 0, 256 new tokens, against the target alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STASH=${STASH:-/tmp/specdec_stash}         # survives between calls while the machine is warm
@@ -39,6 +38,7 @@ done
 PROMPTS=${PROMPTS:-$STASH/data/train} MT_BENCH=${MT_BENCH:-$STASH/data/mt_bench.jsonl}
 DATA_PROMPTS=${DATA_PROMPTS:-2000} SELF_INSTRUCT=${SELF_INSTRUCT:-200} NEW_TOKENS=${NEW_TOKENS:-256}
 EVAL_PROMPTS=${EVAL_PROMPTS:-null} DEVICE=${DEVICE:-auto}  # EVAL_PROMPTS: null = all 80
+DATA_SEQS=${DATA_SEQS:-256}                 # sequences answered at once in the data stage
 STEPS=${STEPS:-} BATCH=${BATCH:-}              # set: every method uses these (smoke runs)
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 mkdir -p "$STASH" "$RUNS" ${OUT:+"$OUT"}
@@ -53,8 +53,11 @@ train() {  # train() <method> [overrides...]: train, export, evaluate; results t
     "eval.num_prompts=$EVAL_PROMPTS" "eval.max_new_tokens=$NEW_TOKENS" "$@" 2>&1 \
     | tee "$RUNS/$kind.log"
   if [ -n "${OUT:-}" ]; then
+    # $OUT returns at most 8 files: weights as they are, everything else in one meta.tar
     mkdir -p "$OUT/$kind"
-    cp "$RUNS/$kind"/export/* "$RUNS/$kind/summary.json" "$RUNS/$kind.log" "$OUT/$kind/"
+    cp "$RUNS/$kind"/export/*.safetensors "$OUT/$kind/"
+    tar cf "$OUT/$kind/meta.tar" --exclude='*.safetensors' -C "$RUNS/$kind/export" . \
+      -C "$RUNS/$kind" summary.json -C "$RUNS" "$kind.log"
   fi
 }
 
@@ -77,7 +80,7 @@ for stage in "$@"; do
     data)
       python3 -m specdec.train train/method=eagle logger=none "work_dir=$RUNS/data-run" "data.dir=$RUNS/data" \
         "stages=[data]" "data.prompts_dir=$PROMPTS" "data.max_prompts=$DATA_PROMPTS" "data.self_instruct=$SELF_INSTRUCT" \
-        "data.max_new_tokens=$NEW_TOKENS" data.max_len=1024 data.shard_size=256 engine.max_num_seqs=128 "engine.device=$DEVICE" 2>&1
+        "data.max_new_tokens=$NEW_TOKENS" data.max_len=1024 data.shard_size=256 "engine.max_num_seqs=$DATA_SEQS" "engine.device=$DEVICE" 2>&1
       if [ -n "${OUT:-}" ]; then tar cf "$OUT/data.tar" -C "$RUNS" data; fi ;;
     eagle)
       train eagle "train.steps=${STEPS:-3000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4 ;;

@@ -63,3 +63,28 @@ def test_missing_prompt_folder_is_skipped_with_a_note(tmp_path):
                                         ("ok", None), ("\n\n- List five prime numbers please", "List five prime numbers please")])
 def test_parse_self_instruct_lines(text, want):
     assert parse_instruction(text) == want
+
+
+GPU_KINDS = [("eagle", {"steps": 2}, {"total_tokens": 10, "depth": 3, "top_k": 3}),
+             ("eagle3", {"steps": 2, "draft_vocab_size": 40, "feature_layers": (0, 1, 3)},
+              {"total_tokens": 10, "depth": 3, "top_k": 3}),
+             ("medusa", {"num_heads": 2}, {"tree_choices": [[0], [1], [0, 0]]}),
+             ("draft", {"num_layers": 1}, {"num_tokens": 3})]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind, options, drafter_options", GPU_KINDS, ids=[k[0] for k in GPU_KINDS])
+def test_pipeline_on_cuda(kind, options, drafter_options, tiny_dir, tmp_path):
+    """The shipped drafters are trained on the GPU in bf16: every stage runs there, the export
+    loads back into the engine and the greedy evaluation completes with tau >= 1."""
+    loaded = load_model(str(tiny_dir("llama", num_hidden_layers=4)), device="cuda")
+    prompts_dir = write_prompts(tmp_path / "prompts")
+    plan = Plan(kind=kind, work_dir=tmp_path / "work", options=options, drafter_options=drafter_options,
+                data=DataConfig(prompts_dir=str(prompts_dir), max_prompts=6, self_instruct=2,
+                                max_new_tokens=12, max_len=256, shard_size=4, store_hidden=kind == "eagle3"),
+                train=TrainConfig(steps=4, batch_size=2, max_len=128, warmup=1, save_every=2),
+                engine=EngineConfig(device="cuda"), eval=EvalConfig(num_prompts=3, max_new_tokens=8))
+    summary = run(loaded, plan, log=lambda *_: None)
+    assert summary["train"]["steps"] == 4
+    assert summary["eval"]["mean_accepted_length"] >= 1.0 and summary["eval"]["num_prompts"] == 3
+    assert (plan.export_dir / "README.md").is_file()
