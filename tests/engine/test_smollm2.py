@@ -1,21 +1,34 @@
 """The embedded default model through the engine (slow: it fetches SmolLM2 once per session):
 greedy output equals HF transformers `generate`, and every drafter reproduces it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
+import yaml
+from specdec.drafters.draft_model import DraftModelDrafter
+from specdec.drafters.eagle import EagleDrafter
+from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.medusa import MedusaDrafter
+from specdec.drafters.ngram import NgramDrafter
+from specdec.drafters.none import NoDrafter
+from specdec.drafters.small_draft import SmallDraftDrafter
+from specdec.verifiers import LosslessVerifier
 
 from specdec import assets
 from specdec.data import default_prompts, render
-from specdec.drafters.draft_model import DraftModelDrafter
-from specdec.drafters.ngram import NgramDrafter
-from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
-from specdec.verifiers import LosslessVerifier
 
 N_NEW = 24
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+MEDUSA_63 = yaml.safe_load((REPO / "configs/drafter/medusa.yaml").read_text())["tree_choices"]
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +76,34 @@ def test_drafters_reproduce_greedy_output(smollm2, prompts, reference, default_c
     outputs, seqs = generate(smollm2, prompts, make(default_cache))
     assert outputs == reference
     assert any(a > 0 for s in seqs for a in s.accept_lengths)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EagleDrafter("default"),
+    lambda: EagleDrafter("default", total_tokens=16, depth=4, top_k=4),
+    lambda: Eagle3Drafter("default"),
+    lambda: MedusaDrafter("default", MEDUSA_63),
+    lambda: SmallDraftDrafter("default"),
+], ids=["eagle2", "eagle2_small_tree", "eagle3", "medusa", "small_draft"])
+def test_shipped_drafters_reproduce_greedy_output(smollm2, prompts, reference, make):
+    """The heads trained for SmolLM2 (drafters/weights/), loaded through `path: default`: the
+    engine's output is the target's own, and they do get draft tokens accepted."""
+    outputs, seqs = generate(smollm2, prompts, make())
+    assert outputs == reference
+    accepted = [a for s in seqs for a in s.accept_lengths]
+    assert sum(accepted) / len(accepted) > 0.2  # accepted draft tokens per step
+
+
+def test_run_drafter_eagle_offline_on_the_default_model(smollm2, default_cache, tmp_path):
+    """The README's first use: `python -m specdec.run drafter=eagle`, the embedded target and
+    the shipped head, with no network (HF_HUB_OFFLINE) and the model already in the cache."""
+    env = {**os.environ, assets.CACHE_ENV: str(default_cache[0]), "WANDB_MODE": "disabled",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "specdec.run", "drafter=eagle", "logger=none",
+                           "data.num_prompts=2", "max_new_tokens=16", "speedup.baseline=off",
+                           f"hydra.run.dir={tmp_path}"], check=False, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["drafter"] == "eagle" and summary["num_requests"] == 2
+    assert summary["config"]["drafter"]["path"] == "default" and summary["mean_accepted_length"] > 1.0
