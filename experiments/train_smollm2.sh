@@ -5,9 +5,12 @@
 # results of each call are copied to $OUT.
 #
 # Prepare here, once (all git-excluded):
-#   /work/shared/tools/gpu-wheels.sh   -> .whl   (hydra, omegaconf, gguf, ...; WANDB=1 adds W&B, 20 MB)
-#   /work/shared/tools/gpu-model.sh    -> .gguf/a, .gguf/b (the default model's GGUF in two halves)
+#   ../shared/tools/gpu-wheels.sh   -> .whl   (hydra, omegaconf, gguf, ...; WANDB=1 adds W&B, 20 MB)
+#   ../shared/tools/gpu-model.sh    -> .gguf/a, .gguf/b (the default model's GGUF in two halves)
 #   cp -r ../shared/data .data && echo /.data/ >> .git/info/exclude   (../shared does not travel)
+# The shipped weights (drafters/weights/, ~45 MB) travel with every call as tracked files: move
+# them out of the checkout for the calls that carry a GGUF half (`mv drafters/weights /tmp/w`),
+# and back afterwards.
 # Then one `run` call each, in this order, on one warm machine (held 30 minutes at most); a call's
 # working tree must stay under 64 MiB, hence the split carries:
 #   1. carry [.whl, .gguf/a]   experiments/train_smollm2.sh deps model-a

@@ -179,6 +179,16 @@ def speedup_mode(cfg: DictConfig) -> str:
     return mode
 
 
+def shown(path) -> str:
+    """A path as summaries record it: relative to the working directory when under it (results
+    committed from a sweep then name no machine's folders), else absolute."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def attach_speedup(summary: dict, cfg: DictConfig, store: exp.BaselineStore, key: str, run_dir: Path,
                    baseline_runner) -> dict:
     """Add speedup fields: this run itself (drafter none), a stored baseline, or a fresh one."""
@@ -190,7 +200,7 @@ def attach_speedup(summary: dict, cfg: DictConfig, store: exp.BaselineStore, key
         return {**summary, **exp.speedup_fields(summary, summary, "self", key, run_dir / "summary.json")}
     found = store.find(key)
     if found is not None:
-        source = f"reused: {found.get('registered_from') or store.dir(key)}"
+        source = f"reused: {shown(found.get('registered_from') or store.dir(key))}"
         return {**summary, **exp.speedup_fields(summary, found, source, key, store.dir(key) / "summary.json")}
     if mode == "reuse":
         print(f"no finished autoregressive run with these settings in {store.root}: no speedup")
@@ -202,7 +212,7 @@ def attach_speedup(summary: dict, cfg: DictConfig, store: exp.BaselineStore, key
         summary["interrupted"] = True  # without its baseline the run is not finished
         return summary
     exp.write_json(base_path, base)
-    return {**summary, **exp.speedup_fields(summary, base, f"ran: {store.dir(key)}", key, base_path)}
+    return {**summary, **exp.speedup_fields(summary, base, f"ran: {shown(store.dir(key))}", key, base_path)}
 
 
 # ---- the run -----------------------------------------------------------------------------------
