@@ -57,14 +57,7 @@ def bench_us(fn) -> float:
 def bench_graph_us(fn) -> float:
     """Device time: fn captured once in a CUDA graph, replays timed with L2 flushed between them
     (a replay's host cost is far below the flush, so no host time leaks into the number)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph = graph_replay(fn)
     us = bench_us(graph.replay)
     del graph
     return us
