@@ -1,28 +1,14 @@
 """`python -m specdec.run drafter=eagle|eagle3 drafter.path=<checkpoint>` end to end on a tiny
 target, ``total_tokens=auto`` included, and the auto budget's choice rule."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from specdec.drafters.auto_budget import gain, pick
 from specdec.models.loader import load_model
 
+from cli import run_specdec as run
 from eagle_cases import random_eagle, write
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(*overrides, check=True):
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "specdec.run", *overrides], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stdout[-2000:] + proc.stderr[-4000:])
-    return proc
 
 
 def test_run_with_an_eagle_checkpoint(tiny_dir, tmp_path):

@@ -1,15 +1,15 @@
 """The embedded default model through the engine (slow: it fetches SmolLM2 once per session):
 greedy output equals HF transformers `generate`, and every drafter reproduces it."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
 import yaml
+
+from specdec import assets
+from specdec.data import default_prompts, render
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.eagle import EagleDrafter
 from specdec.drafters.eagle3 import Eagle3Drafter
@@ -17,13 +17,12 @@ from specdec.drafters.medusa import MedusaDrafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.none import NoDrafter
 from specdec.drafters.small_draft import SmallDraftDrafter
-from specdec.verifiers import LosslessVerifier
-
-from specdec import assets
-from specdec.data import default_prompts, render
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
+from specdec.verifiers import LosslessVerifier
+
+from cli import run_specdec
 
 N_NEW = 24
 pytestmark = pytest.mark.slow
@@ -97,13 +96,9 @@ def test_shipped_drafters_reproduce_greedy_output(smollm2, prompts, reference, m
 def test_run_drafter_eagle_offline_on_the_default_model(smollm2, default_cache, tmp_path):
     """The README's first use: `python -m specdec.run drafter=eagle`, the embedded target and
     the shipped head, with no network (HF_HUB_OFFLINE) and the model already in the cache."""
-    env = {**os.environ, assets.CACHE_ENV: str(default_cache[0]), "WANDB_MODE": "disabled",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-m", "specdec.run", "drafter=eagle", "logger=none",
-                           "data.num_prompts=2", "max_new_tokens=16", "speedup.baseline=off",
-                           f"hydra.run.dir={tmp_path}"], check=False, cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_specdec("drafter=eagle", "logger=none", "data.num_prompts=2", "max_new_tokens=16",
+                "speedup.baseline=off", f"hydra.run.dir={tmp_path}", timeout=600,
+                env={assets.CACHE_ENV: str(default_cache[0]), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"})
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["drafter"] == "eagle" and summary["num_requests"] == 2
     assert summary["config"]["drafter"]["path"] == "default" and summary["mean_accepted_length"] > 1.0

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from cli import run_specdec as run
+
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED = ["drafter", "num_requests", "output_tokens", "wall_s", "tokens_per_s",
             "mean_accepted_length", "mean_accepted_draft_tokens", "accept_rate_per_depth",
             "ttft_ms_p50", "itl_ms_p50", "config", "seed", "git_sha", "versions"]
 
-
-def run(*overrides, cwd=REPO, check=True):
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "specdec.run", *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stdout[-2000:] + proc.stderr[-4000:])
-    return proc
 
 
 @pytest.mark.parametrize("drafter", ["none", "ngram"])
