@@ -28,9 +28,9 @@
 # asks, greedy answers of <= 256 tokens. A first round with 4000 public prompts and 300
 # self-instruct gave heads that knew math and code (top-10 coverage 0.94 on 8 of their training
 # answers) but not MT-bench's writing and roleplay (0.47-0.75 on 4 MT-bench answers): the
-# self-instruct share is for breadth. EAGLE 3000 steps x 16 sequences with 2 unrolled steps, EAGLE-3 2000 x 16 with 5,
-# Medusa 2000 x 8, draft 2000 x 16; training stops and checkpoints after TRAIN_LIMIT seconds
-# whatever the step (two methods per call: TRAIN_LIMIT=200).
+# self-instruct share is for breadth. EAGLE 3000 steps x 16 sequences with 2 unrolled steps,
+# EAGLE-3 2000 x 16 with 5, Medusa 2000 x 8, draft 2000 x 16; training stops and checkpoints after
+# TRAIN_LIMIT seconds whatever the step (two methods per call: TRAIN_LIMIT=200).
 # Evaluation: the 80 MT-bench first turns, T = 0, 256 new tokens, against the target alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
