@@ -58,7 +58,9 @@ def verify_tree_typical(tree: DraftTree, logits: Tensor, temperature: Param = 0.
 
 class LosslessVerifier:
     """Greedy at temperature 0, lossless rejection sampling otherwise (Hydra: verifier=lossless).
-    ``check=False`` skips value validation (no host sync; see `verify_tree`)."""
+    ``check=False`` skips value validation (no host sync; see `verify_tree`); a call's own
+    ``check`` overrides it (specdec's engine passes False: it builds the trees and validated the
+    sampling parameters where requests entered)."""
     name = "lossless"
     lossless = True
 
@@ -67,8 +69,9 @@ class LosslessVerifier:
 
     def verify(self, tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, top_k: Param,
                uniforms: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-               plan: Optional[SamplingPlan] = None) -> VerifyResult:
-        return verify_tree(tree, logits, temperature, top_p, top_k, uniforms, generator, self.check, plan)
+               plan: Optional[SamplingPlan] = None, check: Optional[bool] = None) -> VerifyResult:
+        return verify_tree(tree, logits, temperature, top_p, top_k, uniforms, generator,
+                           self.check if check is None else check, plan)
 
 
 class TypicalVerifier:
@@ -83,9 +86,10 @@ class TypicalVerifier:
 
     def verify(self, tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, top_k: Param,
                uniforms: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-               plan: Optional[SamplingPlan] = None) -> VerifyResult:
+               plan: Optional[SamplingPlan] = None, check: Optional[bool] = None) -> VerifyResult:
         return verify_tree_typical(tree, logits, temperature, top_p, top_k, uniforms, generator,
-                                   self.posterior_threshold, self.posterior_alpha, self.check, plan)
+                                   self.posterior_threshold, self.posterior_alpha,
+                                   self.check if check is None else check, plan)
 
 
 def prepare(tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, top_k: Param,

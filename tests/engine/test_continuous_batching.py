@@ -97,3 +97,34 @@ def test_block_size_must_be_power_of_two(size):
 def test_unknown_model_path_says_how_to_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.path"):
         load_model(str(tmp_path / "missing" / "model"))
+
+
+class _Recording(LosslessVerifier):
+    """Records the ``check`` each call asks for; ``force`` overrides it (None: as asked)."""
+
+    def __init__(self, force=None):
+        super().__init__()
+        self.force, self.asked = force, []
+
+    def verify(self, *args, **kw):
+        self.asked.append(kw.get("check"))
+        if self.force is not None:
+            kw["check"] = self.force
+        return super().verify(*args, **kw)
+
+
+def test_engine_verifies_without_value_checks_and_the_outputs_are_those_of_the_checked_path(model):
+    """The engine is verification's trusted caller: it asks for check=False (nothing read back
+    from the device inside verification, as a CUDA graph of the step needs), which gives the
+    same tokens as the validating path, greedy and sampled rows mixed."""
+    from specdec.drafters.ngram import NgramDrafter
+
+    params = [SamplingParams(max_new_tokens=16, ignore_eos=True, temperature=t, top_p=p, seed=i)
+              for i, (t, p) in enumerate([(0.0, 1.0), (0.8, 0.9), (1.0, 1.0), (0.0, 1.0)])]
+    outputs = {}
+    for force in (None, True):
+        verifier = _Recording(force)
+        engine = Engine(model, NgramDrafter(num_tokens=3), verifier, EngineConfig(device="cpu", block_size=4))
+        outputs[force] = [s.output for s in engine.generate(PROMPTS, params)]
+        assert verifier.asked and set(verifier.asked) == {False}
+    assert outputs[None] == outputs[True]
