@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from specdec.models.weights import state_problems
+from specdec.models.weights import index_shards, state_problems
 
 MAX_FILE_BYTES = 15 * 2**20  # shipped files stay under 16 MB
 
@@ -89,11 +89,10 @@ def find_weights(directory: Path, stems: Iterable[str], what: str) -> list[Path]
     for stem in stems:
         index = directory / f"{stem}.safetensors.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (directory / s).is_file()]
+            shards, missing = index_shards(index)
             if missing:
                 raise CheckpointError(f"{what}: {index} names shards missing from {directory}: {missing}")
-            return [directory / s for s in shards]
+            return shards
         for suffix in (".safetensors", ".bin", ".pt"):
             f = directory / f"{stem}{suffix}"
             if f.is_file():

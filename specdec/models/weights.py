@@ -15,16 +15,22 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 MAX_LISTED = 20
 
 
+def index_shards(index: Path) -> tuple[list[Path], list[str]]:
+    """The shard files a sharded checkpoint's ``*.index.json`` names (beside it, sorted), and the
+    names of those that are missing."""
+    names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return [index.parent / n for n in names], [n for n in names if not (index.parent / n).is_file()]
+
+
 def weight_files(directory: Path) -> list[Path]:
     """The checkpoint files of an HF model directory, safetensors preferred."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = directory / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (directory / s).is_file()]
+            shards, missing = index_shards(index)
             if missing:
                 raise FileNotFoundError(f"{index} names shards that are not in {directory}: {missing}")
-            return [directory / s for s in shards]
+            return shards
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (directory / single).is_file():
             return [directory / single]
