@@ -3,6 +3,17 @@ same prompts, same machine, one run. Greedy. Prompts are processed one at a time
 systems take turns prompt by prompt, so machine noise hits all of them alike; the table reports
 tokens/s, tau and the ratio to HF plain `generate`.
 
+HF systems: ``plain``, ``prompt_lookup`` (prompt_lookup_num_tokens=10), ``static`` (static cache,
+whose decode step `generate` compiles with torch.compile) and ``assisted`` (assisted generation
+with the shipped small draft model, the one drafter=small_draft uses). A system that fails is
+reported with its error, not dropped silently.
+
+On CUDA, ``--floor`` also times a minimal plain-torch decode loop under one CUDA graph
+(experiments/floor_step.py) on the same weights, and reports specdec's autoregressive step
+(median step time of drafter ``none``) as a ratio to it. ``--batch-sizes 4 16 64`` then measures
+throughput: all prompts through each specdec system with continuous batching at that many
+sequences, and HF plain `generate` over batches of that many (left-padded) prompts.
+
     python experiments/bench_e2e.py --data ../shared/data/mt_bench.jsonl --num-prompts 10 \
         --max-new-tokens 128 --drafters none ngram ngram_tree --hf plain prompt_lookup
 
@@ -43,22 +54,66 @@ def make_drafter(spec: str):
     return name, instantiate(cfg.drafter)
 
 
-def hf_system(kind: str, path: str, dtype, device):
-    """A callable prompt_ids -> output ids with HF transformers generate."""
+def hf_model(path: str, dtype, device):
     import transformers
 
     from specdec.assets import default_model_dir
 
     directory = default_model_dir() if path == "default" else path
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
-    extra = {"prompt_lookup_num_tokens": 10} if kind == "prompt_lookup" else {}
+    return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
+
+
+def hf_small_draft(target, dtype, device):
+    """The shipped small draft (drafters/weights/.../draft) as an HF model for assisted generation:
+    its layers, the target's embedding and lm_head (which it borrows)."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from specdec.drafters import formats
+
+    directory = Path(formats.expand_default("default", "draft"))
+    cfg = transformers.AutoConfig.from_pretrained(directory)
+    draft = transformers.AutoModelForCausalLM.from_config(cfg)
+    state = load_file(str(directory / "model.safetensors"))
+    state.setdefault("model.embed_tokens.weight", target.model.embed_tokens.weight.detach().cpu())
+    state.setdefault("lm_head.weight", target.lm_head.weight.detach().cpu())
+    missing = draft.load_state_dict(state, strict=False).missing_keys
+    if missing:
+        raise ValueError(f"small draft {directory}: weights missing for {missing}")
+    return draft.to(device, dtype).eval()
+
+
+def hf_system(kind: str, path: str, dtype, device):
+    """A callable prompt_ids -> output ids with HF transformers generate."""
+    model = hf_model(path, dtype, device)
+    extra = {"plain": {}, "prompt_lookup": {"prompt_lookup_num_tokens": 10},
+             "static": {"cache_implementation": "static"}}.get(kind)
+    if kind == "assisted":
+        extra = {"assistant_model": hf_small_draft(model, dtype, device)}
+    if extra is None:
+        raise ValueError(f"unknown HF system {kind!r}: plain, prompt_lookup, static or assisted")
 
     def run(ids: list[int], n: int) -> list[int]:
         x = torch.tensor([ids], device=device)
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, **extra)
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                             pad_token_id=model.generation_config.eos_token_id, **extra)
         return out[0, len(ids):].tolist()
 
+    run.model = model
     return run
+
+
+def hf_batched(model, prompts: list[list[int]], n: int, batch: int, pad: int) -> list[list[int]]:
+    """HF plain generate over batches of ``batch`` left-padded prompts (static batching)."""
+    outs = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        width = max(len(p) for p in chunk)
+        x = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
+        y = model.generate(x, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=pad)
+        outs += y[:, width:].tolist()
+    return outs
 
 
 def engine_system(loaded, drafter, cfg: EngineConfig):
@@ -71,8 +126,22 @@ def engine_system(loaded, drafter, cfg: EngineConfig):
         run.seqs.append(seq)
         return seq.output
 
-    run.seqs = []
+    run.seqs, run.engine = [], engine
     return run
+
+
+def step_profile(engine) -> dict:
+    """Where the engine's time went: steps, median step, and shares of draft / verify / other."""
+    st = engine.stats
+    total = st.draft_s + st.verify_s + st.other_s
+    times = sorted(st.step_times)
+    graphs = engine.graphs
+    return {"steps": st.steps, "median_step_ms": 1e3 * times[len(times) // 2] if times else None,
+            "draft_share": st.draft_s / total if total else None,
+            "verify_share": st.verify_s / total if total else None,
+            "other_share": st.other_s / total if total else None,
+            "graph_replays": graphs.replays if graphs is not None else 0,
+            "graphs_captured": len(graphs.graphs) if graphs is not None else 0}
 
 
 def strip_stop(tokens: list[int], stops: set[int]) -> list[int]:
@@ -93,37 +162,61 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--cuda-graphs", type=int, default=1, help="0: specdec without CUDA graphs")
+    ap.add_argument("--floor", action="store_true", help="CUDA: time the one-graph decode floor")
+    ap.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                    help="throughput runs at these batch sizes (continuous batching)")
+    ap.add_argument("--batch-prompts", type=int, default=None,
+                    help="prompts of the throughput runs (default: --num-prompts)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = EngineConfig(device=args.device, dtype=args.dtype, max_num_seqs=1)
+    cfg = EngineConfig(device=args.device, dtype=args.dtype, max_num_seqs=1, cuda_graphs=bool(args.cuda_graphs))
     device = cfg.torch_device()
     dtype = cfg.torch_dtype(device)
     loaded = load_model(args.model, dtype=dtype, device=device)
-    prompts = data_mod.default_prompts() if args.data == "default" else data_mod.load_prompt_file(args.data)
-    prompts = data_mod.select(prompts, args.num_prompts)
+    all_prompts = data_mod.default_prompts() if args.data == "default" else data_mod.load_prompt_file(args.data)
+    prompts = data_mod.select(all_prompts, args.num_prompts)
     ids = [data_mod.render(p, loaded.tokenizer, chat_template=True) for p in prompts]
 
-    systems = {f"hf_{k}": hf_system(k, args.model, dtype, device) for k in args.hf}
-    for spec in args.drafters:
-        name, drafter = make_drafter(spec)
+    systems, failed = {}, {}
+    for k in args.hf:
+        try:
+            systems[f"hf_{k}"] = hf_system(k, args.model, dtype, device)
+        except Exception as e:  # reported in the results, not hidden
+            failed[f"hf_{k}"] = f"{type(e).__name__}: {e}"
+    drafters = [make_drafter(spec) for spec in args.drafters]
+    for name, drafter in drafters:
         systems[f"specdec_{name}"] = engine_system(loaded, drafter, cfg)
     stops = set(loaded.stop_token_ids)
-    for run in systems.values():  # warm-up: allocations, lazy imports, kernel compilation
-        run(ids[0], 8)
-        if hasattr(run, "seqs"):
-            run.seqs.clear()
+    for name in list(systems):  # warm-up: allocations, lazy imports, compilation, graph capture
+        try:
+            systems[name](ids[0], 8)
+        except Exception as e:
+            failed[name] = f"{type(e).__name__}: {str(e)[:500]}"
+            del systems[name]
+            continue
+        if hasattr(systems[name], "seqs"):
+            systems[name].seqs.clear()
+            systems[name].engine.stats = type(systems[name].engine.stats)()
+    for name, why in failed.items():
+        print(f"{name} failed: {why}")
 
     times = {k: 0.0 for k in systems}
     outputs = {k: [] for k in systems}
     for prompt_ids in tqdm(ids, desc="prompts"):
-        for name, run in systems.items():
+        for name, run in list(systems.items()):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            out = run(prompt_ids, args.max_new_tokens)
+            try:
+                out = run(prompt_ids, args.max_new_tokens)
+            except Exception as e:
+                failed[name] = f"{type(e).__name__}: {str(e)[:500]}"
+                del systems[name]
+                continue
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name] += time.perf_counter() - t
@@ -140,26 +233,101 @@ def main() -> None:
             acc = acceptance(run.seqs)
             row["tau"] = acc["mean_accepted_length"]
             row["accepted_draft_tokens"] = acc["mean_accepted_draft_tokens"]
+            row["profile"] = step_profile(run.engine)
+            if "specdec_none" in outputs:
+                row["same_as_specdec_none"] = sum(a == b for a, b in zip(outputs[name], outputs["specdec_none"]))
         rows.append(row)
     base_tps = next(r["tokens_per_s"] for r in rows if r["system"] == base)
     for r in rows:
         r["speedup_vs_" + base] = r["tokens_per_s"] / base_tps
+    own = next((r for r in rows if r["system"] == "specdec_none"), None)
+    for r in rows:
+        if own and r["system"].startswith("specdec_"):
+            r["speedup_vs_specdec_none"] = r["tokens_per_s"] / own["tokens_per_s"]
+
+    floor = None
+    if args.floor and device.type == "cuda":
+        from floor_step import floor_step_ms
+
+        context = sum(len(i) for i in ids) // len(ids) + args.max_new_tokens // 2
+        floor = {"context": context, "floor_ms": floor_step_ms(loaded.model, context)}
+        if own:
+            floor["specdec_none_median_step_ms"] = own["profile"]["median_step_ms"]
+            floor["ratio"] = floor["specdec_none_median_step_ms"] / floor["floor_ms"]
+        print(f"floor: {floor}")
+
+    throughput = []
+    if args.batch_sizes:
+        bprompts = data_mod.select(all_prompts, args.batch_prompts or args.num_prompts)
+        bids = [data_mod.render(p, loaded.tokenizer, chat_template=True) for p in bprompts]
+        hf_plain = systems.get("hf_plain")
+        for b in args.batch_sizes:
+            bcfg = EngineConfig(device=args.device, dtype=args.dtype, max_num_seqs=b,
+                                cuda_graphs=bool(args.cuda_graphs))
+            for spec in args.drafters:
+                name, drafter = make_drafter(spec)  # a fresh drafter per engine
+                engine = engine_system(loaded, drafter, bcfg).engine
+                engine.generate(bids[:b], SamplingParams(max_new_tokens=8))  # warm-up and capture
+                engine.stats = type(engine.stats)()
+                throughput.append(timed(lambda: engine.generate(bids, SamplingParams(max_new_tokens=args.max_new_tokens)),
+                                        f"specdec_{name}", b, device, stops, engine))
+                del engine
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if hf_plain is not None:
+                pad = hf_plain.model.generation_config.eos_token_id
+                pad = pad[0] if isinstance(pad, list) else pad
+                throughput.append(timed(lambda: hf_batched(hf_plain.model, bids, args.max_new_tokens, b, pad),
+                                        "hf_plain", b, device, stops))
+        for b in args.batch_sizes:
+            own_b = next((t for t in throughput if t["batch"] == b and t["system"] == "specdec_none"), None)
+            for t in throughput:
+                if own_b and t["batch"] == b:
+                    t["x_specdec_none"] = t["tokens_per_s"] / own_b["tokens_per_s"]
 
     result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-              "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+              "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+              "dtype": str(dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "num_prompts": len(ids),
               "max_new_tokens": args.max_new_tokens, "data": args.data, "model": loaded.source,
-              "versions": versions(), "git_sha": git_sha(), "rows": rows}
-    print(f"\n| system | tokens/s | x {base} | tau | same output as {base} |")
-    print("|---|---|---|---|---|")
+              "cuda_graphs": bool(args.cuda_graphs), "versions": versions(), "git_sha": git_sha(),
+              "rows": rows, "failed": failed, "floor": floor, "throughput": throughput}
+    print(f"\n| system | tokens/s | x {base} | x specdec_none | tau | same output as {base} | median step ms |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         tau = f"{r['tau']:.2f}" if "tau" in r else "-"
-        print(f"| {r['system']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_' + base]:.2f} | {tau} | "
-              f"{r['same_as_' + base]}/{len(ids)} |")
+        own_x = f"{r['speedup_vs_specdec_none']:.2f}" if "speedup_vs_specdec_none" in r else "-"
+        step = f"{r['profile']['median_step_ms']:.2f}" if "profile" in r else "-"
+        print(f"| {r['system']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_' + base]:.2f} | {own_x} | {tau} | "
+              f"{r['same_as_' + base]}/{len(ids)} | {step} |")
+    if throughput:
+        print("\n| batch | system | tokens/s | x specdec_none | tau |")
+        print("|---|---|---|---|---|")
+        for t in throughput:
+            tau = f"{t['tau']:.2f}" if t.get("tau") else "-"
+            print(f"| {t['batch']} | {t['system']} | {t['tokens_per_s']:.1f} | {t.get('x_specdec_none', 0):.2f} | {tau} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
+
+
+def timed(fn, name: str, batch: int, device, stops, engine=None) -> dict:
+    """Run ``fn`` (all prompts), return tokens/s (outputs cut at the first stop token)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    outs = [strip_stop(o.output if hasattr(o, "output") else o, stops) for o in out]
+    row = {"batch": batch, "system": name, "wall_s": wall, "output_tokens": sum(map(len, outs)),
+           "tokens_per_s": sum(map(len, outs)) / wall}
+    if engine is not None:
+        row["tau"] = acceptance(out)["mean_accepted_length"]
+        row["profile"] = step_profile(engine)
+    return row
 
 
 if __name__ == "__main__":

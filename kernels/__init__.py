@@ -23,7 +23,8 @@ from torch import Tensor
 from .checks import (check_attention_inputs, check_compact_inputs, check_sm_scale,
                      check_store_inputs, validate_attention_lengths, validate_slots)
 from .plan import MAX_TREE_NODES, TreeAttentionPlan, plan_tree_attention
-from .reference import compact_kv_ref, store_kv_ref, tree_attention_ref
+from .reference import (add_rms_norm_ref, compact_kv_ref, rope_ref, silu_mul_ref, store_kv_ref,
+                        tree_attention_ref)
 
 # Import the Triton modules before defining the functions of the same name: importing a submodule
 # binds it as an attribute of the package, which would otherwise replace `tree_attention` (the
@@ -32,13 +33,17 @@ from .reference import compact_kv_ref, store_kv_ref, tree_attention_ref
 # the module itself.
 try:
     from .kv_cache import compact_kv_triton, store_kv_triton
+    from .layer_ops import add_rms_norm_triton, rope_triton, silu_mul_triton
     from .tree_attention import tree_attention_triton
 except ImportError:  # no triton on this platform: the references serve CPU tensors
     compact_kv_triton = store_kv_triton = tree_attention_triton = None
+    add_rms_norm_triton = rope_triton = silu_mul_triton = None
 
 __all__ = ["tree_attention", "store_kv", "compact_kv", "plan_tree_attention", "TreeAttentionPlan",
            "MAX_TREE_NODES", "tree_attention_ref", "store_kv_ref", "compact_kv_ref",
-           "tree_attention_triton", "store_kv_triton", "compact_kv_triton"]
+           "tree_attention_triton", "store_kv_triton", "compact_kv_triton",
+           "add_rms_norm", "rope_", "silu_mul", "add_rms_norm_ref", "rope_ref", "silu_mul_ref",
+           "add_rms_norm_triton", "rope_triton", "silu_mul_triton"]
 
 
 def tree_attention(
@@ -111,3 +116,44 @@ def compact_kv(
     if k_cache.is_cuda:
         return compact_kv_triton(k_cache, v_cache, src_slots, dst_slots)
     return compact_kv_ref(k_cache, v_cache, src_slots, dst_slots)
+
+
+# ---- fused layer ops (kernels/layer_ops.py); shapes are the model's, so checks stay light ----
+
+def add_rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Optional[Tensor] = None
+                 ) -> tuple[Tensor, Tensor]:
+    """``x [N, H]`` (+ ``residual [N, H]``) -> ``(rms_norm(residual + x) * weight, residual + x)``."""
+    if x.dim() != 2 or x.stride(-1) != 1 or weight.shape != (x.shape[1],):
+        raise ValueError(f"add_rms_norm needs x [N, H] with contiguous rows and weight [H]; got "
+                         f"{tuple(x.shape)} (strides {x.stride()}) and {tuple(weight.shape)}")
+    if residual is not None and (residual.shape != x.shape or residual.stride(-1) != 1):
+        raise ValueError(f"residual must be [N, H] = {tuple(x.shape)} with contiguous rows; got "
+                         f"{tuple(residual.shape)}")
+    if x.is_cuda:
+        return add_rms_norm_triton(x, weight, eps, residual)
+    return add_rms_norm_ref(x, weight, eps, residual)
+
+
+def rope_(x: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> Tensor:
+    """In place: rotary embedding of the first ``num_heads`` heads of ``x [N, >= num_heads * D]``
+    by ``cos, sin [N, D]``; returns ``x``."""
+    n, d = cos.shape
+    if (x.dim() != 2 or x.shape[0] != n or x.shape[1] < num_heads * d or x.stride(-1) != 1
+            or sin.shape != cos.shape or d % 2):
+        raise ValueError(f"rope_ needs x [N, >= {num_heads} * D] with contiguous rows and cos, sin "
+                         f"[N, D] (D even); got x {tuple(x.shape)}, cos {tuple(cos.shape)}, "
+                         f"sin {tuple(sin.shape)}")
+    if x.is_cuda:
+        rope_triton(x, cos, sin, num_heads)
+    else:
+        rope_ref(x, cos, sin, num_heads)
+    return x
+
+
+def silu_mul(x: Tensor) -> Tensor:
+    """``x [N, 2I]`` = (gate | up) -> ``silu(gate) * up [N, I]``."""
+    if x.dim() != 2 or x.shape[1] % 2 or x.stride(-1) != 1:
+        raise ValueError(f"silu_mul needs x [N, 2I] with contiguous rows; got {tuple(x.shape)}")
+    if x.is_cuda:
+        return silu_mul_triton(x)
+    return silu_mul_ref(x)

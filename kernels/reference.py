@@ -104,3 +104,32 @@ def compact_kv_ref(
     for cache in (k_cache, v_cache):
         flat = cache.flatten(-4, -3)  # [..., num_blocks * block_size, Hkv, D], a view
         flat[..., dst, :, :] = flat[..., src, :, :].clone()
+
+
+# ---- fused layer ops (kernels/layer_ops.py): the plain-torch formulas of specdec.models.llama ----
+
+def add_rms_norm_ref(x: Tensor, weight: Tensor, eps: float, residual: Optional[Tensor] = None
+                     ) -> tuple[Tensor, Tensor]:
+    """``(norm(residual + x) * weight, residual + x)`` for ``x [N, H]``; HF's RMSNorm (fp32
+    statistics, cast to the input dtype before the weight)."""
+    if residual is not None:
+        x = residual + x
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype), x
+
+
+def rope_ref(x: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> None:
+    """In place: rotate the first ``num_heads`` heads (head dim D = cos.shape[1]) of each row of
+    ``x [N, >= num_heads * D]`` by ``cos, sin [N, D]`` (HF's rotate_half convention)."""
+    d = cos.shape[1]
+    heads = x[:, : num_heads * d].view(x.shape[0], num_heads, d)  # [N, H, D]
+    half = d // 2
+    rotated = torch.cat((-heads[..., half:], heads[..., :half]), dim=-1)
+    heads.copy_(heads * cos[:, None, :] + rotated * sin[:, None, :])
+
+
+def silu_mul_ref(x: Tensor) -> Tensor:
+    """``x [N, 2I]`` = (gate | up) -> ``silu(gate) * up [N, I]``."""
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up

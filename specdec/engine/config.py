@@ -20,12 +20,14 @@ class EngineConfig:
     max_model_len: Optional[int] = None  # None: the model's own limit
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
+    cuda_graphs: bool = True  # CUDA: replay decode/verify steps as graphs (engine/cuda_graphs.py)
+    max_graph_batch: int = 64  # larger decode batches run eagerly
 
     def __post_init__(self) -> None:
         bs = self.block_size
         if not isinstance(bs, int) or bs < 1 or bs & (bs - 1):
             raise ValueError(f"engine.block_size must be a power of two (16, 32, 64 ...); got {bs}")
-        for name in ("max_num_seqs", "max_num_batched_tokens"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_graph_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"engine.{name} must be >= 1; got {getattr(self, name)}")
         if self.num_blocks is not None and self.num_blocks < 1:

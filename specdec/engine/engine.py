@@ -22,8 +22,11 @@ from tqdm.auto import tqdm
 from specdec.drafters.base import StepResult, TargetContext
 from specdec.verifiers import SamplingPlan
 
+from specdec.models.llama import fuse_projections
+
 from .block_manager import BlockManager
 from .config import EngineConfig
+from .cuda_graphs import StepGraphs
 from .model_runner import ModelRunner, StepInputs
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
@@ -66,8 +69,15 @@ class Engine:
                                 self.max_model_len, drafter.max_nodes)
         self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
         self.scheduler.on_release = drafter.release
+        if self.device.type == "cuda" and hasattr(self.model, "_forward_fused"):
+            fuse_projections(self.model)  # fused qkv / gate-up and the Triton layer ops
         self.runner = ModelRunner(self.model, self.blocks.num_blocks, self.config.block_size,
                                   self.device, self.dtype, ctx.capture_layers)
+        self.graphs = None
+        if self.device.type == "cuda" and self.config.cuda_graphs:
+            self.graphs = StepGraphs(self.runner, verifier, min(self.config.max_num_seqs,
+                                                                self.config.max_graph_batch),
+                                     self.max_model_len, model.config.vocab_size)
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
@@ -134,15 +144,22 @@ class Engine:
         t1 = time.perf_counter()
         tree = self.drafter.propose([i.seq for i in decode], [i.num_new for i in decode]) if decode else None
         t2 = time.perf_counter()
-        inputs = self.runner.prepare(batch, tree)
-        out = self.runner.forward(inputs)
-        result = self._verify(batch, inputs, out.logits)
-        accepted = [] if result is None else _accepted_paths(result)
+        graphed = None
+        if self.graphs is not None and len(decode) == len(batch):
+            inputs = self.runner.prepare(batch, tree, device_tensors=False)
+            graphed = self.graphs.run(inputs, *self._sampling([i.seq for i in batch]))
+        if graphed is None:
+            inputs = self.runner.prepare(batch, tree)
+            out = self.runner.forward(inputs)
+            result = self._verify(batch, inputs, out.logits)
+        else:
+            out, result = graphed
+        accepted, bonus = _read_result(result)
         self.runner.commit(batch, inputs, accepted)
         t3 = time.perf_counter()
         self.drafter.update(self._step_result(batch, inputs, out, result))
         t4 = time.perf_counter()
-        finished += self._postprocess(batch, inputs, result, accepted, t4)
+        finished += self._postprocess(batch, inputs, accepted, bonus, t4)
         t5 = time.perf_counter()
         self.stats.steps += 1
         self.stats.draft_s += (t2 - t1) + (t4 - t3)
@@ -155,16 +172,20 @@ class Engine:
         if inputs.tree is None:
             return None
         seqs = [item.seq for item, r in zip(batch, inputs.sample_index) if r >= 0]
-        temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
-        top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32)
-        top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.long)
+        temp, top_p, top_k, uniforms = self._sampling(seqs)
         plan = SamplingPlan.of(temp, top_p, top_k)  # host facts: no device read to pick the path
-        uniforms = torch.stack([self._uniforms(s) for s in seqs])  # [Bs, U]
         dev, width = logits.device, inputs.tree.max_nodes
         # check=False: the drafters built the trees and SamplingParams validated the values, so
         # verification reads nothing back from the device (the accepted counts are read after)
         return self.verifier.verify(inputs.tree, logits, temp.to(dev), top_p.to(dev), top_k.to(dev),
                                     uniforms[:, : width + 1].to(dev), plan=plan, check=False)
+
+    def _sampling(self, seqs: list[Sequence]):
+        """Host tensors of the sampling rows: temperature, top_p, top_k ``[Bs]``, uniforms ``[Bs, U]``."""
+        temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
+        top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32)
+        top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.long)
+        return temp, top_p, top_k, torch.stack([self._uniforms(s) for s in seqs])
 
     def _uniforms(self, seq: Sequence) -> torch.Tensor:
         """A fixed number of draws per sampling event from the request's own counter-based
@@ -181,11 +202,9 @@ class Engine:
             hidden=out.hidden, captured=out.captured, sample_index=inputs.sample_index,
             result=result, tree=inputs.tree)
 
-    def _postprocess(self, batch, inputs: StepInputs, result, accepted, now: float) -> list[Sequence]:
+    def _postprocess(self, batch, inputs: StepInputs, accepted, bonus, now: float) -> list[Sequence]:
         finished = []
-        bonus = [] if result is None else result.bonus_token.tolist()
-        tokens = [] if inputs.tree is None else inputs.tree.tokens.tolist()
-        depths = [] if inputs.tree is None else inputs.tree.depth.max(dim=1).values.tolist()
+        host = inputs.host
         for item, r in zip(batch, inputs.sample_index):
             seq = item.seq
             if item.is_prefill:
@@ -196,8 +215,9 @@ class Engine:
             if not item.is_prefill:
                 seq.num_cached += len(path)
                 seq.accept_lengths.append(len(path) - 1)
-                seq.draft_depths.append(depths[r])
-            new = [tokens[r][node] for node in path[1:]] + [bonus[r]]
+                seq.draft_depths.append(host.tree_depths[r])
+            tokens = host.tree_rows[r][0]
+            new = [tokens[node] for node in path[1:]] + [bonus[r]]
             if self._append(seq, new, now):
                 self.scheduler.finish(seq, seq.finish_reason)
                 finished.append(seq)
@@ -245,8 +265,11 @@ class Engine:
             return seq
 
 
-def _accepted_paths(result) -> list[list[int]]:
-    """Accepted node indices per sampling row, root first."""
-    nodes = result.accepted_nodes.tolist()
-    counts = result.num_accepted.tolist()
-    return [row[: n + 1] for row, n in zip(nodes, counts)]
+def _read_result(result) -> tuple[list[list[int]], list[int]]:
+    """(accepted node indices per sampling row, root first; bonus token per row), read from the
+    device in one transfer: the step's one sync."""
+    if result is None:
+        return [], []
+    rows = torch.cat([result.accepted_nodes, result.num_accepted[:, None],
+                      result.bonus_token[:, None]], 1).tolist()  # [Bs, D + 3]
+    return [row[: row[-2] + 1] for row in rows], [row[-1] for row in rows]

@@ -24,14 +24,32 @@ from .scheduler import ScheduledSeq
 
 
 @dataclass
+class HostBatch:
+    """The flat batch as host lists (what a CUDA-graphed step stages in one copy per dtype)."""
+    ids: list[int]  # [N]
+    pos: list[int]  # [N]
+    slots: list[int]  # [N]
+    bits: list[int]  # [N] ancestor bitmasks (0 for prefill rows)
+    tables: list[list[int]]  # [B] block tables
+    prefix_lens: list[int]  # [B]
+    logit_rows: list[list[int]]  # [Bs] rows in N of each sampled node
+    tree_rows: list[tuple[list[int], list[int], list[int]]]  # [Bs] (tokens, parents, kinds)
+    tree_depths: list[int]  # [Bs] depth of each sampled tree
+    is_prefill: list[bool]  # [B]
+
+
+@dataclass
 class StepInputs:
-    input_ids: Tensor  # [N]
-    positions: Tensor  # [N]
-    meta: AttnMetadata
+    input_ids: Tensor | None  # [N] (None when a CUDA graph runs the step from `host`)
+    positions: Tensor | None  # [N]
+    meta: AttnMetadata | None
     row_offsets: list[int]  # [B + 1] rows of each batch item
     sample_index: list[int]  # [B] row in the sampling batch, -1 when the item does not sample
-    logit_rows: Tensor  # [Bs, T] row in N of each sampled tree node, -1 for padding
+    logit_rows: Tensor | None  # [Bs, T] row in N of each sampled tree node, -1 for padding
     tree: DraftTree | None  # [Bs, T] the trees to verify (prefills that end have a root only)
+    host: HostBatch | None = None
+    draft_probs: Tensor | None = None  # [Bd, T, V] the drafter's tree's, rows of decode items
+    width: int = 0  # T: the most nodes of a sampled tree this step
 
 
 @dataclass
@@ -51,10 +69,12 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [L, nb, bs, Hkv, D]
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
-    def prepare(self, batch: list[ScheduledSeq], tree: DraftTree | None) -> StepInputs:
-        """Host-side assembly of the flat batch. ``tree`` rows follow the decode items in order."""
+    def prepare(self, batch: list[ScheduledSeq], tree: DraftTree | None,
+                device_tensors: bool = True) -> StepInputs:
+        """Host-side assembly of the flat batch. ``tree`` rows follow the decode items in order.
+        With ``device_tensors=False`` only the host lists are built (a CUDA graph stages them)."""
         ids, pos, slots, bits, use, offsets = [], [], [], [], [], [0]
-        sample_index, logit_rows, roots = [], [], []
+        sample_index, logit_rows, roots, tree_rows, depths = [], [], [], [], []
         t_list = _tree_lists(tree)
         decode_row = 0
         for item in batch:
@@ -66,8 +86,11 @@ class ModelRunner:
                 bits += [0] * n
                 use.append(False)
                 rows = [offsets[-1] + n - 1] if item.samples else []
+                if rows:
+                    tree_rows.append(([seq.tokens[-1]], [-1], [0]))
+                    depths.append(0)
             else:
-                tok, depth, mask = (x[decode_row] for x in t_list)
+                tok, depth, mask, par, kind = (x[decode_row] for x in t_list)
                 if tok[0] != seq.tokens[-1] or len(tok) > item.num_new:
                     raise AssertionError(f"drafter tree for request {seq.request_id} has root "
                                          f"{tok[0]} / {len(tok)} nodes; expected root "
@@ -79,14 +102,25 @@ class ModelRunner:
                 use.append(True)
                 rows = [offsets[-1] + i for i in range(n)]
                 roots.append((len(logit_rows), decode_row))  # (sampling row, tree row)
+                tree_rows.append((tok, par, kind))
+                depths.append(max(depth))
                 decode_row += 1
             slots += ragged.slots(seq.block_table, start, n, self.block_size)
             offsets.append(offsets[-1] + n)
             sample_index.append(len(logit_rows) if rows else -1)
             if rows:
                 logit_rows.append(rows)
-        return self._tensors(batch, ids, pos, slots, bits, use, offsets, sample_index,
-                             logit_rows, tree, roots)
+        host = HostBatch(ids, pos, slots, bits, [i.seq.block_table for i in batch],
+                         [i.seq.num_cached for i in batch], logit_rows, tree_rows, depths,
+                         [i.is_prefill for i in batch])
+        width = max([len(r) for r in logit_rows], default=1)
+        if not device_tensors:
+            probs = None if tree is None else tree.draft_probs
+            return StepInputs(None, None, None, offsets, sample_index, None, None, host, probs, width)
+        inputs = self._tensors(batch, ids, pos, slots, bits, use, offsets, sample_index,
+                               logit_rows, tree, roots)
+        inputs.host, inputs.width = host, width
+        return inputs
 
     def _tensors(self, batch, ids, pos, slots, bits, use, offsets, sample_index, logit_rows,
                  tree, roots) -> StepInputs:
@@ -136,12 +170,15 @@ class ModelRunner:
 
 
 def _tree_lists(tree: DraftTree | None) -> list[list[list[int]]]:
-    """Per-row lists (tokens, depth, ancestor bits) of the valid nodes: one host transfer."""
+    """Per-row lists (tokens, depth, ancestor bits, parents, kinds) of the valid nodes: one host
+    transfer."""
     if tree is None:
-        return [[], [], []]
-    n = tree.num_nodes.tolist()
-    cols = [tree.tokens.tolist(), tree.depth.tolist(), tree.ancestor_mask.tolist()]
-    return [[row[: n[r]] for r, row in enumerate(col)] for col in cols]
+        return [[], [], [], [], []]
+    b, t = tree.tokens.shape
+    flat = torch.cat([torch.stack([tree.tokens, tree.depth, tree.ancestor_mask, tree.parents,
+                                   tree.kind.long()]).flatten(), tree.num_nodes]).tolist()
+    n = flat[5 * b * t:]
+    return [[flat[(c * b + r) * t:(c * b + r) * t + n[r]] for r in range(b)] for c in range(5)]
 
 
 def _sampling_tree(batch, sample_index, tree, roots, width, device) -> DraftTree | None:

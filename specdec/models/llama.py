@@ -1,5 +1,9 @@
 """One Llama-family decoder (Llama 2/3/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2) on the paged cache.
 
+On CUDA, after `fuse_projections`, the layers run fused: one qkv and one gate-up projection, and
+the Triton add+RMSNorm / rope / silu-mul kernels of `specdec.kernels` (~11 launches per layer
+instead of ~38; what a small model's step time is made of). The plain path stays the reference.
+
 Module and parameter names follow HF's `LlamaForCausalLM` (``model.layers.{i}.self_attn.q_proj``
 ...), so HF state dicts load without renaming. The batch is ragged: N rows are the new tokens of all
 sequences concatenated; `AttnMetadata` says which rows belong to which sequence and where their K/V
@@ -13,6 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from specdec.kernels import add_rms_norm, rope_, silu_mul
 
 from .attention import AttnMetadata, paged_attention
 from .config import ModelConfig
@@ -50,10 +56,20 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
+        self.qkv_weight: Tensor | None = None  # [(Hq + 2 Hkv) D, H] set by fuse_projections
+        self.qkv_bias: Tensor | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
-                meta: AttnMetadata) -> Tensor:  # x [N, H] -> [N, H]
+                meta: AttnMetadata, fused: bool = False) -> Tensor:  # x [N, H] -> [N, H]
         n = x.shape[0]
+        if fused and self.qkv_weight is not None:  # Qwen3's q/k norms keep the plain path
+            qkv = rope_(F.linear(x, self.qkv_weight, self.qkv_bias), cos, sin, self.hq + self.hkv)
+            a, b = self.hq * self.d, (self.hq + self.hkv) * self.d
+            q = qkv[:, :a].view(n, self.hq, self.d)  # [N, Hq, D] views of [N, (Hq + 2 Hkv) D]
+            k = qkv[:, a:b].view(n, self.hkv, self.d)
+            v = qkv[:, b:].view(n, self.hkv, self.d)
+            o = paged_attention(q, k, v, k_cache, v_cache, meta)  # [N, Hq, D]
+            return self.o_proj(o.reshape(n, self.hq * self.d))
         q = self.q_proj(x).view(n, self.hq, self.d)  # [N, Hq, D]
         k = self.k_proj(x).view(n, self.hkv, self.d)  # [N, Hkv, D]
         v = self.v_proj(x).view(n, self.hkv, self.d)  # [N, Hkv, D]
@@ -71,8 +87,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=b)
         self.up_proj = nn.Linear(h, i, bias=b)
         self.down_proj = nn.Linear(i, h, bias=b)
+        self.gate_up_weight: Tensor | None = None  # [2I, H] set by fuse_projections
+        self.gate_up_bias: Tensor | None = None
 
-    def forward(self, x: Tensor) -> Tensor:  # [N, H]
+    def forward(self, x: Tensor, fused: bool = False) -> Tensor:  # [N, H]
+        if fused:
+            return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight, self.gate_up_bias)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -106,6 +126,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
+        self._fused_for: tuple | None = None  # (device, dtype) that fuse_projections built for
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -133,12 +154,32 @@ class LlamaForCausalLM(nn.Module):
         self._check(input_ids, positions, k_cache, v_cache, capture_layers)
         h = self.model.embed_tokens(input_ids)  # [N, H]
         cos, sin = self.model.rotary_emb(positions, h.dtype)  # [N, D] each
+        if self._fused_for == (h.device, h.dtype):
+            return self._forward_fused(h, cos, sin, meta, k_cache, v_cache, capture_layers)
         wanted, captured = set(capture_layers), {}
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, k_cache[i], v_cache[i], meta)
             if i in wanted:
                 captured[i] = h
         return ModelOutput(self.model.norm(h), captured)
+
+    def _forward_fused(self, h: Tensor, cos: Tensor, sin: Tensor, meta: AttnMetadata,
+                       k_cache: Tensor, v_cache: Tensor, capture_layers: Sequence[int]) -> ModelOutput:
+        """The same layers with each residual add fused into the next RMSNorm: ``res`` is the
+        residual stream, ``x`` the normed input of the next block."""
+        layers, wanted, captured = self.model.layers, set(capture_layers), {}
+        first = layers[0].input_layernorm
+        x, res = add_rms_norm(h, first.weight, first.eps)  # [N, H] each
+        for i, layer in enumerate(layers):
+            a = layer.self_attn(x, cos, sin, k_cache[i], v_cache[i], meta, fused=True)
+            post = layer.post_attention_layernorm
+            x, res = add_rms_norm(a, post.weight, post.eps, res)
+            m = layer.mlp(x, fused=True)
+            nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
+            x, res = add_rms_norm(m, nxt.weight, nxt.eps, res)  # res: the output of layer i
+            if i in wanted:
+                captured[i] = res
+        return ModelOutput(x, captured)
 
     def _check(self, input_ids, positions, k_cache, v_cache, capture_layers) -> None:
         cfg = self.config
@@ -154,3 +195,34 @@ class LlamaForCausalLM(nn.Module):
         if bad:
             raise ValueError(f"capture_layers {bad} out of range: the model has "
                              f"{cfg.num_hidden_layers} layers (0-based)")
+
+
+@torch.no_grad()
+def fuse_projections(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """Concatenate each layer's q/k/v and gate/up weights into one matrix, make the original
+    parameters views of it (so loading weights later still updates both), and switch the model's
+    CUDA forward to the fused kernels. Call it once the model has its device and dtype: moving or
+    casting the model afterwards drops back to the plain path (correct, not fused) until it is
+    called again."""
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if not attn.qk_norm:
+            attn.qkv_weight, attn.qkv_bias = _concat_into(attn.q_proj, attn.k_proj, attn.v_proj)
+        mlp.gate_up_weight, mlp.gate_up_bias = _concat_into(mlp.gate_proj, mlp.up_proj)
+    w = model.model.embed_tokens.weight
+    model._fused_for = (w.device, w.dtype)
+    return model
+
+
+def _concat_into(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """One ``[sum out, in]`` weight (and bias) whose row blocks the linears' parameters become."""
+    weight = torch.cat([lin.weight for lin in linears])
+    bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight = nn.Parameter(weight[start:start + rows], requires_grad=lin.weight.requires_grad)
+        if bias is not None:
+            lin.bias = nn.Parameter(bias[start:start + rows], requires_grad=lin.bias.requires_grad)
+        start += rows
+    return weight, bias

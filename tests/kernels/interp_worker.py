@@ -19,8 +19,11 @@ import traceback  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernel_cases import ATTN_CASES, compact_case, make_batch, rel_err, store_case  # noqa: E402
+from kernel_cases import (ATTN_CASES, LAYER_CASES, compact_case, layer_case, make_batch,  # noqa: E402
+                         rel_err, store_case)
 
+from specdec.kernels import reference as ref_ops  # noqa: E402
+from specdec.kernels import layer_ops  # noqa: E402
 from specdec.kernels import (compact_kv_ref, compact_kv_triton, plan_tree_attention,  # noqa: E402
                              store_kv_ref, store_kv_triton, tree_attention_ref, tree_attention_triton)
 
@@ -60,6 +63,23 @@ def run_compact() -> dict:
             "exact": bool(torch.equal(kc, kr) and torch.equal(vc, vr))}
 
 
+def run_layer_op(name: str) -> dict:
+    """A fused layer op (Triton) vs its torch formula; rope runs in place on copies."""
+    args, kw = layer_case(name)
+    op = name.replace("_no_residual", "")
+    if op == "rope":
+        out, ref = args[0].clone(), args[0].clone()
+        layer_ops.rope_triton(out, *args[1:])
+        ref_ops.rope_ref(ref, *args[1:])
+        outs, refs = [out], [ref]
+    else:
+        outs = getattr(layer_ops, f"{op}_triton")(*args, **kw)
+        refs = getattr(ref_ops, f"{op}_ref")(*args, **kw)
+        outs, refs = (list(outs), list(refs)) if isinstance(outs, tuple) else ([outs], [refs])
+    return {"rel_err": max(rel_err(o, r) for o, r in zip(outs, refs)),
+            "unwritten": sum(int(o.isnan().sum()) for o in outs)}
+
+
 def main(names: list[str]) -> None:
     torch.set_num_threads(1)
     results = {}
@@ -67,7 +87,10 @@ def main(names: list[str]) -> None:
         t0 = time.time()
         try:
             fn = {"store_kv": run_store, "compact_kv": run_compact}.get(name)
-            results[name] = fn() if fn else run_attention(name)
+            if name in LAYER_CASES:
+                results[name] = run_layer_op(name)
+            else:
+                results[name] = fn() if fn else run_attention(name)
         except Exception:  # reported per case by the test
             results[name] = {"error": traceback.format_exc()}
         results[name]["seconds"] = round(time.time() - t0, 2)

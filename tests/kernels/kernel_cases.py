@@ -182,6 +182,25 @@ ATTN_CASES = {
     "fused_multi_token_tiles": (SPLIT_MIX, 4, 1, 64, 16, {"num_splits": 3, "fused_merge": True}),
 }
 KV_CASES = ("store_kv", "compact_kv")
+LAYER_CASES = ("add_rms_norm", "add_rms_norm_no_residual", "rope", "silu_mul")
+
+
+def layer_case(name: str, dtype=torch.float32, device="cpu", seed: int = 0):
+    """Inputs of a fused layer op (kernels/layer_ops.py) at odd sizes (masks exercised):
+    ``(fn_args, kwargs)`` for the op and its reference."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
+    if name.startswith("add_rms_norm"):
+        res = None if name.endswith("no_residual") else rnd(7, 200)
+        return (rnd(7, 200), 1 + 0.1 * rnd(200), 1e-5), {"residual": res}
+    if name == "rope":  # 9 q + 3 k heads of D = 64 inside a qkv row of 15 heads, strided rows
+        qkv = rnd(5, 15 * 64)
+        ang = torch.rand(5, 32, generator=g).to(device) * 6
+        cos, sin = torch.cat([ang, ang], 1).cos().to(dtype), torch.cat([ang, ang], 1).sin().to(dtype)
+        return (qkv, cos, sin, 12), {}
+    if name == "silu_mul":
+        return (rnd(6, 2 * 1536)[:, : 2 * 1500].contiguous(),), {}
+    raise KeyError(name)
 
 
 def store_case(n: int, hkv: int, d: int, page: int, num_blocks: int, dtype=torch.float32, seed: int = 0):

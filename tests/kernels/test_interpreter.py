@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from kernel_cases import ATTN_CASES, KV_CASES
+from kernel_cases import ATTN_CASES, KV_CASES, LAYER_CASES
 
 # fp32 under the interpreter: numpy matmuls in fp32, online softmax in fp32 -> ~1e-7 observed.
 FP32_REL_TOL = 1e-5
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interp_worker.py")
-CASES = list(ATTN_CASES) + list(KV_CASES)
+CASES = list(ATTN_CASES) + list(KV_CASES) + list(LAYER_CASES)
 
 
 @pytest.fixture(scope="module")
