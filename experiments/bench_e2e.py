@@ -120,6 +120,7 @@ def engine_system(loaded, drafter, cfg: EngineConfig):
     engine = Engine(loaded.model, drafter, __import__("specdec.verifiers", fromlist=["x"]).LosslessVerifier(),
                     cfg, tokenizer=loaded.tokenizer, stop_token_ids=loaded.stop_token_ids,
                     max_model_len=loaded.max_model_len)
+    engine.warm_up_graphs()
 
     def run(ids: list[int], n: int) -> list[int]:
         seq = engine.generate([ids], SamplingParams(max_new_tokens=n))[0]
@@ -142,6 +143,16 @@ def step_profile(engine) -> dict:
             "other_share": st.other_s / total if total else None,
             "graph_replays": graphs.replays if graphs is not None else 0,
             "graphs_captured": len(graphs.graphs) if graphs is not None else 0}
+
+
+def prefix_match(outs: list[list[int]], refs: list[list[int]]) -> float:
+    """Mean fraction of each reference output that the other reproduces before diverging (bf16
+    greedy runs of different kernels part at argmax near-ties, then go their own way)."""
+    fracs = []
+    for o, r in zip(outs, refs):
+        n = next((i for i, (a, b) in enumerate(zip(o, r)) if a != b), min(len(o), len(r)))
+        fracs.append(n / max(len(r), 1))
+    return sum(fracs) / max(len(fracs), 1)
 
 
 def strip_stop(tokens: list[int], stops: set[int]) -> list[int]:
@@ -228,7 +239,8 @@ def main() -> None:
         tokens = sum(len(o) for o in outputs[name])
         row = {"system": name, "output_tokens": tokens, "wall_s": times[name],
                "tokens_per_s": tokens / times[name],
-               "same_as_" + base: sum(a == b for a, b in zip(outputs[name], outputs[base]))}
+               "same_as_" + base: sum(a == b for a, b in zip(outputs[name], outputs[base])),
+               "prefix_match_" + base: prefix_match(outputs[name], outputs[base])}
         if hasattr(run, "seqs"):
             acc = acceptance(run.seqs)
             row["tau"] = acc["mean_accepted_length"]
@@ -292,14 +304,14 @@ def main() -> None:
               "max_new_tokens": args.max_new_tokens, "data": args.data, "model": loaded.source,
               "cuda_graphs": bool(args.cuda_graphs), "versions": versions(), "git_sha": git_sha(),
               "rows": rows, "failed": failed, "floor": floor, "throughput": throughput}
-    print(f"\n| system | tokens/s | x {base} | x specdec_none | tau | same output as {base} | median step ms |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| system | tokens/s | x {base} | x specdec_none | tau | same output as {base} | prefix match | median step ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         tau = f"{r['tau']:.2f}" if "tau" in r else "-"
         own_x = f"{r['speedup_vs_specdec_none']:.2f}" if "speedup_vs_specdec_none" in r else "-"
         step = f"{r['profile']['median_step_ms']:.2f}" if "profile" in r else "-"
         print(f"| {r['system']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_' + base]:.2f} | {own_x} | {tau} | "
-              f"{r['same_as_' + base]}/{len(ids)} | {step} |")
+              f"{r['same_as_' + base]}/{len(ids)} | {r['prefix_match_' + base]:.2f} | {step} |")
     if throughput:
         print("\n| batch | system | tokens/s | x specdec_none | tau |")
         print("|---|---|---|---|---|")

@@ -63,7 +63,8 @@ def step_fn(model, kc, vc, batch: int, context: int, nodes: int):
     tables = [list(range(b * per_seq, (b + 1) * per_seq)) for b in range(batch)]
     prefix = context - nodes
     slots = [s for t in tables for s in ragged.slots(t, prefix, nodes, BLOCK)]
-    bits = [(1 << (i + 1)) - 1 for i in range(nodes)] * batch if nodes > 1 else None  # chains
+    bits = [(1 << (i + 1)) - 1 - (1 << 64 if i == 63 else 0) for i in range(nodes)]  # chains (int64)
+    bits = bits * batch if nodes > 1 else None
     meta = ragged.attn_metadata(tables, [prefix] * batch, [nodes] * batch, slots, "cuda", bits)
     ids = torch.randint(0, model.config.vocab_size, (batch * nodes,), device="cuda")
     pos = torch.tensor([prefix + i for i in range(nodes)] * batch, device="cuda")

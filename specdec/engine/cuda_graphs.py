@@ -169,6 +169,41 @@ class StepGraphs:
                                torch.cat([top_p, top_p.new_ones(pad)]),
                                torch.cat([top_k, top_k.new_zeros(pad)]))
 
+    def _layout(self, bg: int, tg: int) -> _Layout:
+        if (bg, tg) not in self.layouts:
+            self.layouts[(bg, tg)] = _Layout(bg, tg, self.table_width)
+        return self.layouts[(bg, tg)]
+
+    def warm_up(self, max_nodes: int) -> int:
+        """Capture the greedy graph of every (batch, node) bucket up to ``max_nodes`` now, as
+        vLLM does at start-up, so that no step pays a capture or a kernel compilation later.
+        Dummy inputs: sequences of ``T_g`` new tokens with nothing cached, storing nothing.
+        Returns the number of graphs captured."""
+        plan = SamplingPlan(all_greedy=True, any_greedy=True, filter_cap=0)
+        top = bucket(max_nodes, NODE_BUCKETS) or NODE_BUCKETS[-1]
+        count = 0
+        for bg in self.batch_buckets:
+            for tg in (t for t in NODE_BUCKETS if t <= top):
+                if (bg, tg, plan, False) in self.graphs:
+                    continue
+                lay = self._layout(bg, tg)
+                i64, i32, f32 = self.host_np
+                i64[: lay.sizes[0]] = 0
+                i64[slice(*lay.i64["slots"])] = -1
+                i64[slice(*lay.i64["par"])] = -1
+                i64[slice(*lay.i64["num"])] = 1
+                i32[: lay.sizes[1]] = 0
+                a, _ = lay.i32["indptr"]
+                i32[a:a + bg + 1] = np.arange(bg + 1, dtype=np.int32) * tg
+                f32[: lay.sizes[2]] = 0
+                f32[slice(*lay.f32["top_p"])] = 1
+                for host, dev, size in zip(self.host, self.dev, lay.sizes):
+                    dev[:size].copy_(host[:size], non_blocking=True)
+                self.graphs[(bg, tg, plan, False)] = self._capture(lay, bg, tg, plan, False)
+                count += 1
+        torch.cuda.synchronize(self.device)
+        return count
+
     # ---- the step ---------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, inputs: StepInputs, temp: Tensor, top_p: Tensor, top_k: Tensor,
@@ -179,8 +214,7 @@ class StepGraphs:
         if shape is None:
             return None
         bg, tg = shape
-        lay = self.layouts.get(shape) or self.layouts.setdefault(
-            shape, _Layout(bg, tg, self.table_width))
+        lay = self._layout(bg, tg)
         has_probs = inputs.draft_probs is not None
         if has_probs and (self.probs is None or self.probs.shape[-1] != inputs.draft_probs.shape[-1]):
             self.probs = torch.zeros(self.batch_buckets[-1], NODE_BUCKETS[-1],

@@ -82,6 +82,11 @@ class Engine:
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
 
+    def warm_up_graphs(self) -> int:
+        """CUDA: capture the greedy decode/verify graphs of every batch and tree bucket now
+        (seconds), so that timed runs pay no capture or kernel compilation. Returns the count."""
+        return self.graphs.warm_up(self.drafter.max_nodes) if self.graphs is not None else 0
+
     def _num_blocks(self) -> int:
         """The target's KV pool: K and V of every layer per token (drafters' own caches, which
         index the same block ids, come on top)."""

@@ -43,6 +43,8 @@ def run(path, device, drafter, graphs: bool, params, verifier=None, **cfg):
     if graphs and device == "cpu":
         engine.graphs = StepGraphs(engine.runner, verifier, min(config.max_num_seqs, config.max_graph_batch),
                                    engine.max_model_len, model.config.vocab_size, capture=False)
+    if graphs and device == "cuda":  # greedy graphs captured up front on dummy inputs, then replayed
+        assert engine.warm_up_graphs() > 0
     seqs = engine.generate(PROMPTS, params)
     assert engine.blocks.num_free == engine.blocks.num_blocks, "KV blocks leaked"
     return engine, [s.output for s in seqs]

@@ -192,8 +192,9 @@ def test_compact_kv_single_layer_view():
 
 @pytest.mark.parametrize("name", ["add_rms_norm", "add_rms_norm_no_residual", "rope", "silu_mul"])
 def test_layer_ops_bf16_match_torch_formula(name):
-    """The fused layer ops round where the torch formulas round: in bf16 they agree with the
-    formulas run by torch on the same GPU to a few last-bit flips (transcendental functions)."""
+    """The fused layer ops round where the torch formulas round; in bf16 they agree with the
+    formulas run by torch on the same GPU to within one bf16 ulp per element (the compiler may
+    contract rope's product and sum into one FMA, rounding once where torch rounds twice)."""
     from kernel_cases import layer_case
     from specdec.kernels import layer_ops, reference
     args, kw = layer_case(name, dtype=torch.bfloat16, device="cuda")
@@ -208,6 +209,7 @@ def test_layer_ops_bf16_match_torch_formula(name):
         refs = getattr(reference, f"{op}_ref")(*args, **kw)
         pairs = list(zip(outs, refs)) if isinstance(outs, tuple) else [(outs, refs)]
     for out, ref in pairs:
-        differ = (out != ref).float().mean().item()
-        assert differ < 0.01, f"{differ:.2%} of the elements differ from the torch formula"
+        ulp = 2.0 ** (torch.frexp(ref.float()).exponent.float() - 8)  # bf16: 8 significant bits
+        off = ((out.float() - ref.float()).abs() / ulp).max().item()
+        assert off <= 1.0, f"an element is {off:.1f} bf16 ulps from the torch formula"
         assert rel_err(out, ref) < 5e-3
