@@ -240,7 +240,8 @@ def main() -> None:
         row = {"system": name, "output_tokens": tokens, "wall_s": times[name],
                "tokens_per_s": tokens / times[name],
                "same_as_" + base: sum(a == b for a, b in zip(outputs[name], outputs[base])),
-               "prefix_match_" + base: prefix_match(outputs[name], outputs[base])}
+               "prefix_match_" + base: prefix_match(outputs[name], outputs[base]),
+               "first_tokens": [o[:12] for o in outputs[name]]}
         if hasattr(run, "seqs"):
             acc = acceptance(run.seqs)
             row["tau"] = acc["mean_accepted_length"]

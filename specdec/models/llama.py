@@ -203,15 +203,29 @@ def fuse_projections(model: LlamaForCausalLM) -> LlamaForCausalLM:
     parameters views of it (so loading weights later still updates both), and switch the model's
     CUDA forward to the fused kernels. Call it once the model has its device and dtype: moving or
     casting the model afterwards drops back to the plain path (correct, not fused) until it is
-    called again."""
+    called again. Idempotent: while the fused weights are current nothing is rebuilt (CUDA graphs
+    captured by an engine hold their addresses, so a second engine on the same model must not
+    replace them)."""
+    w = model.model.embed_tokens.weight
+    if model._fused_for == (w.device, w.dtype) and all(_still_fused(layer) for layer in model.model.layers):
+        return model
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if not attn.qk_norm:
             attn.qkv_weight, attn.qkv_bias = _concat_into(attn.q_proj, attn.k_proj, attn.v_proj)
         mlp.gate_up_weight, mlp.gate_up_bias = _concat_into(mlp.gate_proj, mlp.up_proj)
-    w = model.model.embed_tokens.weight
     model._fused_for = (w.device, w.dtype)
     return model
+
+
+def _still_fused(layer: DecoderLayer) -> bool:
+    """The layer's projections are still views of its fused matrices (not replaced or moved)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    pairs = [(mlp.gate_proj, mlp.gate_up_weight)]
+    if not attn.qk_norm:
+        pairs.append((attn.q_proj, attn.qkv_weight))
+    return all(fused is not None and lin.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+               for lin, fused in pairs)
 
 
 def _concat_into(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:

@@ -98,3 +98,21 @@ def test_graph_replay_reads_nothing_back(tiny_dir):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert graphed is not None and engine.graphs.replays == before + 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engines_sharing_a_model_keep_their_graphs_valid(tiny_dir):
+    """A second engine on the same model must not rebuild the fused weights that the first
+    engine's graphs read (fuse_projections is idempotent): both keep giving the eager tokens."""
+    path = str(tiny_dir("llama"))
+    model = load_model(path, device="cuda").model
+    engines = [Engine(model, NoDrafter(), LosslessVerifier(),
+                      EngineConfig(device="cuda", dtype="float32", block_size=4, cuda_graphs=g))
+               for g in (True, True, False)]
+    for e in engines[:2]:
+        e.warm_up_graphs()
+    qkv = model.model.layers[0].self_attn.qkv_weight.data_ptr()
+    outs = [[s.output for s in e.generate(PROMPTS, GREEDY)] for e in engines]
+    assert model.model.layers[0].self_attn.qkv_weight.data_ptr() == qkv
+    assert outs[0] == outs[2] and outs[1] == outs[2]

@@ -193,8 +193,9 @@ def test_compact_kv_single_layer_view():
 @pytest.mark.parametrize("name", ["add_rms_norm", "add_rms_norm_no_residual", "rope", "silu_mul"])
 def test_layer_ops_bf16_match_torch_formula(name):
     """The fused layer ops round where the torch formulas round; in bf16 they agree with the
-    formulas run by torch on the same GPU to within one bf16 ulp per element (the compiler may
-    contract rope's product and sum into one FMA, rounding once where torch rounds twice)."""
+    formulas run by torch on the same GPU to within one bf16 ulp per element; rope within two
+    ulps of its inputs' scale (the compiler may contract a product and the sum into one FMA,
+    rounding once where torch rounds three times)."""
     from kernel_cases import layer_case
     from specdec.kernels import layer_ops, reference
     args, kw = layer_case(name, dtype=torch.bfloat16, device="cuda")
@@ -209,7 +210,12 @@ def test_layer_ops_bf16_match_torch_formula(name):
         refs = getattr(reference, f"{op}_ref")(*args, **kw)
         pairs = list(zip(outs, refs)) if isinstance(outs, tuple) else [(outs, refs)]
     for out, ref in pairs:
-        ulp = 2.0 ** (torch.frexp(ref.float()).exponent.float() - 8)  # bf16: 8 significant bits
+        scale = ref.float().abs()
+        if op == "rope":  # x1 c - x2 s cancels: one ulp of the inputs' scale (each head's max |x|)
+            x = args[0].float().abs()
+            scale = x.view(x.shape[0], -1, 64).amax(-1, keepdim=True).expand(-1, -1, 64).reshape(x.shape)
+        ulp = 2.0 ** (torch.frexp(scale).exponent.float() - 8)  # bf16: 8 significant bits
         off = ((out.float() - ref.float()).abs() / ulp).max().item()
-        assert off <= 1.0, f"an element is {off:.1f} bf16 ulps from the torch formula"
+        # torch rounds rope's two products and their sum (3 roundings), the kernel may round once
+        assert off <= (2.0 if op == "rope" else 1.0), f"an element is {off:.1f} bf16 ulps off"
         assert rel_err(out, ref) < 5e-3
