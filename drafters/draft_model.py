@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from specdec.engine import ragged
+from specdec.models.llama import fuse_projections
 from specdec.verifiers import CandidateKind, DraftTree
 from specdec.verifiers.probs import processed_probs, sample_from_probs
 
@@ -61,6 +62,8 @@ class DraftModelDrafter(DrafterBase):
         """Use an already built draft model (tests, experiments); checks the shared vocabulary."""
         check_same_vocab(self.target, model, tokenizer)
         self.model = model.to(self.target.device, self.target.dtype).eval()
+        if self.target.device.type == "cuda":  # the fused layer kernels, as the target's
+            fuse_projections(self.model)
         cfg = model.config
         shape = (cfg.num_hidden_layers, self.target.blocks.num_blocks, self.target.blocks.block_size,
                  cfg.num_key_value_heads, cfg.head_dim)

@@ -20,6 +20,7 @@ Outputs (hidden states, logits, result) are the graph's static tensors: valid un
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,6 +203,12 @@ class StepGraphs:
                 self.graphs[(bg, tg, plan, False)] = self._capture(lay, bg, tg, plan, False)
                 count += 1
         torch.cuda.synchronize(self.device)
+        # As vLLM does after capturing: move the objects alive now (models, graphs, caches) out of
+        # the cyclic garbage collector's generations, so that its full collections stop walking
+        # them (a bench_e2e run with 10 systems loaded averaged 3.3 ms per autoregressive step for
+        # a 2.4 ms median; such collections are one source of that tail).
+        gc.collect()
+        gc.freeze()
         return count
 
     # ---- the step ---------------------------------------------------------------------------
