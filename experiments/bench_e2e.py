@@ -137,7 +137,9 @@ def step_profile(engine) -> dict:
     total = st.draft_s + st.verify_s + st.other_s
     times = sorted(st.step_times)
     graphs = engine.graphs
-    return {"steps": st.steps, "median_step_ms": 1e3 * times[len(times) // 2] if times else None,
+    pct = lambda q: 1e3 * times[min(len(times) - 1, int(q * len(times)))] if times else None  # noqa: E731
+    return {"steps": st.steps, "median_step_ms": pct(0.5), "p90_step_ms": pct(0.9),
+            "p99_step_ms": pct(0.99), "mean_step_ms": 1e3 * sum(times) / len(times) if times else None,
             "draft_share": st.draft_s / total if total else None,
             "verify_share": st.verify_s / total if total else None,
             "other_share": st.other_s / total if total else None,

@@ -175,6 +175,7 @@ class StepGraphs:
             self.layouts[(bg, tg)] = _Layout(bg, tg, self.table_width)
         return self.layouts[(bg, tg)]
 
+    @torch.inference_mode()
     def warm_up(self, max_nodes: int) -> int:
         """Capture the greedy graph of every (batch, node) bucket up to ``max_nodes`` now, as
         vLLM does at start-up, so that no step pays a capture or a kernel compilation later.
@@ -280,6 +281,13 @@ class StepGraphs:
         graph = torch.cuda.CUDAGraph()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out, logits, result, tree = self._body(v, bg, tg, plan, has_probs, meta)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                out, logits, result, tree = self._body(v, bg, tg, plan, has_probs, meta)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"capturing the decode/verify step (batch {bg}, {tg} nodes) in a CUDA graph failed: "
+                f"the model or the verifier ({type(self.verifier).__name__}) did something a graph "
+                f"cannot hold, such as reading a value back to the host. Make its verify(..., "
+                f"check=False) sync-free, or run with engine.cuda_graphs=false.\n{e}") from e
         return _Graph(graph, out.hidden, out.captured, logits, result, tree, meta)
