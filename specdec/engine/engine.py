@@ -20,9 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from specdec.drafters.base import StepResult, TargetContext
-from specdec.verifiers import SamplingPlan
-
 from specdec.models.llama import fuse_projections
+from specdec.verifiers import SamplingPlan
 
 from .block_manager import BlockManager
 from .config import EngineConfig
