@@ -23,6 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cuda_graph import capture  # noqa: E402
 from specdec.engine import ragged  # noqa: E402
 from specdec.models.config import ModelConfig  # noqa: E402
 from specdec.models.llama import LlamaForCausalLM, fuse_projections  # noqa: E402
@@ -79,15 +80,7 @@ def step_fn(model, kc, vc, batch: int, context: int, nodes: int):
 @torch.inference_mode()
 def time_graph(fn, rounds: int = 3, reps: int = 10) -> float:
     """Median over rounds of the mean replay time (ms) of ``fn`` captured in a CUDA graph."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    g, _ = capture(fn)
     for _ in range(3):
         g.replay()
     times = []

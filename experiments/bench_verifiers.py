@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from cuda_graph import capture
 from specdec.verifiers import CandidateKind, DraftTree, SamplingPlan, TreeChoices, sample, verify_tree
 from specdec.verifiers.row_stats import row_stats
 
@@ -128,20 +129,6 @@ def time_calls(fn, make_args, warmup: int, repeat: int) -> dict:
     times = sorted(dev_ms if cuda else host_ms)
     return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10],
             "p90_ms": times[(9 * len(times)) // 10], "host_ms": statistics.median(host_ms)}
-
-
-def capture(step):
-    """(graph, static output) of ``step`` captured after warm-up on a side stream."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
-    return graph, out
 
 
 def path_name(tree: DraftTree, plan: SamplingPlan, vocab: int) -> str:

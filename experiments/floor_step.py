@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cuda_graph import capture
+
 
 def _rope(x, cos, sin):  # x [1, H, 1, D]; cos, sin [D]
     half = x.shape[-1] // 2
@@ -56,15 +58,7 @@ def floor_step_ms(model, context: int = 512, steps: int = 200) -> float:
         tok.copy_(model.lm_head(h).argmax(-1))
         pos.add_(1)
 
-    s = torch.cuda.Stream(dev)
-    s.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream(dev).wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
+    g, _ = capture(step, warmup=3, device=dev)
     pos.fill_(context)
     g.replay()
     torch.cuda.synchronize(dev)
