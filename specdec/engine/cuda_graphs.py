@@ -113,7 +113,25 @@ class StepGraphs:
         self.replays = 0
 
     # ---- eligibility and staging ------------------------------------------------------------
-    def key(self, inputs: StepInputs, temp: Tensor) -> tuple[int, int] | None:
+    def _padding(self, lay: _Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fill the bucket's staging with padding: no tokens stored (slot -1), root-only trees,
+        greedy rows (top_p 1); returns the three host arrays to write the real rows into."""
+        i64, i32, f32 = self.host_np
+        i64[: lay.sizes[0]] = 0
+        i64[slice(*lay.i64["slots"])] = -1
+        i64[slice(*lay.i64["par"])] = -1
+        i64[slice(*lay.i64["num"])] = 1
+        i32[: lay.sizes[1]] = 0
+        f32[: lay.sizes[2]] = 0
+        f32[slice(*lay.f32["top_p"])] = 1
+        return i64, i32, f32
+
+    def _upload(self, lay: _Layout) -> None:
+        """One host-to-device copy per dtype of the bucket's staging."""
+        for host, dev, size in zip(self.host, self.dev, lay.sizes):
+            dev[:size].copy_(host[:size], non_blocking=True)
+
+    def key(self, inputs: StepInputs) -> tuple[int, int] | None:
         """(B_g, T_g) for a pure decode step that fits, else None."""
         host = inputs.host
         if any(host.is_prefill) or len(host.logit_rows) != len(host.is_prefill):
@@ -126,24 +144,17 @@ class StepGraphs:
     def _stage(self, inputs: StepInputs, lay: _Layout, bg: int, tg: int, temp, top_p, top_k,
                uniforms) -> SamplingPlan:
         h = inputs.host
-        b, n = len(h.is_prefill), len(h.ids)
-        i64, i32, f32 = self.host_np
-        i64[: lay.sizes[0]] = 0
+        b = len(h.is_prefill)
+        i64, i32, f32 = self._padding(lay)
         put = lambda arr, lay_d, name, values, at=0: arr.__setitem__(  # noqa: E731
             slice(lay_d[name][0] + at, lay_d[name][0] + at + len(values)), values)
         for name, values in (("ids", h.ids), ("pos", h.pos), ("slots", h.slots), ("bits", h.bits)):
             put(i64, lay.i64, name, values)
-        s0, s1 = lay.i64["slots"]
-        i64[s0 + n:s1] = -1  # padding rows store nothing
-        p0, p1 = lay.i64["par"]
-        i64[p0:p1] = -1
-        i64[lay.i64["num"][0]:lay.i64["num"][1]] = 1  # padding sequences: a root only
         for r, ((tok, par, kind), rows) in enumerate(zip(h.tree_rows, h.logit_rows)):
             for name, values in (("tok", tok), ("par", par), ("kind", kind), ("rows", rows)):
                 put(i64, lay.i64, name, values, r * tg)
         put(i64, lay.i64, "num", [len(t[0]) for t in h.tree_rows])
         put(i64, lay.i64, "top_k", top_k.tolist())
-        i32[: lay.sizes[1]] = 0
         indptr = np.zeros(bg + 1, dtype=np.int32)
         np.cumsum([len(r) for r in h.logit_rows], out=indptr[1:b + 1])
         indptr[b + 1:] = indptr[b]
@@ -152,15 +163,12 @@ class StepGraphs:
         t0 = lay.i32["tables"][0]
         for r, table in enumerate(h.tables):
             i32[t0 + r * self.table_width: t0 + r * self.table_width + len(table)] = table
-        f32[: lay.sizes[2]] = 0
         put(f32, lay.f32, "temp", temp.tolist())
         put(f32, lay.f32, "top_p", top_p.tolist())
-        f32[lay.f32["top_p"][0] + b:lay.f32["top_p"][1]] = 1
         u0 = lay.f32["unif"][0]
         f32[u0:u0 + b * (tg + 1)].reshape(b, tg + 1)[:, : min(tg + 1, uniforms.shape[1])] = \
             uniforms[:, : tg + 1].numpy()
-        for host, dev, size in zip(self.host, self.dev, lay.sizes):
-            dev[:size].copy_(host[:size], non_blocking=True)
+        self._upload(lay)
         if inputs.draft_probs is not None:
             t = inputs.draft_probs.shape[1]
             self.probs[:b, :t].copy_(inputs.draft_probs)
@@ -189,18 +197,10 @@ class StepGraphs:
                 if (bg, tg, plan, False) in self.graphs:
                     continue
                 lay = self._layout(bg, tg)
-                i64, i32, f32 = self.host_np
-                i64[: lay.sizes[0]] = 0
-                i64[slice(*lay.i64["slots"])] = -1
-                i64[slice(*lay.i64["par"])] = -1
-                i64[slice(*lay.i64["num"])] = 1
-                i32[: lay.sizes[1]] = 0
+                _, i32, _ = self._padding(lay)
                 a, _ = lay.i32["indptr"]
                 i32[a:a + bg + 1] = np.arange(bg + 1, dtype=np.int32) * tg
-                f32[: lay.sizes[2]] = 0
-                f32[slice(*lay.f32["top_p"])] = 1
-                for host, dev, size in zip(self.host, self.dev, lay.sizes):
-                    dev[:size].copy_(host[:size], non_blocking=True)
+                self._upload(lay)
                 self.graphs[(bg, tg, plan, False)] = self._capture(lay, bg, tg, plan, False)
                 count += 1
         torch.cuda.synchronize(self.device)
@@ -218,7 +218,7 @@ class StepGraphs:
             uniforms: Tensor) -> tuple[StepOutput, object] | None:
         """Replay (capturing first if new) the step's graph; host sampling parameters ``[B]``
         and ``uniforms [B, U]``. None: not eligible, run it eagerly."""
-        shape = self.key(inputs, temp)
+        shape = self.key(inputs)
         if shape is None:
             return None
         bg, tg = shape
