@@ -6,9 +6,10 @@ Hydra's ``_target_`` picks the class; the engine calls, every step,
     ...target forward, verify, commit...
     drafter.update(step)                    # e.g. EAGLE keeps the target features of accepted nodes
 
-and ``drafter.release(seq)`` when a sequence finishes or is preempted. ``kv_demand`` tells the
-scheduler how many positions the drafter's own paged tables need, so that blocks for them are
-reserved before the step runs (a drafter never allocates mid-step).
+and ``drafter.release(seq)`` when a sequence finishes or is preempted; ``drafter.warm_up()``
+(optional) at start, to capture CUDA graphs when ``TargetContext.graph_batch`` allows them.
+``kv_demand`` tells the scheduler how many positions the drafter's own paged tables need, so that
+blocks for them are reserved before the step runs (a drafter never allocates mid-step).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class TargetContext:
     blocks: "BlockManager"
     max_model_len: int
     capture_layers: tuple[int, ...] = ()  # filled by drafters that want target layer features
+    graph_batch: int = 0  # > 0: the drafter may replay CUDA graphs for batches up to this size
 
 
 @dataclass
@@ -85,6 +87,10 @@ class DrafterBase:
 
     def release(self, seq: "Sequence") -> None:
         pass
+
+    def warm_up(self) -> int:
+        """Capture the drafter's CUDA graphs now (engine start); returns how many."""
+        return 0
 
 
 def last_tokens(seqs: list["Sequence"], device: torch.device | str = "cpu") -> torch.Tensor:

@@ -13,14 +13,18 @@ prompt, then the tokens accepted last step and the bonus token), then drafts:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from specdec.engine import ragged
+from specdec.models.attention import AttnMetadata
 from specdec.models.llama import fuse_projections
-from specdec.verifiers import CandidateKind, DraftTree
-from specdec.verifiers.probs import processed_probs, sample_from_probs
+from specdec.verifiers import CandidateKind, DraftTree, SamplingPlan
+from specdec.verifiers.probs import processed_probs, row_params, sample_from_probs
 
 from .base import DrafterBase, TargetContext
+from .graphs import DraftGraphs
 from .tree_growth import Candidates, expand, select
 
 TABLE = "draft"
@@ -69,6 +73,12 @@ class DraftModelDrafter(DrafterBase):
                  cfg.num_key_value_heads, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.target.dtype, device=self.target.device)
         self.v_cache = torch.zeros_like(self.k_cache)
+        t = self.target
+        # a graph's catch-up holds `graph_rows` tokens per sequence: a chain keeps all but the last
+        # accepted node cached (1 or 2 new tokens), a tree recomputes the accepted path (<= depth + 1)
+        self.graph_rows = 2 if self.chain else self.depth + 1
+        self.table_width = -(-(t.max_model_len + self.scratch) // t.blocks.block_size) + 1
+        self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
 
     def kv_demand(self, seq, lookahead: int) -> dict[str, int]:
         return {TABLE: len(seq) + self.scratch}
@@ -80,89 +90,183 @@ class DraftModelDrafter(DrafterBase):
     # ---- drafting -----------------------------------------------------------------------------
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
-        root_logits = self._catch_up(seqs)  # [B, V]
-        for s in seqs:
-            self.pending[s.seq_id] = len(s)
-        if self.chain:
-            return self._chain(seqs, budgets, root_logits)
-        return self._tree(seqs, budgets, root_logits)
+        """Host staging (`_stage`), then the device work (`_draft`): replayed from a CUDA graph
+        per (batch bucket, shape) when the engine allows graphs, else run eagerly."""
+        depth = min(self.depth, max(budgets) - 1) if self.chain else self.depth
+        keep = depth + 1 if self.chain else min(self.max_nodes, max(budgets))
+        sampled = self.chain and any(s.samples and s.params.temperature > 0 for s in seqs)
+        bg = self._graph_batch(seqs)
+        if bg is None:
+            host, max_q = self._stage(seqs, budgets, keep, depth, len(seqs), None)
+            dev = self.target.device
+            v = {k: torch.from_numpy(a).to(dev) for k, a in host.items()}
+            return self._draft(v, host, depth, keep, sampled, max_q, int(host["ctx"].max()), True)
+        self._catch_up_long(seqs)
+        host, _ = self._stage(seqs, budgets, keep, depth, bg, self.graph_rows)
+        body = lambda v: self._draft(v, host, depth, keep, sampled, self.graph_rows,  # noqa: E731
+                                     self.target.max_model_len, False)
+        return self.graphs.run((bg, depth, keep, sampled), host, {}, body)
 
-    def _forward(self, seqs, prefix, counts, ids, positions, store_from, bits=None):
-        """One ragged draft forward; new token i of sequence b is stored at draft position
-        ``store_from[b] + i``. Returns hidden [N, H]."""
+    @torch.inference_mode()
+    def warm_up(self) -> int:
+        """Capture the greedy graph of every batch bucket now (dummy inputs); returns the count."""
+        if self.graphs is None:
+            return 0
+        depth, keep = self.depth, (self.depth + 1 if self.chain else self.max_nodes)
+        for bg in self.graphs.batch_buckets:
+            host, _ = self._stage([], [], keep, depth, bg, self.graph_rows)
+            body = lambda v: self._draft(v, host, depth, keep, False, self.graph_rows,  # noqa: E731
+                                         self.target.max_model_len, False)
+            self.graphs.run((bg, depth, keep, False), host, {}, body)
+        return len(self.graphs.batch_buckets)
+
+    def _graph_batch(self, seqs):
+        if self.graphs is None:
+            return None
+        bg = self.graphs.batch_bucket(len(seqs))
+        if bg is None or any(len(s.aux_tables[TABLE]) > self.table_width for s in seqs):
+            return None
+        return bg
+
+    def _catch_up_long(self, seqs) -> None:
+        """Eagerly store all but the last token of sequences with more than ``graph_rows`` to
+        catch up (a prompt, a preempted history): the graph's catch-up width then holds all."""
+        long = [s for s in seqs if len(s) - min(self.cached.get(s.seq_id, 0), len(s) - 1) > self.graph_rows]
+        if not long:
+            return
+        bs, dev = self.target.blocks.block_size, self.target.device
+        starts = [min(self.cached.get(s.seq_id, 0), len(s) - 1) for s in long]
+        counts = [len(s) - 1 - st for s, st in zip(long, starts)]
+        tables = [s.aux_tables[TABLE] for s in long]
+        slots = [x for t, st, n in zip(tables, starts, counts) for x in ragged.slots(t, st, n, bs)]
+        meta = ragged.attn_metadata(tables, starts, counts, slots, dev)
+        ids = [t for s, st in zip(long, starts) for t in s.tokens[st:-1]]
+        pos = [p for s, st in zip(long, starts) for p in range(st, len(s) - 1)]
+        self.model(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, self.k_cache, self.v_cache)
+        for s in long:
+            self.cached[s.seq_id] = len(s) - 1
+
+    # ---- host staging -------------------------------------------------------------------------
+    def _stage(self, seqs, budgets, keep: int, depth: int, bg: int, rows):
+        """Host inputs of `_draft` for ``bg`` sequence slots (the ones past ``len(seqs)`` are
+        padding that stores nothing) and the longest catch-up. ``rows``: catch-up tokens per slot
+        in a graph (packed, trailing padding), None: exact."""
         bs = self.target.blocks.block_size
-        tables = [s.aux_tables[TABLE] for s in seqs]
-        slots = [x for t, st, n in zip(tables, store_from, counts) for x in ragged.slots(t, st, n, bs)]
-        use = None if bits is None else [True] * len(seqs)
-        meta = ragged.attn_metadata(tables, prefix, counts, slots, self.target.device, bits, use)
-        dev = self.target.device
-        out = self.model(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta,
-                         self.k_cache, self.v_cache)
-        return out.hidden
+        spans = [(min(self.cached.get(s.seq_id, 0), len(s) - 1), len(s)) for s in seqs]
+        total = sum(e - st for st, e in spans) if rows is None else bg * rows
+        ids, pos = np.zeros(total, np.int64), np.zeros(total, np.int64)  # [Nc]
+        slots = np.full(total, -1, np.int64)  # [Nc]
+        indptr, start_lens, ctx = np.zeros(bg + 1, np.int32), np.zeros(bg, np.int32), np.zeros(bg, np.int32)
+        last, roots, nodes = np.zeros(bg, np.int64), np.zeros(bg, np.int64), np.ones(bg, np.int64)
+        width = self.table_width if rows is not None else max(len(s.aux_tables[TABLE]) for s in seqs)
+        tables = np.zeros((bg, width), np.int32)  # [bg, W]
+        row_slots = np.full((bg, self.scratch), -1, np.int64)  # [bg, S] draft positions len .. len + S - 1
+        temp, top_p = np.zeros(bg, np.float32), np.ones(bg, np.float32)  # padding: greedy
+        top_k, unif = np.zeros(bg, np.int64), np.zeros((bg, self.depth), np.float32)
+        at = 0
+        for b, (s, (start, end)) in enumerate(zip(seqs, spans)):
+            table = np.asarray(s.aux_tables[TABLE], dtype=np.int64)
+            p = np.arange(start, end)
+            ids[at:at + end - start] = s.tokens[start:end]
+            pos[at:at + end - start] = p
+            slots[at:at + end - start] = table[p // bs] * bs + p % bs
+            at += end - start
+            indptr[b + 1], start_lens[b], last[b], ctx[b] = at, start, at - 1, end
+            tables[b, : len(table)] = table
+            p = np.arange(end, end + self.scratch)
+            row_slots[b] = table[p // bs] * bs + p % bs
+            roots[b], nodes[b] = s.tokens[-1], min(budgets[b], keep)
+            temp[b], top_p[b], top_k[b] = s.params.temperature, s.params.top_p, s.params.top_k
+            self.cached[s.seq_id] = end
+            self.pending[s.seq_id] = end
+        indptr[len(seqs) + 1:] = at
+        if self.chain and seqs:
+            unif[: len(seqs)] = _uniforms(seqs, self.depth).numpy()
+        host = {"ids": ids, "pos": pos, "slots": slots, "indptr": indptr, "start": start_lens,
+                "last": last, "ctx": ctx, "tables": tables, "row_slots": row_slots, "roots": roots,
+                "nodes": nodes}
+        if self.chain:
+            host.update(temp=temp, top_p=top_p, top_k=top_k, unif=unif)
+        return host, max((e - st for st, e in spans), default=1)
 
-    def _catch_up(self, seqs) -> torch.Tensor:
-        starts = [min(self.cached.get(s.seq_id, 0), len(s) - 1) for s in seqs]
-        counts = [len(s) - st for s, st in zip(seqs, starts)]
-        ids = [t for s, st in zip(seqs, starts) for t in s.tokens[st:]]
-        pos = [p for s, st in zip(seqs, starts) for p in range(st, len(s))]
-        hidden = self._forward(seqs, starts, counts, ids, pos, starts)
-        for s in seqs:
-            self.cached[s.seq_id] = len(s)
-        last = torch.tensor(counts, device=hidden.device).cumsum(0) - 1
-        return self.model.compute_logits(hidden[last])
+    # ---- device work (no host reads: it is what a graph replays) ------------------------------
+    def _draft(self, v, host, depth: int, keep: int, sampled: bool, max_q: int, kv_bound: int,
+               validate: bool) -> DraftTree:
+        """Catch up (``v``: `_stage`'s inputs as tensors; ``host`` the same arrays, for the
+        sampling plan), then draft a chain of ``depth`` tokens or a tree of ``keep`` nodes."""
+        meta = AttnMetadata(v["indptr"], v["start"], v["tables"], v["slots"], max_q_len=max_q,
+                            max_kv_len=kv_bound)
+        hidden = self.model(v["ids"], v["pos"], meta, self.k_cache, self.v_cache).hidden  # [Nc, H]
+        logits = self.model.compute_logits(hidden[v["last"]])  # [B, V] at each root
+        if self.chain:
+            return self._chain(v, host, logits, depth, sampled, kv_bound, validate)
+        return self._tree(v, logits, keep, kv_bound, validate)
 
-    def _chain(self, seqs, budgets, logits) -> DraftTree:
-        b, dev = len(seqs), self.target.device
-        depth = min(self.depth, max(budgets) - 1)
-        temp, top_p, top_k = _params(seqs, dev)
-        sampled = temp > 0
-        uniforms = _uniforms(seqs, self.depth).to(dev)  # [B, depth]: a fixed count per request
-        tokens = [torch.tensor([s.tokens[-1] for s in seqs], device=dev)]
-        probs = []
+    def _step(self, v, ids: Tensor, pos: Tensor, prefix: Tensor, slots: Tensor, max_q: int,
+              kv_bound: int, bits: Tensor | None = None) -> Tensor:
+        """``max_q`` new tokens per sequence (``ids, pos [B * max_q]``) after ``prefix [B]``
+        cached ones, stored at ``slots``; ``bits``: ancestor masks. Returns hidden ``[B * max_q, H]``."""
+        b = prefix.shape[0]
+        indptr = torch.arange(b + 1, dtype=torch.int32, device=ids.device) * max_q  # [B + 1]
+        meta = AttnMetadata(indptr, prefix, v["tables"], slots, tree_mask=bits, max_q_len=max_q,
+                            max_kv_len=kv_bound + max_q)
+        return self.model(ids, pos, meta, self.k_cache, self.v_cache).hidden
+
+    def _chain(self, v, host, logits, depth: int, sampled: bool, kv_bound: int, validate: bool) -> DraftTree:
+        tokens, probs = [v["roots"]], []
+        if sampled:  # the plan from the host values: building the parameters reads nothing back
+            temp = np.maximum(host["temp"], 1e-5)
+            plan = SamplingPlan.of(*(torch.from_numpy(x) for x in (temp, host["top_p"], host["top_k"])))
+            params = row_params(v["temp"].clamp(min=1e-5), v["top_p"], v["top_k"], logits.shape[0],
+                                logits.shape[-1], logits.device, plan=plan, check=False)
+            is_sampled = v["temp"] > 0  # [B]
         for level in range(1, depth + 1):
-            q = processed_probs(logits, temp.clamp(min=1e-5), top_p, top_k)  # [B, V]
-            draw = torch.where(sampled, sample_from_probs(q, uniforms[:, level - 1]), logits.argmax(-1))
+            if sampled:
+                q = processed_probs(logits, params=params)  # [B, V]
+                draw = torch.where(is_sampled, sample_from_probs(q, v["unif"][:, level - 1]), logits.argmax(-1))
+                probs.append(q)
+            else:
+                draw = logits.argmax(-1)  # [B]
             tokens.append(draw)
-            probs.append(q)
             if level == depth:
                 break
-            pos = [len(s) - 1 + level for s in seqs]
-            hidden = self._forward(seqs, pos, [1] * b, draw.tolist(), pos, pos)
+            prefix = v["ctx"] + (level - 1)  # [B] int32: the new token sits at position len - 1 + level
+            hidden = self._step(v, draw, prefix.long(), prefix, v["row_slots"][:, level - 1], 1, kv_bound + level)
             logits = self.model.compute_logits(hidden)
         tok = torch.stack(tokens, 1)  # [B, depth + 1]
-        nodes = torch.tensor([min(bud, depth + 1) for bud in budgets], device=dev)
-        kind = torch.where(sampled[:, None], int(CandidateKind.SAMPLED),
-                           int(CandidateKind.DETERMINISTIC)).to(torch.int8).expand_as(tok).clone()
+        kind = torch.full_like(tok, int(CandidateKind.DETERMINISTIC), dtype=torch.int8)
         draft_probs = None
-        if bool(sampled.any()):
+        if sampled:
+            kind = torch.where(is_sampled[:, None], int(CandidateKind.SAMPLED), kind).to(torch.int8)
             draft_probs = torch.stack(probs + [torch.zeros_like(probs[0])], 1)  # [B, depth + 1, V]
-        return DraftTree.chains(tok, nodes, kind=kind, draft_probs=draft_probs)
+        return DraftTree.chains(tok, v["nodes"], kind=kind, draft_probs=draft_probs, validate=validate,
+                                depth_bound=None if validate else depth, children_bound=None if validate else 1)
 
-    def _tree(self, seqs, budgets, logits) -> DraftTree:
-        dev = self.target.device
-        roots = torch.tensor([s.tokens[-1] for s in seqs], device=dev)
+    def _tree(self, v, logits, keep: int, kv_bound: int, validate: bool) -> DraftTree:
+        roots = v["roots"]
         cands = Candidates.start(roots)
-        frontier = torch.zeros(len(seqs), 1, dtype=torch.long, device=dev)
+        frontier = torch.zeros(roots.shape[0], 1, dtype=torch.long, device=roots.device)
         lp = logits.float().log_softmax(-1)[:, None]  # [B, 1, V]
         for level in range(self.depth):
             cands, frontier = expand(cands, frontier, lp, self.top_k)
             if level + 1 < self.depth:
-                lp = self._tree_logprobs(seqs, cands, frontier)
-        tokens, parents, _ = select(cands, min(self.max_nodes, max(budgets)))
-        nodes = torch.tensor([min(bud, tokens.shape[1]) for bud in budgets], device=dev)
-        parents = parents.masked_fill(torch.arange(tokens.shape[1], device=dev) >= nodes[:, None], -1)
-        return DraftTree(tokens, parents, nodes)
+                lp = self._tree_logprobs(v, cands, frontier, kv_bound)
+        tokens, parents, _ = select(cands, keep, check=False)
+        nodes = v["nodes"]
+        parents = parents.masked_fill(torch.arange(tokens.shape[1], device=tokens.device) >= nodes[:, None], -1)
+        return DraftTree(tokens, parents, nodes, validate=validate,
+                         depth_bound=None if validate else self.depth)
 
-    def _tree_logprobs(self, seqs, cands: Candidates, frontier) -> torch.Tensor:
+    def _tree_logprobs(self, v, cands: Candidates, frontier, kv_bound: int) -> torch.Tensor:
         """Draft log-probs at each frontier node: forward every non-root candidate (root cached)."""
         b, m = cands.tokens.shape
-        tree = DraftTree(cands.tokens, cands.parents, torch.full((b,), m, device=cands.tokens.device))
+        tree = DraftTree(cands.tokens, cands.parents, torch.full((b,), m, device=cands.tokens.device),
+                         validate=False)
         low63 = (1 << 63) - 1  # int64 shifts are arithmetic: clear the sign bit they copy
-        bits = ((tree.ancestor_mask[:, 1:] >> 1) & low63).flatten().tolist()  # drop the root's bit
-        ids = cands.tokens[:, 1:].flatten().tolist()
-        ctx = [len(s) for s in seqs]
-        pos = [c - 1 + d for c, row in zip(ctx, cands.depth[:, 1:].tolist()) for d in row]
-        hidden = self._forward(seqs, ctx, [m - 1] * b, ids, pos, ctx, bits)  # [B * (m-1), H]
+        bits = ((tree.ancestor_mask[:, 1:] >> 1) & low63).reshape(-1)  # drop the root's bit
+        pos = v["ctx"].long()[:, None] - 1 + cands.depth[:, 1:]  # [B, m - 1]
+        hidden = self._step(v, cands.tokens[:, 1:].reshape(-1), pos.reshape(-1), v["ctx"],
+                            v["row_slots"][:, : m - 1].reshape(-1), m - 1, kv_bound, bits)
         rows = (torch.arange(b, device=hidden.device)[:, None] * (m - 1) + frontier - 1).flatten()
         return self.model.compute_logits(hidden[rows]).float().log_softmax(-1).view(b, frontier.shape[1], -1)
 
@@ -176,13 +280,6 @@ class DraftModelDrafter(DrafterBase):
                 continue
             base = self.pending.pop(seq.seq_id)
             self.cached[seq.seq_id] = base + min(accepted[r], self.depth - 1)
-
-
-def _params(seqs, device):
-    temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32, device=device)
-    top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32, device=device)
-    top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.long, device=device)
-    return temp, top_p, top_k
 
 
 def _uniforms(seqs, count: int) -> torch.Tensor:

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from specdec.engine import ragged
+from specdec.models.attention import AttnMetadata
 from specdec.verifiers import DraftTree
 
 from .base import DrafterBase, StepResult
 from .draft_attention import paged
+from .graphs import DraftGraphs
 from .eagle_tree import MAX_ROWS, StaticPlan, append_rows, expand_topk
 from .tree_growth import Candidates, select
 
@@ -73,10 +76,15 @@ class EagleDrafterBase(DrafterBase):
         shape = (net.num_layers, t.blocks.num_blocks, t.blocks.block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=t.dtype, device=t.device)  # [L, nb, bs, Hkv, D]
         self.v_cache = torch.zeros_like(self.k_cache)
+        if self.static:
+            depths = range(1, self.plan.choices.max_depth + 1)
+            self.levels = [_Level(self.plan, d, t.device) for d in depths]
+            self.static_parents = torch.tensor(self.plan.choices.parents, device=t.device)  # [T]
         if self.auto:
             from .auto_budget import choose_total_tokens
 
             self.max_nodes = choose_total_tokens(t, self.depth)
+        self._setup_graphs()
 
     def kv_demand(self, seq, lookahead: int) -> dict[str, int]:
         return {TABLE: len(seq) + self.max_rows}
@@ -131,15 +139,41 @@ class EagleDrafterBase(DrafterBase):
     # ---- drafting -----------------------------------------------------------------------------
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
-        root_feat, top_lp, top_ids = self._catch_up(seqs)  # [B, h], [B, 1, k] x2
-        if self.static:
-            tokens, parents = self._grow_static(seqs, root_feat, top_ids)
-        else:
-            tokens, parents = self._grow_dynamic(seqs, root_feat, top_lp, top_ids, max(budgets))
-        dev = tokens.device
-        nodes = torch.tensor([min(b, tokens.shape[1]) for b in budgets], device=dev)
-        parents = parents.masked_fill(torch.arange(tokens.shape[1], device=dev) >= nodes[:, None], -1)
-        return DraftTree(tokens, parents, nodes)
+        """Host staging (`_stage`), then the device work (`_draft`): replayed from a CUDA graph
+        per batch bucket when the engine allows graphs, else run eagerly on exact shapes."""
+        keep = self.max_nodes if self.static else min(self.max_nodes, max(budgets))
+        bg = self._graph_batch(seqs)
+        if bg is None:
+            host, feats, max_q = self._stage(seqs, budgets, keep, len(seqs), None)
+            dev = self.target.device
+            v = {k: torch.from_numpy(a).to(dev) for k, a in host.items()}
+            v["feats"] = feats
+            kv_bound = int(host["ctx"].max())
+            return self._draft(v, keep, max_q, kv_bound, validate=True)
+        self._catch_up_long(seqs, self.graph_rows)
+        host, feats, _ = self._stage(seqs, budgets, keep, bg, self.graph_rows)
+        dev_in = {"feats": (feats, bg * self.graph_rows)}
+        body = lambda v: self._draft(v, keep, self.graph_rows, self.target.max_model_len,  # noqa: E731
+                                     validate=False)
+        return self.graphs.run((bg, keep), host, dev_in, body)
+
+    @torch.inference_mode()
+    def warm_up(self) -> int:
+        """Capture the graph of every batch bucket now (dummy all-padding inputs); returns the
+        count. The engine calls it at start, with its own graphs."""
+        if self.graphs is None:
+            return 0
+        keep, count = self.max_nodes, 0
+        for bg in self.graphs.batch_buckets:
+            if (bg, keep) in self.graphs.entries:
+                continue
+            host, _, _ = self._stage([], [], keep, bg, self.graph_rows)
+            feats = torch.zeros(0, self._feature_width(), dtype=self.target.dtype, device=self.target.device)
+            body = lambda v: self._draft(v, keep, self.graph_rows, self.target.max_model_len,  # noqa: E731
+                                         validate=False)
+            self.graphs.run((bg, keep), host, {"feats": (feats, bg * self.graph_rows)}, body)
+            count += 1
+        return count
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Draft log-probs and TARGET ids of the ``k`` best next tokens after draft outputs
@@ -149,23 +183,90 @@ class EagleDrafterBase(DrafterBase):
     def _width(self) -> int:
         return self.plan.width if self.static else self.top_k
 
-    def _catch_up(self, seqs):
-        """Run every pair not yet in the draft cache; returns the last pair's output (the root's
-        feature) and its best children."""
+    def _feature_width(self) -> int:
+        return self.net.fc.out_features
+
+    # ---- graphs -------------------------------------------------------------------------------
+    def _setup_graphs(self) -> None:
+        """CUDA graphs when the engine allows them (``TargetContext.graph_batch``). A graph's
+        catch-up holds ``graph_rows`` pairs per sequence: after a decode step a sequence has as
+        many new pairs as accepted nodes (root included), at most tree depth + 1."""
+        t = self.target
+        self.graph_rows = (self.plan.choices.max_depth if self.static else self.depth) + 1
+        self.table_width = -(-(t.max_model_len + self.max_rows) // t.blocks.block_size) + 1
+        self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
+
+    def _graph_batch(self, seqs) -> Optional[int]:
+        """The batch bucket for a graphed step, or None to draft eagerly."""
+        if self.graphs is None:
+            return None
+        bg = self.graphs.batch_bucket(len(seqs))
+        if bg is None or any(len(s.aux_tables[TABLE]) > self.table_width for s in seqs):
+            return None
+        return bg
+
+    def _catch_up_long(self, seqs, rows: int) -> None:
+        """Eagerly run all but the last pair of sequences with more than ``rows`` pairs to catch
+        up (the prompt after a prefill, the whole history after preemption), so that the graph's
+        fixed catch-up width holds every sequence."""
+        long = [s for s in seqs if len(s) - 1 - self.cached.get(s.seq_id, 0) > rows]
+        if not long:
+            return
         ids, feats, pos, starts, counts = [], [], [], [], []
+        for s in long:
+            start, end = self.cached.get(s.seq_id, 0), len(s) - 1
+            f = self._take_features(s, start, end)  # [end - start, h]
+            feats.append(f[:-1])
+            self.pending[s.seq_id] = (end - 1, f[-1:])
+            ids += s.tokens[start + 1: end]
+            pos += range(start, end - 1)
+            starts.append(start)
+            counts.append(end - 1 - start)
+            self.cached[s.seq_id] = end - 1
+        self._forward(long, starts, counts, ids, pos, None, torch.cat(feats))
+
+    # ---- host staging -------------------------------------------------------------------------
+    def _stage(self, seqs, budgets, keep: int, bg: int, rows: Optional[int]):
+        """Host inputs of `_draft` for ``bg`` sequence slots (``len(seqs)`` real ones, the rest
+        padding that stores nothing), their features ``[n, h]`` and the catch-up's longest run.
+        ``rows``: pairs per sequence slot in a graph (packed, trailing padding), None: exact."""
+        bs, width = self.target.blocks.block_size, self.table_width
+        spans = []
         for s in seqs:
             start, end = self.cached.get(s.seq_id, 0), len(s) - 1  # pairs start .. end - 1
+            spans.append((start, end))
+        total = sum(e - s for s, e in spans) if rows is None else bg * rows
+        ids, pos = np.zeros(total, np.int64), np.zeros(total, np.int64)  # [Nc]
+        slots = np.full(total, -1, np.int64)  # [Nc] padding stores nothing
+        indptr, start_lens = np.zeros(bg + 1, np.int32), np.zeros(bg, np.int32)  # [bg + 1], [bg]
+        last, ctx = np.zeros(bg, np.int64), np.zeros(bg, np.int32)  # [bg]
+        tables = np.zeros((bg, max((len(s.aux_tables[TABLE]) for s in seqs), default=1)
+                           if rows is None else width), np.int32)  # [bg, W]
+        row_slots = np.full((bg, self.max_rows), -1, np.int64)  # [bg, R] tree rows' slots
+        roots, nodes = np.zeros(bg, np.int64), np.ones(bg, np.int64)  # [bg]
+        feats, at = [], 0
+        for b, (s, (start, end)) in enumerate(zip(seqs, spans)):
+            n = end - start
             feats.append(self._take_features(s, start, end))
-            ids += s.tokens[start + 1: end + 1]
-            pos += range(start, end)
-            starts.append(start)
-            counts.append(end - start)
+            table = np.asarray(s.aux_tables[TABLE], dtype=np.int64)
+            p = np.arange(start, end)
+            ids[at:at + n] = s.tokens[start + 1: end + 1]
+            pos[at:at + n] = p
+            slots[at:at + n] = table[p // bs] * bs + p % bs
+            at += n
+            indptr[b + 1], start_lens[b], last[b], ctx[b] = at, start, at - 1, end
+            tables[b, : len(table)] = table
+            p = np.arange(end, end + self.max_rows)
+            row_slots[b] = table[p // bs] * bs + p % bs
+            roots[b], nodes[b] = s.tokens[-1], min(budgets[b], keep)
             self.cached[s.seq_id] = end
-        out = self._forward(seqs, starts, counts, ids, pos, None, torch.cat(feats))  # [N, h]
-        last = torch.tensor(counts, device=out.device).cumsum(0) - 1
-        root = out[last]  # [B, h]
-        lp, tid = self.top_children(root, self._width())
-        return root, lp[:, None], tid[:, None]
+        indptr[len(seqs) + 1:] = at
+        host = {"ids": ids, "pos": pos, "slots": slots, "indptr": indptr, "start": start_lens,
+                "last": last, "ctx": ctx, "tables": tables, "row_slots": row_slots, "roots": roots,
+                "nodes": nodes}
+        dev, dt = self.target.device, self.target.dtype
+        feats = torch.cat(feats) if feats else torch.zeros(0, self._feature_width(), dtype=dt, device=dev)
+        return host, feats, max((e - s for s, e in spans), default=1)
 
     def _take_features(self, seq, start: int, end: int) -> Tensor:
         first, feats = self.pending.pop(seq.seq_id, (start, None))
@@ -175,37 +276,65 @@ class EagleDrafterBase(DrafterBase):
                                  f"positions {start}..{end - 1}, has {have}")
         return feats[: end - start]
 
+    # ---- device work (no host reads: it is what a graph replays) ------------------------------
+    def _draft(self, v: dict[str, Tensor], keep: int, max_q: int, kv_bound: int, validate: bool) -> DraftTree:
+        """Catch up, then grow the tree. ``v``: `_stage`'s inputs as tensors plus ``feats``;
+        ``max_q`` bounds the pairs per sequence, ``kv_bound`` the context lengths."""
+        meta = AttnMetadata(v["indptr"], v["start"], v["tables"], v["slots"], max_q_len=max_q,
+                            max_kv_len=kv_bound)
+        out = self._run(meta, v["ids"], v["pos"], v["feats"])  # [Nc, h]
+        root_feat = out[v["last"]]  # [B, h] the last pair's output: the root's feature
+        lp, tid = self.top_children(root_feat, self._width())  # [B, k] x2
+        rows_fn = lambda rows, prev: self._forward_rows(v, kv_bound, rows, root_feat, prev)  # noqa: E731
+        if self.static:
+            tokens, parents = self._grow_static(v["roots"], tid[:, None], rows_fn)
+        else:
+            tokens, parents = self._grow_dynamic(v["roots"], lp[:, None], tid[:, None], keep, rows_fn)
+        nodes = v["nodes"]  # [B]
+        parents = parents.masked_fill(torch.arange(tokens.shape[1], device=tokens.device) >= nodes[:, None], -1)
+        depth = self.plan.choices.max_depth if self.static else self.depth
+        return DraftTree(tokens, parents, nodes, validate=validate, depth_bound=None if validate else depth)
+
+    def _run(self, meta: AttnMetadata, ids: Tensor, pos: Tensor, feats: Tensor) -> Tensor:
+        """The draft net over new pairs ``ids, pos [N]``, input features ``feats [N, h]``."""
+        emb = self.target.model.embed(ids)  # [N, h]
+        attends = [paged(self.k_cache[i], self.v_cache[i], meta) for i in range(self.net.num_layers)]
+        return self.net(emb, feats, pos, attends)  # [N, h]
+
     def _forward(self, seqs, prefix, counts, ids, positions, bits, feats) -> Tensor:
-        """One ragged draft forward: new pair i of sequence b stored at draft position
-        ``prefix[b] + i``; ``feats [N, h]`` are the pairs' input features. Returns ``[N, h]``."""
+        """One ragged draft forward from host lists: new pair i of sequence b stored at draft
+        position ``prefix[b] + i``; ``feats [N, h]``. Returns ``[N, h]``."""
         bs, dev = self.target.blocks.block_size, self.target.device
         tables = [s.aux_tables[TABLE] for s in seqs]
         slots = [x for t, st, n in zip(tables, prefix, counts) for x in ragged.slots(t, st, n, bs)]
         use = None if bits is None else [True] * len(seqs)
         meta = ragged.attn_metadata(tables, prefix, counts, slots, dev, bits, use)
-        emb = self.target.model.embed(torch.tensor(ids, dtype=torch.long, device=dev))
-        attends = [paged(self.k_cache[i], self.v_cache[i], meta) for i in range(self.net.num_layers)]
-        return self.net(emb, feats, torch.tensor(positions, device=dev), attends)
+        return self._run(meta, torch.tensor(ids, dtype=torch.long, device=dev),
+                         torch.tensor(positions, device=dev), feats)
 
-    def _forward_rows(self, seqs, tokens: Tensor, parent_row: Tensor, depth: Tensor, masks: Tensor,
-                      root_feat: Tensor, prev: Optional[Tensor]) -> Tensor:
+    def _forward_rows(self, v: dict[str, Tensor], kv_bound: int, rows: "_Rows", root_feat: Tensor,
+                      prev: Optional[Tensor]) -> Tensor:
         """Run tree rows ``[B, R]`` (tokens, parent row or -1, depth >= 1, ancestor masks among
-        rows); a row's input feature is its parent's output (``prev [B, R', h]``) or the root's.
-        Returns ``[B, R, h]``."""
-        b, r = tokens.shape
+        rows) after each sequence's ``ctx`` valid pairs, at draft positions ``ctx - 1 + depth``
+        and slots ``row_slots[:, :R]``; a row's input feature is its parent's output
+        (``prev [B, R', h]``) or the root's (``root_feat [B, h]``). Returns ``[B, R, h]``."""
+        b, r = rows.tokens.shape
         feat = root_feat[:, None].expand(b, r, -1)
         if prev is not None:
-            from_parent = prev.gather(1, parent_row.clamp(min=0)[:, :, None].expand(-1, -1, prev.shape[-1]))
-            feat = torch.where((parent_row >= 0)[:, :, None], from_parent, feat)
-        ctx = [len(s) - 1 for s in seqs]  # valid draft pairs; rows go after them
-        pos = [c - 1 + d for c, row in zip(ctx, depth.tolist()) for d in row]
-        out = self._forward(seqs, ctx, [r] * b, tokens.flatten().tolist(), pos,
-                            masks.flatten().tolist(), feat.reshape(b * r, -1))
+            from_parent = prev.gather(1, rows.parent.clamp(min=0)[:, :, None].expand(-1, -1, prev.shape[-1]))
+            feat = torch.where((rows.parent >= 0)[:, :, None], from_parent, feat)
+        pos = v["ctx"].long()[:, None] - 1 + rows.depth  # [B, R]
+        indptr = torch.arange(b + 1, dtype=torch.int32, device=pos.device) * r  # [B + 1]
+        meta = AttnMetadata(indptr, v["ctx"], v["tables"], v["row_slots"][:, :r].reshape(-1),
+                            tree_mask=rows.masks.reshape(-1), max_q_len=r, max_kv_len=kv_bound + r)
+        out = self._run(meta, rows.tokens.reshape(-1), pos.reshape(-1), feat.reshape(b * r, -1))
         return out.view(b, r, -1)
 
-    def _grow_dynamic(self, seqs, root_feat, top_lp, top_ids, budget: int):
-        b, dev = len(seqs), root_feat.device
-        cands = Candidates.start(torch.tensor([s.tokens[-1] for s in seqs], device=dev))
+    def _grow_dynamic(self, roots: Tensor, top_lp: Tensor, top_ids: Tensor, keep: int, rows_fn):
+        """EAGLE-2: ``top_lp, top_ids [B, 1, k]`` the root's best children; ``rows_fn(rows,
+        prev)`` runs the draft over the rows so far."""
+        b, dev = roots.shape[0], roots.device
+        cands = Candidates.start(roots)
         frontier = torch.zeros(b, 1, dtype=torch.long, device=dev)
         rows = _Rows.empty(b, dev)
         out = None
@@ -215,34 +344,44 @@ class EagleDrafterBase(DrafterBase):
                 break
             parent_row = slot + (level - 1) * self.top_k if level else torch.full_like(slot, -1)
             rows.add(cands.tokens.gather(1, frontier), parent_row, level + 1)
-            out = self._forward_rows(seqs, rows.tokens, rows.parent, rows.depth, rows.masks, root_feat, out)
+            out = rows_fn(rows, out)
             top_lp, top_ids = self.top_children(out[:, -self.top_k:], self.top_k)  # [B, top_k, k]
-        tokens, parents, _ = select(cands, min(self.max_nodes, budget))
+        tokens, parents, _ = select(cands, keep, check=False)
         return tokens, parents
 
-    def _grow_static(self, seqs, root_feat, root_ids):
+    def _grow_static(self, roots: Tensor, root_ids: Tensor, rows_fn):
         """Fill a static tree level by level; ``root_ids [B, 1, width]`` the root's best children."""
-        plan, tc = self.plan, self.plan.choices
-        b, dev = len(seqs), root_feat.device
-        tokens = torch.zeros(b, tc.num_nodes, dtype=torch.long, device=dev)
-        tokens[:, 0] = torch.tensor([s.tokens[-1] for s in seqs], device=dev)
+        b, num_nodes = roots.shape[0], self.plan.choices.num_nodes
+        tokens = torch.zeros(b, num_nodes, dtype=torch.long, device=roots.device)
+        tokens[:, 0] = roots
         best = root_ids  # [B, 1 + rows so far, width]: index 0 = root, 1 + r = row r
-        rows = _Rows.empty(b, dev)
+        rows = _Rows.empty(b, roots.device)
         out = None
-        for d, level in enumerate(plan.levels, start=1):
-            par = torch.tensor([1 + plan.row_of(tc.parents[n]) for n in level], device=dev)
-            rank = torch.tensor([tc.ranks[n] for n in level], device=dev)
-            tokens[:, level] = best[:, par, rank]
-            new = [n for n in plan.rows if tc.depths[n] == d]
-            if not new or d == tc.max_depth:
+        for d, lv in enumerate(self.levels, start=1):
+            tokens[:, lv.nodes] = best[:, lv.parent_index, lv.rank]
+            if lv.rows is None:
                 continue
-            parent_row = torch.tensor([plan.row_of(tc.parents[n]) for n in new], device=dev).expand(b, -1)
-            rows.add(tokens[:, new], parent_row, d)
-            out = self._forward_rows(seqs, rows.tokens, rows.parent, rows.depth, rows.masks, root_feat, out)
-            _, ids = self.top_children(out[:, -len(new):], plan.width)
+            rows.add(tokens[:, lv.rows], lv.parent_row.expand(b, -1), d)
+            out = rows_fn(rows, out)
+            _, ids = self.top_children(out[:, -lv.rows.shape[0]:], self.plan.width)
             best = torch.cat([best, ids], 1)
-        parents = torch.tensor(tc.parents, device=dev).expand(b, -1).clone()
-        return tokens, parents
+        return tokens, self.static_parents.expand(b, -1).clone()
+
+
+class _Level:
+    """A static tree's depth as device index tensors (built once: a graph cannot build them)."""
+
+    def __init__(self, plan: StaticPlan, depth: int, device) -> None:
+        tc = plan.choices
+        level = plan.levels[depth - 1]
+        as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+        self.nodes = as_t(level)  # [n] the nodes at this depth
+        self.parent_index = as_t([1 + plan.row_of(tc.parents[n]) for n in level])  # [n] into `best`
+        self.rank = as_t([tc.ranks[n] for n in level])  # [n]
+        new = [n for n in plan.rows if tc.depths[n] == depth]
+        run = bool(new) and depth != tc.max_depth
+        self.rows = as_t(new) if run else None  # [r] nodes run through the draft at this depth
+        self.parent_row = as_t([plan.row_of(tc.parents[n]) for n in new]) if run else None  # [r]
 
 
 class _Rows:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,6 +20,7 @@ from specdec.verifiers import DraftTree, TreeChoices
 from . import formats
 from .base import DrafterBase, StepResult, TargetContext
 from .eagle_base import _accepted, static_choices
+from .graphs import DraftGraphs
 from .medusa_net import MedusaHeads, load_medusa
 
 
@@ -45,7 +47,21 @@ class MedusaDrafter(DrafterBase):
         if heads.num_heads < self.choices.max_depth:
             raise ValueError(f"drafter=medusa: the tree is {self.choices.max_depth} deep but the "
                              f"checkpoint has {heads.num_heads} heads (one per depth)")
-        self.heads = heads.to(self.target.device, self.target.dtype).eval().requires_grad_(False)
+        t, tc = self.target, self.choices
+        self.heads = heads.to(t.device, t.dtype).eval().requires_grad_(False)
+        as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=t.device)  # noqa: E731
+        self.node_head, self.node_rank = as_t(tc.depths[1:]) - 1, as_t(tc.ranks[1:])  # [T - 1] each
+        self.parents = as_t(tc.parents)  # [T]
+        self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
+
+    def warm_up(self) -> int:
+        """Capture the graph of every batch bucket now (dummy inputs); returns the count."""
+        if self.graphs is None:
+            return 0
+        hidden = torch.zeros(0, self.heads.hidden, dtype=self.target.dtype, device=self.target.device)
+        for bg in self.graphs.batch_buckets:
+            self._replay(bg, hidden, np.zeros(bg, np.int64), np.ones(bg, np.int64))
+        return len(self.graphs.batch_buckets)
 
     def release(self, seq) -> None:
         self.last.pop(seq.seq_id, None)
@@ -66,18 +82,36 @@ class MedusaDrafter(DrafterBase):
 
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
+        """The heads' device work (`_draft`), replayed from a CUDA graph per batch bucket when the
+        engine allows graphs."""
         hidden = torch.stack([self._hidden_before_root(s) for s in seqs])  # [B, h]
-        logits = self.heads(hidden, self.target.model.compute_logits)  # [B, heads, V]
+        bg = None if self.graphs is None else self.graphs.batch_bucket(len(seqs))
+        roots = np.zeros(bg or len(seqs), np.int64)  # [B_g] padding rows: root-only trees
+        nodes = np.ones(bg or len(seqs), np.int64)
+        roots[: len(seqs)] = [s.tokens[-1] for s in seqs]
+        nodes[: len(seqs)] = [min(b, self.choices.num_nodes) for b in budgets]
+        if bg is None:
+            dev = hidden.device
+            return self._draft({"hidden": hidden, "roots": torch.from_numpy(roots).to(dev),
+                                "nodes": torch.from_numpy(nodes).to(dev)}, validate=True)
+        return self._replay(bg, hidden, roots, nodes)
+
+    def _replay(self, bg: int, hidden: Tensor, roots: np.ndarray, nodes: np.ndarray) -> DraftTree:
+        return self.graphs.run((bg,), {"roots": roots, "nodes": nodes}, {"hidden": (hidden, bg)},
+                               lambda v: self._draft(v, validate=False))
+
+    def _draft(self, v: dict[str, Tensor], validate: bool) -> DraftTree:
+        """``hidden [B, h]`` (the target's state before each root), ``roots, nodes [B]`` -> the
+        static tree filled with each head's best tokens. Reads nothing back."""
+        logits = self.heads(v["hidden"], self.target.model.compute_logits)  # [B, heads, V]
         top = logits.topk(self.width, dim=-1).indices  # [B, heads, width]
-        tc, dev = self.choices, hidden.device
-        depth = torch.tensor(tc.depths[1:], device=dev)
-        rank = torch.tensor(tc.ranks[1:], device=dev)
-        roots = torch.tensor([s.tokens[-1] for s in seqs], device=dev)
-        tokens = torch.cat([roots[:, None], top[:, depth - 1, rank]], 1)  # [B, T]
-        nodes = torch.tensor([min(b, tc.num_nodes) for b in budgets], device=dev)
-        parents = torch.tensor(tc.parents, device=dev).expand(len(seqs), -1)
-        parents = parents.masked_fill(torch.arange(tc.num_nodes, device=dev) >= nodes[:, None], -1)
-        return DraftTree(tokens, parents, nodes)
+        tokens = torch.cat([v["roots"][:, None], top[:, self.node_head, self.node_rank]], 1)  # [B, T]
+        nodes = v["nodes"]
+        t = self.choices.num_nodes
+        parents = self.parents.expand(tokens.shape[0], -1)
+        parents = parents.masked_fill(torch.arange(t, device=tokens.device) >= nodes[:, None], -1)
+        return DraftTree(tokens, parents, nodes, validate=validate,
+                         depth_bound=None if validate else self.choices.max_depth)
 
     def _hidden_before_root(self, seq) -> Tensor:
         pos, h = self.last.get(seq.seq_id, (None, None))

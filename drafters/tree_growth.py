@@ -51,12 +51,12 @@ def expand(cands: Candidates, frontier: Tensor, logprobs: Tensor, top_k: int) ->
     return grown, new_frontier
 
 
-def select(cands: Candidates, budget: int) -> tuple[Tensor, Tensor, Tensor]:
+def select(cands: Candidates, budget: int, check: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Keep the root and the ``budget - 1`` best other candidates by joint log-probability, in
     creation order. A child never outscores its parent (log q <= 0) and ties favour the older
     node, so the kept set contains every kept node's ancestors. Returns tokens, parents [B, n]
     with parents renumbered into the kept set (n = min(budget, M)), and the kept candidate
-    indices [B, n]."""
+    indices [B, n]. ``check=False`` skips the ancestor check (a host read; CUDA graphs)."""
     b, m = cands.tokens.shape
     n = min(budget, m)
     order = torch.arange(m, device=cands.tokens.device)
@@ -67,6 +67,6 @@ def select(cands: Candidates, budget: int) -> tuple[Tensor, Tensor, Tensor]:
     new_index.scatter_(1, kept, torch.arange(n, device=kept.device).expand(b, n))
     old_parent = cands.parents.gather(1, kept)  # [B, n]
     parents = torch.where(old_parent >= 0, new_index.gather(1, old_parent.clamp(min=0)), -1)
-    if bool((parents[:, 1:] < 0).any()):
+    if check and bool((parents[:, 1:] < 0).any()):
         raise AssertionError("dynamic tree selection dropped an ancestor of a kept node")
     return cands.tokens.gather(1, kept), parents, kept

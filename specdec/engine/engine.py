@@ -60,9 +60,11 @@ class Engine:
         limit = max_model_len or model.config.max_position_embeddings
         self.max_model_len = min(limit, self.config.max_model_len or limit)
         self.blocks = BlockManager(self._num_blocks(), self.config.block_size)
+        graphs_on = self.device.type == "cuda" and self.config.cuda_graphs
+        graph_batch = min(self.config.max_num_seqs, self.config.max_graph_batch) if graphs_on else 0
         ctx = TargetContext(model=self.model, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
                             device=self.device, dtype=self.dtype, blocks=self.blocks,
-                            max_model_len=self.max_model_len)
+                            max_model_len=self.max_model_len, graph_batch=graph_batch)
         drafter.load(ctx)  # may set ctx.capture_layers (target features it needs)
         sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
                                 self.max_model_len, drafter.max_nodes)
@@ -73,18 +75,21 @@ class Engine:
         self.runner = ModelRunner(self.model, self.blocks.num_blocks, self.config.block_size,
                                   self.device, self.dtype, ctx.capture_layers)
         self.graphs = None
-        if self.device.type == "cuda" and self.config.cuda_graphs:
-            self.graphs = StepGraphs(self.runner, verifier, min(self.config.max_num_seqs,
-                                                                self.config.max_graph_batch),
-                                     self.max_model_len, model.config.vocab_size)
+        if graph_batch:
+            self.graphs = StepGraphs(self.runner, verifier, graph_batch, self.max_model_len,
+                                     model.config.vocab_size)
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
 
     def warm_up_graphs(self) -> int:
-        """CUDA: capture the greedy decode/verify graphs of every batch and tree bucket now
-        (seconds), so that timed runs pay no capture or kernel compilation. Returns the count."""
-        return self.graphs.warm_up(self.drafter.max_nodes) if self.graphs is not None else 0
+        """CUDA: capture the greedy decode/verify graphs of every batch and tree bucket, and the
+        drafter's graphs, now (seconds), so that timed runs pay no capture or kernel compilation.
+        Returns the count."""
+        if self.graphs is None:
+            return 0
+        drafted = getattr(self.drafter, "warm_up", lambda: 0)()  # optional in the protocol
+        return drafted + self.graphs.warm_up(self.drafter.max_nodes)
 
     def _num_blocks(self) -> int:
         """The target's KV pool: K and V of every layer per token (drafters' own caches, which

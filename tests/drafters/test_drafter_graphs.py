@@ -1,0 +1,105 @@
+"""Drafters' CUDA graphs (drafters/graphs.py) give the tokens of eager drafting, for EAGLE-1/2/3,
+Medusa and the draft model (chain, greedy and sampled; tree), with batches padded up to a bucket,
+prompts longer than a graph's catch-up, trees cut by max_model_len, and preemption.
+
+On the CPU the drafters' device functions run eagerly on the staged buffers (``capture=False``):
+the host staging, padding and bucketing are what differ from eager drafting, and are tested here.
+On the GPU the real graphs run, the target's too (marker ``gpu``)."""
+import copy
+
+import pytest
+import torch
+
+from specdec.drafters.eagle import EagleDrafter
+from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.graphs import DraftGraphs
+from specdec.drafters.medusa import MedusaDrafter
+from specdec.drafters.small_draft import SmallDraftDrafter, save_small_draft
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.verifiers import LosslessVerifier
+
+from eagle_cases import (EAGLE1_TREE, MEDUSA_63, PROMPTS, mimic_eagle, random_eagle3, random_medusa,
+                         unit_rms_target, write)
+
+GREEDY = SamplingParams(max_new_tokens=20, ignore_eos=True)
+SAMPLED = [SamplingParams(max_new_tokens=20, ignore_eos=True, temperature=t, top_p=p, top_k=k, seed=i)
+           for i, (t, p, k) in enumerate([(0.0, 1.0, 0), (0.8, 0.9, 0), (1.0, 1.0, 5), (0.0, 1.0, 0),
+                                          (1.2, 1.0, 0)])]
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+MAX_LEN = 40  # some prompts run into it: the last trees are cut (smaller graph keys)
+
+
+@pytest.fixture(scope="module")
+def target(tiny_dir):
+    return unit_rms_target(tiny_dir("llama", num_hidden_layers=1))
+
+
+@pytest.fixture(scope="module")
+def paths(target, tmp_path_factory):
+    root = tmp_path_factory.mktemp("graph_drafters")
+    save_small_draft(copy.deepcopy(target), root / "draft", dtype=torch.float32)
+    return {"eagle": str(write(mimic_eagle(target), root / "eagle")),
+            "eagle3": str(write(random_eagle3(target), root / "eagle3", aux_layer_ids=(1, 1, 1))),
+            "medusa": str(write(random_medusa(target), root / "medusa")), "draft": str(root / "draft")}
+
+
+DRAFTERS = {
+    "eagle2": lambda p: EagleDrafter(p["eagle"]),  # 60 nodes, depth 6, top_k 10: catch-up width 7
+    "eagle2_small": lambda p: EagleDrafter(p["eagle"], total_tokens=10, depth=3, top_k=3, pool_all=False),
+    "eagle1": lambda p: EagleDrafter(p["eagle"], tree_choices=EAGLE1_TREE),
+    "eagle3": lambda p: Eagle3Drafter(p["eagle3"], total_tokens=16, depth=4, top_k=4),
+    "medusa": lambda p: MedusaDrafter(p["medusa"], MEDUSA_63),
+    "draft_chain": lambda p: SmallDraftDrafter(p["draft"], num_tokens=4),  # samples its chain at T > 0
+    "draft_tree": lambda p: SmallDraftDrafter(p["draft"], num_tokens=3, top_k=3, max_nodes=8),
+}
+
+
+def run(target, device: str, drafter, graphs: bool, params, **cfg):
+    config = EngineConfig(**{"device": device, "dtype": "float32", "block_size": 4,
+                             "max_model_len": MAX_LEN, "max_num_seqs": 8, "cuda_graphs": graphs, **cfg})
+    engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
+    if graphs and device == "cpu":  # the graphs' staging, with the body run eagerly
+        drafter.graphs = DraftGraphs("cpu", min(config.max_num_seqs, config.max_graph_batch), capture=False)
+    if graphs and device == "cuda":  # captured up front on dummy inputs, then replayed
+        assert engine.warm_up_graphs() > 0 and drafter.graphs.entries
+    seqs = engine.generate(PROMPTS, params)
+    assert engine.blocks.num_free == engine.blocks.num_blocks, "KV blocks leaked"
+    return engine, [s.output for s in seqs]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(DRAFTERS))
+@pytest.mark.parametrize("sampled", [False, True])
+def test_graphed_drafting_gives_the_eager_tokens(target, paths, device, name, sampled):
+    params = SAMPLED if sampled else GREEDY
+    _, eager = run(target, device, DRAFTERS[name](paths), False, params)
+    engine, graphed = run(target, device, DRAFTERS[name](paths), True, params)
+    graphs = engine.drafter.graphs
+    assert graphs.replays > 0, "no step drafted through the graphs"
+    assert any(key[0] > 1 for key in graphs.entries), "no padded batch bucket ran"
+    assert graphed == eager
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["eagle2", "eagle1", "medusa", "draft_chain"])
+def test_graphed_drafting_under_preemption(target, paths, device, name):
+    """Preempted sequences recompute their prefill; the drafter's first step after it catches up
+    on the whole history (eagerly, but for the last pair) before replaying its graph."""
+    cfg = {"num_blocks": 48, "max_num_batched_tokens": 64}
+    _, eager = run(target, device, DRAFTERS[name](paths), False, GREEDY, **cfg)
+    engine, graphed = run(target, device, DRAFTERS[name](paths), True, GREEDY, **cfg)
+    assert engine.scheduler.num_preemptions > 0
+    assert graphed == eager
+
+
+def test_a_staged_shape_must_match_its_key():
+    graphs = DraftGraphs("cpu", 4, capture=False)
+    import numpy as np
+
+    graphs.run(("k",), {"x": np.zeros(4, np.int64)}, {}, lambda v: v["x"].sum())
+    with pytest.raises(ValueError, match="a key must fix every shape"):
+        graphs.run(("k",), {"x": np.zeros(5, np.int64)}, {}, lambda v: v["x"].sum())
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        DraftGraphs("cpu", 4, capture=True)
