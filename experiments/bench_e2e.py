@@ -138,8 +138,12 @@ def step_profile(engine) -> dict:
     times = sorted(st.step_times)
     graphs = engine.graphs
     pct = lambda q: 1e3 * times[min(len(times) - 1, int(q * len(times)))] if times else None  # noqa: E731
+    slow = [t for t in times if times and t > 5 * times[len(times) // 2]]  # the tail: > 5x median
+    drafter_graphs = getattr(engine.drafter, "graphs", None)
     return {"steps": st.steps, "median_step_ms": pct(0.5), "p90_step_ms": pct(0.9),
             "p99_step_ms": pct(0.99), "mean_step_ms": 1e3 * sum(times) / len(times) if times else None,
+            "slow_steps": len(slow), "slow_steps_s": sum(slow),
+            "drafter_graph_replays": drafter_graphs.replays if drafter_graphs is not None else 0,
             "draft_share": st.draft_s / total if total else None,
             "verify_share": st.verify_s / total if total else None,
             "other_share": st.other_s / total if total else None,
@@ -207,6 +211,8 @@ def main() -> None:
     for name in list(systems):  # warm-up: allocations, lazy imports, compilation, graph capture
         try:
             systems[name](ids[0], 8)
+            for prompt_ids in ids[1:]:  # every prompt's prefill once: kernels that Triton (or
+                systems[name](prompt_ids, 2)  # torch.compile) specialise per length compile here
         except Exception as e:
             failed[name] = f"{type(e).__name__}: {str(e)[:500]}"
             del systems[name]

@@ -196,11 +196,11 @@ class DraftTree:
     def chains(cls, tokens: Tensor, num_nodes: Optional[Tensor] = None, **extra) -> "DraftTree":
         """Chains from ``tokens [B, T]`` (root first); ``num_nodes [B]`` defaults to T."""
         batch, width = tokens.shape
-        parents = torch.arange(-1, width - 1, device=tokens.device).expand(batch, width).clone()
+        parents = torch.arange(-1, width - 1, device=tokens.device).expand(batch, width)
         if num_nodes is None:
             num_nodes = torch.full((batch,), width, dtype=torch.long, device=tokens.device)
-        parents[torch.arange(width, device=tokens.device) >= num_nodes[:, None]] = -1
-        return cls(tokens.long(), parents, num_nodes.long(), **extra)
+        parents = parents.masked_fill(torch.arange(width, device=tokens.device) >= num_nodes[:, None], -1)
+        return cls(tokens.long(), parents, num_nodes.long(), **extra)  # no host read: graphs build chains
 
     @classmethod
     def roots(cls, tokens: Tensor) -> "DraftTree":

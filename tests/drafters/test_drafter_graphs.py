@@ -103,3 +103,26 @@ def test_a_staged_shape_must_match_its_key():
         graphs.run(("k",), {"x": np.zeros(5, np.int64)}, {}, lambda v: v["x"].sum())
     with pytest.raises(ValueError, match="need a CUDA device"):
         DraftGraphs("cpu", 4, capture=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["eagle2", "eagle1", "eagle3", "medusa", "draft_chain", "draft_tree"])
+def test_graphed_drafting_reads_nothing_back(target, paths, name):
+    """Once a sequence is past its first catch-up, drafting is staging + one replay: no host
+    sync, so the drafter's launches overlap the GPU's work."""
+    drafter = DRAFTERS[name](paths)
+    config = EngineConfig(device="cuda", dtype="float32", block_size=4, max_model_len=MAX_LEN, max_num_seqs=8)
+    engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
+    engine.warm_up_graphs()
+    seqs = [engine.add_request(p, SAMPLED[1]) for p in PROMPTS[:3]]
+    engine.step()  # prefill
+    engine.step()  # first decode: the prompt's catch-up
+    before = drafter.graphs.replays
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tree = drafter.propose(seqs, [drafter.max_nodes] * len(seqs))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert drafter.graphs.replays == before + 1
+    assert tree.tokens[: len(seqs), 0].tolist() == [s.tokens[-1] for s in seqs]
