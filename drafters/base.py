@@ -2,7 +2,8 @@
 
 Hydra's ``_target_`` picks the class; the engine calls, every step,
 
-    tree = drafter.propose(seqs, budgets)   # DraftTree for the decoding sequences
+    tree = drafter.propose(seqs, budgets)   # DraftTree: row b for seqs[b] (rows past len(seqs)
+                                            # are a CUDA graph's padding, ignored)
     ...target forward, verify, commit...
     drafter.update(step)                    # e.g. EAGLE keeps the target features of accepted nodes
 

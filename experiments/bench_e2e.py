@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import sys
 import time
@@ -279,6 +280,12 @@ def main() -> None:
 
     throughput = []
     if args.batch_sizes:
+        for name in [n for n in systems if n.startswith("specdec_")]:  # free their KV pools and graphs
+            del systems[name]
+        drafters.clear()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         bprompts = data_mod.select(all_prompts, args.batch_prompts or args.num_prompts)
         bids = [data_mod.render(p, loaded.tokenizer, chat_template=True) for p in bprompts]
         hf_plain = systems.get("hf_plain")
@@ -293,6 +300,7 @@ def main() -> None:
                 throughput.append(timed(lambda: engine.generate(bids, SamplingParams(max_new_tokens=args.max_new_tokens)),
                                         f"specdec_{name}", b, device, stops, engine))
                 del engine
+                gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             if hf_plain is not None:

@@ -52,6 +52,7 @@ def store_kv_triton(
     n, hkv, d = k.shape
     if n == 0:
         return
+    slot_mapping = slot_mapping.contiguous()  # the kernel reads slot i at offset i (a strided view would misplace K/V)
     _store_kv_kernel[(n,)](
         k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

@@ -20,7 +20,6 @@ Outputs (hidden states, logits, result) are the graph's static tensors: valid un
 """
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,7 +170,7 @@ class StepGraphs:
         self._upload(lay)
         if inputs.draft_probs is not None:
             t = inputs.draft_probs.shape[1]
-            self.probs[:b, :t].copy_(inputs.draft_probs)
+            self.probs[:b, :t].copy_(inputs.draft_probs[:b])  # a graphed drafter's tree has padding rows
             self.probs[:b, t:tg].zero_()
         pad = bg - b
         return SamplingPlan.of(torch.cat([temp, temp.new_zeros(pad)]),
@@ -204,12 +203,11 @@ class StepGraphs:
                 self.graphs[(bg, tg, plan, False)] = self._capture(lay, bg, tg, plan, False)
                 count += 1
         torch.cuda.synchronize(self.device)
-        # As vLLM does after capturing: move the objects alive now (models, graphs, caches) out of
-        # the cyclic garbage collector's generations, so that its full collections stop walking
-        # them (a bench_e2e run with 10 systems loaded averaged 3.3 ms per autoregressive step for
-        # a 2.4 ms median; such collections are one source of that tail).
-        gc.collect()
-        gc.freeze()
+        # No gc.freeze() here (vLLM freezes after capturing): a frozen engine is never collected,
+        # and processes that build several engines (benchmarks, sweeps, tests) ran out of GPU
+        # memory. The step-time tail it was meant to cut came from Triton compiling the eager
+        # prefill's kernels per prompt-length class (bench_e2e now prefills every prompt in its
+        # warm-up: mean step 2.14 ms for a 1.95 ms median, BENCHMARKS.md).
         return count
 
     # ---- the step ---------------------------------------------------------------------------

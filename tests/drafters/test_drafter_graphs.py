@@ -118,10 +118,12 @@ def test_graphed_drafting_reads_nothing_back(target, paths, name):
     seqs = [engine.add_request(p, SAMPLED[1]) for p in PROMPTS[:3]]
     engine.step()  # prefill
     engine.step()  # first decode: the prompt's catch-up
+    batch = engine.scheduler.schedule()  # reserves the blocks this step's drafting writes
+    assert [i.seq for i in batch] == seqs and not any(i.is_prefill for i in batch)
     before = drafter.graphs.replays
     torch.cuda.set_sync_debug_mode("error")
     try:
-        tree = drafter.propose(seqs, [drafter.max_nodes] * len(seqs))
+        tree = drafter.propose(seqs, [i.num_new for i in batch])
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert drafter.graphs.replays == before + 1
