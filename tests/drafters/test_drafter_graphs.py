@@ -7,6 +7,7 @@ the host staging, padding and bucketing are what differ from eager drafting, and
 On the GPU the real graphs run, the target's too (marker ``gpu``)."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,8 +97,6 @@ def test_graphed_drafting_under_preemption(target, paths, device, name):
 
 def test_a_staged_shape_must_match_its_key():
     graphs = DraftGraphs("cpu", 4, capture=False)
-    import numpy as np
-
     graphs.run(("k",), {"x": np.zeros(4, np.int64)}, {}, lambda v: v["x"].sum())
     with pytest.raises(ValueError, match="a key must fix every shape"):
         graphs.run(("k",), {"x": np.zeros(5, np.int64)}, {}, lambda v: v["x"].sum())
