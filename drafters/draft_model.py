@@ -77,7 +77,7 @@ class DraftModelDrafter(DrafterBase):
         # a graph's catch-up holds `graph_rows` tokens per sequence: a chain keeps all but the last
         # accepted node cached (1 or 2 new tokens), a tree recomputes the accepted path (<= depth + 1)
         self.graph_rows = 2 if self.chain else self.depth + 1
-        self.table_width = -(-(t.max_model_len + self.scratch) // t.blocks.block_size) + 1
+        self.table_width = ragged.table_width(t.max_model_len + self.scratch, t.blocks.block_size)
         self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
 
     def kv_demand(self, seq, lookahead: int) -> dict[str, int]:
@@ -95,7 +95,7 @@ class DraftModelDrafter(DrafterBase):
         depth = min(self.depth, max(budgets) - 1) if self.chain else self.depth
         keep = depth + 1 if self.chain else min(self.max_nodes, max(budgets))
         sampled = self.chain and any(s.samples and s.params.temperature > 0 for s in seqs)
-        bg = self._graph_batch(seqs)
+        bg = None if self.graphs is None else self.graphs.batch_for(seqs, TABLE, self.table_width)
         if bg is None:
             host, max_q = self._stage(seqs, budgets, keep, depth, len(seqs), None)
             dev = self.target.device
@@ -120,13 +120,6 @@ class DraftModelDrafter(DrafterBase):
             self.graphs.run((bg, depth, keep, False), host, {}, body)
         return len(self.graphs.batch_buckets)
 
-    def _graph_batch(self, seqs):
-        if self.graphs is None:
-            return None
-        bg = self.graphs.batch_bucket(len(seqs))
-        if bg is None or any(len(s.aux_tables[TABLE]) > self.table_width for s in seqs):
-            return None
-        return bg
 
     def _catch_up_long(self, seqs) -> None:
         """Eagerly store all but the last token of sequences with more than ``graph_rows`` to
@@ -165,16 +158,14 @@ class DraftModelDrafter(DrafterBase):
         top_k, unif = np.zeros(bg, np.int64), np.zeros((bg, self.depth), np.float32)
         at = 0
         for b, (s, (start, end)) in enumerate(zip(seqs, spans)):
-            table = np.asarray(s.aux_tables[TABLE], dtype=np.int64)
-            p = np.arange(start, end)
+            table = s.aux_tables[TABLE]
             ids[at:at + end - start] = s.tokens[start:end]
-            pos[at:at + end - start] = p
-            slots[at:at + end - start] = table[p // bs] * bs + p % bs
+            pos[at:at + end - start] = np.arange(start, end)
+            slots[at:at + end - start] = ragged.slot_array(table, start, end - start, bs)
             at += end - start
             indptr[b + 1], start_lens[b], last[b], ctx[b] = at, start, at - 1, end
             tables[b, : len(table)] = table
-            p = np.arange(end, end + self.scratch)
-            row_slots[b] = table[p // bs] * bs + p % bs
+            row_slots[b] = ragged.slot_array(table, end, self.scratch, bs)
             roots[b], nodes[b] = s.tokens[-1], min(budgets[b], keep)
             temp[b], top_p[b], top_k[b] = s.params.temperature, s.params.top_p, s.params.top_k
             self.cached[s.seq_id] = end

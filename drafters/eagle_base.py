@@ -142,7 +142,7 @@ class EagleDrafterBase(DrafterBase):
         """Host staging (`_stage`), then the device work (`_draft`): replayed from a CUDA graph
         per batch bucket when the engine allows graphs, else run eagerly on exact shapes."""
         keep = self.max_nodes if self.static else min(self.max_nodes, max(budgets))
-        bg = self._graph_batch(seqs)
+        bg = None if self.graphs is None else self.graphs.batch_for(seqs, TABLE, self.table_width)
         if bg is None:
             host, feats, max_q = self._stage(seqs, budgets, keep, len(seqs), None)
             dev = self.target.device
@@ -193,17 +193,9 @@ class EagleDrafterBase(DrafterBase):
         many new pairs as accepted nodes (root included), at most tree depth + 1."""
         t = self.target
         self.graph_rows = (self.plan.choices.max_depth if self.static else self.depth) + 1
-        self.table_width = -(-(t.max_model_len + self.max_rows) // t.blocks.block_size) + 1
+        self.table_width = ragged.table_width(t.max_model_len + self.max_rows, t.blocks.block_size)
         self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
 
-    def _graph_batch(self, seqs) -> Optional[int]:
-        """The batch bucket for a graphed step, or None to draft eagerly."""
-        if self.graphs is None:
-            return None
-        bg = self.graphs.batch_bucket(len(seqs))
-        if bg is None or any(len(s.aux_tables[TABLE]) > self.table_width for s in seqs):
-            return None
-        return bg
 
     def _catch_up_long(self, seqs, rows: int) -> None:
         """Eagerly run all but the last pair of sequences with more than ``rows`` pairs to catch
@@ -248,16 +240,14 @@ class EagleDrafterBase(DrafterBase):
         for b, (s, (start, end)) in enumerate(zip(seqs, spans)):
             n = end - start
             feats.append(self._take_features(s, start, end))
-            table = np.asarray(s.aux_tables[TABLE], dtype=np.int64)
-            p = np.arange(start, end)
+            table = s.aux_tables[TABLE]
             ids[at:at + n] = s.tokens[start + 1: end + 1]
-            pos[at:at + n] = p
-            slots[at:at + n] = table[p // bs] * bs + p % bs
+            pos[at:at + n] = np.arange(start, end)
+            slots[at:at + n] = ragged.slot_array(table, start, n, bs)
             at += n
             indptr[b + 1], start_lens[b], last[b], ctx[b] = at, start, at - 1, end
             tables[b, : len(table)] = table
-            p = np.arange(end, end + self.max_rows)
-            row_slots[b] = table[p // bs] * bs + p % bs
+            row_slots[b] = ragged.slot_array(table, end, self.max_rows, bs)
             roots[b], nodes[b] = s.tokens[-1], min(budgets[b], keep)
             self.cached[s.seq_id] = end
         indptr[len(seqs) + 1:] = at

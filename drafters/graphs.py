@@ -84,6 +84,15 @@ class DraftGraphs:
         """The padded batch size for ``batch`` sequences, None past the largest bucket."""
         return bucket(batch, self.batch_buckets)
 
+    def batch_for(self, seqs, table: str, table_width: int) -> int | None:
+        """The bucket for drafting ``seqs`` in a graph whose staged block tables
+        (``seq.aux_tables[table]``) hold ``table_width`` entries; None: draft eagerly."""
+        bg = self.batch_bucket(len(seqs))
+        if bg is None or any(len(s.aux_tables[table]) > table_width for s in seqs):
+            return None
+        return bg
+
+
     def run(self, key: tuple, host: dict[str, np.ndarray], dev: dict[str, tuple[Tensor, int]],
             body: Callable[[dict[str, Tensor]], Any]) -> Any:
         """Stage ``host`` arrays and ``dev`` tensors (each ``(tensor [n, ...], padded rows)``),

@@ -29,6 +29,7 @@ from torch import Tensor
 from specdec.models.attention import AttnMetadata
 from specdec.verifiers import DraftTree, SamplingPlan
 
+from . import ragged
 from .model_runner import StepInputs, StepOutput
 
 NODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -97,7 +98,7 @@ class StepGraphs:
         self.device, self.vocab = runner.device, vocab_size
         self.max_model_len = max_model_len
         self.batch_buckets = batch_buckets(max_batch)
-        self.table_width = -(-(max_model_len + NODE_BUCKETS[-1]) // runner.block_size) + 1
+        self.table_width = ragged.table_width(max_model_len + NODE_BUCKETS[-1], runner.block_size)
         big = _Layout(self.batch_buckets[-1], NODE_BUCKETS[-1], self.table_width).sizes
         pin = self.device.type == "cuda"
         self.host = [torch.zeros(n, dtype=dt, pin_memory=pin) for n, dt in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from specdec.models.attention import AttnMetadata
@@ -12,6 +13,19 @@ from specdec.models.attention import AttnMetadata
 def slots(table: Sequence[int], start: int, count: int, block_size: int) -> list[int]:
     """Flat cache slots of positions ``start .. start + count - 1`` under a block table."""
     return [table[p // block_size] * block_size + p % block_size for p in range(start, start + count)]
+
+
+def slot_array(table: Sequence[int], start: int, count: int, block_size: int) -> np.ndarray:
+    """`slots` as an int64 array ``[count]`` (vectorised, for per-step staging)."""
+    t = np.asarray(table, dtype=np.int64)
+    p = np.arange(start, start + count)
+    return t[p // block_size] * block_size + p % block_size
+
+
+def table_width(num_positions: int, block_size: int) -> int:
+    """Block-table entries a CUDA graph stages per sequence to cover ``num_positions``
+    positions (one spare)."""
+    return -(-num_positions // block_size) + 1
 
 
 def block_table_tensor(tables: Sequence[Sequence[int]]) -> torch.Tensor:  # [B, max_blocks] int32
