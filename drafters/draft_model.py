@@ -207,7 +207,7 @@ class DraftModelDrafter(DrafterBase):
         tokens, probs = [v["roots"]], []
         if sampled:  # the plan from the host values: building the parameters reads nothing back
             temp = np.maximum(host["temp"], 1e-5)
-            plan = SamplingPlan.of(*(torch.from_numpy(x) for x in (temp, host["top_p"], host["top_k"])))
+            plan = SamplingPlan.of(temp, host["top_p"], host["top_k"])
             params = row_params(v["temp"].clamp(min=1e-5), v["top_p"], v["top_k"], logits.shape[0],
                                 logits.shape[-1], logits.device, plan=plan, check=False)
             is_sampled = v["temp"] > 0  # [B]

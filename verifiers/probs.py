@@ -47,7 +47,8 @@ class SamplingPlan:
 
     @staticmethod
     def of(temperature: Tensor, top_p: Tensor, top_k: Tensor) -> "SamplingPlan":
-        """The tightest plan for host (CPU) parameter values ``[N]``."""
+        """The tightest plan for host parameter values ``[N]``: CPU tensors or numpy arrays (the
+        same expressions work on both; numpy's are ~10x cheaper on small arrays)."""
         greedy = temperature == 0
         filters = ~greedy & ((top_p < 1) | (top_k > 0))
         if not bool(filters.any()):

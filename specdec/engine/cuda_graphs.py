@@ -154,7 +154,7 @@ class StepGraphs:
             for name, values in (("tok", tok), ("par", par), ("kind", kind), ("rows", rows)):
                 put(i64, lay.i64, name, values, r * tg)
         put(i64, lay.i64, "num", [len(t[0]) for t in h.tree_rows])
-        put(i64, lay.i64, "top_k", top_k.tolist())
+        put(i64, lay.i64, "top_k", top_k)
         indptr = np.zeros(bg + 1, dtype=np.int32)
         np.cumsum([len(r) for r in h.logit_rows], out=indptr[1:b + 1])
         indptr[b + 1:] = indptr[b]
@@ -163,20 +163,19 @@ class StepGraphs:
         t0 = lay.i32["tables"][0]
         for r, table in enumerate(h.tables):
             i32[t0 + r * self.table_width: t0 + r * self.table_width + len(table)] = table
-        put(f32, lay.f32, "temp", temp.tolist())
-        put(f32, lay.f32, "top_p", top_p.tolist())
+        put(f32, lay.f32, "temp", temp)
+        put(f32, lay.f32, "top_p", top_p)
         u0 = lay.f32["unif"][0]
         f32[u0:u0 + b * (tg + 1)].reshape(b, tg + 1)[:, : min(tg + 1, uniforms.shape[1])] = \
-            uniforms[:, : tg + 1].numpy()
+            uniforms[:, : tg + 1]
         self._upload(lay)
         if inputs.draft_probs is not None:
             t = inputs.draft_probs.shape[1]
             self.probs[:b, :t].copy_(inputs.draft_probs[:b])  # a graphed drafter's tree has padding rows
             self.probs[:b, t:tg].zero_()
-        pad = bg - b
-        return SamplingPlan.of(torch.cat([temp, temp.new_zeros(pad)]),
-                               torch.cat([top_p, top_p.new_ones(pad)]),
-                               torch.cat([top_k, top_k.new_zeros(pad)]))
+        # the plan of the staged rows, padding (greedy) included
+        return SamplingPlan.of(*(f[slice(*lay_d[name])] for f, lay_d, name in (
+            (f32, lay.f32, "temp"), (f32, lay.f32, "top_p"), (i64, lay.i64, "top_k"))))
 
     def _layout(self, bg: int, tg: int) -> _Layout:
         if (bg, tg) not in self.layouts:
@@ -213,10 +212,10 @@ class StepGraphs:
 
     # ---- the step ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, inputs: StepInputs, temp: Tensor, top_p: Tensor, top_k: Tensor,
-            uniforms: Tensor) -> tuple[StepOutput, object] | None:
-        """Replay (capturing first if new) the step's graph; host sampling parameters ``[B]``
-        and ``uniforms [B, U]``. None: not eligible, run it eagerly."""
+    def run(self, inputs: StepInputs, temp: np.ndarray, top_p: np.ndarray, top_k: np.ndarray,
+            uniforms: np.ndarray) -> tuple[StepOutput, object] | None:
+        """Replay (capturing first if new) the step's graph; host (numpy) sampling parameters
+        ``[B]`` and ``uniforms [B, U]``. None: not eligible, run it eagerly."""
         shape = self.key(inputs)
         if shape is None:
             return None

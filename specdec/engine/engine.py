@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence as Seq
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -184,23 +185,27 @@ class Engine:
         temp, top_p, top_k, uniforms = self._sampling(seqs)
         plan = SamplingPlan.of(temp, top_p, top_k)  # host facts: no device read to pick the path
         dev, width = logits.device, inputs.tree.max_nodes
+        to = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
         # check=False: the drafters built the trees and SamplingParams validated the values, so
         # verification reads nothing back from the device (the accepted counts are read after)
-        return self.verifier.verify(inputs.tree, logits, temp.to(dev), top_p.to(dev), top_k.to(dev),
-                                    uniforms[:, : width + 1].to(dev), plan=plan, check=False)
+        return self.verifier.verify(inputs.tree, logits, to(temp), to(top_p), to(top_k),
+                                    to(uniforms[:, : width + 1]), plan=plan, check=False)
 
-    def _sampling(self, seqs: list[Sequence]):
-        """Host tensors of the sampling rows: temperature, top_p, top_k ``[Bs]``, uniforms ``[Bs, U]``."""
-        temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)
-        top_p = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32)
-        top_k = torch.tensor([s.params.top_k for s in seqs], dtype=torch.long)
-        return temp, top_p, top_k, torch.stack([self._uniforms(s) for s in seqs])
+    def _sampling(self, seqs: list[Sequence]) -> tuple[np.ndarray, ...]:
+        """Host (numpy: a few microseconds where torch's small ops cost tens) arrays of the
+        sampling rows: temperature, top_p float32, top_k int64 ``[Bs]``, uniforms float32 ``[Bs, U]``."""
+        temp = np.array([s.params.temperature for s in seqs], dtype=np.float32)
+        top_p = np.array([s.params.top_p for s in seqs], dtype=np.float32)
+        top_k = np.array([s.params.top_k for s in seqs], dtype=np.int64)
+        uniforms = np.zeros((len(seqs), self.num_uniforms), dtype=np.float32)
+        for r, seq in enumerate(seqs):
+            if seq.samples:  # greedy rows draw nothing
+                uniforms[r] = self._uniforms(seq).numpy()
+        return temp, top_p, top_k, uniforms
 
     def _uniforms(self, seq: Sequence) -> torch.Tensor:
         """A fixed number of draws per sampling event from the request's own counter-based
         generator, so sampled outputs do not depend on the batch or the schedule."""
-        if not seq.samples:
-            return torch.zeros(self.num_uniforms)
         return torch.rand(self.num_uniforms, generator=seq.generator(stream=0))
 
     def _step_result(self, batch, inputs: StepInputs, out, result) -> StepResult:

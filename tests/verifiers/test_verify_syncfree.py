@@ -2,6 +2,7 @@
 bounds (``validate=False``), verification reads no value from the device — proven on the meta
 device, where any read (``.item()``, ``bool()``, ``.tolist()``, ``.cpu()``, ``nonzero``) raises;
 and the fast configuration returns exactly what the default, validating one returns."""
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,13 @@ def test_plan_is_checked_against_the_parameters():
         SamplingPlan(all_greedy=False, any_greedy=True, filter_cap=None)
     assert SamplingPlan.of(torch.tensor([1.0]), torch.tensor([0.9]), torch.tensor([7])).filter_cap == 7
     assert SamplingPlan.of(torch.tensor([0.0]), torch.tensor([0.5]), torch.tensor([0])).all_greedy
+
+
+@pytest.mark.parametrize("rows", [[(0.0, 1.0, 0)], [(0.0, 1.0, 0), (1.0, 0.9, 0)], [(1.0, 0.9, 7), (0.7, 1.0, 3)],
+                                  [(0.8, 1.0, 0)], [(0.0, 0.5, 4), (1.0, 1.0, 0)]])
+def test_plan_of_numpy_equals_plan_of_tensors(rows):
+    """The engine derives plans from numpy arrays (cheaper on the host); same plan as tensors."""
+    temp, top_p, top_k = zip(*rows)
+    want = SamplingPlan.of(torch.tensor(temp), torch.tensor(top_p), torch.tensor(top_k))
+    got = SamplingPlan.of(np.array(temp, np.float32), np.array(top_p, np.float32), np.array(top_k, np.int64))
+    assert got == want

@@ -47,6 +47,21 @@ def test_chains_and_roots():
     assert roots.max_nodes == 1 and roots.max_depth == 0
 
 
+def test_roots_shortcut_matches_the_generic_derivation():
+    """`roots` sets every derived field itself (a host-time shortcut): it must equal what the
+    generic builder derives for one-node chains, tensors, dtypes and host facts alike."""
+    tokens = torch.tensor([3, 4, 49151])
+    fast, slow = DraftTree.roots(tokens), DraftTree.chains(tokens.view(-1, 1))
+    for name in ("tokens", "parents", "num_nodes", "kind", "parent_index", "num_children", "depth",
+                 "ancestor_mask", "valid", "inner", "is_leaf", "earlier_siblings", "first_of_token"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    for name in ("max_depth", "max_children", "children_at_depth", "has_sampled",
+                 "has_no_replacement", "draft_probs", "batch_size", "max_nodes"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    assert fast.path_to(torch.zeros(3, dtype=torch.long)).tolist() == [[0]] * 3
+
+
 def test_from_choices_follows_medusa_order():
     # Medusa sorts choices by (length, path); node i's parent is the node of path[:-1]
     choices = [[1], [0, 0], [0], [0, 1], [1, 0], [0, 0, 0], [2]]
