@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from specdec.kernels import rope_
 from specdec.models.attention import AttnMetadata, paged_attention
 from specdec.models.config import ModelConfig
 from specdec.models.rope import apply_rope
@@ -36,9 +37,19 @@ class DraftAttention(nn.Module):
         self.k_proj = nn.Linear(in_dim, self.hkv * self.d, bias=qkv_bias)
         self.v_proj = nn.Linear(in_dim, self.hkv * self.d, bias=qkv_bias)
         self.o_proj = nn.Linear(self.hq * self.d, cfg.hidden_size, bias=False)
+        self.qkv_weight: Tensor | None = None  # [(Hq + 2 Hkv) D, in] set by eagle_net.fuse_draft
+        self.qkv_bias: Tensor | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attend: Attend) -> Tensor:  # [N, in] -> [N, h]
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attend: Attend,
+                fused: bool = False) -> Tensor:  # [N, in] -> [N, h]
         n = x.shape[0]
+        if fused:  # one projection, rope in place on its q and k heads (the target's fused path)
+            qkv = rope_(F.linear(x, self.qkv_weight, self.qkv_bias), cos, sin, self.hq + self.hkv)
+            a, b = self.hq * self.d, (self.hq + self.hkv) * self.d
+            q = qkv[:, :a].view(n, self.hq, self.d)  # [N, Hq, D] views of [N, (Hq + 2 Hkv) D]
+            k = qkv[:, a:b].view(n, self.hkv, self.d)
+            v = qkv[:, b:].view(n, self.hkv, self.d)
+            return self.o_proj(attend(q, k, v).reshape(n, self.hq * self.d))
         q = apply_rope(self.q_proj(x).view(n, self.hq, self.d), cos, sin)  # [N, Hq, D]
         k = apply_rope(self.k_proj(x).view(n, self.hkv, self.d), cos, sin)  # [N, Hkv, D]
         v = self.v_proj(x).view(n, self.hkv, self.d)  # [N, Hkv, D]

@@ -66,8 +66,10 @@ class DraftModelDrafter(DrafterBase):
         """Use an already built draft model (tests, experiments); checks the shared vocabulary."""
         check_same_vocab(self.target, model, tokenizer)
         self.model = model.to(self.target.device, self.target.dtype).eval()
-        if self.target.device.type == "cuda":  # the fused layer kernels, as the target's
+        if self.target.device.type == "cuda":  # the fused layer kernels and rope table, as the target's
             fuse_projections(self.model)
+            self.model.model.rotary_emb.use_table(self.target.max_model_len + self.scratch + 1,
+                                                  self.target.device, self.target.dtype)
         cfg = model.config
         shape = (cfg.num_hidden_layers, self.target.blocks.num_blocks, self.target.blocks.block_size,
                  cfg.num_key_value_heads, cfg.head_dim)

@@ -41,6 +41,7 @@ class EagleDrafterBase(DrafterBase):
     """Subclasses set ``self.net`` in `load` and define `target_features` and `top_children`."""
     name = "eagle"
     shipped_as = "eagle"  # drafters/weights/<target>/<shipped_as> is `path: default`
+    fuse_on_cuda = True  # tests turn it off to compare against the plain path
 
     def __init__(self, path: str, total_tokens: int | str = 60, depth: int = 6, top_k: int = 10,
                  tree_choices: Optional[Sequence[Sequence[int]]] = None, pool_all: bool = True) -> None:
@@ -72,6 +73,10 @@ class EagleDrafterBase(DrafterBase):
         """Use ``net`` (loaded or built in memory) with the target in ``self.target``."""
         t = self.target
         self.net = net.to(t.device, t.dtype).eval().requires_grad_(False)
+        if t.device.type == "cuda" and self.fuse_on_cuda:
+            self.net.fuse_kernels()  # the target's fused path, for the draft layer run per level
+            # rope rows from a table: tree rows sit up to max_rows past the context
+            self.net.rotary.use_table(t.max_model_len + self.max_rows + 1, t.device, t.dtype)
         cfg = net.config
         shape = (net.num_layers, t.blocks.num_blocks, t.blocks.block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=t.dtype, device=t.device)  # [L, nb, bs, Hkv, D]

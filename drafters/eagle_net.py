@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from specdec.kernels import add_rms_norm
 from specdec.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
-from specdec.models.llama import MLP, RMSNorm
+from specdec.models.llama import MLP, RMSNorm, concat_linears
 from specdec.models.rope import RotaryEmbedding
 
 from .draft_attention import Attend, DraftAttention
@@ -42,7 +43,13 @@ class EagleDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if input_norm else None
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attend: Attend) -> Tensor:  # [N, h]
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attend: Attend, fused: bool = False) -> Tensor:  # [N, h]
+        if fused:  # the residual add fused into the post-attention norm
+            h = x if self.input_layernorm is None else _norm(self.input_layernorm, x)
+            a = self.self_attn(h, cos, sin, attend, fused=True)
+            post = self.post_attention_layernorm
+            h, x = add_rms_norm(a, post.weight, post.eps, x)  # norm(x + a), x + a
+            return x + self.mlp(h, fused=True)
         h = x if self.input_layernorm is None else self.input_layernorm(x)
         x = x + self.self_attn(h, cos, sin, attend)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -60,6 +67,7 @@ class EagleNet(nn.Module):
         self.layers = nn.ModuleList(EagleDecoderLayer(cfg, i != 0, qkv_bias)
                                     for i in range(cfg.num_hidden_layers))
         self.rotary = RotaryEmbedding(cfg)  # no state: inv_freq is a plain attribute
+        self._fused_for: Optional[tuple] = None  # (device, dtype) that fuse_draft built for
 
     @property
     def num_layers(self) -> int:
@@ -69,9 +77,14 @@ class EagleNet(nn.Module):
         """emb, feat ``[N, h]``, positions ``[N]`` -> predicted features ``[N, h]``."""
         x = self.fc(torch.cat([emb, feat.to(emb.dtype)], -1))
         cos, sin = self.rotary(positions, x.dtype)
+        fused = self._fused_for == (x.device, x.dtype)
         for layer, attend in zip(self.layers, attends):
-            x = layer(x, cos, sin, attend)
+            x = layer(x, cos, sin, attend, fused)
         return x
+
+    def fuse_kernels(self) -> None:
+        """Fused projections and element-wise kernels (see `fuse_draft`)."""
+        fuse_draft(self, [(layer.self_attn, layer.mlp) for layer in self.layers])
 
 
 class Eagle3Layer(nn.Module):
@@ -86,7 +99,14 @@ class Eagle3Layer(nn.Module):
         self.input_layernorm = RMSNorm(h, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps)
 
-    def forward(self, emb: Tensor, hidden: Tensor, cos: Tensor, sin: Tensor, attend: Attend) -> Tensor:
+    def forward(self, emb: Tensor, hidden: Tensor, cos: Tensor, sin: Tensor, attend: Attend,
+                fused: bool = False) -> Tensor:
+        if fused:
+            x = torch.cat([_norm(self.input_layernorm, emb), _norm(self.hidden_norm, hidden)], -1)
+            a = self.self_attn(x, cos, sin, attend, fused=True)
+            post = self.post_attention_layernorm
+            x, h = add_rms_norm(a, post.weight, post.eps, hidden)  # norm(hidden + a), hidden + a
+            return h + self.mlp(x, fused=True)
         x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], -1)  # [N, 2h]
         h = hidden + self.self_attn(x, cos, sin, attend)
         return h + self.mlp(self.post_attention_layernorm(h))
@@ -108,6 +128,7 @@ class Eagle3Net(nn.Module):
         self.register_buffer("d2t", torch.zeros(draft_vocab_size, dtype=torch.long))  # [Vd]
         self.register_buffer("t2d", torch.zeros(cfg.vocab_size, dtype=torch.bool))  # [V]
         self.rotary = RotaryEmbedding(cfg)
+        self._fused_for: Optional[tuple] = None  # (device, dtype) that fuse_draft built for
 
     num_layers = 1
 
@@ -116,10 +137,39 @@ class Eagle3Net(nn.Module):
 
     def forward(self, emb: Tensor, hidden: Tensor, positions: Tensor, attends: Sequence[Attend]) -> Tensor:
         cos, sin = self.rotary(positions, emb.dtype)
-        return self.midlayer(emb, hidden.to(emb.dtype), cos, sin, attends[0])
+        fused = self._fused_for == (emb.device, emb.dtype)
+        return self.midlayer(emb, hidden.to(emb.dtype), cos, sin, attends[0], fused)
 
     def logits(self, out: Tensor) -> Tensor:  # [N, h] -> [N, Vd] float32
+        if self._fused_for == (out.device, out.dtype):
+            flat = _norm(self.norm, out.reshape(-1, out.shape[-1]))  # [M, h]
+            return self.lm_head(flat).float().view(*out.shape[:-1], -1)
         return self.lm_head(self.norm(out)).float()
 
     def to_target(self, draft_ids: Tensor) -> Tensor:  # draft ids -> target ids, same shape
         return draft_ids + self.d2t[draft_ids]
+
+    def fuse_kernels(self) -> None:
+        """Fused projections and element-wise kernels (see `fuse_draft`). Not ``fuse``: that
+        name is EAGLE-3's feature fusion."""
+        fuse_draft(self, [(self.midlayer.self_attn, self.midlayer.mlp)])
+
+
+def fuse_draft(net: nn.Module, blocks: Sequence[tuple[DraftAttention, MLP]]) -> None:
+    """Switch a draft net to the target's fused CUDA path (`specdec.models.llama.fuse_projections`):
+    one q/k/v and one gate/up projection per layer (the parameters become views of the fused
+    matrices, so later weight copies update both) and the Triton add+RMSNorm / rope / silu-mul
+    kernels, ~12 launches per draft layer instead of ~38. Drafting a tree runs the draft layer
+    once per level, so on a small target this is a large share of a step. Call it once the net
+    has its device and dtype; moving or casting it afterwards falls back to the plain path (the
+    reference, tested against this one)."""
+    for attn, mlp in blocks:
+        attn.qkv_weight, attn.qkv_bias = concat_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+        mlp.gate_up_weight, mlp.gate_up_bias = concat_linears(mlp.gate_proj, mlp.up_proj)
+    w = next(net.parameters())
+    net._fused_for = (w.device, w.dtype)
+
+
+def _norm(norm: RMSNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` through the fused kernel (one launch; the plain RMSNorm is seven)."""
+    return add_rms_norm(x, norm.weight, norm.eps)[0]

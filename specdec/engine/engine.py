@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from specdec.drafters.base import StepResult, TargetContext
 from specdec.models.llama import fuse_projections
-from specdec.verifiers import SamplingPlan
+from specdec.verifiers import MAX_NODES, SamplingPlan
 
 from .block_manager import BlockManager
 from .config import EngineConfig
@@ -73,6 +73,8 @@ class Engine:
         self.scheduler.on_release = drafter.release
         if self.device.type == "cuda" and hasattr(self.model, "_forward_fused"):
             fuse_projections(self.model)  # fused qkv / gate-up and the Triton layer ops
+            # rope from a table: tree nodes sit up to MAX_NODES past the last cached position
+            self.model.model.rotary_emb.use_table(self.max_model_len + MAX_NODES, self.device, self.dtype)
         self.runner = ModelRunner(self.model, self.blocks.num_blocks, self.config.block_size,
                                   self.device, self.dtype, ctx.capture_layers)
         self.graphs = None

@@ -212,8 +212,8 @@ def fuse_projections(model: LlamaForCausalLM) -> LlamaForCausalLM:
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if not attn.qk_norm:
-            attn.qkv_weight, attn.qkv_bias = _concat_into(attn.q_proj, attn.k_proj, attn.v_proj)
-        mlp.gate_up_weight, mlp.gate_up_bias = _concat_into(mlp.gate_proj, mlp.up_proj)
+            attn.qkv_weight, attn.qkv_bias = concat_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+        mlp.gate_up_weight, mlp.gate_up_bias = concat_linears(mlp.gate_proj, mlp.up_proj)
     model._fused_for = (w.device, w.dtype)
     return model
 
@@ -228,7 +228,7 @@ def _still_fused(layer: DecoderLayer) -> bool:
                for lin, fused in pairs)
 
 
-def _concat_into(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
+def concat_linears(*linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
     """One ``[sum out, in]`` weight (and bias) whose row blocks the linears' parameters become."""
     weight = torch.cat([lin.weight for lin in linears])
     bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])

@@ -99,14 +99,38 @@ class RotaryEmbedding(nn.Module):
         # Computed on the CPU even when the model is built under `torch.device("meta")`.
         with torch.device("cpu"):
             self.inv_freq, self.scaling = rope_inv_freq(cfg)  # [D / 2] float32
+        self.table: tuple | None = None  # (positions, device, dtype, cos [P, D], sin [P, D])
+        self._retired: list[tuple] = []  # replaced tables: CUDA graphs may still read them
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos, sin ``[N, D]`` in ``dtype``, computed in fp32 as HF does."""
+        """cos, sin ``[N, D]`` in ``dtype``, computed in fp32 as HF does; rows of the table
+        (`use_table`) when there is one for this device and dtype (callers keep positions below
+        its size)."""
+        t = self.table
+        if t is not None and t[1] == positions.device and t[2] == dtype:
+            return t[3][positions], t[4][positions]  # 2 launches; computing them is 9
+        return self._compute(positions, dtype)
+
+    def _compute(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if self.inv_freq.device != positions.device:
             self.inv_freq = self.inv_freq.to(positions.device)
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [N, D / 2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [N, D]
         return (emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype)
+
+    def use_table(self, num_positions: int, device, dtype: torch.dtype) -> None:
+        """Precompute cos, sin for positions ``[0, num_positions)`` (same formula, so the same
+        values) and read rows of them from now on. A step of a small model is launch-bound and
+        drafters run rope once per tree level. Grows, never shrinks; a replaced table stays
+        alive for the CUDA graphs captured on it."""
+        cos, sin = self._compute(torch.arange(1, device=device), dtype)  # the device with its index
+        t = self.table
+        if t is not None and t[1] == cos.device and t[2] == dtype and t[0] >= num_positions:
+            return
+        if t is not None:
+            self._retired.append(t)
+        cos, sin = self._compute(torch.arange(num_positions, device=cos.device), dtype)
+        self.table = (num_positions, cos.device, dtype, cos, sin)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -50,3 +50,24 @@ def test_fusing_twice_keeps_the_weights_and_moving_falls_back(tmp_path):
     model.to(torch.bfloat16)  # a new dtype: the fused matrices are stale, the plain path must serve
     logits, _ = run(model, torch.bfloat16)
     torch.testing.assert_close(logits, reference)
+
+
+@pytest.mark.parametrize("case", ["llama", "llama31_rope", "llama_linear", "llama_yarn"])
+def test_rope_table_gives_the_computed_values(tmp_path, case):
+    """`RotaryEmbedding.use_table` (the CUDA engine's rope: 2 launches instead of 9) reads rows of
+    a precomputed table: bit-identical to computing them, for every rope type; the logits too."""
+    model = load(case, tmp_path)
+    rope = model.model.rotary_emb
+    positions = torch.tensor([0, 5, 1, 63, 17, 17])
+    want = rope(positions, torch.float32)
+    logits, _ = run(model)
+    rope.use_table(64, "cpu", torch.float32)
+    got = rope(positions, torch.float32)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert torch.equal(run(model)[0], logits)
+    old = rope.table
+    rope.use_table(32, "cpu", torch.float32)  # smaller: kept
+    assert rope.table is old
+    rope.use_table(128, "cpu", torch.float32)  # larger: rebuilt, the old one kept alive for graphs
+    assert rope.table[0] == 128 and rope._retired == [old]
+    assert torch.equal(rope(positions, torch.bfloat16)[0], want[0].to(torch.bfloat16))  # no bf16 table

@@ -1,0 +1,180 @@
+"""Where a speculative step's time goes on a small target, measured part by part: the drafter's
+CUDA graph and the target's decode/verify graph each timed alone (replays between CUDA events),
+the rest of the engine step (host work) by difference from the measured step, and the kernels in
+each graph counted from the CUDA graph itself (`CUDAGraph.debug_dump`).
+
+Target: the SmolLM2-135M architecture with random bf16 weights (``--model synthetic``, the
+default: no checkpoint needed) or a real checkpoint (``--model default`` / a path). Drafts: the
+shipped heads of drafters/weights/smollm2-135m-instruct. Graph timings and kernel counts depend on
+shapes only (a dynamic tree always keeps ``total_tokens`` nodes), so random target weights give
+the same figures; acceptance does not matter here (bench_e2e.py measures it).
+
+    python experiments/profile_draft.py --out experiments/results/profile_draft.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_steps import random_model  # noqa: E402
+from specdec.drafters.eagle import EagleDrafter  # noqa: E402
+from specdec.drafters.eagle3 import Eagle3Drafter  # noqa: E402
+from specdec.drafters.none import NoDrafter  # noqa: E402
+from specdec.engine.config import EngineConfig  # noqa: E402
+from specdec.engine.engine import Engine  # noqa: E402
+from specdec.engine.sequence import SamplingParams  # noqa: E402
+from specdec.run import git_sha, versions  # noqa: E402
+from specdec.verifiers import LosslessVerifier  # noqa: E402
+
+WEIGHTS = REPO / "drafters/weights/smollm2-135m-instruct"
+
+
+class _DebugGraph(torch.cuda.CUDAGraph):
+    """A CUDAGraph that keeps its graph for `debug_dump` (to count its nodes)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enable_debug_mode()
+
+
+def count_nodes(graph) -> dict:
+    """Kernel and memcpy/memset nodes of a captured graph, from its DOT dump."""
+    with tempfile.NamedTemporaryFile(suffix=".dot") as f:
+        graph.debug_dump(f.name)
+        text = Path(f.name).read_text()
+    return {"kernels": len(re.findall(r"KERNEL", text)) or None, "memcpy": len(re.findall(r"MEMCPY", text)),
+            "memset": len(re.findall(r"MEMSET", text)), "dot_bytes": len(text)}
+
+
+def replay_ms(graph, repeats: int = 50) -> float:
+    """Mean ms of one replay, by CUDA events around ``repeats`` back-to-back replays (x3, median)."""
+    out = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(repeats):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        out.append(start.elapsed_time(end) / repeats)
+    return statistics.median(out)
+
+
+SYSTEMS = {
+    "none": lambda: NoDrafter(),
+    "eagle": lambda: EagleDrafter(str(WEIGHTS / "eagle")),
+    "eagle_plain_layers": lambda: _plain(EagleDrafter(str(WEIGHTS / "eagle"))),
+    "eagle_depth4_t32": lambda: EagleDrafter(str(WEIGHTS / "eagle"), total_tokens=32, depth=4, top_k=8),
+    "eagle3": lambda: Eagle3Drafter(str(WEIGHTS / "eagle3")),
+}
+
+
+def _plain(drafter):
+    drafter.fuse_on_cuda = False  # the draft layers' plain torch path (the target stays fused)
+    return drafter
+
+
+def measure(model, name: str, batch: int, steps: int, prompt_len: int) -> dict:
+    drafter = SYSTEMS[name]()
+    cfg = EngineConfig(device="cuda", dtype="bfloat16", max_num_seqs=batch, max_model_len=4096)
+    engine = Engine(model, drafter, LosslessVerifier(), cfg)
+    engine.warm_up_graphs()
+    gen = torch.Generator().manual_seed(0)
+    for b in range(batch):
+        ids = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist()
+        engine.add_request(ids, SamplingParams(max_new_tokens=100000, ignore_eos=True))
+    last = {}
+    graphs = engine.graphs
+    dg = getattr(drafter, "graphs", None)
+    if dg is not None:
+        orig = dg.run
+
+        def draft_run(key, *args):  # remember the drafter graph the step replayed
+            last["draft"] = key
+            return orig(key, *args)
+        dg.run = draft_run
+    streak = 0
+    while streak < 5:  # prefill, then five graphed decode steps in a row (the graphs are warm)
+        before = graphs.replays
+        engine.step()
+        streak = streak + 1 if graphs.replays > before else 0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t0)
+    step_ms = 1e3 * statistics.median(times)
+    key = _target_key(engine)
+    target = graphs.graphs[key]
+    out = {"system": name, "batch": batch, "step_ms": step_ms, "target_graph_key": str(key[:2]),
+           "target_graph_ms": replay_ms(target.graph), "target_nodes": count_nodes(target.graph)}
+    if dg is not None:
+        entry = dg.entries[last["draft"]]
+        out.update(draft_graph_key=str(last["draft"]), draft_graph_ms=replay_ms(entry.graph),
+                   draft_nodes=count_nodes(entry.graph))
+    out["host_and_sync_ms"] = step_ms - out["target_graph_ms"] - out.get("draft_graph_ms", 0.0)
+    acc = [a for s in engine.sequences.values() for a in s.accept_lengths]
+    out["mean_accepted"] = sum(acc) / max(len(acc), 1)
+    del engine, drafter
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def _target_key(engine):
+    """The key of the greedy graph for the engine's current batch (what the last steps replayed)."""
+    g = engine.graphs
+    b = len(engine.scheduler.running)
+    from specdec.engine.cuda_graphs import NODE_BUCKETS, bucket
+    bg, tg = bucket(b, g.batch_buckets), bucket(engine.drafter.max_nodes, NODE_BUCKETS)
+    return next(k for k in g.graphs if k[0] == bg and k[1] == tg and k[2].all_greedy)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--systems", default="none,eagle,eagle_plain_layers,eagle_depth4_t32,eagle3")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--prompt-len", type=int, default=200)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("profile_draft.py times CUDA graphs: it needs a CUDA GPU")
+    torch.cuda.CUDAGraph = _DebugGraph  # the engine's and the drafters' graphs keep their nodes
+    model = random_model("smollm2_135m")
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        for name in args.systems.split(","):
+            row = measure(model, name, batch, args.steps, args.prompt_len)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {"script": "experiments/profile_draft.py", "args": vars(args), "rows": rows,
+              "device": torch.cuda.get_device_name(), "versions": versions(), "git_sha": git_sha(),
+              "date": datetime.date.today().isoformat()}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"\n{'system':22s} {'B':>3s} {'step':>7s} {'target':>7s} {'draft':>7s} {'host':>7s} "
+          f"{'k_target':>8s} {'k_draft':>8s}")
+    for r in rows:
+        print(f"{r['system']:22s} {r['batch']:3d} {r['step_ms']:7.3f} {r['target_graph_ms']:7.3f} "
+              f"{r.get('draft_graph_ms', 0):7.3f} {r['host_and_sync_ms']:7.3f} "
+              f"{r['target_nodes']['kernels'] or 0:8d} {(r.get('draft_nodes') or {}).get('kernels') or 0:8d}")
+
+
+if __name__ == "__main__":
+    main()
