@@ -241,21 +241,26 @@ class EagleDrafterBase(DrafterBase):
                            if rows is None else width), np.int32)  # [bg, W]
         row_slots = np.full((bg, self.max_rows), -1, np.int64)  # [bg, R] tree rows' slots
         roots, nodes = np.zeros(bg, np.int64), np.ones(bg, np.int64)  # [bg]
-        feats, at = [], 0
+        feats, at, n = [], 0, len(seqs)
         for b, (s, (start, end)) in enumerate(zip(seqs, spans)):
-            n = end - start
             feats.append(self._take_features(s, start, end))
             table = s.aux_tables[TABLE]
-            ids[at:at + n] = s.tokens[start + 1: end + 1]
-            pos[at:at + n] = np.arange(start, end)
-            slots[at:at + n] = ragged.slot_array(table, start, n, bs)
-            at += n
-            indptr[b + 1], start_lens[b], last[b], ctx[b] = at, start, at - 1, end
+            ids[at:at + end - start] = s.tokens[start + 1: end + 1]
+            at += end - start
             tables[b, : len(table)] = table
-            row_slots[b] = ragged.slot_array(table, end, self.max_rows, bs)
-            roots[b], nodes[b] = s.tokens[-1], min(budgets[b], keep)
+            roots[b] = s.tokens[-1]
             self.cached[s.seq_id] = end
-        indptr[len(seqs) + 1:] = at
+        # the rest vectorised over sequences (per-sequence numpy calls cost ~30 us each at B = 16)
+        starts, ends = np.array([sp[0] for sp in spans], np.int64), np.array([sp[1] for sp in spans], np.int64)
+        np.cumsum(ends - starts, out=indptr[1:n + 1])
+        indptr[n + 1:] = at
+        start_lens[:n], ctx[:n], last[:n] = starts, ends, indptr[1:n + 1] - 1
+        nodes[:n] = np.minimum(np.asarray(budgets[:n], np.int64), keep)
+        owner = np.repeat(np.arange(n), ends - starts)  # [at] the sequence of each new pair
+        pos[:at] = np.arange(at) - indptr[:n][owner] + starts[owner]  # pair i of b at start_b + i
+        slots[:at] = tables[owner, pos[:at] // bs].astype(np.int64) * bs + pos[:at] % bs
+        rp = ends[:, None] + np.arange(self.max_rows)  # [n, R] tree rows' positions
+        row_slots[:n] = np.take_along_axis(tables[:n], rp // bs, 1).astype(np.int64) * bs + rp % bs
         host = {"ids": ids, "pos": pos, "slots": slots, "indptr": indptr, "start": start_lens,
                 "last": last, "ctx": ctx, "tables": tables, "row_slots": row_slots, "roots": roots,
                 "nodes": nodes}

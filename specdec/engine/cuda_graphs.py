@@ -150,9 +150,14 @@ class StepGraphs:
             slice(lay_d[name][0] + at, lay_d[name][0] + at + len(values)), values)
         for name, values in (("ids", h.ids), ("pos", h.pos), ("slots", h.slots), ("bits", h.bits)):
             put(i64, lay.i64, name, values)
-        for r, ((tok, par, kind), rows) in enumerate(zip(h.tree_rows, h.logit_rows)):
-            for name, values in (("tok", tok), ("par", par), ("kind", kind), ("rows", rows)):
-                put(i64, lay.i64, name, values, r * tg)
+        if h.tree_arrays is not None:  # [B, T] blocks (columns past the widest tree are padding)
+            for name, arr in zip(("tok", "par", "kind", "rows"), h.tree_arrays):
+                t = min(arr.shape[1], tg)
+                i64[slice(*lay.i64[name])].reshape(bg, tg)[:b, :t] = arr[:, :t]
+        else:
+            for r, ((tok, par, kind), rows) in enumerate(zip(h.tree_rows, h.logit_rows)):
+                for name, values in (("tok", tok), ("par", par), ("kind", kind), ("rows", rows)):
+                    put(i64, lay.i64, name, values, r * tg)
         put(i64, lay.i64, "num", [len(t[0]) for t in h.tree_rows])
         put(i64, lay.i64, "top_k", top_k)
         indptr = np.zeros(bg + 1, dtype=np.int32)

@@ -11,7 +11,9 @@ rejected nodes' slots are simply overwritten by later steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,6 +38,9 @@ class HostBatch:
     tree_rows: list[tuple[list[int], list[int], list[int]]]  # [Bs] (tokens, parents, kinds)
     tree_depths: list[int]  # [Bs] depth of each sampled tree
     is_prefill: list[bool]  # [B]
+    # all-decode batches: (tokens, parents, kinds, logit rows) as [B, T] arrays (padding: 0, -1,
+    # 0, 0), which a CUDA graph stages as blocks instead of row by row
+    tree_arrays: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = None
 
 
 @dataclass
@@ -73,6 +78,8 @@ class ModelRunner:
                 device_tensors: bool = True) -> StepInputs:
         """Host-side assembly of the flat batch. ``tree`` rows follow the decode items in order.
         With ``device_tensors=False`` only the host lists are built (a CUDA graph stages them)."""
+        if not device_tensors and tree is not None and not any(i.is_prefill for i in batch):
+            return self._prepare_decode(batch, tree)
         ids, pos, slots, bits, use, offsets = [], [], [], [], [], [0]
         sample_index, logit_rows, roots, tree_rows, depths = [], [], [], [], []
         t_list = _tree_lists(tree)
@@ -121,6 +128,43 @@ class ModelRunner:
                                logit_rows, tree, roots)
         inputs.host, inputs.width = host, width
         return inputs
+
+    def _prepare_decode(self, batch: list[ScheduledSeq], tree: DraftTree) -> StepInputs:
+        """`prepare` of an all-decode batch for a CUDA graph, with numpy over ``[B, T]`` arrays
+        instead of Python loops over nodes (what the host spends most of a large batch's step
+        on); builds the same HostBatch as the general path (tested against it)."""
+        b, bs = len(batch), self.block_size
+        tok, depth, mask, par, kind, num = _tree_arrays(tree, b)  # [B, T] x5, [B]
+        seqs = [item.seq for item in batch]
+        budget = np.array([item.num_new for item in batch])
+        bad = np.flatnonzero((tok[:, 0] != np.array([s.tokens[-1] for s in seqs])) | (num > budget))
+        if bad.size:
+            r = int(bad[0])
+            raise AssertionError(f"drafter tree for request {seqs[r].request_id} has root {tok[r, 0]} / "
+                                 f"{num[r]} nodes; expected root {seqs[r].tokens[-1]} and at most "
+                                 f"{budget[r]} nodes")
+        t = tok.shape[1]
+        node = np.arange(t)
+        valid = node < num[:, None]  # [B, T]
+        tok, par, kind = np.where(valid, tok, 0), np.where(valid, par, -1), np.where(valid, kind, 0)
+        start = np.array([s.num_cached for s in seqs], dtype=np.int64)
+        tables = [s.block_table for s in seqs]
+        padded = np.zeros((b, max(len(x) for x in tables)), dtype=np.int64)
+        for r, x in enumerate(tables):
+            padded[r, : len(x)] = x
+        p = start[:, None] + node  # [B, T] node i is stored at position num_cached + i
+        blk = np.minimum(p // bs, padded.shape[1] - 1)  # padding nodes may run past the table
+        slots = np.take_along_axis(padded, blk, 1) * bs + p % bs
+        offsets = np.zeros(b + 1, dtype=np.int64)
+        np.cumsum(num, out=offsets[1:])
+        rows = np.where(valid, offsets[:-1, None] + node, 0)  # [B, T] row in N of each node
+        counts = num.tolist()
+        trim = lambda a: [row[:n] for row, n in zip(a.tolist(), counts)]  # noqa: E731
+        host = HostBatch(tok[valid], (start[:, None] + depth)[valid], slots[valid], mask[valid],
+                         tables, start.tolist(), trim(rows), list(zip(trim(tok), trim(par), trim(kind))),
+                         depth.max(1).tolist(), [False] * b, (tok, par, kind, rows))
+        return StepInputs(None, None, None, offsets.tolist(), list(range(b)), None, None, host,
+                          tree.draft_probs, int(num.max()))
 
     def _tensors(self, batch, ids, pos, slots, bits, use, offsets, sample_index, logit_rows,
                  tree, roots) -> StepInputs:
@@ -179,6 +223,16 @@ def _tree_lists(tree: DraftTree | None) -> list[list[list[int]]]:
                                    tree.kind.long()]).flatten(), tree.num_nodes]).tolist()
     n = flat[5 * b * t:]
     return [[flat[(c * b + r) * t:(c * b + r) * t + n[r]] for r in range(b)] for c in range(5)]
+
+
+def _tree_arrays(tree: DraftTree, rows: int) -> list[np.ndarray]:
+    """(tokens, depth, ancestor bits, parents, kinds) ``[rows, T]`` and num_nodes ``[rows]`` of
+    the first ``rows`` trees, in one host transfer."""
+    stacked = torch.stack([tree.tokens, tree.depth, tree.ancestor_mask, tree.parents, tree.kind.long()])
+    num = tree.num_nodes[None, :rows, None].expand(1, rows, stacked.shape[2])
+    host = torch.cat([stacked[:, :rows], num]).cpu().numpy()  # [6, rows, T]
+    tok, depth, mask, par, kind, n = host
+    return [tok, depth, mask, par, kind, n[:, 0]]
 
 
 def _sampling_tree(batch, sample_index, tree, roots, width, device) -> DraftTree | None:

@@ -116,3 +116,39 @@ def test_engines_sharing_a_model_keep_their_graphs_valid(tiny_dir):
     outs = [[s.output for s in e.generate(PROMPTS, GREEDY)] for e in engines]
     assert model.model.layers[0].self_attn.qkv_weight.data_ptr() == qkv
     assert outs[0] == outs[2] and outs[1] == outs[2]
+
+
+@pytest.mark.parametrize("name", ["none", "ngram_tree", "draft_tree"])
+def test_vectorised_decode_staging_equals_the_general_path(tiny_dir, name):
+    """`ModelRunner._prepare_decode` (numpy over [B, T], what graphed steps use) builds the host
+    batch the general per-node path builds, trees of different sizes per row included."""
+    path = str(tiny_dir("qwen2"))
+    model = load_model(path).model
+    engine = Engine(model, drafters(path)[name](), LosslessVerifier(),
+                    EngineConfig(device="cpu", dtype="float32", block_size=4, max_num_seqs=8))
+    general, compared = engine.runner.prepare, []
+
+    def prepare(batch, tree, device_tensors=True):
+        slow = general(batch, tree, device_tensors)
+        if tree is None or any(i.is_prefill for i in batch):
+            return slow
+        fast = general(batch, tree, device_tensors=False)
+        for field in ("ids", "pos", "slots", "bits"):
+            assert list(getattr(fast.host, field)) == list(getattr(slow.host, field)), field
+        for field in ("tables", "prefix_lens", "logit_rows", "tree_rows", "tree_depths", "is_prefill"):
+            assert getattr(fast.host, field) == getattr(slow.host, field), field
+        assert (fast.row_offsets, fast.sample_index, fast.width) == (slow.row_offsets, slow.sample_index, slow.width)
+        tok, par, kind, rows = fast.host.tree_arrays
+        for r, ((t, p, k), lr) in enumerate(zip(slow.host.tree_rows, slow.host.logit_rows)):
+            n = len(t)
+            assert tok[r, :n].tolist() == t and par[r, :n].tolist() == p and kind[r, :n].tolist() == k
+            assert rows[r, :n].tolist() == lr and not tok[r, n:].any() and not rows[r, n:].any()
+            assert (par[r, n:] == -1).all()
+        compared.append(len(set(map(len, slow.host.logit_rows))))
+        return slow
+
+    engine.runner.prepare = prepare
+    engine.generate(PROMPTS, GREEDY)
+    assert len(compared) >= 5
+    if name == "ngram_tree":  # n-gram trees vary in size from row to row
+        assert max(compared) > 1, "no step had trees of different sizes"
