@@ -46,13 +46,16 @@ from specdec.run import git_sha, versions  # noqa: E402
 
 
 def make_drafter(spec: str):
+    """``"eagle"``, ``"eagle drafter.depth=4 ..."`` (Hydra overrides) or, to run one drafter
+    under several settings side by side, ``"label:eagle drafter.depth=4 ..."``."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     name, *overrides = spec.split()
+    label, _, name = name.rpartition(":")
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=[f"drafter={name}", *overrides])
-    return name, instantiate(cfg.drafter)
+    return label or name, instantiate(cfg.drafter)
 
 
 def hf_model(path: str, dtype, device):
@@ -295,7 +298,9 @@ def main() -> None:
             for spec in args.drafters:
                 name, drafter = make_drafter(spec)  # a fresh drafter per engine
                 engine = engine_system(loaded, drafter, bcfg).engine
-                engine.generate(bids[:b], SamplingParams(max_new_tokens=8))  # warm-up and capture
+                # warm-up: every prompt's prefill once (Triton compiles the eager prefill's kernels
+                # per length class; a system timed first would pay them all), and the graphs
+                engine.generate(bids, SamplingParams(max_new_tokens=8))
                 engine.stats = type(engine.stats)()
                 throughput.append(timed(lambda: engine.generate(bids, SamplingParams(max_new_tokens=args.max_new_tokens)),
                                         f"specdec_{name}", b, device, stops, engine))
