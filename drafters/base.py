@@ -54,6 +54,8 @@ class StepResult:
     result: Any  # specdec.verifiers.VerifyResult over the sampling rows
     tree: Optional[DraftTree]  # the tree verified (sampling rows), node i of row r at hidden row
     #                           row_offsets[b] + i for decode sequences
+    accepted: Optional[list[list[int]]] = None  # [Bs] accepted node indices per sampling row,
+    #                           root first: `result` already read to the host (no second read)
 
 
 @runtime_checkable

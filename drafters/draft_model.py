@@ -267,7 +267,8 @@ class DraftModelDrafter(DrafterBase):
         """Chains: accepted nodes whose draft K/V were computed stay valid (all but the last)."""
         if not self.chain or step.result is None:
             return
-        accepted = step.result.num_accepted.tolist()
+        accepted = ([len(path) - 1 for path in step.accepted] if step.accepted is not None
+                    else step.result.num_accepted.tolist())  # host copy: no second device read
         for seq, r, pre in zip(step.seqs, step.sample_index, step.is_prefill):
             if r < 0 or pre or seq.seq_id not in self.pending:
                 continue

@@ -117,7 +117,7 @@ class EagleDrafterBase(DrafterBase):
 
     def _settled_rows(self, step: StepResult):
         """(hidden rows, [(seq, first position, count)]): a prefill's rows, a decode's accepted path."""
-        paths = _accepted(step.result)
+        paths = _accepted(step)
         rows, spans = [], []
         for b, seq in enumerate(step.seqs):
             start, prefix = step.row_offsets[b], step.prefix_lens[b]
@@ -402,10 +402,13 @@ class _Rows:
         self.depth = torch.cat([self.depth, torch.full_like(tokens, depth)], 1)
 
 
-def _accepted(result) -> list[list[int]]:
-    if result is None:
+def _accepted(step: StepResult) -> list[list[int]]:
+    """Accepted node paths per sampling row: the engine's host copy, else read from the result."""
+    if step.accepted is not None:
+        return step.accepted
+    if step.result is None:
         return []
-    nodes, counts = result.accepted_nodes.tolist(), result.num_accepted.tolist()
+    nodes, counts = step.result.accepted_nodes.tolist(), step.result.num_accepted.tolist()
     return [row[: n + 1] for row, n in zip(nodes, counts)]
 
 

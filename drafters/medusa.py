@@ -69,7 +69,8 @@ class MedusaDrafter(DrafterBase):
     @torch.inference_mode()
     def update(self, step: StepResult) -> None:
         """Keep the hidden state of the last position each sequence settled this step."""
-        paths = _accepted(step.result)
+        paths = _accepted(step)
+        keep, rows = [], []
         for b, seq in enumerate(step.seqs):
             if step.is_prefill[b]:
                 node = depth = step.num_new[b] - 1
@@ -78,7 +79,12 @@ class MedusaDrafter(DrafterBase):
                 node, depth = path[-1], len(path) - 1  # accepted node j lands at prefix + j
             else:
                 continue
-            self.last[seq.seq_id] = (step.prefix_lens[b] + depth, step.hidden[step.row_offsets[b] + node])
+            keep.append((seq.seq_id, step.prefix_lens[b] + depth))
+            rows.append(step.row_offsets[b] + node)
+        if rows:  # one gather for the batch (a launch per sequence costs more than the work)
+            hidden = step.hidden[torch.tensor(rows, device=step.hidden.device)]  # [n, H]
+            for (seq_id, position), h in zip(keep, hidden):
+                self.last[seq_id] = (position, h)
 
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:

@@ -169,7 +169,7 @@ class Engine:
         accepted, bonus = _read_result(result)
         self.runner.commit(batch, inputs, accepted)
         t3 = time.perf_counter()
-        self.drafter.update(self._step_result(batch, inputs, out, result))
+        self.drafter.update(self._step_result(batch, inputs, out, result, accepted))
         t4 = time.perf_counter()
         finished += self._postprocess(batch, inputs, accepted, bonus, t4)
         t5 = time.perf_counter()
@@ -210,13 +210,13 @@ class Engine:
         generator, so sampled outputs do not depend on the batch or the schedule."""
         return torch.rand(self.num_uniforms, generator=seq.generator(stream=0))
 
-    def _step_result(self, batch, inputs: StepInputs, out, result) -> StepResult:
+    def _step_result(self, batch, inputs: StepInputs, out, result, accepted) -> StepResult:
         return StepResult(
             seqs=[i.seq for i in batch], is_prefill=[i.is_prefill for i in batch],
             num_new=[inputs.row_offsets[b + 1] - inputs.row_offsets[b] for b in range(len(batch))],
             prefix_lens=[i.seq.num_cached for i in batch], row_offsets=inputs.row_offsets,
             hidden=out.hidden, captured=out.captured, sample_index=inputs.sample_index,
-            result=result, tree=inputs.tree)
+            result=result, tree=inputs.tree, accepted=accepted)
 
     def _postprocess(self, batch, inputs: StepInputs, accepted, bonus, now: float) -> list[Sequence]:
         finished = []
