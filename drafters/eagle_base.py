@@ -41,7 +41,7 @@ class EagleDrafterBase(DrafterBase):
     """Subclasses set ``self.net`` in `load` and define `target_features` and `top_children`."""
     name = "eagle"
     shipped_as = "eagle"  # drafters/weights/<target>/<shipped_as> is `path: default`
-    fuse_on_cuda = True  # tests turn it off to compare against the plain path
+    fuse_on_cuda = True  # False: the plain draft layers on CUDA (profile_draft.py times both)
 
     def __init__(self, path: str, total_tokens: int | str = 60, depth: int = 6, top_k: int = 10,
                  tree_choices: Optional[Sequence[Sequence[int]]] = None, pool_all: bool = True) -> None:
