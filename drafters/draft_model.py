@@ -146,33 +146,29 @@ class DraftModelDrafter(DrafterBase):
         """Host inputs of `_draft` for ``bg`` sequence slots (the ones past ``len(seqs)`` are
         padding that stores nothing) and the longest catch-up. ``rows``: catch-up tokens per slot
         in a graph (packed, trailing padding), None: exact."""
-        bs = self.target.blocks.block_size
-        spans = [(min(self.cached.get(s.seq_id, 0), len(s) - 1), len(s)) for s in seqs]
-        total = sum(e - st for st, e in spans) if rows is None else bg * rows
-        ids, pos = np.zeros(total, np.int64), np.zeros(total, np.int64)  # [Nc]
-        slots = np.full(total, -1, np.int64)  # [Nc]
-        indptr, start_lens, ctx = np.zeros(bg + 1, np.int32), np.zeros(bg, np.int32), np.zeros(bg, np.int32)
-        last, roots, nodes = np.zeros(bg, np.int64), np.zeros(bg, np.int64), np.ones(bg, np.int64)
+        n = len(seqs)
+        starts = np.array([min(self.cached.get(s.seq_id, 0), len(s) - 1) for s in seqs], np.int64)
+        ends = np.array([len(s) for s in seqs], np.int64)  # tokens start .. end - 1 to catch up
+        total = int((ends - starts).sum()) if rows is None else bg * rows
         width = self.table_width if rows is not None else max(len(s.aux_tables[TABLE]) for s in seqs)
-        tables = np.zeros((bg, width), np.int32)  # [bg, W]
+        tables = ragged.table_array([s.aux_tables[TABLE] for s in seqs], bg, width)  # [bg, W]
+        indptr, pos, slots, real_rows = ragged.packed_runs(  # [bg + 1], [Nc] x2, [n, S]
+            starts, ends, tables, self.target.blocks.block_size, total, self.scratch)
         row_slots = np.full((bg, self.scratch), -1, np.int64)  # [bg, S] draft positions len .. len + S - 1
+        row_slots[:n] = real_rows
+        ids = np.zeros(total, np.int64)  # [Nc]
+        start_lens, ctx, last = np.zeros(bg, np.int32), np.zeros(bg, np.int32), np.zeros(bg, np.int64)
+        start_lens[:n], ctx[:n], last[:n] = starts, ends, indptr[1:n + 1] - 1
+        roots, nodes = np.zeros(bg, np.int64), np.ones(bg, np.int64)
+        nodes[:n] = np.minimum(np.asarray(budgets[:n], np.int64), keep)
         temp, top_p = np.zeros(bg, np.float32), np.ones(bg, np.float32)  # padding: greedy
         top_k, unif = np.zeros(bg, np.int64), np.zeros((bg, self.depth), np.float32)
-        at = 0
-        for b, (s, (start, end)) in enumerate(zip(seqs, spans)):
-            table = s.aux_tables[TABLE]
-            ids[at:at + end - start] = s.tokens[start:end]
-            pos[at:at + end - start] = np.arange(start, end)
-            slots[at:at + end - start] = ragged.slot_array(table, start, end - start, bs)
-            at += end - start
-            indptr[b + 1], start_lens[b], last[b], ctx[b] = at, start, at - 1, end
-            tables[b, : len(table)] = table
-            row_slots[b] = ragged.slot_array(table, end, self.scratch, bs)
-            roots[b], nodes[b] = s.tokens[-1], min(budgets[b], keep)
+        for b, (s, start, end) in enumerate(zip(seqs, starts.tolist(), ends.tolist())):
+            ids[indptr[b]:indptr[b + 1]] = s.tokens[start:end]
+            roots[b] = s.tokens[-1]
             temp[b], top_p[b], top_k[b] = s.params.temperature, s.params.top_p, s.params.top_k
             self.cached[s.seq_id] = end
             self.pending[s.seq_id] = end
-        indptr[len(seqs) + 1:] = at
         if self.chain and seqs:
             unif[: len(seqs)] = _uniforms(seqs, self.depth).numpy()
         host = {"ids": ids, "pos": pos, "slots": slots, "indptr": indptr, "start": start_lens,
@@ -180,7 +176,7 @@ class DraftModelDrafter(DrafterBase):
                 "nodes": nodes}
         if self.chain:
             host.update(temp=temp, top_p=top_p, top_k=top_k, unif=unif)
-        return host, max((e - st for st, e in spans), default=1)
+        return host, int((ends - starts).max()) if n else 1
 
     # ---- device work (no host reads: it is what a graph replays) ------------------------------
     def _draft(self, v, host, depth: int, keep: int, sampled: bool, max_q: int, kv_bound: int,

@@ -227,46 +227,33 @@ class EagleDrafterBase(DrafterBase):
         """Host inputs of `_draft` for ``bg`` sequence slots (``len(seqs)`` real ones, the rest
         padding that stores nothing), their features ``[n, h]`` and the catch-up's longest run.
         ``rows``: pairs per sequence slot in a graph (packed, trailing padding), None: exact."""
-        bs, width = self.target.blocks.block_size, self.table_width
-        spans = []
-        for s in seqs:
-            start, end = self.cached.get(s.seq_id, 0), len(s) - 1  # pairs start .. end - 1
-            spans.append((start, end))
-        total = sum(e - s for s, e in spans) if rows is None else bg * rows
-        ids, pos = np.zeros(total, np.int64), np.zeros(total, np.int64)  # [Nc]
-        slots = np.full(total, -1, np.int64)  # [Nc] padding stores nothing
-        indptr, start_lens = np.zeros(bg + 1, np.int32), np.zeros(bg, np.int32)  # [bg + 1], [bg]
-        last, ctx = np.zeros(bg, np.int64), np.zeros(bg, np.int32)  # [bg]
-        tables = np.zeros((bg, max((len(s.aux_tables[TABLE]) for s in seqs), default=1)
-                           if rows is None else width), np.int32)  # [bg, W]
+        n = len(seqs)
+        starts = np.array([self.cached.get(s.seq_id, 0) for s in seqs], np.int64)  # pairs start ..
+        ends = np.array([len(s) - 1 for s in seqs], np.int64)  # .. end - 1
+        total = int((ends - starts).sum()) if rows is None else bg * rows
+        width = max((len(s.aux_tables[TABLE]) for s in seqs), default=1) if rows is None else self.table_width
+        tables = ragged.table_array([s.aux_tables[TABLE] for s in seqs], bg, width)  # [bg, W]
+        indptr, pos, slots, real_rows = ragged.packed_runs(  # [bg + 1], [Nc] x2, [n, R]
+            starts, ends, tables, self.target.blocks.block_size, total, self.max_rows)
         row_slots = np.full((bg, self.max_rows), -1, np.int64)  # [bg, R] tree rows' slots
+        row_slots[:n] = real_rows
+        ids = np.zeros(total, np.int64)  # [Nc] pair i of b: (feature at start_b + i, next token)
+        start_lens, ctx, last = np.zeros(bg, np.int32), np.zeros(bg, np.int32), np.zeros(bg, np.int64)
+        start_lens[:n], ctx[:n], last[:n] = starts, ends, indptr[1:n + 1] - 1
         roots, nodes = np.zeros(bg, np.int64), np.ones(bg, np.int64)  # [bg]
-        feats, at, n = [], 0, len(seqs)
-        for b, (s, (start, end)) in enumerate(zip(seqs, spans)):
+        nodes[:n] = np.minimum(np.asarray(budgets[:n], np.int64), keep)
+        feats = []
+        for b, (s, start, end) in enumerate(zip(seqs, starts.tolist(), ends.tolist())):
             feats.append(self._take_features(s, start, end))
-            table = s.aux_tables[TABLE]
-            ids[at:at + end - start] = s.tokens[start + 1: end + 1]
-            at += end - start
-            tables[b, : len(table)] = table
+            ids[indptr[b]:indptr[b + 1]] = s.tokens[start + 1: end + 1]
             roots[b] = s.tokens[-1]
             self.cached[s.seq_id] = end
-        # the rest vectorised over sequences (per-sequence numpy calls cost ~30 us each at B = 16)
-        starts, ends = np.array([sp[0] for sp in spans], np.int64), np.array([sp[1] for sp in spans], np.int64)
-        np.cumsum(ends - starts, out=indptr[1:n + 1])
-        indptr[n + 1:] = at
-        start_lens[:n], ctx[:n], last[:n] = starts, ends, indptr[1:n + 1] - 1
-        nodes[:n] = np.minimum(np.asarray(budgets[:n], np.int64), keep)
-        owner = np.repeat(np.arange(n), ends - starts)  # [at] the sequence of each new pair
-        pos[:at] = np.arange(at) - indptr[:n][owner] + starts[owner]  # pair i of b at start_b + i
-        slots[:at] = tables[owner, pos[:at] // bs].astype(np.int64) * bs + pos[:at] % bs
-        rp = ends[:, None] + np.arange(self.max_rows)  # [n, R] tree rows' positions
-        row_slots[:n] = np.take_along_axis(tables[:n], rp // bs, 1).astype(np.int64) * bs + rp % bs
         host = {"ids": ids, "pos": pos, "slots": slots, "indptr": indptr, "start": start_lens,
                 "last": last, "ctx": ctx, "tables": tables, "row_slots": row_slots, "roots": roots,
                 "nodes": nodes}
         dev, dt = self.target.device, self.target.dtype
         feats = torch.cat(feats) if feats else torch.zeros(0, self._feature_width(), dtype=dt, device=dev)
-        return host, feats, max((e - s for s, e in spans), default=1)
+        return host, feats, int((ends - starts).max()) if n else 1
 
     def _take_features(self, seq, start: int, end: int) -> Tensor:
         first, feats = self.pending.pop(seq.seq_id, (start, None))

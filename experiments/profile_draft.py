@@ -32,6 +32,7 @@ from specdec.drafters.eagle import EagleDrafter  # noqa: E402
 from specdec.drafters.eagle3 import Eagle3Drafter  # noqa: E402
 from specdec.drafters.none import NoDrafter  # noqa: E402
 from specdec.engine.config import EngineConfig  # noqa: E402
+from specdec.engine.cuda_graphs import NODE_BUCKETS, bucket  # noqa: E402
 from specdec.engine.engine import Engine  # noqa: E402
 from specdec.engine.sequence import SamplingParams  # noqa: E402
 from specdec.run import git_sha, versions  # noqa: E402
@@ -119,7 +120,6 @@ def _target_key(engine):
     """The key of the greedy graph for the engine's current batch (what the last steps replayed)."""
     g = engine.graphs
     b = len(engine.scheduler.running)
-    from specdec.engine.cuda_graphs import NODE_BUCKETS, bucket
     bg, tg = bucket(b, g.batch_buckets), bucket(engine.drafter.max_nodes, NODE_BUCKETS)
     return next(k for k in g.graphs if k[0] == bg and k[1] == tg and k[2].all_greedy)
 

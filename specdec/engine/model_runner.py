@@ -149,18 +149,14 @@ class ModelRunner:
         tok, par, kind = np.where(valid, tok, 0), np.where(valid, par, -1), np.where(valid, kind, 0)
         start = np.array([s.num_cached for s in seqs], dtype=np.int64)
         tables = [s.block_table for s in seqs]
-        padded = np.zeros((b, max(len(x) for x in tables)), dtype=np.int64)
-        for r, x in enumerate(tables):
-            padded[r, : len(x)] = x
-        p = start[:, None] + node  # [B, T] node i is stored at position num_cached + i
-        blk = np.minimum(p // bs, padded.shape[1] - 1)  # padding nodes may run past the table
-        slots = np.take_along_axis(padded, blk, 1) * bs + p % bs
-        offsets = np.zeros(b + 1, dtype=np.int64)
-        np.cumsum(num, out=offsets[1:])
+        padded = ragged.table_array(tables, b, max(len(x) for x in tables), np.int64)
+        # node i is stored at position num_cached + i: the valid nodes, packed row after row
+        indptr, _, slots, _ = ragged.packed_runs(start, start + num, padded, bs, int(num.sum()))
+        offsets = indptr.astype(np.int64)
         rows = np.where(valid, offsets[:-1, None] + node, 0)  # [B, T] row in N of each node
         counts = num.tolist()
         trim = lambda a: [row[:n] for row, n in zip(a.tolist(), counts)]  # noqa: E731
-        host = HostBatch(tok[valid], (start[:, None] + depth)[valid], slots[valid], mask[valid],
+        host = HostBatch(tok[valid], (start[:, None] + depth)[valid], slots, mask[valid],
                          tables, start.tolist(), trim(rows), list(zip(trim(tok), trim(par), trim(kind))),
                          depth.max(1).tolist(), [False] * b, (tok, par, kind, rows))
         return StepInputs(None, None, None, offsets.tolist(), list(range(b)), None, None, host,

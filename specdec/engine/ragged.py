@@ -15,11 +15,34 @@ def slots(table: Sequence[int], start: int, count: int, block_size: int) -> list
     return [table[p // block_size] * block_size + p % block_size for p in range(start, start + count)]
 
 
-def slot_array(table: Sequence[int], start: int, count: int, block_size: int) -> np.ndarray:
-    """`slots` as an int64 array ``[count]`` (vectorised, for per-step staging)."""
-    t = np.asarray(table, dtype=np.int64)
-    p = np.arange(start, start + count)
-    return t[p // block_size] * block_size + p % block_size
+def table_array(tables: Sequence[Sequence[int]], rows: int, width: int, dtype=np.int32) -> np.ndarray:
+    """Block tables as a zero-padded ``[rows, width]`` array (rows past ``len(tables)``: padding)."""
+    out = np.zeros((rows, width), dtype)
+    for r, t in enumerate(tables):
+        out[r, : len(t)] = t
+    return out
+
+
+def packed_runs(starts: np.ndarray, ends: np.ndarray, tables: np.ndarray, block_size: int,
+                total: int, scratch: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sequence b of ``n = len(starts)`` has new positions ``starts[b] .. ends[b] - 1``, packed one
+    after the other into ``total`` rows (the rest is padding). With ``tables [>= n, W]`` (a
+    `table_array`), returns ``indptr [tables.shape[0] + 1]`` int32 (padding sequences empty),
+    ``pos [total]`` (padding 0), ``slots [total]`` (padding -1: stores nothing) and the slots of
+    the ``scratch`` positions after each run, ``row_slots [n, scratch]`` (tree rows' scratch)."""
+    n = len(starts)
+    counts = ends - starts
+    indptr = np.zeros(tables.shape[0] + 1, np.int32)
+    np.cumsum(counts, out=indptr[1:n + 1])
+    at = int(indptr[n])
+    indptr[n + 1:] = at
+    owner = np.repeat(np.arange(n), counts)  # [at] the sequence of each new position
+    pos, slots = np.zeros(total, np.int64), np.full(total, -1, np.int64)
+    pos[:at] = np.arange(at) - indptr[:n][owner] + starts[owner]
+    slots[:at] = tables[owner, pos[:at] // block_size].astype(np.int64) * block_size + pos[:at] % block_size
+    rp = ends[:, None] + np.arange(scratch)  # [n, scratch]
+    row_slots = np.take_along_axis(tables[:n], rp // block_size, 1).astype(np.int64) * block_size + rp % block_size
+    return indptr, pos, slots, row_slots
 
 
 def table_width(num_positions: int, block_size: int) -> int:
