@@ -70,7 +70,30 @@ def _plain(drafter):
     return drafter
 
 
-def measure(model, name: str, batch: int, steps: int, prompt_len: int) -> dict:
+def kernel_profile(graph, replays: int = 10, top: int = 12) -> dict:
+    """Kernels one replay of ``graph`` runs, from the profiler (CUPTI reports the kernels inside
+    a graph launch): count, summed kernel time, and the kernels of largest total time. The
+    replay's wall time minus the summed kernel time is what the launches and gaps cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time)
+    ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {"kernels_per_replay": len(kernels) / replays,
+            "kernel_ms_per_replay": sum(e.device_time for e in kernels) / replays / 1e3,
+            "top": [{"name": n[:90], "per_replay": len(t) / replays, "us_each": sum(t) / len(t)}
+                    for n, t in ranked]}
+
+
+def measure(model, name: str, batch: int, steps: int, prompt_len: int, kernels: bool = False) -> dict:
     drafter = SYSTEMS[name]()
     cfg = EngineConfig(device="cuda", dtype="bfloat16", max_num_seqs=batch, max_model_len=4096)
     engine = Engine(model, drafter, LosslessVerifier(), cfg)
@@ -107,6 +130,10 @@ def measure(model, name: str, batch: int, steps: int, prompt_len: int) -> dict:
     if dg is not None:
         entry = dg.entries[last["draft"]]
         out.update(draft_graph_key=str(last["draft"]), draft_graph_ms=replay_ms(entry.graph))
+        if kernels:
+            out["draft_kernels"] = kernel_profile(entry.graph)
+    if kernels:
+        out["target_kernels"] = kernel_profile(target.graph)
     out["host_and_sync_ms"] = step_ms - out["target_graph_ms"] - out.get("draft_graph_ms", 0.0)
     acc = [a for s in engine.sequences.values() for a in s.accept_lengths]
     out["mean_accepted"] = sum(acc) / max(len(acc), 1)
@@ -130,6 +157,8 @@ def main() -> None:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--prompt-len", type=int, default=200)
+    ap.add_argument("--kernels", action="store_true",
+                    help="also list the kernels of one drafter and one target replay (profiler)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -138,7 +167,7 @@ def main() -> None:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for name in args.systems.split(","):
-            row = measure(model, name, batch, args.steps, args.prompt_len)
+            row = measure(model, name, batch, args.steps, args.prompt_len, args.kernels)
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"script": "experiments/profile_draft.py", "args": vars(args), "rows": rows,
@@ -151,6 +180,14 @@ def main() -> None:
     for r in rows:
         print(f"{r['system']:22s} {r['batch']:3d} {r['step_ms']:8.3f} {r['target_graph_ms']:7.3f} "
               f"{r.get('draft_graph_ms', 0):7.3f} {r['host_and_sync_ms']:7.3f}")
+    for r in rows:
+        for part in ("draft_kernels", "target_kernels"):
+            if part in r:
+                k = r[part]
+                print(f"\n{r['system']} B={r['batch']} {part}: {k['kernels_per_replay']:.0f} kernels, "
+                      f"{k['kernel_ms_per_replay']:.3f} ms of kernel time per replay")
+                for t in k["top"]:
+                    print(f"  {t['per_replay']:5.1f} x {t['us_each']:7.2f} us  {t['name']}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+# The draft-tree derivation's spec lives with DraftTree (the verifiers import torch alone).
+from specdec.verifiers.tree import tree_structure as tree_structure_ref  # noqa: F401
+
 
 def gather_kv_ref(cache: Tensor, block_table: Tensor, length: int) -> Tensor:
     """Positions ``0..length-1`` of one sequence: ``[length, H_kv, D]``."""
@@ -133,3 +136,4 @@ def silu_mul_ref(x: Tensor) -> Tensor:
     """``x [N, 2I]`` = (gate | up) -> ``silu(gate) * up [N, I]``."""
     gate, up = x.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
+

@@ -67,10 +67,9 @@ class DraftTree:
             self.kind = torch.zeros_like(self.tokens, dtype=torch.int8)
         _validate_extras(self.tokens, self.kind, self.draft_probs)
         # Derived on the device from sanitised parents, so that even a bad tree indexes in range.
-        self.parent_index, linked = _parent_index(self.parents, self.num_nodes)  # [B, T], [B, T]
-        self.num_children = torch.zeros_like(self.parent_index).scatter_add_(
-            1, self.parent_index, linked.long())  # [B, T] children per node (padding 0)
-        self.depth, self.ancestor_mask = _depth_and_mask(self.parent_index, linked, self.num_nodes)
+        derive = _cuda_tree_structure() if self.parents.is_cuda else tree_structure
+        self.parent_index, self.num_children, self.depth, self.ancestor_mask = derive(
+            self.parents, self.num_nodes)  # [B, T] each
         loose = max(self.max_nodes - 1, 0)
         if validate:
             depth, children, top_kind, per_depth = _read_facts(self)
@@ -235,13 +234,45 @@ def _validate_shapes(tokens: Tensor, parents: Tensor, num_nodes: Tensor) -> None
         raise ValueError(f"num_nodes must be [B] = [{batch}]; got {tuple(num_nodes.shape)}")
 
 
-def _parent_index(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor]:
-    """``(parent_index [B, T], linked [B, T] bool)``: linked nodes are valid non-root nodes with
-    a parent in ``[0, i)``; parent_index is their parent and 0 elsewhere (root, padding, and the
-    bad links of an invalid tree), so that gathers by it stay in range whatever the input."""
-    idx = torch.arange(parents.shape[1], device=parents.device)
-    linked = (idx > 0) & (idx < num_nodes[:, None]) & (parents >= 0) & (parents < idx)
-    return torch.where(linked, parents, 0), linked
+def tree_structure(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What a batch of draft trees' parent pointers imply (`DraftTree`):
+    ``parents [B, T]`` int64 (-1: root / padding; valid non-root nodes point to an earlier node),
+    ``num_nodes [B]``. Returns, all ``[B, T]`` int64:
+
+      * ``parent_index``: the parent of each linked node (a valid non-root node with a parent in
+        ``[0, i)``), 0 elsewhere (root, padding, bad links), so gathers by it stay in range
+        whatever the input;
+      * ``num_children``: linked children per node;
+      * ``depth``: edges to the root along linked parents (root, padding 0);
+      * ``ancestor_mask``: bit j of node i set iff j is i or one of its ancestors (padding 0).
+
+    Pointer jumping: after step k each node knows the bits and edge count of its 2^k nearest
+    ancestors, so ceil(log2 T) steps over ``[B, T]`` suffice (a few dozen small kernels; on CUDA
+    DraftTree uses `specdec.kernels`' one-launch Triton version, tested against this one)."""
+    batch, width = parents.shape
+    idx = torch.arange(width, device=parents.device)
+    linked = (idx > 0) & (idx < num_nodes[:, None]) & (parents >= 0) & (parents < idx)  # [B, T]
+    parent_index = torch.where(linked, parents, 0)
+    num_children = torch.zeros_like(parent_index).scatter_add_(1, parent_index, linked.long())
+    up = torch.where(linked, parent_index, idx)  # the root and padding point to themselves
+    one = torch.ones((), dtype=torch.long, device=parents.device)
+    mask = torch.where(idx < num_nodes[:, None], one << idx, 0)  # [B, T]
+    depth = linked.long()  # [B, T] edges from each node to `up`
+    for _ in range(max(width - 1, 0).bit_length()):
+        mask = mask | mask.gather(1, up)
+        depth = depth + depth.gather(1, up)
+        up = up.gather(1, up)
+    return parent_index, num_children, depth, mask
+
+
+def _cuda_tree_structure():
+    """`specdec.kernels`' one-launch Triton derivation when Triton is there, else the torch one.
+    Imported on first use, so that importing the verifiers needs torch alone."""
+    try:
+        from specdec.kernels import tree_structure_triton
+    except ImportError:
+        return tree_structure
+    return tree_structure_triton or tree_structure
 
 
 def _read_facts(tree: "DraftTree") -> tuple[int, int, int, list[int]]:
@@ -279,24 +310,6 @@ def _bound(given: Optional[int], actual: int, name: str, what: str) -> int:
         raise ValueError(f"{name} = {given} is below the trees' {what} ({actual}); raise it or "
                          f"leave it out")
     return int(given)
-
-
-def _depth_and_mask(parent_index: Tensor, linked: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor]:
-    """``depth [B, T]`` (root 0, padding 0) and ``ancestor_mask [B, T]`` int64 (bit j of node i set
-    iff j is i or an ancestor of i; padding 0). Pointer jumping: after step k each node knows the
-    bits and edge count of its 2^k nearest ancestors, so ceil(log2 T) steps over [B, T] suffice
-    (a few dozen kernels instead of a loop over nodes)."""
-    batch, width = parent_index.shape
-    idx = torch.arange(width, device=parent_index.device).expand(batch, width)
-    up = torch.where(linked, parent_index, idx)  # [B, T]; the root and padding point to themselves
-    one = torch.ones((), dtype=torch.long, device=parent_index.device)
-    mask = torch.where(idx < num_nodes[:, None], one << idx, 0)  # [B, T]
-    depth = linked.long()  # [B, T] edges from each node to `up`
-    for _ in range(max(width - 1, 0).bit_length()):
-        mask = mask | mask.gather(1, up)
-        depth = depth + depth.gather(1, up)
-        up = up.gather(1, up)
-    return depth, mask
 
 
 def _validate_extras(tokens: Tensor, kind: Tensor, draft_probs: Optional[Tensor]) -> None:

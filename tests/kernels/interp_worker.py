@@ -19,11 +19,12 @@ import traceback  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernel_cases import (ATTN_CASES, LAYER_CASES, compact_case, layer_case, make_batch,  # noqa: E402
-                         rel_err, store_case)
+from kernel_cases import (ATTN_CASES, LAYER_CASES, TREE_STRUCTURE_CASES, compact_case,  # noqa: E402
+                          layer_case, make_batch, rel_err, store_case, tree_structure_case)
 
 from specdec.kernels import reference as ref_ops  # noqa: E402
 from specdec.kernels import layer_ops  # noqa: E402
+from specdec.kernels.tree_structure import tree_structure_triton  # noqa: E402
 from specdec.kernels import (compact_kv_ref, compact_kv_triton, plan_tree_attention,  # noqa: E402
                              store_kv_ref, store_kv_triton, tree_attention_ref, tree_attention_triton)
 
@@ -80,6 +81,15 @@ def run_layer_op(name: str) -> dict:
             "unwritten": sum(int(o.isnan().sum()) for o in outs)}
 
 
+def run_tree_structure(name: str) -> dict:
+    """Parent index, child counts, depths and ancestor masks: integers, so exactly equal."""
+    parents, num = tree_structure_case(name)
+    outs = tree_structure_triton(parents, num)
+    refs = ref_ops.tree_structure_ref(parents, num)
+    return {"rel_err": 0.0 if all(torch.equal(o, r) for o, r in zip(outs, refs)) else 1.0,
+            "unwritten": 0, "exact": all(torch.equal(o, r) for o, r in zip(outs, refs))}
+
+
 def main(names: list[str]) -> None:
     torch.set_num_threads(1)
     results = {}
@@ -87,7 +97,9 @@ def main(names: list[str]) -> None:
         t0 = time.time()
         try:
             fn = {"store_kv": run_store, "compact_kv": run_compact}.get(name)
-            if name in LAYER_CASES:
+            if name in TREE_STRUCTURE_CASES:
+                results[name] = run_tree_structure(name)
+            elif name in LAYER_CASES:
                 results[name] = run_layer_op(name)
             else:
                 results[name] = fn() if fn else run_attention(name)

@@ -240,3 +240,31 @@ def compact_case(layers: int, hkv: int, d: int, page: int, dtype=torch.float32, 
     dst += [4, -1]
     t = lambda x: torch.tensor(x, dtype=torch.int64)  # noqa: E731
     return kc, vc, t(src), t(dst)
+
+
+TREE_STRUCTURE_CASES = ("tree_structure_t64", "tree_structure_t7", "tree_structure_bad_links")
+
+
+def tree_structure_case(name: str, device="cpu", seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``parents [B, T]``, ``num_nodes [B]`` for `tree_structure`: every tree kind, padding past
+    ``num_nodes``, and (``bad_links``) parents that no tree has (self, later, out of range), which
+    the derivation must treat as unlinked."""
+    g = torch.Generator().manual_seed(seed)
+    width = 7 if name.endswith("t7") else 64
+    rows, nums = [], []
+    for kind in TREE_KINDS:
+        for size in (1, width // 2, width):
+            p = tree_parents(kind, size, g)  # "single" is one node whatever the size
+            n = len(p)
+            p = p + [-1] * (width - n)
+            if n < width:  # padding carries junk parents: they must not count
+                p[n:] = torch.randint(-1, width, (width - n,), generator=g).tolist()
+            rows.append(p)
+            nums.append(n)
+    if name.endswith("bad_links"):
+        for p in rows:
+            for i in torch.randint(1, width, (3,), generator=g).tolist():
+                p[i] = [i, min(i + 1, width - 1), width + 5, -7][i % 4]
+        rows[0][0] = 3  # the root's own pointer is ignored
+    parents = torch.tensor(rows, dtype=torch.long, device=device)
+    return parents, torch.tensor(nums, dtype=torch.long, device=device)

@@ -219,3 +219,25 @@ def test_layer_ops_bf16_match_torch_formula(name):
         # torch rounds rope's two products and their sum (3 roundings), the kernel may round once
         assert off <= (2.0 if op == "rope" else 1.0), f"an element is {off:.1f} bf16 ulps off"
         assert rel_err(out, ref) < 5e-3
+
+
+@pytest.mark.parametrize("name", ["tree_structure_t64", "tree_structure_t7", "tree_structure_bad_links"])
+def test_tree_structure_exact(name):
+    """The one-launch tree derivation equals the torch reference, and replays in a CUDA graph
+    (where DraftTree builds it) with new parents."""
+    from kernel_cases import tree_structure_case
+    from specdec.kernels import tree_structure, tree_structure_ref
+    parents, num = tree_structure_case(name, device="cuda")
+    for out, ref in zip(tree_structure(parents, num), tree_structure_ref(parents, num)):
+        assert torch.equal(out, ref)
+    static_p, static_n = parents.clone(), num.clone()
+    tree_structure(static_p, static_n)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = tree_structure(static_p, static_n)
+    other, other_n = tree_structure_case(name, device="cuda", seed=1)
+    static_p.copy_(other)
+    static_n.copy_(other_n)
+    graph.replay()
+    for out, ref in zip(outs, tree_structure_ref(other, other_n)):
+        assert torch.equal(out, ref)

@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from kernel_cases import ATTN_CASES, KV_CASES, LAYER_CASES
+from kernel_cases import ATTN_CASES, KV_CASES, LAYER_CASES, TREE_STRUCTURE_CASES
 
 # fp32 under the interpreter: numpy matmuls in fp32, online softmax in fp32 -> ~1e-7 observed.
 FP32_REL_TOL = 1e-5
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interp_worker.py")
-CASES = list(ATTN_CASES) + list(KV_CASES) + list(LAYER_CASES)
+CASES = list(ATTN_CASES) + list(KV_CASES) + list(LAYER_CASES) + list(TREE_STRUCTURE_CASES)
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +38,5 @@ def test_kernel_matches_reference_under_interpreter(results, case):
     assert r["rel_err"] < FP32_REL_TOL, r
     if case in KV_CASES:
         assert r["exact"], "store/compact must copy bits exactly"
+    if case in TREE_STRUCTURE_CASES:
+        assert r["exact"], "tree structure is integer arithmetic: it must equal the reference"
