@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 from torch import Tensor
 
+from specdec.kernels import wide_topk
+
 from .base import StepResult, TargetContext
 from .eagle_base import EagleDrafterBase, static_choices
 from .eagle_format import load_eagle
@@ -42,4 +44,4 @@ class EagleDrafter(EagleDrafterBase):
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
         lp = self.target.model.compute_logits(out).log_softmax(-1)  # [..., V] via the target's lm_head
-        return lp.topk(k, dim=-1)
+        return wide_topk(lp, k)  # [..., k] x2: one vocabulary top-k per tree level

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from specdec.kernels import wide_topk
+
 from . import formats
 from .base import StepResult, TargetContext
 from .eagle_base import EagleDrafterBase, static_choices
@@ -47,7 +49,7 @@ class Eagle3Drafter(EagleDrafterBase):
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
         lp = self.net.logits(out).log_softmax(-1)  # [..., Vd]
-        top_lp, top = lp.topk(k, dim=-1)
+        top_lp, top = wide_topk(lp, k)
         return top_lp, self.net.to_target(top)
 
 

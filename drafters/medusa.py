@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from specdec.kernels import wide_topk
 from specdec.verifiers import DraftTree, TreeChoices
 
 from . import formats
@@ -110,7 +111,7 @@ class MedusaDrafter(DrafterBase):
         """``hidden [B, h]`` (the target's state before each root), ``roots, nodes [B]`` -> the
         static tree filled with each head's best tokens. Reads nothing back."""
         logits = self.heads(v["hidden"], self.target.model.compute_logits)  # [B, heads, V]
-        top = logits.topk(self.width, dim=-1).indices  # [B, heads, width]
+        top = wide_topk(logits, self.width)[1]  # [B, heads, width]
         tokens = torch.cat([v["roots"][:, None], top[:, self.node_head, self.node_rank]], 1)  # [B, T]
         nodes = v["nodes"]
         t = self.choices.num_nodes
