@@ -31,7 +31,8 @@ from specdec.verifiers import DraftTree
 from .base import DrafterBase, StepResult
 from .draft_attention import paged
 from .graphs import DraftGraphs
-from .eagle_tree import MAX_ROWS, StaticPlan, append_rows, expand_topk
+from .eagle_tree import (MAX_ROWS, StaticPlan, append_rows, expand_topk, next_frontier, pool_level,
+                         pooled_candidates)
 from .tree_growth import Candidates, select
 
 TABLE = "eagle"
@@ -42,6 +43,9 @@ class EagleDrafterBase(DrafterBase):
     name = "eagle"
     shipped_as = "eagle"  # drafters/weights/<target>/<shipped_as> is `path: default`
     fuse_on_cuda = True  # False: the plain draft layers on CUDA (profile_draft.py times both)
+    # False: EAGLE-2 trees (pool_all) grow through the reference bookkeeping (`expand_topk`,
+    # `_Rows`, all rows re-run at exact sizes) instead of `_grow_pooled`; tests compare the two
+    fast_growth = True
 
     def __init__(self, path: str, total_tokens: int | str = 60, depth: int = 6, top_k: int = 10,
                  tree_choices: Optional[Sequence[Sequence[int]]] = None, pool_all: bool = True) -> None:
@@ -81,6 +85,9 @@ class EagleDrafterBase(DrafterBase):
         shape = (net.num_layers, t.blocks.num_blocks, t.blocks.block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=t.dtype, device=t.device)  # [L, nb, bs, Hkv, D]
         self.v_cache = torch.zeros_like(self.k_cache)
+        rows = torch.arange(self.max_rows, device=t.device)  # the fixed row layout of `_grow_pooled`
+        self.row_depth = rows // max(self.top_k, 1) + 1  # [R] the tree depth of row r
+        self.row_bits = torch.ones((), dtype=torch.long, device=t.device) << rows  # [R] own bits
         if self.static:
             depths = range(1, self.plan.choices.max_depth + 1)
             self.levels = [_Level(self.plan, d, t.device) for d in depths]
@@ -275,6 +282,8 @@ class EagleDrafterBase(DrafterBase):
         rows_fn = lambda rows, prev: self._forward_rows(v, kv_bound, rows, root_feat, prev)  # noqa: E731
         if self.static:
             tokens, parents = self._grow_static(v["roots"], tid[:, None], rows_fn)
+        elif self.pool_all and self.fast_growth:
+            tokens, parents = self._grow_pooled(v, kv_bound, root_feat, lp, tid, keep)
         else:
             tokens, parents = self._grow_dynamic(v["roots"], lp[:, None], tid[:, None], keep, rows_fn)
         nodes = v["nodes"]  # [B]
@@ -282,11 +291,12 @@ class EagleDrafterBase(DrafterBase):
         depth = self.plan.choices.max_depth if self.static else self.depth
         return DraftTree(tokens, parents, nodes, validate=validate, depth_bound=None if validate else depth)
 
-    def _run(self, meta: AttnMetadata, ids: Tensor, pos: Tensor, feats: Tensor) -> Tensor:
-        """The draft net over new pairs ``ids, pos [N]``, input features ``feats [N, h]``."""
+    def _run(self, meta: AttnMetadata, ids: Tensor, pos: Tensor, feats: Tensor, rope=None) -> Tensor:
+        """The draft net over new pairs ``ids, pos [N]``, input features ``feats [N, h]``;
+        ``rope``: their (cos, sin) when already at hand."""
         emb = self.target.model.embed(ids)  # [N, h]
         attends = [paged(self.k_cache[i], self.v_cache[i], meta) for i in range(self.net.num_layers)]
-        return self.net(emb, feats, pos, attends)  # [N, h]
+        return self.net(emb, feats, pos, attends, rope)  # [N, h]
 
     def _forward(self, seqs, prefix, counts, ids, positions, bits, feats) -> Tensor:
         """One ragged draft forward from host lists: new pair i of sequence b stored at draft
@@ -333,6 +343,60 @@ class EagleDrafterBase(DrafterBase):
             rows.add(cands.tokens.gather(1, frontier), parent_row, level + 1)
             out = rows_fn(rows, out)
             top_lp, top_ids = self.top_children(out[:, -self.top_k:], self.top_k)  # [B, top_k, k]
+        tokens, parents, _ = select(cands, keep, check=False)
+        return tokens, parents
+
+    def _grow_pooled(self, v: dict[str, Tensor], kv_bound: int, root_feat: Tensor, root_lp: Tensor,
+                     root_ids: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+        """EAGLE-2 with every proposed child pooled, in few kernels per level (a speculative step
+        of a small target is launch-bound; `_grow_dynamic` is the reference, tested equal):
+
+          * the rows live in fixed ``[B, R]`` buffers (R = ``max_rows``), filled level by level,
+            and every level runs the draft over all R of them, so each forward has one shape and
+            positions and rope rows are computed once per tree. A row not grown yet (token 0,
+            zero feature, only its own mask bit) is in no grown row's mask, and what it stores
+            at its scratch position is overwritten when it grows or by the next catch-up, so it
+            changes nothing;
+          * the candidate pool is assembled once at the end (`pooled_candidates`) instead of
+            growing four tensors per level.
+
+        ``root_lp, root_ids [B, k]``: the root's best children. Returns kept (tokens, parents)."""
+        b, w, r, h = root_feat.shape[0], self.top_k, self.max_rows, root_feat.shape[-1]
+        dev = root_feat.device
+        joints, child_tokens, bests = [], [], []
+        score = torch.zeros(b, 1, dtype=root_lp.dtype, device=dev)  # [B, K] frontier joint log-probs
+        masks = torch.zeros(b, 1, dtype=torch.long, device=dev)  # [B, K] frontier rows' ancestor masks
+        top_lp, top_ids = root_lp[:, None], root_ids[:, None]  # [B, K, w]
+        if r:
+            row_tokens = torch.zeros(b, r, dtype=torch.long, device=dev)  # [B, R]
+            row_masks = self.row_bits.expand(b, r).clone()  # [B, R] ancestor masks among rows
+            row_feats = torch.zeros(b, r, h, dtype=root_feat.dtype, device=dev)  # [B, R, h]
+            pos = (v["ctx"].long()[:, None] - 1 + self.row_depth).reshape(-1)  # [B * R]
+            rope = self.net.rotary(pos, root_feat.dtype)
+            indptr = torch.arange(b + 1, dtype=torch.int32, device=dev) * r  # [B + 1]
+            slots = v["row_slots"][:, :r].reshape(-1)  # [B * R]
+        out = None
+        for level in range(self.depth):
+            joint, tokens = pool_level(score, top_lp, top_ids)  # [B, K * w] x2
+            joints.append(joint)
+            child_tokens.append(tokens)
+            if level + 1 == self.depth:
+                break
+            cols = slice(level * w, (level + 1) * w)  # this level's rows
+            best, score, new_tokens, slot, masks = next_frontier(joint, tokens, masks, self.row_bits[cols], w)
+            bests.append(best)
+            row_tokens[:, cols] = new_tokens
+            row_masks[:, cols] = masks
+            if out is None:
+                row_feats[:, cols] = root_feat[:, None]
+            else:  # a row's input feature is its parent row's output
+                parent_out = out[:, (level - 1) * w: level * w]  # [B, w, h]
+                row_feats[:, cols] = parent_out.gather(1, slot[:, :, None].expand(-1, -1, h))
+            meta = AttnMetadata(indptr, v["ctx"], v["tables"], slots,
+                                tree_mask=row_masks.reshape(-1), max_q_len=r, max_kv_len=kv_bound + r)
+            out = self._run(meta, row_tokens.reshape(-1), pos, row_feats.reshape(b * r, h), rope).view(b, r, h)
+            top_lp, top_ids = self.top_children(out[:, cols], w)  # [B, w, w] x2
+        cands = pooled_candidates(v["roots"], joints, child_tokens, bests, w)
         tokens, parents, _ = select(cands, keep, check=False)
         return tokens, parents
 

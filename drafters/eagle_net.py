@@ -73,10 +73,12 @@ class EagleNet(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def forward(self, emb: Tensor, feat: Tensor, positions: Tensor, attends: Sequence[Attend]) -> Tensor:
-        """emb, feat ``[N, h]``, positions ``[N]`` -> predicted features ``[N, h]``."""
+    def forward(self, emb: Tensor, feat: Tensor, positions: Tensor, attends: Sequence[Attend],
+                rope: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """emb, feat ``[N, h]``, positions ``[N]`` -> predicted features ``[N, h]``; ``rope``:
+        cos, sin ``[N, D]`` of the positions when the caller already has them."""
         x = self.fc(torch.cat([emb, feat.to(emb.dtype)], -1))
-        cos, sin = self.rotary(positions, x.dtype)
+        cos, sin = self.rotary(positions, x.dtype) if rope is None else rope
         fused = self._fused_for == (x.device, x.dtype)
         for layer, attend in zip(self.layers, attends):
             x = layer(x, cos, sin, attend, fused)
@@ -135,8 +137,9 @@ class Eagle3Net(nn.Module):
     def fuse(self, features: Tensor) -> Tensor:  # [N, 3 * target_h] (low, mid, high) -> [N, h]
         return self.fc(features.to(self.fc.weight.dtype))
 
-    def forward(self, emb: Tensor, hidden: Tensor, positions: Tensor, attends: Sequence[Attend]) -> Tensor:
-        cos, sin = self.rotary(positions, emb.dtype)
+    def forward(self, emb: Tensor, hidden: Tensor, positions: Tensor, attends: Sequence[Attend],
+                rope: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        cos, sin = self.rotary(positions, emb.dtype) if rope is None else rope
         fused = self._fused_for == (emb.device, emb.dtype)
         return self.midlayer(emb, hidden.to(emb.dtype), cos, sin, attends[0], fused)
 

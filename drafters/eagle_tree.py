@@ -55,6 +55,46 @@ def expand_topk(cands: Candidates, frontier: Tensor, top_lp: Tensor, top_ids: Te
     return grown, first + position, slot
 
 
+def pool_level(score: Tensor, top_lp: Tensor, top_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """The children a level pools (``pool_all``): frontier joint log-probs ``score [B, K]`` and each
+    frontier node's best children ``top_lp, top_ids [B, K, k]`` -> the children's joint log-probs
+    and tokens ``[B, K * k]`` (frontier-major, as `expand_topk` pools them)."""
+    b = score.shape[0]
+    return (score[:, :, None] + top_lp).reshape(b, -1), top_ids.reshape(b, -1)
+
+
+def next_frontier(joint: Tensor, tokens: Tensor, masks: Tensor, own: Tensor, width: int):
+    """The ``width`` best pooled children become the next frontier, and draft rows: from a level's
+    ``joint, tokens [B, K * k]`` (`pool_level`, k = ``width``) and the frontier rows' ancestor masks
+    ``masks [B, K]`` (0 for the root), with the new rows' own bits ``own [width]``. Returns their
+    flat child indices ``best`` (their positions in the level's pool), joint log-probs, tokens,
+    frontier slots (``best // width``: the parent row among the old frontier) and ancestor masks,
+    each ``[B, width]``. `expand_topk` + `append_rows` in a handful of kernels."""
+    score, best = joint.topk(width, dim=-1)  # [B, width]
+    slot = best // width
+    return best, score, tokens.gather(1, best), slot, masks.gather(1, slot) | own
+
+
+def pooled_candidates(roots: Tensor, joints: list[Tensor], tokens: list[Tensor], bests: list[Tensor],
+                      width: int) -> Candidates:
+    """The candidate pool of a dynamic tree grown by `pool_level` / `next_frontier`, in
+    `expand_topk`'s creation order: the root, then every level's pooled children. Level 0's
+    parent is the root; a child of level l >= 1 has parent ``first[l - 1] + best[l - 1][j // width]``
+    (its frontier node's position in the previous level's pool). Depths are left as zeros: `select`
+    does not read them."""
+    b, dev = roots.shape[0], roots.device
+    sizes = [t.shape[1] for t in tokens]
+    firsts = [1 + sum(sizes[:i]) for i in range(len(sizes))]  # host ints: a graph copies no host data
+    parents = [torch.arange(-1, sizes[0], device=dev).clamp(max=0).expand(b, -1)]  # root -1, level 0: 0
+    if len(tokens) > 1:
+        inner = torch.stack([best + first for best, first in zip(bests, firsts)], 1)  # [B, D - 1, width]
+        parents.append(inner[:, :, :, None].expand(-1, -1, -1, width).reshape(b, -1))
+    zero = torch.zeros(b, 1, dtype=joints[0].dtype, device=dev)
+    all_tokens = torch.cat([roots.view(b, 1).long()] + tokens, 1)
+    return Candidates(all_tokens, torch.cat(parents, 1), torch.cat([zero] + joints, 1),
+                      torch.zeros_like(all_tokens))
+
+
 def append_rows(masks: Tensor, parent_row: Tensor) -> Tensor:
     """Ancestor masks of new rows (``parent_row [B, n]``, -1 = child of the root) appended after
     the ``masks [B, R]`` rows: ``[B, R + n]``."""

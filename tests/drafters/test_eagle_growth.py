@@ -1,0 +1,112 @@
+"""EAGLE-2's fast tree growth (`EagleDrafterBase._grow_pooled`: fixed row buffers, every row run
+at every level, the pool assembled once) proposes exactly the trees of the reference growth
+(`_grow_dynamic`: `expand_topk`, `_Rows`, rows re-run at exact sizes), step for step, under
+continuous batching, sampling, graph staging with padded batches (CPU: ``capture=False``; GPU:
+real graphs, marker ``gpu``), and for EAGLE-3."""
+import copy
+
+import pytest
+import torch
+
+from specdec.drafters.eagle import EagleDrafter
+from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.eagle_tree import append_rows, expand_topk, next_frontier, pool_level, pooled_candidates
+from specdec.drafters.graphs import DraftGraphs
+from specdec.drafters.tree_growth import Candidates
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.verifiers import LosslessVerifier
+
+from eagle_cases import PROMPTS, random_eagle, random_eagle3, unit_rms_target, write
+
+PARAMS = [SamplingParams(max_new_tokens=16, ignore_eos=True, temperature=t, seed=i)
+          for i, t in enumerate([0.0, 0.9, 0.0, 1.1, 0.0])]
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+SHAPES = {"d6_k10_60": dict(total_tokens=60, depth=6, top_k=10), "d4_k3_10": dict(total_tokens=10, depth=4, top_k=3),
+          "d2_k4_5": dict(total_tokens=5, depth=2, top_k=4), "d1_k5_4": dict(total_tokens=4, depth=1, top_k=5)}
+
+
+@pytest.fixture(scope="module")
+def target(tiny_dir):
+    return unit_rms_target(tiny_dir("llama", num_hidden_layers=1))
+
+
+@pytest.fixture(scope="module")
+def paths(target, tmp_path_factory):
+    root = tmp_path_factory.mktemp("growth")
+    return {"eagle": str(write(random_eagle(target, seed=3), root / "eagle")),  # varied trees
+            "eagle3": str(write(random_eagle3(target), root / "eagle3", aux_layer_ids=(1, 1, 1)))}
+
+
+def proposals(target, drafter, device: str, graphs: bool):
+    """Every tree the drafter proposed (host copies) and the outputs."""
+    config = EngineConfig(device=device, dtype="float32", block_size=4, max_model_len=48, max_num_seqs=3,
+                          cuda_graphs=graphs)
+    engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
+    if graphs and device == "cpu":
+        drafter.graphs = DraftGraphs("cpu", 3, capture=False)
+    trees, propose = [], drafter.propose
+
+    def record(seqs, budgets):
+        tree = propose(seqs, budgets)
+        n = len(seqs)
+        trees.append([x[:n].tolist() for x in (tree.tokens, tree.parents, tree.num_nodes)])
+        return tree
+    drafter.propose = record
+    outputs = [s.output for s in engine.generate(PROMPTS, PARAMS)]
+    return trees, outputs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_fast_growth_proposes_the_reference_trees(target, paths, device, graphs, shape):
+    fast = EagleDrafter(paths["eagle"], **SHAPES[shape])
+    ref = EagleDrafter(paths["eagle"], **SHAPES[shape])
+    ref.fast_growth = False
+    fast_trees, fast_out = proposals(target, fast, device, graphs)
+    ref_trees, ref_out = proposals(target, ref, device, graphs)
+    assert len(fast_trees) > 5
+    assert fast_trees == ref_trees
+    assert fast_out == ref_out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_growth_eagle3(target, paths, device):
+    fast = Eagle3Drafter(paths["eagle3"], total_tokens=16, depth=4, top_k=4)
+    ref = Eagle3Drafter(paths["eagle3"], total_tokens=16, depth=4, top_k=4)
+    ref.fast_growth = False
+    assert proposals(target, fast, device, True) == proposals(target, ref, device, True)
+
+
+def test_pooled_candidates_match_expand_topk():
+    """The pure bookkeeping alone: random per-level children, the pool of `expand_topk`."""
+    g = torch.Generator().manual_seed(0)
+    b, w, depth = 3, 4, 4
+    roots = torch.randint(0, 100, (b,), generator=g)
+    lps = [torch.randn(b, 1 if d == 0 else w, w, generator=g).sort(-1, descending=True).values
+           for d in range(depth)]
+    ids = [torch.randint(0, 100, (b, 1 if d == 0 else w, w), generator=g) for d in range(depth)]
+    cands, frontier = Candidates.start(roots), torch.zeros(b, 1, dtype=torch.long)
+    score, masks = torch.zeros(b, 1), torch.zeros(b, 1, dtype=torch.long)
+    row_masks = torch.zeros(b, 0, dtype=torch.long)  # the reference's rows (`append_rows`)
+    joints, tokens, bests = [], [], []
+    for d in range(depth):
+        cands, frontier, slot = expand_topk(cands, frontier, lps[d], ids[d], w)
+        joint, tok = pool_level(score, lps[d], ids[d])
+        joints.append(joint)
+        tokens.append(tok)
+        if d + 1 < depth:
+            best, score, new_tokens, new_slot, masks = next_frontier(
+                joint, tok, masks, torch.ones((), dtype=torch.long) << torch.arange(d * w, (d + 1) * w), w)
+            bests.append(best)
+            assert torch.equal(new_slot, slot)
+            assert torch.equal(new_tokens, cands.tokens.gather(1, frontier))
+            assert torch.equal(score, cands.scores.gather(1, frontier))
+            row_masks = append_rows(row_masks, slot + (d - 1) * w if d else torch.full_like(slot, -1))
+            assert torch.equal(masks, row_masks[:, -w:])
+    pooled = pooled_candidates(roots, joints, tokens, bests, w)
+    assert torch.equal(pooled.tokens, cands.tokens)
+    assert torch.equal(pooled.parents, cands.parents)
+    assert torch.equal(pooled.scores, cands.scores)
