@@ -3,9 +3,8 @@
 `specdec.verifiers.tree.tree_structure` (the spec) derives parent index, child counts, depths
 and ancestor bitmasks with ~40 small torch kernels (pointer jumping over ``[B, T]``); a
 speculative step builds a `DraftTree` twice inside its CUDA graphs (the drafter's tree, the
-verifier's), at ~2.3 us per kernel on an H100. Here one program per tree does the same pointer jumping in registers: a gather along
-the node axis is a one-hot ``[T, T]`` selection summed over the source axis (T <= 64), so the
-results are exactly the reference's (integers, same algorithm).
+verifier's), at ~2.3 us per kernel on an H100. Here one program per tree does the same pointer jumping in registers (``tl.gather``
+along the node axis), so the results are exactly the reference's (integers, same algorithm).
 """
 from __future__ import annotations
 
@@ -15,12 +14,6 @@ import triton.language as tl
 from torch import Tensor
 
 from .plan import next_pow2
-
-
-@triton.jit
-def _pick(sel, values):
-    """``out[i] = values[j]`` for the one ``j`` with ``sel[i, j]`` (``sel [T, T]`` one-hot rows)."""
-    return tl.sum(tl.where(sel, values[None, :], 0), axis=1)
 
 
 @triton.jit
@@ -35,15 +28,14 @@ def _tree_structure_kernel(par_ptr, num_ptr, pidx_ptr, nchild_ptr, depth_ptr, ma
     pidx = tl.where(linked, par, 0)
     children = (pidx[:, None] == i[None, :]) & linked[:, None]  # [child, node]
     nchild = tl.sum(children.to(tl.int64), axis=0)
-    up = tl.where(linked, pidx, i)  # [T] the root and padding point to themselves
+    up = tl.where(linked, pidx, i).to(tl.int32)  # [T] the root and padding point to themselves
     one = tl.full([BLOCK], 1, tl.int64)
     mask = tl.where(i < num, one << i.to(tl.int64), 0)
     depth = linked.to(tl.int64)
-    for _ in tl.static_range(STEPS):
-        sel = up[:, None] == i[None, :]  # [T, T] row i selects column up[i]
-        mask = mask | _pick(sel, mask)
-        depth = depth + _pick(sel, depth)
-        up = _pick(sel, up)
+    for _ in tl.static_range(STEPS):  # pointer jumping, gathers along the node axis in registers
+        mask = mask | tl.gather(mask, up, 0)
+        depth = depth + tl.gather(depth, up, 0)
+        up = tl.gather(up, up, 0)
     tl.store(pidx_ptr + b * width + i, pidx, mask=ok)
     tl.store(nchild_ptr + b * width + i, nchild, mask=ok)
     tl.store(depth_ptr + b * width + i, depth, mask=ok)
@@ -60,5 +52,5 @@ def tree_structure_triton(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, T
         block = max(next_pow2(width), 16)
         _tree_structure_kernel[(batch,)](parents, num_nodes, out[0], out[1], out[2], out[3], width,
                                          BLOCK=block, STEPS=max(width - 1, 0).bit_length(),
-                                         num_warps=4 if block <= 32 else 8)
+                                         num_warps=1)
     return out[0], out[1], out[2], out[3]
