@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from specdec.kernels import wide_topk
@@ -43,5 +44,6 @@ class EagleDrafter(EagleDrafterBase):
         return step.hidden[rows]  # [n, h] the target's final normed hidden states
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        lp = self.target.model.compute_logits(out).log_softmax(-1)  # [..., V] via the target's lm_head
+        # [..., V] via the target's lm_head; in float32 without a float32 copy of the logits
+        lp = self.target.model.lm_head(out).log_softmax(-1, dtype=torch.float32)
         return wide_topk(lp, k)  # [..., k] x2: one vocabulary top-k per tree level

@@ -4,7 +4,7 @@
 kernels per call, ~45 us for ten rows of SmolLM2's 49152 logits on an H100 and ~1 ms for 160
 rows (EAGLE at batch 16). An EAGLE draft calls it once per tree level. Here:
 
-  1. the maximum of each group of ``group`` consecutive entries (one reduction kernel);
+  1. the maximum of each of ``V / group`` groups of ``group`` entries (one reduction kernel);
   2. the ``k`` groups of largest maximum (a top-k over ``V / group`` entries: one block per row);
   3. the top-k over those groups' ``k * group`` entries.
 
@@ -38,7 +38,9 @@ def wide_topk(x: Tensor, k: int, group: int = GROUP) -> tuple[Tensor, Tensor]:
     pad = groups * group - vocab
     if pad:  # -inf never outranks a real entry (there are >= k real ones)
         rows = F.pad(rows, (0, pad), value=float("-inf"))
-    best_groups = rows.view(-1, groups, group).amax(-1).topk(k, dim=-1).indices  # [M, k]
-    idx = (best_groups[:, :, None] * group + torch.arange(group, device=x.device)).view(-1, k * group)
+    # group j holds entries j, j + G, j + 2G, ... (G = groups): a reduction over a strided axis,
+    # which CUDA reduces coalesced (contiguous groups of 32 took ~54 us for 160 rows)
+    best_groups = rows.view(-1, group, groups).amax(1).topk(k, dim=-1).indices  # [M, k]
+    idx = (best_groups[:, :, None] + torch.arange(0, groups * group, groups, device=x.device)).view(-1, k * group)
     vals, where = rows.gather(1, idx).topk(k, dim=-1)  # [M, k] among the k * group kept entries
     return vals.view(*lead, k), idx.gather(1, where).view(*lead, k)
