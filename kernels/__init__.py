@@ -1,4 +1,5 @@
-"""Attention and KV-cache kernels over the paged cache.
+"""Attention and KV-cache kernels over the paged cache, the fused layer ops, the draft-tree
+structure (`tree_structure`) and a wide top-k (`wide_topk`, pure torch).
 
 One entry point per operation; each checks its inputs, then picks the Triton kernel for CUDA
 tensors and the plain-torch reference (`specdec.kernels.reference`) otherwise. Contracts (shapes,
