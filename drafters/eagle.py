@@ -45,5 +45,5 @@ class EagleDrafter(EagleDrafterBase):
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
         # [..., V] via the target's lm_head; in float32 without a float32 copy of the logits
-        lp = self.target.model.lm_head(out).log_softmax(-1, dtype=torch.float32)
+        lp = self.target.model.compute_logits(out, upcast=False).log_softmax(-1, dtype=torch.float32)
         return wide_topk(lp, k)  # [..., k] x2: one vocabulary top-k per tree level

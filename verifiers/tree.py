@@ -266,13 +266,14 @@ def tree_structure(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor, 
 
 
 def _cuda_tree_structure():
-    """`specdec.kernels`' one-launch Triton derivation when Triton is there, else the torch one.
-    Imported on first use, so that importing the verifiers needs torch alone."""
+    """`specdec.kernels.tree_structure`: the one-launch Triton derivation on CUDA when Triton is
+    there, else this module's. Imported on first use, so that importing the verifiers needs
+    torch alone."""
     try:
-        from specdec.kernels import tree_structure_triton
+        from specdec.kernels import tree_structure as derive
     except ImportError:
         return tree_structure
-    return tree_structure_triton or tree_structure
+    return derive
 
 
 def _read_facts(tree: "DraftTree") -> tuple[int, int, int, list[int]]:

@@ -143,8 +143,11 @@ class LlamaForCausalLM(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:  # [N] -> [N, H]
         return self.model.embed_tokens(input_ids)
 
-    def compute_logits(self, hidden: Tensor) -> Tensor:  # [M, H] -> [M, V] float32
-        return self.lm_head(hidden).float()
+    def compute_logits(self, hidden: Tensor, upcast: bool = True) -> Tensor:  # [M, H] -> [M, V]
+        """Logits in float32; ``upcast=False`` leaves them in the model dtype (for a caller whose
+        next op computes in float32 anyway, e.g. ``log_softmax(dtype=float32)``: no copy)."""
+        logits = self.lm_head(hidden)
+        return logits.float() if upcast else logits
 
     def forward(self, input_ids: Tensor, positions: Tensor, meta: AttnMetadata, k_cache: Tensor,
                 v_cache: Tensor, capture_layers: Sequence[int] = ()) -> ModelOutput:
