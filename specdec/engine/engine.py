@@ -4,7 +4,8 @@
     tree   = drafter.propose(decoding sequences)
     out    = runner.forward(batch, tree)          # K/V of every node written to its own slot
     result = verifier.verify(tree, out.logits)    # accepted path + bonus token per sequence
-    runner.commit(batch, result)                  # accepted K/V slid into place
+    runner.commit(batch, result)                  # accepted K/V slid into place (in the graph
+                                                  # of a graphed step)
     drafter.update(step)
     postprocess(batch, result)                    # append tokens, finish, free blocks
 
@@ -27,7 +28,7 @@ from specdec.verifiers import MAX_NODES, SamplingPlan
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .cuda_graphs import StepGraphs
-from .model_runner import ModelRunner, StepInputs
+from .model_runner import ModelRunner, StepInputs, StepRead
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
 
@@ -158,20 +159,20 @@ class Engine:
         t2 = time.perf_counter()
         graphed = None
         if self.graphs is not None and len(decode) == len(batch):
-            inputs = self.runner.prepare(batch, tree, device_tensors=False)
-            graphed = self.graphs.run(inputs, *self._sampling([i.seq for i in batch]))
+            graphed = self.graphs.run(batch, tree, *self._sampling([i.seq for i in batch]))
         if graphed is None:
             inputs = self.runner.prepare(batch, tree)
             out = self.runner.forward(inputs)
             result = self._verify(batch, inputs, out.logits)
-        else:
-            out, result = graphed
-        accepted, bonus = _read_result(result)
-        self.runner.commit(batch, inputs, accepted)
+            read = StepRead.of(result, inputs.host)  # the step's one device read
+            self.runner.commit(batch, inputs, read.accepted)
+        else:  # the host staged while the drafter's kernels ran; the graph committed
+            inputs, out, result = graphed.inputs, graphed.out, graphed.result
+            read = graphed.read()
         t3 = time.perf_counter()
-        self.drafter.update(self._step_result(batch, inputs, out, result, accepted))
+        self.drafter.update(self._step_result(batch, inputs, out, result, read))
         t4 = time.perf_counter()
-        finished += self._postprocess(batch, inputs, accepted, bonus, t4)
+        finished += self._postprocess(batch, inputs, read, t4)
         t5 = time.perf_counter()
         self.stats.steps += 1
         self.stats.draft_s += (t2 - t1) + (t4 - t3)
@@ -210,31 +211,29 @@ class Engine:
         generator, so sampled outputs do not depend on the batch or the schedule."""
         return torch.rand(self.num_uniforms, generator=seq.generator(stream=0))
 
-    def _step_result(self, batch, inputs: StepInputs, out, result, accepted) -> StepResult:
+    def _step_result(self, batch, inputs: StepInputs, out, result, read: StepRead) -> StepResult:
+        num_new = [item.num_new if item.is_prefill else read.num_nodes[r]
+                   for item, r in zip(batch, inputs.sample_index)]
         return StepResult(
-            seqs=[i.seq for i in batch], is_prefill=[i.is_prefill for i in batch],
-            num_new=[inputs.row_offsets[b + 1] - inputs.row_offsets[b] for b in range(len(batch))],
+            seqs=[i.seq for i in batch], is_prefill=[i.is_prefill for i in batch], num_new=num_new,
             prefix_lens=[i.seq.num_cached for i in batch], row_offsets=inputs.row_offsets,
             hidden=out.hidden, captured=out.captured, sample_index=inputs.sample_index,
-            result=result, tree=inputs.tree, accepted=accepted)
+            result=result, tree=inputs.tree, accepted=read.accepted)
 
-    def _postprocess(self, batch, inputs: StepInputs, accepted, bonus, now: float) -> list[Sequence]:
+    def _postprocess(self, batch, inputs: StepInputs, read: StepRead, now: float) -> list[Sequence]:
         finished = []
-        host = inputs.host
         for item, r in zip(batch, inputs.sample_index):
             seq = item.seq
             if item.is_prefill:
                 seq.num_cached += item.num_new
             if r < 0:
                 continue
-            path = accepted[r]
+            path = read.accepted[r]
             if not item.is_prefill:
                 seq.num_cached += len(path)
                 seq.accept_lengths.append(len(path) - 1)
-                seq.draft_depths.append(host.tree_depths[r])
-            tokens = host.tree_rows[r][0]
-            new = [tokens[node] for node in path[1:]] + [bonus[r]]
-            if self._append(seq, new, now):
+                seq.draft_depths.append(read.depths[r])
+            if self._append(seq, read.tokens[r], now):
                 self.scheduler.finish(seq, seq.finish_reason)
                 finished.append(seq)
         return finished
@@ -280,12 +279,3 @@ class Engine:
             self.sequences[seq.request_id] = seq
             return seq
 
-
-def _read_result(result) -> tuple[list[list[int]], list[int]]:
-    """(accepted node indices per sampling row, root first; bonus token per row), read from the
-    device in one transfer: the step's one sync."""
-    if result is None:
-        return [], []
-    rows = torch.cat([result.accepted_nodes, result.num_accepted[:, None],
-                      result.bonus_token[:, None]], 1).tolist()  # [Bs, D + 3]
-    return [row[: row[-2] + 1] for row in rows], [row[-1] for row in rows]

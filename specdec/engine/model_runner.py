@@ -11,9 +11,7 @@ rejected nodes' slots are simply overwritten by later steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,21 +36,40 @@ class HostBatch:
     tree_rows: list[tuple[list[int], list[int], list[int]]]  # [Bs] (tokens, parents, kinds)
     tree_depths: list[int]  # [Bs] depth of each sampled tree
     is_prefill: list[bool]  # [B]
-    # all-decode batches: (tokens, parents, kinds, logit rows) as [B, T] arrays (padding: 0, -1,
-    # 0, 0), which a CUDA graph stages as blocks instead of row by row
-    tree_arrays: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = None
+
+
+@dataclass
+class StepRead:
+    """What the host reads back after verification (the step's one device read), per sampling
+    row: the accepted path, the tokens it emits, and tree facts for the statistics."""
+    accepted: list[list[int]]  # accepted node indices, root first
+    tokens: list[list[int]]  # emitted: the accepted draft tokens, then the bonus token
+    depths: list[int]  # depth of the verified tree
+    num_nodes: list[int]  # nodes of the verified tree
+
+    @classmethod
+    def of(cls, result, host: "HostBatch") -> "StepRead":
+        """From an eager step's result (read in one transfer) and the host copy of its trees."""
+        if result is None:
+            return cls([], [], [], [])
+        rows = torch.cat([result.accepted_nodes, result.num_accepted[:, None],
+                          result.bonus_token[:, None]], 1).tolist()  # [Bs, D + 3]
+        accepted = [row[: row[-2] + 1] for row in rows]
+        tokens = [[toks[n] for n in path[1:]] + [row[-1]]
+                  for path, row, (toks, _, _) in zip(accepted, rows, host.tree_rows)]
+        return cls(accepted, tokens, list(host.tree_depths), [len(t[0]) for t in host.tree_rows])
 
 
 @dataclass
 class StepInputs:
-    input_ids: Tensor | None  # [N] (None when a CUDA graph runs the step from `host`)
+    input_ids: Tensor | None  # [N] (None when a CUDA graph runs the step)
     positions: Tensor | None  # [N]
     meta: AttnMetadata | None
-    row_offsets: list[int]  # [B + 1] rows of each batch item
+    row_offsets: list[int]  # [B + 1] rows of each batch item (a graphed step: T_g per tree)
     sample_index: list[int]  # [B] row in the sampling batch, -1 when the item does not sample
     logit_rows: Tensor | None  # [Bs, T] row in N of each sampled tree node, -1 for padding
     tree: DraftTree | None  # [Bs, T] the trees to verify (prefills that end have a root only)
-    host: HostBatch | None = None
+    host: HostBatch | None = None  # eager steps
     draft_probs: Tensor | None = None  # [Bd, T, V] the drafter's tree's, rows of decode items
     width: int = 0  # T: the most nodes of a sampled tree this step
 
@@ -74,12 +91,10 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [L, nb, bs, Hkv, D]
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
-    def prepare(self, batch: list[ScheduledSeq], tree: DraftTree | None,
-                device_tensors: bool = True) -> StepInputs:
-        """Host-side assembly of the flat batch. ``tree`` rows follow the decode items in order.
-        With ``device_tensors=False`` only the host lists are built (a CUDA graph stages them)."""
-        if not device_tensors and tree is not None and not any(i.is_prefill for i in batch):
-            return self._prepare_decode(batch, tree)
+    def prepare(self, batch: list[ScheduledSeq], tree: DraftTree | None) -> StepInputs:
+        """Host-side assembly of the flat batch, then its device tensors (the eager step; a
+        CUDA-graphed step takes the tree from the device instead, `StepGraphs.run`). ``tree``
+        rows follow the decode items in order."""
         ids, pos, slots, bits, use, offsets = [], [], [], [], [], [0]
         sample_index, logit_rows, roots, tree_rows, depths = [], [], [], [], []
         t_list = _tree_lists(tree)
@@ -121,46 +136,10 @@ class ModelRunner:
                          [i.seq.num_cached for i in batch], logit_rows, tree_rows, depths,
                          [i.is_prefill for i in batch])
         width = max([len(r) for r in logit_rows], default=1)
-        if not device_tensors:
-            probs = None if tree is None else tree.draft_probs
-            return StepInputs(None, None, None, offsets, sample_index, None, None, host, probs, width)
         inputs = self._tensors(batch, ids, pos, slots, bits, use, offsets, sample_index,
                                logit_rows, tree, roots)
         inputs.host, inputs.width = host, width
         return inputs
-
-    def _prepare_decode(self, batch: list[ScheduledSeq], tree: DraftTree) -> StepInputs:
-        """`prepare` of an all-decode batch for a CUDA graph, with numpy over ``[B, T]`` arrays
-        instead of Python loops over nodes (what the host spends most of a large batch's step
-        on); builds the same HostBatch as the general path (tested against it)."""
-        b, bs = len(batch), self.block_size
-        tok, depth, mask, par, kind, num = _tree_arrays(tree, b)  # [B, T] x5, [B]
-        seqs = [item.seq for item in batch]
-        budget = np.array([item.num_new for item in batch])
-        bad = np.flatnonzero((tok[:, 0] != np.array([s.tokens[-1] for s in seqs])) | (num > budget))
-        if bad.size:
-            r = int(bad[0])
-            raise AssertionError(f"drafter tree for request {seqs[r].request_id} has root {tok[r, 0]} / "
-                                 f"{num[r]} nodes; expected root {seqs[r].tokens[-1]} and at most "
-                                 f"{budget[r]} nodes")
-        t = tok.shape[1]
-        node = np.arange(t)
-        valid = node < num[:, None]  # [B, T]
-        tok, par, kind = np.where(valid, tok, 0), np.where(valid, par, -1), np.where(valid, kind, 0)
-        start = np.array([s.num_cached for s in seqs], dtype=np.int64)
-        tables = [s.block_table for s in seqs]
-        padded = ragged.table_array(tables, b, max(len(x) for x in tables), np.int64)
-        # node i is stored at position num_cached + i: the valid nodes, packed row after row
-        indptr, _, slots, _ = ragged.packed_runs(start, start + num, padded, bs, int(num.sum()))
-        offsets = indptr.astype(np.int64)
-        rows = np.where(valid, offsets[:-1, None] + node, 0)  # [B, T] row in N of each node
-        counts = num.tolist()
-        trim = lambda a: [row[:n] for row, n in zip(a.tolist(), counts)]  # noqa: E731
-        host = HostBatch(tok[valid], (start[:, None] + depth)[valid], slots, mask[valid],
-                         tables, start.tolist(), trim(rows), list(zip(trim(tok), trim(par), trim(kind))),
-                         depth.max(1).tolist(), [False] * b, (tok, par, kind, rows))
-        return StepInputs(None, None, None, offsets.tolist(), list(range(b)), None, None, host,
-                          tree.draft_probs, int(num.max()))
 
     def _tensors(self, batch, ids, pos, slots, bits, use, offsets, sample_index, logit_rows,
                  tree, roots) -> StepInputs:
@@ -209,6 +188,17 @@ class ModelRunner:
                        torch.tensor(dst, dtype=torch.long, device=self.device))
 
 
+def accepted_moves(slots: Tensor, accepted: Tensor) -> tuple[Tensor, Tensor]:
+    """The commit on the device (no host read): with ``slots [B, T]`` the cache slot of node i's
+    position num_cached + i and ``accepted [B, T]`` the accepted path (node indices, root first,
+    -1 after), the ``(src, dst) [B * T]`` pairs for `compact_kv` that move the j-th accepted
+    node to position num_cached + j; -1 (skip) where nothing moves."""
+    j = torch.arange(accepted.shape[1], device=accepted.device)  # [T]
+    move = (accepted >= 0) & (accepted != j)  # [B, T]
+    src = slots.gather(1, accepted.clamp(min=0)).masked_fill(~move, -1)
+    return src.reshape(-1), slots.masked_fill(~move, -1).reshape(-1)
+
+
 def _tree_lists(tree: DraftTree | None) -> list[list[list[int]]]:
     """Per-row lists (tokens, depth, ancestor bits, parents, kinds) of the valid nodes: one host
     transfer."""
@@ -219,16 +209,6 @@ def _tree_lists(tree: DraftTree | None) -> list[list[list[int]]]:
                                    tree.kind.long()]).flatten(), tree.num_nodes]).tolist()
     n = flat[5 * b * t:]
     return [[flat[(c * b + r) * t:(c * b + r) * t + n[r]] for r in range(b)] for c in range(5)]
-
-
-def _tree_arrays(tree: DraftTree, rows: int) -> list[np.ndarray]:
-    """(tokens, depth, ancestor bits, parents, kinds) ``[rows, T]`` and num_nodes ``[rows]`` of
-    the first ``rows`` trees, in one host transfer."""
-    stacked = torch.stack([tree.tokens, tree.depth, tree.ancestor_mask, tree.parents, tree.kind.long()])
-    num = tree.num_nodes[None, :rows, None].expand(1, rows, stacked.shape[2])
-    host = torch.cat([stacked[:, :rows], num]).cpu().numpy()  # [6, rows, T]
-    tok, depth, mask, par, kind, n = host
-    return [tok, depth, mask, par, kind, n[:, 0]]
 
 
 def _sampling_tree(batch, sample_index, tree, roots, width, device) -> DraftTree | None:

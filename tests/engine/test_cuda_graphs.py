@@ -83,21 +83,26 @@ def test_graphed_typical_verifier_and_small_graph_batch(tiny_dir, device):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_graph_replay_reads_nothing_back(tiny_dir):
-    """A replayed step's only host read is the result (one transfer): the replay itself syncs
-    nothing, so the step's launches overlap the GPU's work."""
+@pytest.mark.parametrize("name", ["none", "draft_tree"])
+def test_graph_replay_reads_nothing_back(tiny_dir, name):
+    """The target's graphed step takes the drafter's tree from the device and reads nothing
+    back (the drafter's kernels may still be running): its only host read is `read`, after."""
     path = str(tiny_dir("llama"))
-    engine, _ = run(path, "cuda", NoDrafter(), True, GREEDY)
+    engine, _ = run(path, "cuda", drafters(path)[name](), True, GREEDY)
     before = engine.graphs.replays
     seq = engine.add_request(PROMPTS[0], SamplingParams(max_new_tokens=8, ignore_eos=True))
     engine.step()  # prefill: eager
+    batch = engine.scheduler.schedule()
+    tree = engine.drafter.propose([i.seq for i in batch], [i.num_new for i in batch])
+    sampling = engine._sampling([seq])
     torch.cuda.set_sync_debug_mode("error")
     try:
-        graphed = engine.graphs.run(engine.runner.prepare(engine.scheduler.schedule(), NoDrafter().propose(
-            [seq], [1]), device_tensors=False), *engine._sampling([seq]))
+        graphed = engine.graphs.run(batch, tree, *sampling)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert graphed is not None and engine.graphs.replays == before + 1
+    read = graphed.read()
+    assert read.tokens[0][-1] >= 0 and 1 <= read.num_nodes[0] <= batch[0].num_new
 
 
 @pytest.mark.gpu
@@ -118,37 +123,70 @@ def test_engines_sharing_a_model_keep_their_graphs_valid(tiny_dir):
     assert outs[0] == outs[2] and outs[1] == outs[2]
 
 
-@pytest.mark.parametrize("name", ["none", "ngram_tree", "draft_tree"])
-def test_vectorised_decode_staging_equals_the_general_path(tiny_dir, name):
-    """`ModelRunner._prepare_decode` (numpy over [B, T], what graphed steps use) builds the host
-    batch the general per-node path builds, trees of different sizes per row included."""
+class _Rogue(NoDrafter):
+    """Breaks the tree contract one way: a wrong root, or more nodes than the step's budget."""
+
+    def __init__(self, how: str):
+        self.how, self.max_nodes = how, 4
+
+    def propose(self, seqs, budgets):
+        from specdec.verifiers import DraftTree
+        roots = [s.tokens[-1] + (1 if self.how == "root" else 0) for s in seqs]
+        extra = 1 if self.how == "budget" else 0
+        return DraftTree.from_lists([[r] + [7] * (b - 1 + extra) for r, b in zip(roots, budgets)],
+                                    [[-1] + list(range(b - 1 + extra)) for b in budgets],
+                                    device=self.target.device)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("how", ["root", "budget"])
+def test_a_tree_that_breaks_its_contract_is_an_error(tiny_dir, graphs, how):
+    """Eager or graphed, a drafter's bad tree raises, naming the request; the graphed step
+    learns it from its one read-back, after storing none of the nodes past the budget."""
+    path = str(tiny_dir("llama"))
+    with pytest.raises(AssertionError, match=r"req-0.*expected root"):
+        run(path, "cpu", _Rogue(how), graphs, GREEDY)
+
+
+def test_graphed_step_layout(tiny_dir):
+    """A graphed step pads every tree to T_g rows (node i of sequence b at row b * T_g + i) and
+    stores only each tree's nodes, at num_cached + i: the cache slots a prefix's tokens use are
+    left alone, and the hidden rows the drafters read are the eager step's."""
     path = str(tiny_dir("qwen2"))
-    model = load_model(path).model
-    engine = Engine(model, drafters(path)[name](), LosslessVerifier(),
-                    EngineConfig(device="cpu", dtype="float32", block_size=4, max_num_seqs=8))
-    general, compared = engine.runner.prepare, []
+    make = lambda: NgramDrafter(num_tokens=4, max_matches=4, max_nodes=12)  # noqa: E731
+    seen = {}
+    for graphs in (False, True):
+        engine, _ = run(path, "cpu", make(), graphs, GREEDY, max_num_seqs=1)
+        engine.sequences.clear()
+        drafter, rows = engine.drafter, []
+        update = drafter.update
+        drafter.update = lambda step, update=update: (rows.append(
+            [step.hidden[step.row_offsets[0] + i].clone() for i in step.accepted[0]]
+            if not step.is_prefill[0] else None), update(step))
+        engine.generate([PROMPTS[0]], GREEDY)
+        seen[graphs] = [r for r in rows if r is not None]
+        if graphs:
+            assert engine.graphs.replays > 0
+    assert len(seen[True]) == len(seen[False]) > 3
+    for eager, graphed in zip(seen[False], seen[True]):
+        assert len(eager) == len(graphed)
+        for a, b in zip(eager, graphed):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
-    def prepare(batch, tree, device_tensors=True):
-        slow = general(batch, tree, device_tensors)
-        if tree is None or any(i.is_prefill for i in batch):
-            return slow
-        fast = general(batch, tree, device_tensors=False)
-        for field in ("ids", "pos", "slots", "bits"):
-            assert list(getattr(fast.host, field)) == list(getattr(slow.host, field)), field
-        for field in ("tables", "prefix_lens", "logit_rows", "tree_rows", "tree_depths", "is_prefill"):
-            assert getattr(fast.host, field) == getattr(slow.host, field), field
-        assert (fast.row_offsets, fast.sample_index, fast.width) == (slow.row_offsets, slow.sample_index, slow.width)
-        tok, par, kind, rows = fast.host.tree_arrays
-        for r, ((t, p, k), lr) in enumerate(zip(slow.host.tree_rows, slow.host.logit_rows)):
-            n = len(t)
-            assert tok[r, :n].tolist() == t and par[r, :n].tolist() == p and kind[r, :n].tolist() == k
-            assert rows[r, :n].tolist() == lr and not tok[r, n:].any() and not rows[r, n:].any()
-            assert (par[r, n:] == -1).all()
-        compared.append(len(set(map(len, slow.host.logit_rows))))
-        return slow
 
-    engine.runner.prepare = prepare
-    engine.generate(PROMPTS, GREEDY)
-    assert len(compared) >= 5
-    if name == "ngram_tree":  # n-gram trees vary in size from row to row
-        assert max(compared) > 1, "no step had trees of different sizes"
+def test_accepted_moves_slide_the_path_into_place():
+    """The graph's commit: node j of the accepted path moves from its slot to the slot of
+    position num_cached + j; nodes already in place and padding move nothing."""
+    from specdec.engine.model_runner import accepted_moves
+    from specdec.kernels import compact_kv
+
+    slots = torch.tensor([[30, 31, 32, 33, 34, 35], [7, 8, 12, 13, 14, 15]])  # [B, T] (2nd: a block edge)
+    accepted = torch.tensor([[0, 2, 5, -1, -1, -1], [0, 1, 3, 4, -1, -1]])
+    src, dst = accepted_moves(slots, accepted)
+    assert src.tolist() == [-1, 32, 35, -1, -1, -1, -1, -1, 13, 14, -1, -1]
+    assert dst.tolist() == [-1, 31, 32, -1, -1, -1, -1, -1, 12, 13, -1, -1]
+    k = torch.arange(40.)[:, None].repeat(1, 16).reshape(1, 10, 4, 1, 16)  # [L, nb, bs, Hkv, D]
+    v = k.clone()  # slot s holds s
+    compact_kv(k, v, src, dst)
+    flat = k[..., 0].flatten().tolist()
+    assert flat[30:33] == [30, 32, 35] and flat[7:9] == [7, 8] and flat[12:14] == [13, 14]
