@@ -1,7 +1,8 @@
 """Where a speculative step's time goes on a small target, measured part by part: the drafter's
 CUDA graph and the target's decode/verify graph each timed alone (replays between CUDA events),
-and the rest of the engine step (host work: staging, reading the tree and the result back,
-bookkeeping) by difference from the measured step.
+and the rest of the engine step by difference from the measured step: the host work the GPU
+does not hide (staging before the draft graph, reading the result back, bookkeeping; the target
+step's staging overlaps the draft graph, whose tree stays on the device).
 
 Target: the SmolLM2-135M architecture with random bf16 weights (``--model synthetic``, the
 default: no checkpoint needed) or a real checkpoint (``--model default`` / a path). Drafts: the

@@ -25,7 +25,8 @@ from .scheduler import ScheduledSeq
 
 @dataclass
 class HostBatch:
-    """The flat batch as host lists (what a CUDA-graphed step stages in one copy per dtype)."""
+    """The flat batch as host lists (the eager step's; a CUDA-graphed step builds its inputs on
+    the device from the drafter's tree, `StepGraphs`)."""
     ids: list[int]  # [N]
     pos: list[int]  # [N]
     slots: list[int]  # [N]
