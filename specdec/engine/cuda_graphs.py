@@ -323,7 +323,7 @@ class StepGraphs:
         # the commit, in the graph: each accepted node's K/V slides to num_cached + j
         src, dst = accepted_moves(slots, result.accepted_nodes)
         compact_kv(runner.k_cache, runner.v_cache, src, dst)
-        depth = tree.depth.masked_fill(~valid, 0).amax(1, keepdim=True)  # [B_g, 1]
+        depth = tree.depth.amax(1, keepdim=True)  # [B_g, 1] (0 past a tree's nodes)
         readout = torch.cat([result.accepted_nodes, result.num_accepted[:, None],  # [B_g, T_g + 2]
                              result.bonus_token[:, None], result.accepted_tokens,  # + T_g - 1
                              v["num"][:, None], v["tok"][:, :1], depth], 1)  # + 3 (drafter's own)

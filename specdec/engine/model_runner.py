@@ -25,18 +25,10 @@ from .scheduler import ScheduledSeq
 
 @dataclass
 class HostBatch:
-    """The flat batch as host lists (the eager step's; a CUDA-graphed step builds its inputs on
-    the device from the drafter's tree, `StepGraphs`)."""
-    ids: list[int]  # [N]
-    pos: list[int]  # [N]
-    slots: list[int]  # [N]
-    bits: list[int]  # [N] ancestor bitmasks (0 for prefill rows)
-    tables: list[list[int]]  # [B] block tables
-    prefix_lens: list[int]  # [B]
-    logit_rows: list[list[int]]  # [Bs] rows in N of each sampled node
-    tree_rows: list[tuple[list[int], list[int], list[int]]]  # [Bs] (tokens, parents, kinds)
+    """What an eager step keeps on the host of its sampled trees, to turn the verification's
+    accepted nodes into tokens (a CUDA-graphed step reads them back instead, `StepGraphs`)."""
+    tree_tokens: list[list[int]]  # [Bs] tokens of each sampled tree's nodes
     tree_depths: list[int]  # [Bs] depth of each sampled tree
-    is_prefill: list[bool]  # [B]
 
 
 @dataclass
@@ -57,8 +49,8 @@ class StepRead:
                           result.bonus_token[:, None]], 1).tolist()  # [Bs, D + 3]
         accepted = [row[: row[-2] + 1] for row in rows]
         tokens = [[toks[n] for n in path[1:]] + [row[-1]]
-                  for path, row, (toks, _, _) in zip(accepted, rows, host.tree_rows)]
-        return cls(accepted, tokens, list(host.tree_depths), [len(t[0]) for t in host.tree_rows])
+                  for path, row, toks in zip(accepted, rows, host.tree_tokens)]
+        return cls(accepted, tokens, list(host.tree_depths), [len(t) for t in host.tree_tokens])
 
 
 @dataclass
@@ -97,7 +89,7 @@ class ModelRunner:
         CUDA-graphed step takes the tree from the device instead, `StepGraphs.run`). ``tree``
         rows follow the decode items in order."""
         ids, pos, slots, bits, use, offsets = [], [], [], [], [], [0]
-        sample_index, logit_rows, roots, tree_rows, depths = [], [], [], [], []
+        sample_index, logit_rows, roots, tree_tokens, depths = [], [], [], [], []
         t_list = _tree_lists(tree)
         decode_row = 0
         for item in batch:
@@ -110,10 +102,10 @@ class ModelRunner:
                 use.append(False)
                 rows = [offsets[-1] + n - 1] if item.samples else []
                 if rows:
-                    tree_rows.append(([seq.tokens[-1]], [-1], [0]))
+                    tree_tokens.append([seq.tokens[-1]])
                     depths.append(0)
             else:
-                tok, depth, mask, par, kind = (x[decode_row] for x in t_list)
+                tok, depth, mask = (x[decode_row] for x in t_list)
                 if tok[0] != seq.tokens[-1] or len(tok) > item.num_new:
                     raise AssertionError(f"drafter tree for request {seq.request_id} has root "
                                          f"{tok[0]} / {len(tok)} nodes; expected root "
@@ -125,7 +117,7 @@ class ModelRunner:
                 use.append(True)
                 rows = [offsets[-1] + i for i in range(n)]
                 roots.append((len(logit_rows), decode_row))  # (sampling row, tree row)
-                tree_rows.append((tok, par, kind))
+                tree_tokens.append(tok)
                 depths.append(max(depth))
                 decode_row += 1
             slots += ragged.slots(seq.block_table, start, n, self.block_size)
@@ -133,9 +125,7 @@ class ModelRunner:
             sample_index.append(len(logit_rows) if rows else -1)
             if rows:
                 logit_rows.append(rows)
-        host = HostBatch(ids, pos, slots, bits, [i.seq.block_table for i in batch],
-                         [i.seq.num_cached for i in batch], logit_rows, tree_rows, depths,
-                         [i.is_prefill for i in batch])
+        host = HostBatch(tree_tokens, depths)
         width = max([len(r) for r in logit_rows], default=1)
         inputs = self._tensors(batch, ids, pos, slots, bits, use, offsets, sample_index,
                                logit_rows, tree, roots)
@@ -201,15 +191,14 @@ def accepted_moves(slots: Tensor, accepted: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _tree_lists(tree: DraftTree | None) -> list[list[list[int]]]:
-    """Per-row lists (tokens, depth, ancestor bits, parents, kinds) of the valid nodes: one host
-    transfer."""
+    """Per-row lists (tokens, depth, ancestor bits) of the valid nodes: one host transfer."""
     if tree is None:
-        return [[], [], [], [], []]
+        return [[], [], []]
     b, t = tree.tokens.shape
-    flat = torch.cat([torch.stack([tree.tokens, tree.depth, tree.ancestor_mask, tree.parents,
-                                   tree.kind.long()]).flatten(), tree.num_nodes]).tolist()
-    n = flat[5 * b * t:]
-    return [[flat[(c * b + r) * t:(c * b + r) * t + n[r]] for r in range(b)] for c in range(5)]
+    flat = torch.cat([torch.stack([tree.tokens, tree.depth, tree.ancestor_mask]).flatten(),
+                      tree.num_nodes]).tolist()
+    n = flat[3 * b * t:]
+    return [[flat[(c * b + r) * t:(c * b + r) * t + n[r]] for r in range(b)] for c in range(3)]
 
 
 def _sampling_tree(batch, sample_index, tree, roots, width, device) -> DraftTree | None:
