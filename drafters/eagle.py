@@ -5,6 +5,8 @@ draft decoder layer fed the target's final features (Li et al. 2024, "EAGLE" and
 The target's embedding and lm_head are reused; the draft keeps its own paged KV cache (see
 eagle_base.py for the alignment of features, tokens and positions). Every node is a top-k pick,
 so candidates are DETERMINISTIC and sampling stays lossless without drawing any randomness.
+``draft_vocab`` restricts the drafted tokens to a frequency-ranked subset of the vocabulary
+(FR-Spec; draft_vocab.py), still lossless.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from torch import Tensor
 
 from specdec.kernels import wide_topk
 
+from . import draft_vocab as vocab
+from . import formats
 from .base import StepResult, TargetContext
 from .eagle_base import EagleDrafterBase, static_choices
 from .eagle_format import load_eagle
@@ -25,14 +29,32 @@ class EagleDrafter(EagleDrafterBase):
     name = "eagle"
 
     def __init__(self, path: str, total_tokens: int | str = 60, depth: int = 6, top_k: int = 10,
-                 tree_choices: Optional[Sequence[Sequence[int]]] = None, pool_all: bool = True) -> None:
+                 tree_choices: Optional[Sequence[Sequence[int]]] = None, pool_all: bool = True,
+                 draft_vocab: Optional[str] = None) -> None:
         super().__init__(path, total_tokens, depth, top_k, static_choices(tree_choices), pool_all)
         if self.static:
             self.name = "eagle1"
+        vocab.check_spec(draft_vocab, f"drafter={self.name}")  # fail before the target loads
+        self.draft_vocab = draft_vocab
+        self.vocab_ids: Optional[Tensor] = None  # [Vd] target ids the draft may propose (None: all)
+        self.vocab_head: Optional[Tensor] = None  # [Vd, h] their lm_head rows
 
     def load(self, target: TargetContext) -> None:
         super().load(target)
+        if self.draft_vocab is not None:
+            what = f"drafter={self.name}"
+            path = vocab.resolve(self.draft_vocab, formats.shipped(self.shipped_as), what)
+            self.use_vocab(vocab.load(path, target.model.config.vocab_size, what))
         self.attach(load_eagle(self.path, target.model.config, target.dtype, target.device))
+
+    def use_vocab(self, ids: Optional[Tensor]) -> None:
+        """Draft from the target ids ``ids [Vd]`` only (None: the full vocabulary); before `attach`."""
+        if ids is not None and ids.numel() < max(self._width(), 1):
+            raise ValueError(f"drafter={self.name}: a draft vocabulary of {ids.numel()} ids cannot "
+                             f"fill top_k={self._width()} children")
+        model = self.target.model
+        self.vocab_ids = None if ids is None else ids.to(self.target.device)
+        self.vocab_head = None if ids is None else model.lm_head_rows(self.vocab_ids)
 
     def attach(self, net: EagleNet) -> None:
         if net.config.hidden_size != self.target.model.config.hidden_size:
@@ -44,6 +66,8 @@ class EagleDrafter(EagleDrafterBase):
         return step.hidden[rows]  # [n, h] the target's final normed hidden states
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        # [..., V] via the target's lm_head; in float32 without a float32 copy of the logits
-        lp = self.target.model.compute_logits(out, upcast=False).log_softmax(-1, dtype=torch.float32)
-        return wide_topk(lp, k)  # [..., k] x2: one vocabulary top-k per tree level
+        # [..., V] (or [..., Vd]) via the target's lm_head; in float32 without a float32 copy of
+        # the logits; over a draft vocabulary the log-probs are renormalised over it, as FR-Spec
+        logits = self.target.model.compute_logits(out, upcast=False, head=self.vocab_head)
+        top_lp, top = wide_topk(logits.log_softmax(-1, dtype=torch.float32), k)  # [..., k] x2
+        return top_lp, (top if self.vocab_ids is None else self.vocab_ids[top])

@@ -63,6 +63,11 @@ SYSTEMS = {
     "eagle_plain_layers": lambda: _plain(EagleDrafter(str(WEIGHTS / "eagle"))),
     "eagle_depth4_t32": lambda: EagleDrafter(str(WEIGHTS / "eagle"), total_tokens=32, depth=4, top_k=8),
     "eagle3": lambda: Eagle3Drafter(str(WEIGHTS / "eagle3")),
+    # the shipped 8192-token drafting vocabulary (FR-Spec) instead of the full 49152
+    "eagle_vocab": lambda: EagleDrafter(str(WEIGHTS / "eagle"), draft_vocab="default"),
+    "eagle_d3k6t16": lambda: EagleDrafter(str(WEIGHTS / "eagle"), total_tokens=16, depth=3, top_k=6),
+    "eagle_d3k6t16_vocab": lambda: EagleDrafter(str(WEIGHTS / "eagle"), total_tokens=16, depth=3, top_k=6,
+                                                draft_vocab="default"),
 }
 
 

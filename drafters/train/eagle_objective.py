@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from specdec.drafters import draft_vocab
 from specdec.drafters.eagle_format import (config_dict, default_feature_layers, save_eagle, save_eagle3,
                                            vocab_map)
 from specdec.drafters.eagle_net import Eagle3Net, EagleNet, draft_model_config
@@ -39,9 +40,15 @@ class EagleObjective:
     kind = "eagle"
 
     def __init__(self, target, examples=None, steps: int = 1, num_layers: int = 1, w_reg: float = 1.0,
-                 w_ce: float = 0.1, noise: float = 0.1, step_decay: float = 0.8) -> None:
+                 w_ce: float = 0.1, noise: float = 0.1, step_decay: float = 0.8,
+                 draft_vocab_size: int | None = 8192, always: Sequence[int] = ()) -> None:
         self.target, self.steps, self.w_reg, self.w_ce = target, steps, w_reg, w_ce
         self.noise, self.decay = noise, step_decay
+        # the export's drafting vocabulary (drafter.draft_vocab, FR-Spec): the data's most frequent
+        # tokens; the head itself trains over the full vocabulary, as EAGLE-2's does
+        vocab = target.config.vocab_size
+        self.vocab_ids = None if not draft_vocab_size or not examples else draft_vocabulary(
+            examples, min(int(draft_vocab_size), vocab), vocab, always)
         cfg = draft_model_config(config_dict(target.config, num_hidden_layers=num_layers))
         self.module = self.net = EagleNet(cfg, bias=True)
         self._identity_start(target)
@@ -80,7 +87,12 @@ class EagleObjective:
         return total, metrics
 
     def export(self, directory: Path, dtype=torch.bfloat16) -> list[Path]:
-        return save_eagle(self.net, directory, dtype=dtype)
+        files = save_eagle(self.net, directory, dtype=dtype)
+        stale = directory / draft_vocab.FILE
+        if self.vocab_ids is None:
+            stale.unlink(missing_ok=True)  # a re-export without data must not keep an old one
+            return files
+        return files + [draft_vocab.save(self.vocab_ids, directory)]
 
     def drafter(self, path: str, **options):
         from specdec.drafters.eagle import EagleDrafter

@@ -105,7 +105,7 @@ def _data_cfg(plan: Plan, loaded) -> DataConfig:
 def _objective(loaded, plan: Plan):
     examples = read_shards(plan.data_dir)
     options = dict(plan.options)
-    if plan.kind == "eagle3":
+    if plan.kind in ("eagle", "eagle3"):  # the draft vocabulary keeps the stop tokens
         options.setdefault("always", list(loaded.stop_token_ids))
     if plan.kind == "medusa":
         options.setdefault("base_model", loaded.source)

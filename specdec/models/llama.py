@@ -143,11 +143,18 @@ class LlamaForCausalLM(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:  # [N] -> [N, H]
         return self.model.embed_tokens(input_ids)
 
-    def compute_logits(self, hidden: Tensor, upcast: bool = True) -> Tensor:  # [M, H] -> [M, V]
+    def compute_logits(self, hidden: Tensor, upcast: bool = True,
+                       head: Tensor | None = None) -> Tensor:  # [M, H] -> [M, V] (or [M, Vd])
         """Logits in float32; ``upcast=False`` leaves them in the model dtype (for a caller whose
-        next op computes in float32 anyway, e.g. ``log_softmax(dtype=float32)``: no copy)."""
-        logits = self.lm_head(hidden)
+        next op computes in float32 anyway, e.g. ``log_softmax(dtype=float32)``: no copy).
+        ``head [Vd, H]``: rows of the lm_head (`lm_head_rows`), for the logits of those ids only."""
+        logits = self.lm_head(hidden) if head is None else F.linear(hidden, head)
         return logits.float() if upcast else logits
+
+    def lm_head_rows(self, ids: Tensor) -> Tensor:  # [Vd] -> [Vd, H]
+        """A copy of the lm_head's rows of target ids ``ids``: ``compute_logits(h, head=rows)``
+        equals ``compute_logits(h)[..., ids]`` (a truncated drafting vocabulary)."""
+        return self.lm_head.weight[ids.to(self.lm_head.weight.device)].contiguous()
 
     def forward(self, input_ids: Tensor, positions: Tensor, meta: AttnMetadata, k_cache: Tensor,
                 v_cache: Tensor, capture_layers: Sequence[int] = ()) -> ModelOutput:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from specdec.drafters import draft_vocab
 from specdec.drafters.eagle import EagleDrafter
 from specdec.drafters.eagle3 import Eagle3Drafter
 from specdec.drafters.graphs import DraftGraphs
@@ -41,7 +42,9 @@ def target(tiny_dir):
 def paths(target, tmp_path_factory):
     root = tmp_path_factory.mktemp("graph_drafters")
     save_small_draft(copy.deepcopy(target), root / "draft", dtype=torch.float32)
-    return {"eagle": str(write(mimic_eagle(target), root / "eagle")),
+    half = torch.randperm(target.config.vocab_size, generator=torch.Generator().manual_seed(0))
+    vocab = draft_vocab.save(half[: target.config.vocab_size // 2], root / "vocab")
+    return {"eagle": str(write(mimic_eagle(target), root / "eagle")), "vocab": str(vocab),
             "eagle3": str(write(random_eagle3(target), root / "eagle3", aux_layer_ids=(1, 1, 1))),
             "medusa": str(write(random_medusa(target), root / "medusa")), "draft": str(root / "draft")}
 
@@ -50,6 +53,7 @@ DRAFTERS = {
     "eagle2": lambda p: EagleDrafter(p["eagle"]),  # 60 nodes, depth 6, top_k 10: catch-up width 7
     "eagle2_small": lambda p: EagleDrafter(p["eagle"], total_tokens=10, depth=3, top_k=3, pool_all=False),
     "eagle1": lambda p: EagleDrafter(p["eagle"], tree_choices=EAGLE1_TREE),
+    "eagle2_vocab": lambda p: EagleDrafter(p["eagle"], draft_vocab=p["vocab"]),  # FR-Spec subset
     "eagle3": lambda p: Eagle3Drafter(p["eagle3"], total_tokens=16, depth=4, top_k=4),
     "medusa": lambda p: MedusaDrafter(p["medusa"], MEDUSA_63),
     "draft_chain": lambda p: SmallDraftDrafter(p["draft"], num_tokens=4),  # samples its chain at T > 0
@@ -106,7 +110,7 @@ def test_a_staged_shape_must_match_its_key():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", ["eagle2", "eagle1", "eagle3", "medusa", "draft_chain", "draft_tree"])
+@pytest.mark.parametrize("name", ["eagle2", "eagle2_vocab", "eagle1", "eagle3", "medusa", "draft_chain", "draft_tree"])
 def test_graphed_drafting_reads_nothing_back(target, paths, name):
     """Once a sequence is past its first catch-up, drafting is staging + one replay: no host
     sync, so the drafter's launches overlap the GPU's work."""

@@ -96,6 +96,27 @@ def test_eagle3_draft_vocabulary_holds_the_frequent_tokens(target, examples):
     assert 4 in ids and set(top) <= set(ids) and ids == sorted(ids)
 
 
+def test_eagle_export_ships_its_draft_vocabulary(target, examples, tmp_path):
+    """EAGLE-1/2's export writes draft_vocab.safetensors (the data's most frequent tokens, stop
+    tokens kept), which drafter.draft_vocab=<export dir> reads; without data none is written and
+    a stale one is removed."""
+    from collections import Counter
+
+    from specdec.drafters import draft_vocab
+
+    objective = make_objective("eagle", target, examples, draft_vocab_size=20, always=[4])
+    files = objective.export(tmp_path, torch.float32)
+    assert tmp_path / draft_vocab.FILE in files
+    ids = draft_vocab.load(tmp_path, target.config.vocab_size, "t").tolist()
+    top = [t for t, _ in Counter(t for e in examples for t in e.tokens).most_common(10)]
+    assert len(ids) == 20 and 4 in ids and set(top) <= set(ids)
+    drafter = objective.drafter(str(tmp_path), draft_vocab=str(tmp_path), total_tokens=8, depth=2, top_k=3)
+    Engine(target, drafter, LosslessVerifier(), EngineConfig(device="cpu"))
+    assert drafter.vocab_ids.tolist() == ids
+    make_objective("eagle", target, None).export(tmp_path, torch.float32)
+    assert not (tmp_path / draft_vocab.FILE).exists()
+
+
 def test_hydra_configs_build_a_plan(tmp_path):
     from hydra import compose, initialize_config_dir
 

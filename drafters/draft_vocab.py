@@ -1,0 +1,112 @@
+"""A truncated drafting vocabulary for drafters that score the target's full vocabulary
+(EAGLE-1/2 through the target's lm_head): the draft ranks only the target ids of a fixed subset,
+the most frequent tokens of the data the head was trained on, and maps its picks back to target
+ids. This is FR-Spec's frequency-ranked draft vocabulary (Zhao et al. 2025, "FR-Spec: Accelerating
+Large-Vocabulary Language Models via Frequency-Ranked Speculative Sampling") and EAGLE-3's
+``d2t`` idea applied to an EAGLE-2 head without retraining it.
+
+It is lossless: the verifier still checks every drafted token against the full target
+distribution; a token outside the subset can only never be drafted. What it buys: the per-level
+``[rows, h] x [h, V]`` head, its log-softmax and the vocabulary top-k run over ``Vd`` columns
+instead of ``V`` (49,152 -> 8,192 on SmolLM2), which is about half of an EAGLE-2 draft on a
+small target (BENCHMARKS.md, "Fewer draft kernels").
+
+Sources of the subset (``drafter.draft_vocab``):
+  * ``default``: the file shipped beside the default EAGLE head (``draft_vocab.safetensors``);
+  * a ``.safetensors`` file with an int64 ``ids`` tensor, or a ``.json`` list of target ids;
+  * a directory holding ``draft_vocab.safetensors``, or an EAGLE-3 checkpoint (its ``d2t``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import formats
+
+FILE = "draft_vocab.safetensors"
+
+
+def check_spec(spec, what: str) -> None:
+    """Fail before the target loads on a draft_vocab that names nothing readable."""
+    if spec is None or str(spec) == "default":
+        return
+    if not Path(str(spec)).expanduser().exists():
+        raise FileNotFoundError(f"{what}: draft_vocab {spec!r} does not exist; give a "
+                                f"{FILE} / .json file of target ids, a directory holding {FILE} "
+                                f"or an EAGLE-3 checkpoint, `default`, or null (full vocabulary)")
+
+
+def resolve(spec, default_dir: Path, what: str) -> Path:
+    """The file or directory a ``draft_vocab`` setting names (``default``: ``default_dir``)."""
+    if str(spec) == "default":
+        path = default_dir / FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: draft_vocab=default reads {path}, which is not in this "
+                                    f"checkout; set draft_vocab to a file of target ids, or null")
+        return path
+    check_spec(spec, what)
+    return Path(str(spec)).expanduser()
+
+
+def load(path: Path, vocab_size: int, what: str) -> Tensor:
+    """The subset's target ids ``[Vd]`` int64, ascending, checked against the target's vocabulary."""
+    if path.is_dir():
+        ids = _from_dir(path, what)
+    elif path.suffix == ".json":
+        ids = _from_json(path, what)
+    else:
+        state = formats.read_file(path, what)
+        if "ids" not in state:
+            raise formats.CheckpointError(f"{what}: {path} has no `ids` tensor (keys: {sorted(state)})")
+        ids = state["ids"]
+    return check(ids, vocab_size, f"{what}: draft vocabulary {path}")
+
+
+def _from_dir(path: Path, what: str) -> Tensor:
+    if (path / FILE).is_file():
+        return formats.read_file(path / FILE, what)["ids"]
+    if (path / "config.json").is_file():  # an EAGLE-3 checkpoint: target id = draft id + d2t
+        state = formats.read_weights(formats.find_weights(path, ("model", "pytorch_model"), what), what)
+        if "d2t" in state:
+            d2t = state["d2t"].long()
+            return torch.arange(d2t.numel()) + d2t
+    raise formats.CheckpointError(f"{what}: {path} holds neither {FILE} nor an EAGLE-3 checkpoint "
+                                  f"with a d2t mapping")
+
+
+def _from_json(path: Path, what: str) -> Tensor:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise formats.CheckpointError(f"{what}: {path} is not valid JSON ({e.msg})") from None
+    if not isinstance(data, list) or not all(isinstance(x, int) for x in data):
+        raise formats.CheckpointError(f"{what}: {path} must hold a JSON list of integer target ids")
+    return torch.tensor(data, dtype=torch.long)
+
+
+def check(ids: Tensor, vocab_size: int, what: str) -> Tensor:
+    """Sorted int64 ids; an error when they are empty, not integers, repeat or leave [0, V)."""
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 1 or ids.numel() == 0:
+        raise formats.CheckpointError(f"{what}: expected a non-empty 1-d integer tensor of target ids, "
+                                      f"got {tuple(ids.shape)} {ids.dtype}")
+    ids = ids.long()
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise formats.CheckpointError(f"{what}: ids must lie in the target vocabulary [0, {vocab_size}); "
+                                      f"found {int(ids.min())}..{int(ids.max())}")
+    out = ids.unique()  # sorted
+    if out.numel() != ids.numel():
+        raise formats.CheckpointError(f"{what}: {ids.numel() - out.numel()} ids repeat")
+    return out
+
+
+def save(ids: Tensor, directory: Path) -> Path:
+    """``directory/draft_vocab.safetensors`` holding ``ids`` (what `load` reads)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / FILE
+    save_file({"ids": ids.long().contiguous().cpu()}, str(path), metadata={"format": "pt"})
+    return path
