@@ -12,7 +12,8 @@ instead of ``V`` (49,152 -> 8,192 on SmolLM2), which is about half of an EAGLE-2
 small target (BENCHMARKS.md, "Fewer draft kernels").
 
 Sources of the subset (``drafter.draft_vocab``):
-  * ``default``: the file shipped beside the default EAGLE head (``draft_vocab.safetensors``);
+  * ``default``: the vocabulary that comes with the head, ``draft_vocab.safetensors`` beside its
+    weights (specdec's EAGLE exports write one; the head shipped for SmolLM2 has one);
   * a ``.safetensors`` file with an int64 ``ids`` tensor, or a ``.json`` list of target ids;
   * a directory holding ``draft_vocab.safetensors``, or an EAGLE-3 checkpoint (its ``d2t``).
 """
@@ -39,13 +40,15 @@ def check_spec(spec, what: str) -> None:
                                 f"or an EAGLE-3 checkpoint, `default`, or null (full vocabulary)")
 
 
-def resolve(spec, default_dir: Path, what: str) -> Path:
-    """The file or directory a ``draft_vocab`` setting names (``default``: ``default_dir``)."""
+def resolve(spec, head_dir: Path, what: str) -> Path:
+    """The file or directory a ``draft_vocab`` setting names (``default``: the file in the head's
+    directory ``head_dir``)."""
     if str(spec) == "default":
-        path = default_dir / FILE
+        path = head_dir / FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{what}: draft_vocab=default reads {path}, which is not in this "
-                                    f"checkout; set draft_vocab to a file of target ids, or null")
+            raise FileNotFoundError(f"{what}: draft_vocab=default reads the head's own {FILE}, but "
+                                    f"{head_dir} has none; set draft_vocab to a file of target ids "
+                                    f"or an EAGLE-3 checkpoint, or null (full vocabulary)")
         return path
     check_spec(spec, what)
     return Path(str(spec)).expanduser()

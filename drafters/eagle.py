@@ -43,7 +43,8 @@ class EagleDrafter(EagleDrafterBase):
         super().load(target)
         if self.draft_vocab is not None:
             what = f"drafter={self.name}"
-            path = vocab.resolve(self.draft_vocab, formats.shipped(self.shipped_as), what)
+            head_dir = formats.resolve_dir(self.path, f"EAGLE checkpoint {self.path}")
+            path = vocab.resolve(self.draft_vocab, head_dir, what)
             self.use_vocab(vocab.load(path, target.model.config.vocab_size, what))
         self.attach(load_eagle(self.path, target.model.config, target.dtype, target.device))
 

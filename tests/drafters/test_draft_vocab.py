@@ -3,6 +3,7 @@ from, what bad inputs say, that the draft scores exactly the target's logits res
 that every drafted token lies in it, and that decoding stays lossless (greedy equality lives in
 test_eagle_greedy.py with the other drafters)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +81,22 @@ def test_bad_sources_are_named(target, tmp_path):
         dv.load(tmp_path / "empty", vocab, "t")
     with pytest.raises(FileNotFoundError, match="draft_vocab"):  # before any target loads
         EagleDrafter("default", draft_vocab=str(tmp_path / "missing.json"))
+
+
+def test_default_is_the_heads_own_vocabulary(target, eagle_dir, tmp_path):
+    """draft_vocab=default reads draft_vocab.safetensors beside the head's weights (never another
+    target's file); a head without one is an error naming its directory."""
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="has none"):
+        Engine(target, EagleDrafter(eagle_dir, draft_vocab="default"), LosslessVerifier(),
+               EngineConfig(device="cpu"))
+    head = Path(shutil.copytree(eagle_dir, tmp_path / "head"))
+    ids = subset(target.config.vocab_size, 30, seed=2)
+    dv.save(ids, head)
+    drafter = EagleDrafter(str(head), draft_vocab="default")
+    Engine(target, drafter, LosslessVerifier(), EngineConfig(device="cpu"))
+    assert torch.equal(drafter.vocab_ids, ids.sort().values)
 
 
 def test_too_small_for_top_k(target, eagle_dir, tmp_path):
