@@ -8,8 +8,8 @@ Large-Vocabulary Language Models via Frequency-Ranked Speculative Sampling") and
 It is lossless: the verifier still checks every drafted token against the full target
 distribution; a token outside the subset can only never be drafted. What it buys: the per-level
 ``[rows, h] x [h, V]`` head, its log-softmax and the vocabulary top-k run over ``Vd`` columns
-instead of ``V`` (49,152 -> 8,192 on SmolLM2), which is about half of an EAGLE-2 draft on a
-small target (BENCHMARKS.md, "Fewer draft kernels").
+instead of ``V`` (49,152 -> 8,192 on SmolLM2): a quarter less time in an EAGLE-2 draft graph
+on an H200, for 0.5% of tau (BENCHMARKS.md, "A truncated drafting vocabulary").
 
 Sources of the subset (``drafter.draft_vocab``):
   * ``default``: the vocabulary that comes with the head, ``draft_vocab.safetensors`` beside its
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -40,10 +41,11 @@ def check_spec(spec, what: str) -> None:
                                 f"or an EAGLE-3 checkpoint, `default`, or null (full vocabulary)")
 
 
-def resolve(spec, head_dir: Path, what: str) -> Path:
+def resolve(spec, head_dir: Callable[[], Path], what: str) -> Path:
     """The file or directory a ``draft_vocab`` setting names (``default``: the file in the head's
-    directory ``head_dir``)."""
+    directory, ``head_dir()``: called only then, since a hub head is fetched to find it)."""
     if str(spec) == "default":
+        head_dir = head_dir()
         path = head_dir / FILE
         if not path.is_file():
             raise FileNotFoundError(f"{what}: draft_vocab=default reads the head's own {FILE}, but "
@@ -56,8 +58,10 @@ def resolve(spec, head_dir: Path, what: str) -> Path:
 
 def load(path: Path, vocab_size: int, what: str) -> Tensor:
     """The subset's target ids ``[Vd]`` int64, ascending, checked against the target's vocabulary."""
+    if path.is_dir() and (path / FILE).is_file():
+        path = path / FILE
     if path.is_dir():
-        ids = _from_dir(path, what)
+        ids = _from_eagle3(path, what)
     elif path.suffix == ".json":
         ids = _from_json(path, what)
     else:
@@ -68,9 +72,7 @@ def load(path: Path, vocab_size: int, what: str) -> Tensor:
     return check(ids, vocab_size, f"{what}: draft vocabulary {path}")
 
 
-def _from_dir(path: Path, what: str) -> Tensor:
-    if (path / FILE).is_file():
-        return formats.read_file(path / FILE, what)["ids"]
+def _from_eagle3(path: Path, what: str) -> Tensor:
     if (path / "config.json").is_file():  # an EAGLE-3 checkpoint: target id = draft id + d2t
         state = formats.read_weights(formats.find_weights(path, ("model", "pytorch_model"), what), what)
         if "d2t" in state:

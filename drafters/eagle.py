@@ -43,7 +43,7 @@ class EagleDrafter(EagleDrafterBase):
         super().load(target)
         if self.draft_vocab is not None:
             what = f"drafter={self.name}"
-            head_dir = formats.resolve_dir(self.path, f"EAGLE checkpoint {self.path}")
+            head_dir = lambda: formats.resolve_dir(self.path, f"EAGLE checkpoint {self.path}")  # noqa: E731
             path = vocab.resolve(self.draft_vocab, head_dir, what)
             self.use_vocab(vocab.load(path, target.model.config.vocab_size, what))
         self.attach(load_eagle(self.path, target.model.config, target.dtype, target.device))
