@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import formats
+from .eagle_format import EAGLE_STEMS
 
 FILE = "draft_vocab.safetensors"
 
@@ -74,7 +75,7 @@ def load(path: Path, vocab_size: int, what: str) -> Tensor:
 
 def _from_eagle3(path: Path, what: str) -> Tensor:
     if (path / "config.json").is_file():  # an EAGLE-3 checkpoint: target id = draft id + d2t
-        state = formats.read_weights(formats.find_weights(path, ("model", "pytorch_model"), what), what)
+        state = formats.read_weights(formats.find_weights(path, EAGLE_STEMS, what), what)
         if "d2t" in state:
             d2t = state["d2t"].long()
             return torch.arange(d2t.numel()) + d2t

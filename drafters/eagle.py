@@ -48,14 +48,13 @@ class EagleDrafter(EagleDrafterBase):
             self.use_vocab(vocab.load(path, target.model.config.vocab_size, what))
         self.attach(load_eagle(self.path, target.model.config, target.dtype, target.device))
 
-    def use_vocab(self, ids: Optional[Tensor]) -> None:
-        """Draft from the target ids ``ids [Vd]`` only (None: the full vocabulary); before `attach`."""
-        if ids is not None and ids.numel() < max(self._width(), 1):
+    def use_vocab(self, ids: Tensor) -> None:
+        """Draft from the target ids ``ids [Vd]`` only; before `attach`."""
+        if ids.numel() < max(self._width(), 1):
             raise ValueError(f"drafter={self.name}: a draft vocabulary of {ids.numel()} ids cannot "
                              f"fill top_k={self._width()} children")
-        model = self.target.model
-        self.vocab_ids = None if ids is None else ids.to(self.target.device)
-        self.vocab_head = None if ids is None else model.lm_head_rows(self.vocab_ids)
+        self.vocab_ids = ids.to(self.target.device)
+        self.vocab_head = self.target.model.lm_head_rows(self.vocab_ids)
 
     def attach(self, net: EagleNet) -> None:
         if net.config.hidden_size != self.target.model.config.hidden_size:

@@ -1,7 +1,7 @@
 """A truncated drafting vocabulary for EAGLE-1/2 (drafter.draft_vocab, FR-Spec): where it comes
 from, what bad inputs say, that the draft scores exactly the target's logits restricted to it,
-that every drafted token lies in it, and that decoding stays lossless (greedy equality lives in
-test_eagle_greedy.py with the other drafters)."""
+that every drafted token lies in it, and that decoding stays lossless (greedy equality with the
+target's own output, dynamic and static trees; graphed drafting in test_drafter_graphs.py)."""
 import json
 from pathlib import Path
 
