@@ -10,7 +10,9 @@ Hydra's ``_target_`` picks the class; the engine calls, every step,
 and ``drafter.release(seq)`` when a sequence finishes or is preempted; ``drafter.warm_up()``
 (optional) at start, to capture CUDA graphs when ``TargetContext.graph_batch`` allows them.
 ``kv_demand`` tells the scheduler how many positions the drafter's own paged tables need, so that
-blocks for them are reserved before the step runs (a drafter never allocates mid-step).
+blocks for them are reserved before the step runs (a drafter never allocates mid-step). The engine
+also calls it once before ``load``, for a sequence of max_model_len tokens, to size the KV pool:
+it must depend on the drafter's settings only.
 """
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ Drafters are Hydra drafter configs (configs/drafter/), with overrides after the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
@@ -47,7 +48,9 @@ from specdec.run import git_sha, versions  # noqa: E402
 
 def make_drafter(spec: str):
     """``"eagle"``, ``"eagle drafter.depth=4 ..."`` (Hydra overrides) or, to run one drafter
-    under several settings side by side, ``"label:eagle drafter.depth=4 ..."``."""
+    under several settings side by side, ``"label:eagle drafter.depth=4 ..."``. Returns the
+    label, the drafter and the spec's ``engine.*`` overrides (``engine.split_mixed_steps=false``),
+    which replace the benchmark's own engine settings for that system."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -55,7 +58,12 @@ def make_drafter(spec: str):
     label, _, name = name.rpartition(":")
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=[f"drafter={name}", *overrides])
-    return label or name, instantiate(cfg.drafter)
+    keys = [o.split("=", 1)[0].removeprefix("engine.") for o in overrides if o.startswith("engine.")]
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = sorted(set(keys) - fields)
+    if unknown:
+        raise ValueError(f"{spec!r}: engine settings {unknown} do not exist; EngineConfig has {sorted(fields)}")
+    return label or name, instantiate(cfg.drafter), {k: cfg.engine[k] for k in keys}
 
 
 def hf_model(path: str, dtype, device):
@@ -146,7 +154,7 @@ def step_profile(engine) -> dict:
     drafter_graphs = getattr(engine.drafter, "graphs", None)
     return {"steps": st.steps, "median_step_ms": pct(0.5), "p90_step_ms": pct(0.9),
             "p99_step_ms": pct(0.99), "mean_step_ms": 1e3 * sum(times) / len(times) if times else None,
-            "slow_steps": len(slow), "slow_steps_s": sum(slow),
+            "slow_steps": len(slow), "slow_steps_s": sum(slow), "mixed_steps": st.mixed_steps,
             "drafter_graph_replays": drafter_graphs.replays if drafter_graphs is not None else 0,
             "draft_share": st.draft_s / total if total else None,
             "verify_share": st.verify_s / total if total else None,
@@ -209,8 +217,8 @@ def main() -> None:
         except Exception as e:  # reported in the results, not hidden
             failed[f"hf_{k}"] = f"{type(e).__name__}: {e}"
     drafters = [make_drafter(spec) for spec in args.drafters]
-    for name, drafter in drafters:
-        systems[f"specdec_{name}"] = engine_system(loaded, drafter, cfg)
+    for name, drafter, engine_over in drafters:
+        systems[f"specdec_{name}"] = engine_system(loaded, drafter, dataclasses.replace(cfg, **engine_over))
     stops = set(loaded.stop_token_ids)
     for name in list(systems):  # warm-up: allocations, lazy imports, compilation, graph capture
         try:
@@ -294,7 +302,7 @@ def main() -> None:
         hf_plain = systems.get("hf_plain")
         if args.batch_sizes:  # an untimed pass first: kernels Triton compiles for the batch phase's
             # prefill mixes (per length class) would otherwise be charged to the first system timed
-            name, drafter = make_drafter("none")
+            name, drafter, _ = make_drafter("none")
             engine = engine_system(loaded, drafter, EngineConfig(
                 device=args.device, dtype=args.dtype, max_num_seqs=max(args.batch_sizes),
                 cuda_graphs=bool(args.cuda_graphs))).engine
@@ -306,8 +314,8 @@ def main() -> None:
             bcfg = EngineConfig(device=args.device, dtype=args.dtype, max_num_seqs=b,
                                 cuda_graphs=bool(args.cuda_graphs))
             for spec in args.drafters:
-                name, drafter = make_drafter(spec)  # a fresh drafter per engine
-                engine = engine_system(loaded, drafter, bcfg).engine
+                name, drafter, engine_over = make_drafter(spec)  # a fresh drafter per engine
+                engine = engine_system(loaded, drafter, dataclasses.replace(bcfg, **engine_over)).engine
                 # warm-up: every prompt's prefill once (Triton compiles the eager prefill's kernels
                 # per length class; a system timed first would pay them all), and the graphs
                 engine.generate(bids, SamplingParams(max_new_tokens=8))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -22,6 +22,9 @@ class EngineConfig:
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
     cuda_graphs: bool = True  # CUDA: replay decode/verify steps as graphs (engine/cuda_graphs.py)
     max_graph_batch: int = 64  # larger decode batches run eagerly
+    # a step with prefill chunks beside decode trees runs as two forwards: the trees through
+    # their graphs, the chunks eagerly (engine.Engine._parts). auto: where CUDA graphs are on
+    split_mixed_steps: Union[bool, str] = "auto"
 
     def __post_init__(self) -> None:
         bs = self.block_size
@@ -34,6 +37,9 @@ class EngineConfig:
             raise ValueError(f"engine.num_blocks must be >= 1 or null; got {self.num_blocks}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"engine.max_model_len must be >= 2 or null; got {self.max_model_len}")
+        if self.split_mixed_steps not in (True, False, "auto"):
+            raise ValueError(f"engine.split_mixed_steps must be auto, true or false; got "
+                             f"{self.split_mixed_steps!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"engine.dtype must be auto or one of {sorted(DTYPES)}; got {self.dtype!r}")
 
@@ -45,14 +51,18 @@ class EngineConfig:
             raise ValueError(f"engine.device={self.device} but CUDA is not available; use cpu or auto")
         return dev
 
+    def split_mixed(self, graphs_on: bool) -> bool:
+        return graphs_on if self.split_mixed_steps == "auto" else bool(self.split_mixed_steps)
+
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32
         return DTYPES[self.dtype]
 
-    def resolve_num_blocks(self, bytes_per_token: int, device: torch.device, max_model_len: int) -> int:
+    def resolve_num_blocks(self, bytes_per_token: int, device: torch.device, blocks_per_seq: int) -> int:
         """Blocks for the KV pool: explicit, else what the memory budget holds, capped at what
-        max_num_seqs full-length sequences could use."""
+        max_num_seqs full-length sequences could use (``blocks_per_seq``: the target's table and
+        the drafter's own tables of one max_model_len sequence)."""
         if self.num_blocks is not None:
             return self.num_blocks
         if self.kv_cache_gb is not None:
@@ -62,5 +72,4 @@ class EngineConfig:
         else:
             budget = 2 * 2**30
         by_memory = int(budget // (bytes_per_token * self.block_size))
-        by_demand = self.max_num_seqs * (-(-max_model_len // self.block_size) + 1)
-        return max(1, min(by_memory, by_demand))
+        return max(1, min(by_memory, self.max_num_seqs * blocks_per_seq))

@@ -43,6 +43,7 @@ class EngineStats:
     draft_s: float = 0.0  # drafter propose + update
     verify_s: float = 0.0  # target forward + verification + commit
     other_s: float = 0.0  # scheduling and bookkeeping
+    mixed_steps: int = 0  # steps with prefill chunks beside decode trees
     step_times: list[float] = field(default_factory=list)
 
 
@@ -61,7 +62,7 @@ class Engine:
                              f"draft tree is never cut to fit a step")
         limit = max_model_len or model.config.max_position_embeddings
         self.max_model_len = min(limit, self.config.max_model_len or limit)
-        self.blocks = BlockManager(self._num_blocks(), self.config.block_size)
+        self.blocks = BlockManager(self._num_blocks(drafter), self.config.block_size)
         graphs_on = self.device.type == "cuda" and self.config.cuda_graphs
         graph_batch = min(self.config.max_num_seqs, self.config.max_graph_batch) if graphs_on else 0
         ctx = TargetContext(model=self.model, tokenizer=tokenizer, vocab_size=model.config.vocab_size,
@@ -82,6 +83,7 @@ class Engine:
         if graph_batch:
             self.graphs = StepGraphs(self.runner, verifier, graph_batch, self.max_model_len,
                                      model.config.vocab_size)
+        self.split_mixed_steps = self.config.split_mixed(graphs_on)
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
@@ -95,13 +97,18 @@ class Engine:
         drafted = getattr(self.drafter, "warm_up", lambda: 0)()  # optional in the protocol
         return drafted + self.graphs.warm_up(self.drafter.max_nodes)
 
-    def _num_blocks(self) -> int:
+    def _num_blocks(self, drafter) -> int:
         """The target's KV pool: K and V of every layer per token (drafters' own caches, which
         index the same block ids, come on top)."""
         cfg = self.model.config
         per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
         per_token *= torch.finfo(self.dtype).bits // 8
-        return self.config.resolve_num_blocks(per_token, self.device, self.max_model_len)
+        # the most one sequence holds: max_model_len positions in the target's table, and what
+        # the drafter's tables need for it (kv_demand reads the drafter's settings, not its load)
+        longest = Sequence([0] * (self.max_model_len - 1), SamplingParams(), request_id="sizing")
+        demand = [self.max_model_len, *drafter.kv_demand(longest, drafter.max_nodes).values()]
+        per_seq = sum(-(-n // self.config.block_size) for n in demand)
+        return self.config.resolve_num_blocks(per_token, self.device, per_seq)
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, prompt: Seq[int] | str, params: SamplingParams | None = None,
@@ -153,8 +160,32 @@ class Engine:
                 raise RuntimeError(f"scheduler admitted nothing with {self.blocks.num_free} of "
                                    f"{self.blocks.num_blocks} KV blocks free: engine bug")
             return finished
+        self.stats.other_s += time.perf_counter() - t0
+        for part in self._parts(batch):
+            finished += self._run(part)
+        self.stats.steps += 1
+        self.stats.step_times.append(time.perf_counter() - t0)
+        return finished
+
+    def _parts(self, batch: list[ScheduledSeq]) -> list[list[ScheduledSeq]]:
+        """The forwards of one step. With ``engine.split_mixed_steps`` a mixed batch (prefill
+        chunks beside decode trees) runs as two: the decode trees first, through their CUDA
+        graphs, then the prefill chunks eagerly. One eager mixed forward would also draft and
+        verify the trees eagerly, at several times a graphed step's cost (BENCHMARKS.md: mixed
+        steps were the slow tail of batch runs); SGLang keeps prefill and decode batches apart
+        for the same reason. Outputs do not change: each sequence's step is the same either way."""
         decode = [item for item in batch if not item.is_prefill]
+        prefill = [item for item in batch if item.is_prefill]
+        if not (decode and prefill):
+            return [batch]
+        self.stats.mixed_steps += 1
+        return [decode, prefill] if self.split_mixed_steps else [batch]
+
+    def _run(self, batch: list[ScheduledSeq]) -> list[Sequence]:
+        """Draft, forward, verify, commit, update and postprocess ``batch``; returns the sequences
+        that finished."""
         t1 = time.perf_counter()
+        decode = [item for item in batch if not item.is_prefill]
         tree = self.drafter.propose([i.seq for i in decode], [i.num_new for i in decode]) if decode else None
         t2 = time.perf_counter()
         graphed = None
@@ -172,13 +203,11 @@ class Engine:
         t3 = time.perf_counter()
         self.drafter.update(self._step_result(batch, inputs, out, result, read))
         t4 = time.perf_counter()
-        finished += self._postprocess(batch, inputs, read, t4)
+        finished = self._postprocess(batch, inputs, read, t4)
         t5 = time.perf_counter()
-        self.stats.steps += 1
         self.stats.draft_s += (t2 - t1) + (t4 - t3)
         self.stats.verify_s += t3 - t2
-        self.stats.other_s += (t1 - t0) + (t5 - t4)
-        self.stats.step_times.append(t5 - t0)
+        self.stats.other_s += t5 - t4
         return finished
 
     def _verify(self, batch: list[ScheduledSeq], inputs: StepInputs, logits):

@@ -6,6 +6,7 @@ On the CPU the drafters' device functions run eagerly on the staged buffers (``c
 the host staging, padding and bucketing are what differ from eager drafting, and are tested here.
 On the GPU the real graphs run, the target's too (marker ``gpu``)."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -97,6 +98,35 @@ def test_graphed_drafting_under_preemption(target, paths, device, name):
     engine, graphed = run(target, device, DRAFTERS[name](paths), True, GREEDY, **cfg)
     assert engine.scheduler.num_preemptions > 0
     assert graphed == eager
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(DRAFTERS))
+def test_split_mixed_steps_give_the_same_tokens(target, paths, device, name):
+    """Two sequences at a time for five prompts: later prompts prefill beside decoding ones. A
+    mixed step run as two forwards (the trees through the graphs, then the chunks) gives the
+    tokens of the one mixed forward, greedy and sampled (here half the rows sample): the
+    drafter's update sees a decode step and then a prefill step instead of one mixed step.
+    (tests/engine/test_cuda_graphs.py checks the target's side on the CPU.)"""
+    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
+              for i in range(len(PROMPTS))]  # uneven lengths: sequences finish apart
+    outs, engines = {}, {}
+    for split in (False, True):
+        engines[split], outs[split] = run(target, device, DRAFTERS[name](paths), True, params,
+                                          max_num_seqs=2, split_mixed_steps=split)
+    assert all(s.finish_reason == "length" for s in engines[True].sequences.values())
+    assert engines[True].stats.mixed_steps > 0, "no prefill ran beside a decode"
+    assert outs[True] == outs[False]
+    assert engines[True].drafter.graphs.replays > 0
+    if device == "cuda":  # the trees of the mixed steps now replay the target's graphs too
+        assert engines[True].graphs.replays > engines[False].graphs.replays
+
+
+def test_split_mixed_steps_setting():
+    with pytest.raises(ValueError, match="split_mixed_steps must be auto, true or false; got 'yes'"):
+        EngineConfig(split_mixed_steps="yes")
+    assert EngineConfig().split_mixed(True) and not EngineConfig().split_mixed(False)
+    assert EngineConfig(split_mixed_steps=True).split_mixed(False)
 
 
 def test_a_staged_shape_must_match_its_key():

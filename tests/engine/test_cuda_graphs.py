@@ -4,6 +4,8 @@ step, for every drafter, greedy and sampled, with batches that are padded up to 
 On the CPU the graph's body runs eagerly on the staged buffers (``capture=False``): the bucketing,
 staging and padding logic is what differs from the eager step, and it is tested here. On the GPU
 the real graphs run (marker ``gpu``)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -68,6 +70,23 @@ def test_graphed_steps_give_the_eager_tokens(tiny_dir, device, name, sampled):
     assert graphed == eager
     if device == "cuda":  # five sequences ran in the bucket of 8 at first, then fewer
         assert any(key[0] > 1 for key in engine.graphs.graphs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["none", "ngram_tree", "draft_tree"])
+def test_split_mixed_steps_replay_the_graphs(tiny_dir, device, name):
+    """Two sequences at a time for five prompts, so later prompts prefill beside decoding ones:
+    split, the decode trees of those steps replay the graphs (the prefill chunks run eagerly
+    after them), with the tokens of the one eager mixed forward, greedy and sampled."""
+    path = str(tiny_dir("qwen2"))
+    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
+              for i in range(len(PROMPTS))]  # uneven lengths: sequences finish apart
+    runs = {split: run(path, device, drafters(path)[name](), True, params, max_num_seqs=2,
+                       split_mixed_steps=split) for split in (False, True)}
+    (whole, whole_out), (split, split_out) = runs[False], runs[True]
+    assert split.stats.mixed_steps == whole.stats.mixed_steps > 0
+    assert split_out == whole_out
+    assert split.graphs.replays == whole.graphs.replays + split.stats.mixed_steps
 
 
 @pytest.mark.parametrize("device", DEVICES)
