@@ -25,12 +25,14 @@ class EngineConfig:
     # a step with prefill chunks beside decode trees runs as two forwards: the trees through
     # their graphs, the chunks eagerly (engine.Engine._parts). auto: where CUDA graphs are on
     split_mixed_steps: Union[bool, str] = "auto"
+    # while sequences run, admit waiting ones this many at a time (scheduler.Scheduler._admit)
+    admit_batch: int = 1
 
     def __post_init__(self) -> None:
         bs = self.block_size
         if not isinstance(bs, int) or bs < 1 or bs & (bs - 1):
             raise ValueError(f"engine.block_size must be a power of two (16, 32, 64 ...); got {bs}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_graph_batch"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_graph_batch", "admit_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"engine.{name} must be >= 1; got {getattr(self, name)}")
         if self.num_blocks is not None and self.num_blocks < 1:

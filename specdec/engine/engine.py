@@ -70,7 +70,7 @@ class Engine:
                             max_model_len=self.max_model_len, graph_batch=graph_batch)
         drafter.load(ctx)  # may set ctx.capture_layers (target features it needs)
         sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
-                                self.max_model_len, drafter.max_nodes)
+                                self.max_model_len, drafter.max_nodes, self.config.admit_batch)
         self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
         self.scheduler.on_release = drafter.release
         if self.device.type == "cuda" and hasattr(self.model, "_forward_fused"):

@@ -38,6 +38,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     lookahead: int = 1  # the drafter's tree budget T (1 = autoregressive)
+    admit_batch: int = 1  # while others run, admit waiting sequences min(this, waiting) at a time
 
 
 class Scheduler:
@@ -122,6 +123,14 @@ class Scheduler:
         batch.append(item)
 
     def _admit(self, batch: list[ScheduledSeq], budget: int) -> None:
+        """Waiting sequences in order, while the budget, the sequence cap and the blocks allow.
+        With ``admit_batch`` k > 1, while sequences run, none is admitted until min(k, waiting)
+        sequence slots are free: prefills then come k at a time instead of one step each (as TGI's
+        waiting_served_ratio does), for engines whose prefill step costs about the same for one
+        prompt as for k. Nothing starves: slots only free up, and an idle engine admits at once."""
+        free = self.config.max_num_seqs - len(self.running)
+        if self.running and free < min(self.config.admit_batch, len(self.waiting)):
+            return
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             needed = self._blocks_to_finish_a_step(seq)

@@ -47,6 +47,29 @@ def test_staggered_arrivals_equal_solo_runs(model):
     assert engine.blocks.num_free == engine.blocks.num_blocks
 
 
+def test_admit_batch_keeps_outputs_and_saves_prefill_steps(model):
+    """Waiting prompts admitted three at a time give the same outputs in fewer prefill steps."""
+    prompts = PROMPTS * 2
+    lengths = [LENGTHS[i % 4] + i for i in range(len(prompts))]  # sequences finish apart
+    params = [SamplingParams(max_new_tokens=n, ignore_eos=True, temperature=0.8 * (i % 2), seed=i)
+              for i, n in enumerate(lengths)]
+    outs, prefill_steps = {}, {}
+    for k in (1, 3):
+        engine = make(model, max_num_seqs=4, admit_batch=k)
+        count, step = [0], engine.step
+
+        def counted(step=step, engine=engine, count=count):
+            waiting = len(engine.scheduler.waiting)
+            out = step()
+            count[0] += len(engine.scheduler.waiting) < waiting
+            return out
+        engine.step = counted
+        outs[k] = [s.output for s in engine.generate(prompts, params)]
+        prefill_steps[k] = count[0]
+    assert outs[3] == outs[1]
+    assert prefill_steps[3] < prefill_steps[1]
+
+
 def test_preemption_happens_and_outputs_stay_identical(model):
     expected = [solo(model, p, n) for p, n in zip(PROMPTS, LENGTHS)]
     engine = make(model, num_blocks=12, max_num_seqs=4)  # 48 slots for ~110 tokens of demand

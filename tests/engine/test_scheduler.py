@@ -82,3 +82,30 @@ def test_request_larger_than_pool_is_rejected_with_numbers():
     assert big.finished and big.finish_reason.startswith(
         f"rejected: request {big.request_id} needs 6 KV blocks (20 tokens + a draft tree of 1) but the pool holds 2")
     assert [i.seq for i in batch] == [small]
+
+
+def test_admit_batch_admits_waiting_sequences_together():
+    """admit_batch=2: while a sequence runs, one free slot admits nobody; two admit two at once.
+    An idle scheduler admits at once, and a lone waiting sequence needs only one slot."""
+    sch = make(num_blocks=64, max_num_seqs=3, max_num_batched_tokens=64, admit_batch=2)
+    running = [seq(4, 10 * i) for i in range(3)]
+    for s in running:
+        sch.add(s)
+    first = sch.schedule()
+    assert len(first) == 3  # idle: all three at once
+    advance(first)
+    late = [seq(4, 100), seq(4, 200)]
+    for s in late:
+        sch.add(s)
+    sch.finish(running[0], "stop")  # one slot free, two waiting: wait
+    batch = sch.schedule()
+    assert [i.seq for i in batch] == running[1:]
+    advance(batch)
+    sch.finish(running[1], "stop")  # two free: both come in, prefilling together
+    batch = sch.schedule()
+    assert [i.seq for i in batch] == [running[2], *late] and [i.is_prefill for i in batch] == [False, True, True]
+    advance(batch)
+    sch.finish(late[0], "stop")
+    last = seq(4, 300)
+    sch.add(last)  # one waiting: one free slot is enough
+    assert last in [i.seq for i in sch.schedule()]

@@ -1,0 +1,178 @@
+"""Where an eager prefill step's time goes: the engine step that prefills newly admitted prompts
+(alone, or beside decode trees before they are split off: ``engine.split_mixed_steps``) runs
+without a CUDA graph, and in batch runs it was the slow tail, ~35 ms on an H200 whatever the
+prompt count (BENCHMARKS.md, 2026-12-02b). Per (prompts, length) case this times the step's parts
+with the device synchronised after each (prepare: host lists -> device tensors; forward: the 30
+layers; verify: logits of the last rows and the first token; read: the one read-back; update and
+postprocess), then profiles one step: kernels launched, their summed device time, the host's
+busy time, syncs, and the host-side ops that cost most. Host time far above kernel time means a
+launch-bound step (graph it); kernel time near the step's means compute (nothing to gain).
+
+Target: the SmolLM2-135M architecture with random weights (no checkpoint), drafter ``none``.
+
+    python experiments/profile_prefill.py --prompts 1 4 16 --lengths 64 256 --out experiments/results/profile_prefill.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "experiments"))
+
+from specdec.drafters.none import NoDrafter  # noqa: E402
+from specdec.engine.config import EngineConfig  # noqa: E402
+from specdec.engine.engine import Engine  # noqa: E402
+from specdec.engine.model_runner import StepRead  # noqa: E402
+from specdec.engine.sequence import SamplingParams  # noqa: E402
+from specdec.run import git_sha, versions  # noqa: E402
+from specdec.verifiers import LosslessVerifier  # noqa: E402
+
+PARTS = ("schedule", "prepare", "forward", "verify", "read", "update_postprocess")
+
+
+def build_model(device: str):
+    if device == "cuda":
+        from bench_steps import random_model
+        return random_model("smollm2_135m")
+    from bench_steps import SHAPES  # a CPU smoke run: the same shape, fp32, unfused
+
+    from specdec.models.config import ModelConfig
+    from specdec.models.llama import LlamaForCausalLM
+    return LlamaForCausalLM(ModelConfig(**SHAPES["smollm2_135m"])).eval()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_prefill(engine, prompts: list[list[int]], device: str) -> dict[str, float]:
+    """Admit ``prompts`` and run their prefill step part by part (ms each, synchronised)."""
+    seqs = [engine.add_request(p, SamplingParams(max_new_tokens=2, ignore_eos=True)) for p in prompts]
+    ms, t = {}, time.perf_counter()
+
+    def mark(name: str) -> None:
+        nonlocal t
+        sync(device)
+        now = time.perf_counter()
+        ms[name] = 1e3 * (now - t)
+        t = now
+
+    sync(device)
+    t = time.perf_counter()
+    batch = engine.scheduler.schedule()
+    assert all(item.is_prefill for item in batch) and len(batch) == len(prompts), "not one prefill step"
+    mark("schedule")
+    inputs = engine.runner.prepare(batch, None)
+    mark("prepare")
+    out = engine.runner.forward(inputs)
+    mark("forward")
+    result = engine._verify(batch, inputs, out.logits)
+    mark("verify")
+    read = StepRead.of(result, inputs.host)
+    engine.runner.commit(batch, inputs, read.accepted)
+    mark("read")
+    engine.drafter.update(engine._step_result(batch, inputs, out, result, read))
+    engine._postprocess(batch, inputs, read, time.perf_counter())
+    mark("update_postprocess")
+    while engine.has_work():  # finish them: free the blocks for the next case
+        engine.step()
+    assert all(s.finished for s in seqs)
+    ms["total"] = sum(ms[p] for p in PARTS)
+    return ms
+
+
+def whole_step_ms(engine, prompts: list[list[int]], device: str) -> float:
+    """One unsynchronised engine.step() of the same prefill, as the engine runs it (ms)."""
+    for p in prompts:
+        engine.add_request(p, SamplingParams(max_new_tokens=2, ignore_eos=True))
+    sync(device)
+    t = time.perf_counter()
+    engine.step()
+    sync(device)
+    ms = 1e3 * (time.perf_counter() - t)
+    while engine.has_work():
+        engine.step()
+    return ms
+
+
+def profiled(engine, prompts: list[list[int]], device: str, top: int) -> dict:
+    """torch.profiler over one prefill step: kernel count and time, host busy time, syncs, top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    for p in prompts:
+        engine.add_request(p, SamplingParams(max_new_tokens=2, ignore_eos=True))
+    sync(device)
+    with profile(activities=acts) as prof:
+        engine.step()
+        sync(device)
+    while engine.has_work():
+        engine.step()
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    syncs = [e for e in events if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                             "cudaMemcpyAsync", "cudaMemcpy")]
+    table = prof.key_averages()
+    host = sorted(table, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"kernels": len(kernels), "kernel_ms": sum(e.device_time for e in kernels) / 1e3,
+            "launches": sum(1 for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                            "cudaLaunchKernelExC", "cuLaunchKernelEx")),
+            "memcpy_or_sync_calls": len(syncs),
+            "host_self_ms": sum(e.self_cpu_time_total for e in table) / 1e3,
+            "top_host_ops": [{"name": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3}
+                             for e in host]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, nargs="*", default=[1, 4, 16], help="prompts per prefill step")
+    ap.add_argument("--lengths", type=int, nargs="*", default=[64, 256], help="tokens per prompt")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--top", type=int, default=12, help="host ops listed per case")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    model = build_model(args.device)
+    cfg = EngineConfig(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
+                       max_num_seqs=max(args.prompts), max_model_len=2048,
+                       max_num_batched_tokens=max(args.prompts) * max(args.lengths))
+    engine = Engine(model, NoDrafter(), LosslessVerifier(), cfg)
+    engine.warm_up_graphs()
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for count in args.prompts:
+        for length in args.lengths:
+            prompts = [torch.randint(0, model.config.vocab_size, (length,), generator=gen).tolist()
+                       for _ in range(count)]
+            timed_prefill(engine, prompts, args.device)  # warm-up: Triton specialisations, allocator
+            parts = [timed_prefill(engine, prompts, args.device) for _ in range(args.repeats)]
+            whole = [whole_step_ms(engine, prompts, args.device) for _ in range(args.repeats)]
+            row = {"prompts": count, "length": length,
+                   "step_ms": statistics.median(whole),
+                   "parts_ms": {k: statistics.median(p[k] for p in parts) for k in (*PARTS, "total")},
+                   "profile": profiled(engine, prompts, args.device, args.top)}
+            print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+            prof = row["profile"]
+            print(f"  kernels {prof['kernels']} ({prof['kernel_ms']:.2f} ms), launches {prof['launches']}, "
+                  f"memcpy/sync calls {prof['memcpy_or_sync_calls']}, host self {prof['host_self_ms']:.2f} ms",
+                  flush=True)
+            rows.append(row)
+    if args.out:
+        meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                "versions": versions(), "git_sha": git_sha(), "date": datetime.date.today().isoformat()}
+        Path(args.out).write_text(json.dumps({"script": "experiments/profile_prefill.py", "args": vars(args),
+                                              **meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
