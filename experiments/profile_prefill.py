@@ -7,6 +7,7 @@ layers; verify: logits of the last rows and the first token; read: the one read-
 postprocess), then profiles one step: kernels launched, their summed device time, the host's
 busy time, syncs, and the host-side ops that cost most. Host time far above kernel time means a
 launch-bound step (graph it); kernel time near the step's means compute (nothing to gain).
+``--prefill-graphs`` also times the same step replayed from a CUDA graph (engine.prefill_graphs).
 
 Target: the SmolLM2-135M architecture with random weights (no checkpoint), drafter ``none``.
 
@@ -15,6 +16,7 @@ Target: the SmolLM2-135M architecture with random weights (no checkpoint), draft
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import statistics
@@ -139,6 +141,8 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="*", default=[64, 256], help="tokens per prompt")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--top", type=int, default=12, help="host ops listed per case")
+    ap.add_argument("--prefill-graphs", action="store_true",
+                    help="also time the step with engine.prefill_graphs=true (CUDA): graphed_step_ms")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -148,6 +152,10 @@ def main() -> None:
                        max_num_batched_tokens=max(args.prompts) * max(args.lengths))
     engine = Engine(model, NoDrafter(), LosslessVerifier(), cfg)
     engine.warm_up_graphs()
+    graphed = None
+    if args.prefill_graphs:
+        graphed = Engine(model, NoDrafter(), LosslessVerifier(), dataclasses.replace(cfg, prefill_graphs=True))
+        graphed.warm_up_graphs()
     gen = torch.Generator().manual_seed(0)
     rows = []
     for count in args.prompts:
@@ -161,6 +169,11 @@ def main() -> None:
                    "step_ms": statistics.median(whole),
                    "parts_ms": {k: statistics.median(p[k] for p in parts) for k in (*PARTS, "total")},
                    "profile": profiled(engine, prompts, args.device, args.top)}
+            if graphed is not None:
+                whole_step_ms(graphed, prompts, args.device)  # the capture
+                row["graphed_step_ms"] = statistics.median(
+                    whole_step_ms(graphed, prompts, args.device) for _ in range(args.repeats))
+                row["graph_replays"] = graphed.prefill_graphs.replays if graphed.prefill_graphs else 0
             print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
             prof = row["profile"]
             print(f"  kernels {prof['kernels']} ({prof['kernel_ms']:.2f} ms), launches {prof['launches']}, "

@@ -1,7 +1,8 @@
 """Where a continuous-batching run's slow steps come from: each engine step timed, and marked
 graphed or eager, and mixed (prefill chunks beside decode trees), with the engine's draft /
 verify / other split, for AR and EAGLE-2 trees of the given sizes; ``--split 0 1`` runs every
-system with one eager mixed forward and then with mixed steps split in two (the trees graphed).
+system with one eager mixed forward and then with mixed steps split in two (the trees graphed),
+``--prefill-graphs 0 1`` without and with the prefill steps replayed as CUDA graphs.
 
 Target: the SmolLM2-135M architecture with random bf16 weights (no checkpoint; acceptance is
 near zero, so this measures step costs, not tau). 32 random prompts of 40-400 tokens, 256 new
@@ -51,11 +52,14 @@ def timed_pass(engine, prompts) -> dict:
     steps, orig = [], engine.step
 
     def step():
-        s, replays, mixed = engine.stats, engine.graphs.replays, engine.stats.mixed_steps
+        pg = engine.prefill_graphs
+        s, mixed = engine.stats, engine.stats.mixed_steps
+        replays = engine.graphs.replays + (pg.replays if pg is not None else 0)
         before = (s.draft_s, s.verify_s, s.other_s)
         t = time.perf_counter()
         out = orig()
-        steps.append({"s": time.perf_counter() - t, "graphed": engine.graphs.replays > replays,
+        now = engine.graphs.replays + (pg.replays if pg is not None else 0)
+        steps.append({"s": time.perf_counter() - t, "graphed": now > replays,
                       "mixed": engine.stats.mixed_steps > mixed,
                       "draft_s": s.draft_s - before[0], "verify_s": s.verify_s - before[1],
                       "other_s": s.other_s - before[2]})
@@ -87,6 +91,8 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, nargs="*", default=[60, 16], help="EAGLE-2 tree budgets")
     ap.add_argument("--split", type=int, nargs="*", default=[1], choices=[0, 1],
                     help="engine.split_mixed_steps values to run every system with")
+    ap.add_argument("--prefill-graphs", type=int, nargs="*", default=[0], choices=[0, 1],
+                    help="engine.prefill_graphs values to run every system with")
     ap.add_argument("--vocab", action="store_true", help="EAGLE drafts from its draft_vocab=default")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -97,16 +103,19 @@ def main() -> None:
     lens = torch.randint(40, 400, (32,), generator=gen).tolist()
     prompts = [torch.randint(0, model.config.vocab_size, (n,), generator=gen).tolist() for n in lens]
     rows = []
-    for split, nodes in [(split, nodes) for split in args.split for nodes in [None, *args.nodes]]:
+    for split, pg, nodes in [(split, pg, nodes) for split in args.split for pg in args.prefill_graphs
+                             for nodes in [None, *args.nodes]]:
         name = "none" if nodes is None else f"eagle_{nodes}"
         engine = Engine(model, drafter(nodes, args.vocab), LosslessVerifier(),
                         EngineConfig(device="cuda", dtype="bfloat16", max_num_seqs=args.batch,
-                                     max_model_len=2048, split_mixed_steps=bool(split)))
+                                     max_model_len=2048, split_mixed_steps=bool(split),
+                                     prefill_graphs=bool(pg)))
         engine.warm_up_graphs()
         engine.generate(prompts, SamplingParams(max_new_tokens=8, ignore_eos=True))  # prefill shapes
         for rep in range(2):
             engine.stats = type(engine.stats)()
-            row = {"system": name, "batch": args.batch, "split_mixed_steps": bool(split), "pass": rep,
+            row = {"system": name, "batch": args.batch, "split_mixed_steps": bool(split),
+                   "prefill_graphs": bool(pg), "pass": rep,
                    **timed_pass(engine, prompts)}
             print(json.dumps(row))
             rows.append(row)

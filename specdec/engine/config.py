@@ -25,6 +25,9 @@ class EngineConfig:
     # a step with prefill chunks beside decode trees runs as two forwards: the trees through
     # their graphs, the chunks eagerly (engine.Engine._parts). auto: where CUDA graphs are on
     split_mixed_steps: Union[bool, str] = "auto"
+    # CUDA: replay steps made of prefill chunks as graphs too (engine/prefill_graphs.py); off
+    # by default until measured on a GPU
+    prefill_graphs: bool = False
     # while sequences run, admit waiting ones this many at a time (scheduler.Scheduler._admit)
     admit_batch: int = 1
 

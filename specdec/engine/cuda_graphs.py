@@ -24,7 +24,9 @@ What a graph needs, and how it gets it:
     on the host (part of the key: greedy and sampled batches are different graphs).
 A tree that breaks its budget cannot write past its sequence's blocks (nodes past the budget are
 not stored); the read-back then raises, naming the request.
-Prefill and mixed steps run eagerly (the ModelRunner's path); so do batches past the largest bucket.
+Steps with prefill chunks run eagerly (the ModelRunner's path), unless ``engine.prefill_graphs``
+replays them (prefill_graphs.py; ``engine.split_mixed_steps`` first splits a mixed step into its
+trees, graphed here, and its chunks); so do batches past the largest bucket.
 Outputs (hidden states, logits, result) are the graph's static tensors: valid until the next step.
 """
 from __future__ import annotations

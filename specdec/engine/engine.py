@@ -28,6 +28,7 @@ from specdec.verifiers import MAX_NODES, SamplingPlan
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .cuda_graphs import StepGraphs
+from .prefill_graphs import PrefillGraphs
 from .model_runner import ModelRunner, StepInputs, StepRead
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
@@ -79,10 +80,13 @@ class Engine:
             self.model.model.rotary_emb.use_table(self.max_model_len + MAX_NODES, self.device, self.dtype)
         self.runner = ModelRunner(self.model, self.blocks.num_blocks, self.config.block_size,
                                   self.device, self.dtype, ctx.capture_layers)
-        self.graphs = None
+        self.graphs = self.prefill_graphs = None
         if graph_batch:
             self.graphs = StepGraphs(self.runner, verifier, graph_batch, self.max_model_len,
                                      model.config.vocab_size)
+        if graph_batch and self.config.prefill_graphs:
+            self.prefill_graphs = PrefillGraphs(self.runner, verifier, graph_batch, self.max_model_len,
+                                                self.config.max_num_batched_tokens)
         self.split_mixed_steps = self.config.split_mixed(graphs_on)
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
@@ -191,13 +195,15 @@ class Engine:
         graphed = None
         if self.graphs is not None and len(decode) == len(batch):
             graphed = self.graphs.run(batch, tree, *self._sampling([i.seq for i in batch]))
+        elif self.prefill_graphs is not None and not decode:
+            graphed = self.prefill_graphs.run(batch, *self._sampling([i.seq for i in batch]))
         if graphed is None:
             inputs = self.runner.prepare(batch, tree)
             out = self.runner.forward(inputs)
             result = self._verify(batch, inputs, out.logits)
             read = StepRead.of(result, inputs.host)  # the step's one device read
             self.runner.commit(batch, inputs, read.accepted)
-        else:  # the host staged while the drafter's kernels ran; the graph committed
+        else:  # decode: the host staged while the drafter's kernels ran; the graph committed
             inputs, out, result = graphed.inputs, graphed.out, graphed.result
             read = graphed.read()
         t3 = time.perf_counter()

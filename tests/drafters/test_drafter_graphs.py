@@ -20,6 +20,7 @@ from specdec.drafters.medusa import MedusaDrafter
 from specdec.drafters.small_draft import SmallDraftDrafter, save_small_draft
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
+from specdec.engine.prefill_graphs import PrefillGraphs
 from specdec.engine.sequence import SamplingParams
 from specdec.verifiers import LosslessVerifier
 
@@ -68,6 +69,10 @@ def run(target, device: str, drafter, graphs: bool, params, **cfg):
     engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
     if graphs and device == "cpu":  # the graphs' staging, with the body run eagerly
         drafter.graphs = DraftGraphs("cpu", min(config.max_num_seqs, config.max_graph_batch), capture=False)
+        if config.prefill_graphs:
+            engine.prefill_graphs = PrefillGraphs(engine.runner, engine.verifier, config.max_num_seqs,
+                                                  engine.max_model_len, config.max_num_batched_tokens,
+                                                  capture=False)
     if graphs and device == "cuda":  # captured up front on dummy inputs, then replayed
         assert engine.warm_up_graphs() > 0 and drafter.graphs.entries
     seqs = engine.generate(PROMPTS, params)
@@ -120,6 +125,24 @@ def test_split_mixed_steps_give_the_same_tokens(target, paths, device, name):
     assert engines[True].drafter.graphs.replays > 0
     if device == "cuda":  # the trees of the mixed steps now replay the target's graphs too
         assert engines[True].graphs.replays > engines[False].graphs.replays
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(DRAFTERS))
+def test_graphed_prefill_steps_feed_the_drafters(target, paths, device, name):
+    """engine.prefill_graphs: the drafters' update reads a graphed prefill's hidden rows (and
+    EAGLE-3 its captured layers) from the graph's static tensors; tokens and accepted lengths
+    stay the eager engine's, greedy and sampled."""
+    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
+              for i in range(len(PROMPTS))]
+    cfg = {"max_num_seqs": 2, "split_mixed_steps": True}
+    ref, eager = run(target, device, DRAFTERS[name](paths), False, params, **cfg)
+    engine, graphed = run(target, device, DRAFTERS[name](paths), True, params, prefill_graphs=True, **cfg)
+    assert engine.prefill_graphs.replays > engine.stats.mixed_steps > 0
+    assert graphed == eager
+    # lossless either way; the drafts (so the accepted lengths) show the features were the same
+    accepted = lambda e: [s.accept_lengths for s in e.sequences.values()]  # noqa: E731
+    assert accepted(engine) == accepted(ref) and sum(map(sum, accepted(ref))) > 0
 
 
 def test_split_mixed_steps_setting():

@@ -15,6 +15,7 @@ from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.cuda_graphs import StepGraphs, batch_buckets, bucket
 from specdec.engine.engine import Engine
+from specdec.engine.prefill_graphs import PrefillGraphs
 from specdec.engine.sequence import SamplingParams
 from specdec.models.loader import load_model
 from specdec.verifiers import LosslessVerifier, TypicalVerifier
@@ -45,6 +46,10 @@ def run(path, device, drafter, graphs: bool, params, verifier=None, **cfg):
     if graphs and device == "cpu":
         engine.graphs = StepGraphs(engine.runner, verifier, min(config.max_num_seqs, config.max_graph_batch),
                                    engine.max_model_len, model.config.vocab_size, capture=False)
+        if config.prefill_graphs:
+            engine.prefill_graphs = PrefillGraphs(engine.runner, verifier, engine.graphs.batch_buckets[-1],
+                                                  engine.max_model_len, config.max_num_batched_tokens,
+                                                  capture=False)
     if graphs and device == "cuda":  # greedy graphs captured up front on dummy inputs, then replayed
         assert engine.warm_up_graphs() > 0
     seqs = engine.generate(PROMPTS, params)
@@ -87,6 +92,47 @@ def test_split_mixed_steps_replay_the_graphs(tiny_dir, device, name):
     assert split.stats.mixed_steps == whole.stats.mixed_steps > 0
     assert split_out == whole_out
     assert split.graphs.replays == whole.graphs.replays + split.stats.mixed_steps
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["none", "ngram_tree", "draft_tree", "draft_chain"])
+def test_graphed_prefill_steps_give_the_eager_tokens(tiny_dir, device, name):
+    """engine.prefill_graphs: steps made of prefill chunks (the first step's five prompts, then
+    the prefill half of each split mixed step; chunked by a small token budget) replay graphs
+    with the tokens of the eager steps, greedy and sampled."""
+    path = str(tiny_dir("qwen2"))
+    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
+              for i in range(len(PROMPTS))]
+    cfg = {"max_num_seqs": 3, "max_num_batched_tokens": 24,  # the first prompts prefill in chunks
+           "split_mixed_steps": True}
+    _, eager = run(path, device, drafters(path)[name](), False, params, **cfg)
+    engine, graphed = run(path, device, drafters(path)[name](), True, params, prefill_graphs=True, **cfg)
+    assert engine.stats.mixed_steps > 0 and engine.prefill_graphs.replays > engine.stats.mixed_steps
+    assert len({key[:2] for key in engine.prefill_graphs.graphs}) > 1, "one bucket only"
+    assert graphed == eager
+
+
+def test_prefill_graph_layout(tiny_dir):
+    """A graphed prefill packs the chunks as the eager step does: the hidden rows the drafters
+    read are the eager step's, and the KV cache holds the same values."""
+    path = str(tiny_dir("llama"))
+    seen = {}
+    for graphs in (False, True):
+        engine, _ = run(path, "cpu", NoDrafter(), graphs, GREEDY, prefill_graphs=graphs)
+        engine.sequences.clear()
+        rows, update = [], engine.drafter.update
+        engine.drafter.update = lambda step, update=update: (
+            rows.append((step.row_offsets, step.hidden.clone(), step.sample_index))
+            if all(step.is_prefill) else None, update(step))
+        seqs = engine.generate(PROMPTS[:3], GREEDY)
+        seen[graphs] = rows[0], [s.output for s in seqs], engine.runner.k_cache.clone()
+        if graphs:
+            assert engine.prefill_graphs.replays > 0
+    (offsets, hidden, index), out, kc = seen[True]
+    (e_offsets, e_hidden, e_index), e_out, e_kc = seen[False]
+    assert offsets == e_offsets and index == e_index and out == e_out
+    torch.testing.assert_close(hidden, e_hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kc, e_kc, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
