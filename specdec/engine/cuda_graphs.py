@@ -87,7 +87,7 @@ class _Graph:
     logits: Tensor  # [B_g, T_g, V]
     result: object  # VerifyResult of [B_g] rows
     tree: DraftTree
-    readout: Tensor  # [B_g, 2 T_g + 4] int64: what the host reads after the step (`_parse`)
+    readout: Tensor | None  # [B_g, 2 T_g + 4] int64: what the host reads after a decode step
     meta: AttnMetadata  # holds the attention plan, whose workspace the graph writes: keep it alive
     body: object = None
 
@@ -129,6 +129,30 @@ class GraphedStep:
             read.depths.append(depth)
             read.num_nodes.append(num)
         return read
+
+
+def capture_graph(device, pool, body, what: str, verifier):
+    """Run ``body`` twice on a side stream (kernel compilation, the attention plan's workspace),
+    then capture one call of it in a CUDA graph on ``pool`` (a new pool when None). Returns the
+    graph, the pool and the captured call's outputs (the static tensors a replay rewrites)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            outputs = body()
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"capturing {what} in a CUDA graph failed: the model or the verifier "
+            f"({type(verifier).__name__}) did something a graph cannot hold, such as reading a value "
+            f"back to the host. Make its verify(..., check=False) sync-free, or run with "
+            f"engine.cuda_graphs=false.\n{e}") from e
+    return graph, pool, outputs
 
 
 class StepGraphs:
@@ -341,22 +365,8 @@ class StepGraphs:
                                          tree_mask=v["bits"] if tg > 1 else None)
             body = lambda: self._body(v, bg, tg, plan, has_probs, fresh)  # noqa: E731
             return _Graph(None, None, {}, None, None, None, None, meta, body)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # warm-up: compiles kernels, allocates the plan's workspace
-            for _ in range(2):
-                self._body(v, bg, tg, plan, has_probs, lambda: meta)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                out, logits, result, tree, readout = self._body(v, bg, tg, plan, has_probs, lambda: meta)
-        except RuntimeError as e:
-            raise RuntimeError(
-                f"capturing the decode/verify step (batch {bg}, {tg} nodes) in a CUDA graph failed: "
-                f"the model or the verifier ({type(self.verifier).__name__}) did something a graph "
-                f"cannot hold, such as reading a value back to the host. Make its verify(..., "
-                f"check=False) sync-free, or run with engine.cuda_graphs=false.\n{e}") from e
+        what = f"the decode/verify step (batch {bg}, {tg} nodes)"
+        graph, self.pool, (out, logits, result, tree, readout) = capture_graph(
+            self.device, self.pool, lambda: self._body(v, bg, tg, plan, has_probs, lambda: meta),
+            what, self.verifier)
         return _Graph(graph, out.hidden, out.captured, logits, result, tree, readout, meta)

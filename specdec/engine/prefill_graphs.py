@@ -30,7 +30,7 @@ from specdec.models.attention import AttnMetadata
 from specdec.verifiers import DraftTree, SamplingPlan
 
 from . import ragged
-from .cuda_graphs import _offsets, batch_buckets, bucket
+from .cuda_graphs import _Graph, _offsets, batch_buckets, bucket, capture_graph
 from .model_runner import StepInputs, StepOutput, StepRead
 
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -45,25 +45,6 @@ class _Layout:
         self.i32 = _offsets([("indptr", bg + 1), ("prefix", bg), ("tables", bg * table_width)])
         self.f32 = _offsets([("temp", bg), ("top_p", bg), ("unif", bg * 2)])  # a 1-node tree's 2 draws
         self.sizes = tuple(max(e for _, e in d.values()) for d in (self.i64, self.i32, self.f32))
-
-
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph | None  # None: `body` runs eagerly on the staged buffers (tests)
-    hidden: Tensor | None  # [N_g, H]
-    captured: dict[int, Tensor]  # layer -> [N_g, H]
-    logits: Tensor | None  # [B_g, 1, V]
-    result: object  # VerifyResult of the B_g root-only rows
-    tree: DraftTree | None  # [B_g, 1]
-    meta: AttnMetadata  # holds the attention plan, whose workspace the graph writes: keep it alive
-    body: object = None
-
-    def replay(self) -> None:
-        if self.graph is not None:
-            self.graph.replay()
-            return
-        out, self.logits, self.result, self.tree = self.body()
-        self.hidden, self.captured = out.hidden, out.captured
 
 
 @dataclass
@@ -166,7 +147,8 @@ class PrefillGraphs:
         return v
 
     def _body(self, v: dict, bg: int, plan: SamplingPlan, meta_of):
-        """The step on static tensors: forward, the last rows' logits, the first tokens."""
+        """The step on static tensors: forward, the last rows' logits, the first tokens (the
+        outputs of `cuda_graphs._Graph`; no readout: `GraphedPrefill.read` reads the result)."""
         model, runner = self.runner.model, self.runner
         out = model(v["ids"], v["pos"], meta_of(), runner.k_cache, runner.v_cache,
                     capture_layers=runner.capture_layers)
@@ -176,7 +158,7 @@ class PrefillGraphs:
                          kind=torch.zeros_like(roots, dtype=torch.int8), validate=False)
         result = self.verifier.verify(tree, logits, v["temp"], v["top_p"], v["top_k"], v["unif"],
                                       plan=plan, check=False)
-        return out, logits, result, tree
+        return out, logits, result, tree, None
 
     def _capture(self, lay: _Layout, bg: int, ng: int, plan: SamplingPlan) -> _Graph:
         v = self._views(lay, bg)
@@ -184,25 +166,11 @@ class PrefillGraphs:
                                     max_q_len=ng, max_kv_len=self.max_model_len)
         meta = make()
         if not self.capture:  # a fresh metadata per call: the CPU attention plan reads the values
-            return _Graph(None, None, {}, None, None, None, meta, lambda: self._body(v, bg, plan, make))
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # warm-up: compiles kernels, allocates the plan's workspace
-            for _ in range(2):
-                self._body(v, bg, plan, lambda: meta)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
-        try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                out, logits, result, tree = self._body(v, bg, plan, lambda: meta)
-        except RuntimeError as e:
-            raise RuntimeError(
-                f"capturing the prefill step ({bg} sequences, {ng} tokens) in a CUDA graph failed: "
-                f"the model or the verifier ({type(self.verifier).__name__}) did something a graph "
-                f"cannot hold. Run with engine.prefill_graphs=false.\n{e}") from e
-        return _Graph(graph, out.hidden, out.captured, logits, result, tree, meta)
+            return _Graph(None, None, {}, None, None, None, None, meta, lambda: self._body(v, bg, plan, make))
+        what = f"the prefill step ({bg} sequences, {ng} tokens)"
+        graph, self.pool, (out, logits, result, tree, _) = capture_graph(
+            self.device, self.pool, lambda: self._body(v, bg, plan, lambda: meta), what, self.verifier)
+        return _Graph(graph, out.hidden, out.captured, logits, result, tree, None, meta)
 
     @torch.inference_mode()
     def run(self, batch, temp: np.ndarray, top_p: np.ndarray, top_k: np.ndarray,
