@@ -28,8 +28,8 @@ from specdec.verifiers import MAX_NODES, SamplingPlan
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .cuda_graphs import StepGraphs
-from .prefill_graphs import PrefillGraphs
 from .model_runner import ModelRunner, StepInputs, StepRead
+from .prefill_graphs import PrefillGraphs
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
 
@@ -174,10 +174,11 @@ class Engine:
     def _parts(self, batch: list[ScheduledSeq]) -> list[list[ScheduledSeq]]:
         """The forwards of one step. With ``engine.split_mixed_steps`` a mixed batch (prefill
         chunks beside decode trees) runs as two: the decode trees first, through their CUDA
-        graphs, then the prefill chunks eagerly. One eager mixed forward would also draft and
-        verify the trees eagerly, at several times a graphed step's cost (BENCHMARKS.md: mixed
-        steps were the slow tail of batch runs); SGLang keeps prefill and decode batches apart
-        for the same reason. Outputs do not change: each sequence's step is the same either way."""
+        graphs, then the prefill chunks (eagerly, or from a prefill graph with
+        ``engine.prefill_graphs``). One mixed forward runs eagerly, trees included. Outputs do not
+        change: each sequence's step is the same either way. (Measured on an H200, BENCHMARKS.md
+        2026-12-02b: the split alone saves little, as the eager prefill forward is most of a
+        mixed step's ~35 ms; it is what lets prefill graphs apply.)"""
         decode = [item for item in batch if not item.is_prefill]
         prefill = [item for item in batch if item.is_prefill]
         if not (decode and prefill):
@@ -203,7 +204,7 @@ class Engine:
             result = self._verify(batch, inputs, out.logits)
             read = StepRead.of(result, inputs.host)  # the step's one device read
             self.runner.commit(batch, inputs, read.accepted)
-        else:  # decode: the host staged while the drafter's kernels ran; the graph committed
+        else:  # a graph ran the step (decode: staged while the drafter's kernels ran, and committed)
             inputs, out, result = graphed.inputs, graphed.out, graphed.result
             read = graphed.read()
         t3 = time.perf_counter()

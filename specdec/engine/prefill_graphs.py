@@ -71,8 +71,9 @@ class PrefillGraphs:
         self.runner, self.verifier, self.capture = runner, verifier, capture
         self.device, self.max_model_len = runner.device, max_model_len
         self.batch_buckets = batch_buckets(max_batch)
-        self.token_buckets = tuple(t for t in TOKEN_BUCKETS if t < max_tokens) + (
-            (min(max_tokens, TOKEN_BUCKETS[-1]),) if max_tokens > 0 else ())
+        # the buckets below the step's token budget, then the budget itself (at most 2048)
+        self.token_buckets = tuple(sorted({t for t in TOKEN_BUCKETS if t < max_tokens}
+                                          | {min(max_tokens, TOKEN_BUCKETS[-1])}))
         self.table_width = ragged.table_width(max_model_len, runner.block_size)
         big = _Layout(self.batch_buckets[-1], self.token_buckets[-1], self.table_width).sizes
         pin = self.device.type == "cuda"
