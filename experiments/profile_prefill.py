@@ -1,10 +1,10 @@
 """Where an eager prefill step's time goes: the engine step that prefills newly admitted prompts
 (alone, or beside decode trees before they are split off: ``engine.split_mixed_steps``) runs
 without a CUDA graph, and in batch runs it was the slow tail, ~35 ms on an H200 whatever the
-prompt count (BENCHMARKS.md, 2026-12-02b). Per (prompts, length) case this times the step's parts
-with the device synchronised after each (prepare: host lists -> device tensors; forward: the 30
-layers; verify: logits of the last rows and the first token; read: the one read-back; update and
-postprocess), then profiles one step: kernels launched, their summed device time, the host's
+prompt count (BENCHMARKS.md, 2026-12-02b). Per (prompts, length) case this times the parts of one
+``engine.step()`` with the device synchronised around each (prepare: host lists -> device
+tensors; forward: the 30 layers; verify: logits of the last rows and the first token; commit,
+drafter update, postprocess; rest: scheduling, the one read-back, bookkeeping), then profiles one step: kernels launched, their summed device time, the host's
 busy time, syncs, and the host-side ops that cost most. Host time far above kernel time means a
 launch-bound step (graph it); kernel time near the step's means compute (nothing to gain).
 ``--prefill-graphs`` also times the same step replayed from a CUDA graph (engine.prefill_graphs).
@@ -33,12 +33,11 @@ sys.path.insert(0, str(REPO / "experiments"))
 from specdec.drafters.none import NoDrafter  # noqa: E402
 from specdec.engine.config import EngineConfig  # noqa: E402
 from specdec.engine.engine import Engine  # noqa: E402
-from specdec.engine.model_runner import StepRead  # noqa: E402
 from specdec.engine.sequence import SamplingParams  # noqa: E402
 from specdec.run import git_sha, versions  # noqa: E402
 from specdec.verifiers import LosslessVerifier  # noqa: E402
 
-PARTS = ("schedule", "prepare", "forward", "verify", "read", "update_postprocess")
+PARTS = ("prepare", "forward", "verify", "commit", "update", "postprocess", "rest")
 
 
 def build_model(device: str):
@@ -58,38 +57,39 @@ def sync(device: str) -> None:
 
 
 def timed_prefill(engine, prompts: list[list[int]], device: str) -> dict[str, float]:
-    """Admit ``prompts`` and run their prefill step part by part (ms each, synchronised)."""
+    """Admit ``prompts`` and run their prefill step, ``engine.step()`` itself, with the device
+    synchronised around each part (ms each; "rest": scheduling, the read-back, bookkeeping)."""
     seqs = [engine.add_request(p, SamplingParams(max_new_tokens=2, ignore_eos=True)) for p in prompts]
-    ms, t = {}, time.perf_counter()
+    ms = dict.fromkeys(PARTS, 0.0)
+    parts = {"prepare": (engine.runner, "prepare"), "forward": (engine.runner, "forward"),
+             "verify": (engine, "_verify"), "commit": (engine.runner, "commit"),
+             "update": (engine.drafter, "update"), "postprocess": (engine, "_postprocess")}
 
-    def mark(name: str) -> None:
-        nonlocal t
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            sync(device)
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync(device)
+            ms[name] += 1e3 * (time.perf_counter() - t)
+            return out
+        return wrapper
+
+    for name, (owner, attr) in parts.items():  # instance attributes shadow the methods
+        setattr(owner, attr, timed(name, getattr(owner, attr)))
+    try:
         sync(device)
-        now = time.perf_counter()
-        ms[name] = 1e3 * (now - t)
-        t = now
-
-    sync(device)
-    t = time.perf_counter()
-    batch = engine.scheduler.schedule()
-    assert all(item.is_prefill for item in batch) and len(batch) == len(prompts), "not one prefill step"
-    mark("schedule")
-    inputs = engine.runner.prepare(batch, None)
-    mark("prepare")
-    out = engine.runner.forward(inputs)
-    mark("forward")
-    result = engine._verify(batch, inputs, out.logits)
-    mark("verify")
-    read = StepRead.of(result, inputs.host)
-    engine.runner.commit(batch, inputs, read.accepted)
-    mark("read")
-    engine.drafter.update(engine._step_result(batch, inputs, out, result, read))
-    engine._postprocess(batch, inputs, read, time.perf_counter())
-    mark("update_postprocess")
+        t = time.perf_counter()
+        engine.step()
+        sync(device)
+        ms["total"] = 1e3 * (time.perf_counter() - t)
+    finally:
+        for owner, attr in parts.values():
+            delattr(owner, attr)
+    ms["rest"] = ms["total"] - sum(ms[p] for p in parts)
     while engine.has_work():  # finish them: free the blocks for the next case
         engine.step()
     assert all(s.finished for s in seqs)
-    ms["total"] = sum(ms[p] for p in PARTS)
     return ms
 
 

@@ -51,15 +51,16 @@ def timed_pass(engine, prompts) -> dict:
     """One pass over ``prompts``; per step: seconds, graphed or not, and the engine's split."""
     steps, orig = [], engine.step
 
-    def step():
+    def replays() -> int:  # decode and prefill graphs
         pg = engine.prefill_graphs
-        s, mixed = engine.stats, engine.stats.mixed_steps
-        replays = engine.graphs.replays + (pg.replays if pg is not None else 0)
+        return engine.graphs.replays + (pg.replays if pg is not None else 0)
+
+    def step():
+        s, mixed, before_replays = engine.stats, engine.stats.mixed_steps, replays()
         before = (s.draft_s, s.verify_s, s.other_s)
         t = time.perf_counter()
         out = orig()
-        now = engine.graphs.replays + (pg.replays if pg is not None else 0)
-        steps.append({"s": time.perf_counter() - t, "graphed": now > replays,
+        steps.append({"s": time.perf_counter() - t, "graphed": replays() > before_replays,
                       "mixed": engine.stats.mixed_steps > mixed,
                       "draft_s": s.draft_s - before[0], "verify_s": s.verify_s - before[1],
                       "other_s": s.other_s - before[2]})

@@ -32,6 +32,10 @@ SAMPLED = [SamplingParams(max_new_tokens=20, ignore_eos=True, temperature=t, top
            for i, (t, p, k) in enumerate([(0.0, 1.0, 0), (0.8, 0.9, 0), (1.0, 1.0, 5), (0.0, 1.0, 0),
                                           (1.2, 1.0, 0)])]
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+# greedy and sampled rows of uneven lengths: sequences finish apart, so later prompts prefill
+# beside decoding ones when few run at a time
+STAGGERED = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
+             for i in range(len(PROMPTS))]
 MAX_LEN = 40  # some prompts run into it: the last trees are cut (smaller graph keys)
 
 
@@ -113,8 +117,7 @@ def test_split_mixed_steps_give_the_same_tokens(target, paths, device, name):
     tokens of the one mixed forward, greedy and sampled (here half the rows sample): the
     drafter's update sees a decode step and then a prefill step instead of one mixed step.
     (tests/engine/test_cuda_graphs.py checks the target's side on the CPU.)"""
-    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
-              for i in range(len(PROMPTS))]  # uneven lengths: sequences finish apart
+    params = STAGGERED
     outs, engines = {}, {}
     for split in (False, True):
         engines[split], outs[split] = run(target, device, DRAFTERS[name](paths), True, params,
@@ -133,8 +136,7 @@ def test_graphed_prefill_steps_feed_the_drafters(target, paths, device, name):
     """engine.prefill_graphs: the drafters' update reads a graphed prefill's hidden rows (and
     EAGLE-3 its captured layers) from the graph's static tensors; tokens and accepted lengths
     stay the eager engine's, greedy and sampled."""
-    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
-              for i in range(len(PROMPTS))]
+    params = STAGGERED
     cfg = {"max_num_seqs": 2, "split_mixed_steps": True}
     ref, eager = run(target, device, DRAFTERS[name](paths), False, params, **cfg)
     engine, graphed = run(target, device, DRAFTERS[name](paths), True, params, prefill_graphs=True, **cfg)

@@ -27,6 +27,10 @@ SAMPLED = [SamplingParams(max_new_tokens=20, ignore_eos=True, temperature=t, top
            for i, (t, p, k) in enumerate([(0.0, 1.0, 0), (0.8, 0.9, 0), (1.0, 1.0, 5), (0.0, 1.0, 0),
                                           (1.2, 1.0, 0)])]
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+# greedy and sampled rows of uneven lengths: sequences finish apart, so later prompts prefill
+# beside decoding ones when few run at a time
+STAGGERED = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
+             for i in range(len(PROMPTS))]
 
 
 def drafters(path):
@@ -84,8 +88,7 @@ def test_split_mixed_steps_replay_the_graphs(tiny_dir, device, name):
     split, the decode trees of those steps replay the graphs (the prefill chunks run eagerly
     after them), with the tokens of the one eager mixed forward, greedy and sampled."""
     path = str(tiny_dir("qwen2"))
-    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
-              for i in range(len(PROMPTS))]  # uneven lengths: sequences finish apart
+    params = STAGGERED
     runs = {split: run(path, device, drafters(path)[name](), True, params, max_num_seqs=2,
                        split_mixed_steps=split) for split in (False, True)}
     (whole, whole_out), (split, split_out) = runs[False], runs[True]
@@ -101,8 +104,7 @@ def test_graphed_prefill_steps_give_the_eager_tokens(tiny_dir, device, name):
     the prefill half of each split mixed step; chunked by a small token budget) replay graphs
     with the tokens of the eager steps, greedy and sampled."""
     path = str(tiny_dir("qwen2"))
-    params = [dataclasses.replace(SAMPLED[i] if i % 2 else GREEDY, max_new_tokens=12 + 5 * i)
-              for i in range(len(PROMPTS))]
+    params = STAGGERED
     cfg = {"max_num_seqs": 3, "max_num_batched_tokens": 24,  # the first prompts prefill in chunks
            "split_mixed_steps": True}
     _, eager = run(path, device, drafters(path)[name](), False, params, **cfg)
