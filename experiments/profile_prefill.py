@@ -93,6 +93,15 @@ def timed_prefill(engine, prompts: list[list[int]], device: str) -> dict[str, fl
     return ms
 
 
+def timed_warm_up(engine, device: str) -> dict:
+    """engine.warm_up_graphs(): graphs captured and seconds (start-up cost of the graphs)."""
+    sync(device)
+    t = time.perf_counter()
+    count = engine.warm_up_graphs()
+    sync(device)
+    return {"graphs": count, "s": time.perf_counter() - t}
+
+
 def whole_step_ms(engine, prompts: list[list[int]], device: str) -> float:
     """One unsynchronised engine.step() of the same prefill, as the engine runs it (ms)."""
     for p in prompts:
@@ -149,13 +158,15 @@ def main() -> None:
     model = build_model(args.device)
     cfg = EngineConfig(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
                        max_num_seqs=max(args.prompts), max_model_len=2048,
-                       max_num_batched_tokens=max(args.prompts) * max(args.lengths))
+                       max_num_batched_tokens=max(args.prompts) * max(args.lengths),
+                       prefill_graphs=False)  # the eager prefill step is what is taken apart
     engine = Engine(model, NoDrafter(), LosslessVerifier(), cfg)
-    engine.warm_up_graphs()
+    warm_up = {"eager_prefill": timed_warm_up(engine, args.device)}
     graphed = None
     if args.prefill_graphs:
         graphed = Engine(model, NoDrafter(), LosslessVerifier(), dataclasses.replace(cfg, prefill_graphs=True))
-        graphed.warm_up_graphs()
+        warm_up["prefill_graphs"] = timed_warm_up(graphed, args.device)
+    print(json.dumps({"warm_up": warm_up}), flush=True)
     gen = torch.Generator().manual_seed(0)
     rows = []
     for count in args.prompts:
@@ -170,7 +181,7 @@ def main() -> None:
                    "parts_ms": {k: statistics.median(p[k] for p in parts) for k in (*PARTS, "total")},
                    "profile": profiled(engine, prompts, args.device, args.top)}
             if graphed is not None:
-                whole_step_ms(graphed, prompts, args.device)  # the capture
+                whole_step_ms(graphed, prompts, args.device)  # a warm-up step (steps above 2048 tokens: eager)
                 row["graphed_step_ms"] = statistics.median(
                     whole_step_ms(graphed, prompts, args.device) for _ in range(args.repeats))
                 row["graph_replays"] = graphed.prefill_graphs.replays if graphed.prefill_graphs else 0
@@ -184,7 +195,7 @@ def main() -> None:
         meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                 "versions": versions(), "git_sha": git_sha(), "date": datetime.date.today().isoformat()}
         Path(args.out).write_text(json.dumps({"script": "experiments/profile_prefill.py", "args": vars(args),
-                                              **meta, "rows": rows}, indent=2))
+                                              **meta, "warm_up": warm_up, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

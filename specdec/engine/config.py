@@ -25,26 +25,30 @@ class EngineConfig:
     # a step with prefill chunks beside decode trees runs as two forwards: the trees through
     # their graphs, the chunks eagerly (engine.Engine._parts). auto: where CUDA graphs are on
     split_mixed_steps: Union[bool, str] = "auto"
-    # CUDA: replay steps made of prefill chunks as graphs too (engine/prefill_graphs.py); off
-    # by default until measured on a GPU
-    prefill_graphs: bool = False
-    # while sequences run, admit waiting ones this many at a time (scheduler.Scheduler._admit)
-    admit_batch: int = 1
+    # CUDA: replay steps made of prefill chunks as graphs too (engine/prefill_graphs.py), one
+    # per (sequence, token) bucket, captured by warm_up_graphs. auto: where CUDA graphs are on
+    prefill_graphs: Union[bool, str] = "auto"
+    # while sequences run, admit waiting ones this many at a time (scheduler.Scheduler._admit);
+    # auto: a quarter of max_num_seqs (1 up to 7 sequences)
+    admit_batch: Union[int, str] = 1
 
     def __post_init__(self) -> None:
         bs = self.block_size
         if not isinstance(bs, int) or bs < 1 or bs & (bs - 1):
             raise ValueError(f"engine.block_size must be a power of two (16, 32, 64 ...); got {bs}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_graph_batch", "admit_batch"):
+        if self.admit_batch != "auto" and (type(self.admit_batch) is not int or self.admit_batch < 1):
+            raise ValueError(f"engine.admit_batch must be an int >= 1 or auto; got {self.admit_batch!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_graph_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"engine.{name} must be >= 1; got {getattr(self, name)}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"engine.num_blocks must be >= 1 or null; got {self.num_blocks}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"engine.max_model_len must be >= 2 or null; got {self.max_model_len}")
-        if self.split_mixed_steps not in (True, False, "auto"):
-            raise ValueError(f"engine.split_mixed_steps must be auto, true or false; got "
-                             f"{self.split_mixed_steps!r}")
+        for name in ("split_mixed_steps", "prefill_graphs"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise ValueError(f"engine.{name} must be auto, true or false; got "
+                                 f"{getattr(self, name)!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"engine.dtype must be auto or one of {sorted(DTYPES)}; got {self.dtype!r}")
 
@@ -58,6 +62,14 @@ class EngineConfig:
 
     def split_mixed(self, graphs_on: bool) -> bool:
         return graphs_on if self.split_mixed_steps == "auto" else bool(self.split_mixed_steps)
+
+    def admit_count(self) -> int:
+        """engine.admit_batch resolved: auto admits a quarter of max_num_seqs at a time."""
+        return max(1, self.max_num_seqs // 4) if self.admit_batch == "auto" else self.admit_batch
+
+    def graph_prefills(self, graphs_on: bool) -> bool:
+        """Prefill graphs need the decode graphs' machinery: never without CUDA graphs."""
+        return graphs_on and (self.prefill_graphs == "auto" or bool(self.prefill_graphs))
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":

@@ -71,7 +71,7 @@ class Engine:
                             max_model_len=self.max_model_len, graph_batch=graph_batch)
         drafter.load(ctx)  # may set ctx.capture_layers (target features it needs)
         sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
-                                self.max_model_len, drafter.max_nodes, self.config.admit_batch)
+                                self.max_model_len, drafter.max_nodes, self.config.admit_count())
         self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
         self.scheduler.on_release = drafter.release
         if self.device.type == "cuda" and hasattr(self.model, "_forward_fused"):
@@ -84,7 +84,7 @@ class Engine:
         if graph_batch:
             self.graphs = StepGraphs(self.runner, verifier, graph_batch, self.max_model_len,
                                      model.config.vocab_size)
-        if graph_batch and self.config.prefill_graphs:
+        if graph_batch and self.config.graph_prefills(graphs_on):
             self.prefill_graphs = PrefillGraphs(self.runner, verifier, graph_batch, self.max_model_len,
                                                 self.config.max_num_batched_tokens)
         self.split_mixed_steps = self.config.split_mixed(graphs_on)
@@ -93,13 +93,15 @@ class Engine:
         self.sequences: dict[str, Sequence] = {}
 
     def warm_up_graphs(self) -> int:
-        """CUDA: capture the greedy decode/verify graphs of every batch and tree bucket, and the
-        drafter's graphs, now (seconds), so that timed runs pay no capture or kernel compilation.
-        Returns the count."""
+        """CUDA: capture the greedy decode/verify graphs of every batch and tree bucket, the
+        greedy prefill graphs of every (sequence, token) bucket (``engine.prefill_graphs``) and
+        the drafter's graphs, now (seconds), so that timed runs pay no capture or kernel
+        compilation. Returns the count."""
         if self.graphs is None:
             return 0
         drafted = getattr(self.drafter, "warm_up", lambda: 0)()  # optional in the protocol
-        return drafted + self.graphs.warm_up(self.drafter.max_nodes)
+        prefilled = self.prefill_graphs.warm_up() if self.prefill_graphs is not None else 0
+        return drafted + prefilled + self.graphs.warm_up(self.drafter.max_nodes)
 
     def _num_blocks(self, drafter) -> int:
         """The target's KV pool: K and V of every layer per token (drafters' own caches, which

@@ -1,10 +1,11 @@
 """CUDA graphs of the prefill step: the target forward over prefill chunks, the logits of each
 chunk's last token and the sampling of the first token, replayed as one graph per (sequence
-bucket, token bucket, sampling plan). Opt-in: ``engine.prefill_graphs=true``.
+bucket, token bucket, sampling plan). On with CUDA graphs (``engine.prefill_graphs=auto``): the
+greedy graphs are captured by `warm_up`, others on first use.
 
 Why: eagerly, a prefill step launches the target's ~350 small kernels one by one from Python;
-on an H200 a SmolLM2-135M prefill step took ~35 ms whatever it held (one prompt or sixteen),
-against ~2 ms for a graphed decode step, and under continuous batching each newly admitted
+on an H200 a SmolLM2-135M prefill step took 25-38 ms whatever it held (one prompt or sixteen),
+against 2.1-2.8 ms replayed from this graph (experiments/profile_prefill.py), and under continuous batching each newly admitted
 prompt pays one (BENCHMARKS.md, 2026-12-02b). The decode graphs (`cuda_graphs.StepGraphs`) cover
 trees only; this covers steps made of prefill chunks only (``engine.split_mixed_steps`` splits
 mixed steps into those two kinds).
@@ -172,6 +173,25 @@ class PrefillGraphs:
         graph, self.pool, (out, logits, result, tree, _) = capture_graph(
             self.device, self.pool, lambda: self._body(v, bg, plan, lambda: meta), what, self.verifier)
         return _Graph(graph, out.hidden, out.captured, logits, result, tree, None, meta)
+
+    @torch.inference_mode()
+    def warm_up(self) -> int:
+        """Capture the greedy graph of every (B_g, N_g) bucket that a step can reach (B_g <= N_g:
+        every sequence brings a token) now, on padding only (no tokens, slot -1: nothing is
+        stored), so that no prefill step pays a capture or a Triton compilation later (one such
+        step took 1.7 s on the H200). Returns the number of graphs captured."""
+        none_i, none_f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        count = 0
+        for ng in self.token_buckets:
+            for bg in (b for b in self.batch_buckets if b <= ng):
+                lay = self._layout(bg, ng)
+                plan, _ = self._stage([], lay, bg, none_f, none_f, none_i, np.zeros((0, 2), np.float32))
+                if (bg, ng, plan) not in self.graphs:  # the plan of greedy rows, as a step stages it
+                    self.graphs[(bg, ng, plan)] = self._capture(lay, bg, ng, plan)
+                    count += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return count
 
     @torch.inference_mode()
     def run(self, batch, temp: np.ndarray, top_p: np.ndarray, top_k: np.ndarray,

@@ -73,7 +73,7 @@ def run(target, device: str, drafter, graphs: bool, params, **cfg):
     engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
     if graphs and device == "cpu":  # the graphs' staging, with the body run eagerly
         drafter.graphs = DraftGraphs("cpu", min(config.max_num_seqs, config.max_graph_batch), capture=False)
-        if config.prefill_graphs:
+        if config.graph_prefills(True):  # as the engine decides on CUDA
             engine.prefill_graphs = PrefillGraphs(engine.runner, engine.verifier, config.max_num_seqs,
                                                   engine.max_model_len, config.max_num_batched_tokens,
                                                   capture=False)
@@ -147,11 +147,22 @@ def test_graphed_prefill_steps_feed_the_drafters(target, paths, device, name):
     assert accepted(engine) == accepted(ref) and sum(map(sum, accepted(ref))) > 0
 
 
-def test_split_mixed_steps_setting():
-    with pytest.raises(ValueError, match="split_mixed_steps must be auto, true or false; got 'yes'"):
-        EngineConfig(split_mixed_steps="yes")
+def test_split_mixed_steps_prefill_graphs_and_admit_batch_settings():
+    for name in ("split_mixed_steps", "prefill_graphs"):
+        with pytest.raises(ValueError, match=f"{name} must be auto, true or false; got 'yes'"):
+            EngineConfig(**{name: "yes"})
     assert EngineConfig().split_mixed(True) and not EngineConfig().split_mixed(False)
     assert EngineConfig(split_mixed_steps=True).split_mixed(False)
+    # prefill graphs ride on the decode graphs' machinery: never without CUDA graphs
+    assert EngineConfig().graph_prefills(True) and not EngineConfig().graph_prefills(False)
+    assert not EngineConfig(prefill_graphs=True).graph_prefills(False)
+    assert not EngineConfig(prefill_graphs=False).graph_prefills(True)
+    for bad in (0, "4", 2.0, True):
+        with pytest.raises(ValueError, match="admit_batch must be an int >= 1 or auto"):
+            EngineConfig(admit_batch=bad)
+    assert [EngineConfig(max_num_seqs=n, admit_batch="auto").admit_count() for n in (1, 4, 7, 8, 16, 64)] \
+        == [1, 1, 1, 2, 4, 16]
+    assert EngineConfig(admit_batch=3).admit_count() == 3
 
 
 def test_a_staged_shape_must_match_its_key():

@@ -41,7 +41,8 @@ def drafters(path):
             "draft_chain": lambda: DraftModelDrafter(path, num_tokens=3)}  # samples its chain at T > 0
 
 
-def run(path, device, drafter, graphs: bool, params, verifier=None, **cfg):
+def build(path, device, drafter, graphs: bool, verifier=None, **cfg) -> Engine:
+    """An engine as the CUDA one is built; on the CPU with graphs whose body runs eagerly."""
     model = load_model(path, device=device).model
     verifier = verifier or LosslessVerifier()
     config = EngineConfig(device=device, dtype="float32", block_size=4, cuda_graphs=graphs,
@@ -50,10 +51,15 @@ def run(path, device, drafter, graphs: bool, params, verifier=None, **cfg):
     if graphs and device == "cpu":
         engine.graphs = StepGraphs(engine.runner, verifier, min(config.max_num_seqs, config.max_graph_batch),
                                    engine.max_model_len, model.config.vocab_size, capture=False)
-        if config.prefill_graphs:
+        if config.graph_prefills(True):  # as the engine decides on CUDA
             engine.prefill_graphs = PrefillGraphs(engine.runner, verifier, engine.graphs.batch_buckets[-1],
                                                   engine.max_model_len, config.max_num_batched_tokens,
                                                   capture=False)
+    return engine
+
+
+def run(path, device, drafter, graphs: bool, params, verifier=None, **cfg):
+    engine = build(path, device, drafter, graphs, verifier, **cfg)
     if graphs and device == "cuda":  # greedy graphs captured up front on dummy inputs, then replayed
         assert engine.warm_up_graphs() > 0
     seqs = engine.generate(PROMPTS, params)
@@ -112,6 +118,27 @@ def test_graphed_prefill_steps_give_the_eager_tokens(tiny_dir, device, name):
     assert engine.stats.mixed_steps > 0 and engine.prefill_graphs.replays > engine.stats.mixed_steps
     assert len({key[:2] for key in engine.prefill_graphs.graphs}) > 1, "one bucket only"
     assert graphed == eager
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prefill_warm_up_covers_every_greedy_prefill_step(tiny_dir, device):
+    """warm_up captures the greedy prefill graph of every reachable (sequence, token) bucket on
+    padding (on the CPU: stages it and runs its body); a greedy run then finds every prefill
+    step among them (no capture while serving), with the eager tokens, and the padding stored
+    nothing (no KV block leaked or written: the tokens would differ)."""
+    path = str(tiny_dir("qwen2"))
+    params = [dataclasses.replace(p, temperature=0.0) for p in STAGGERED]
+    cfg = {"max_num_seqs": 3, "max_num_batched_tokens": 24, "split_mixed_steps": True}
+    _, eager = run(path, "cpu", NgramDrafter(num_tokens=4, max_matches=4, max_nodes=12), False, params, **cfg)
+    engine = build(path, device, NgramDrafter(num_tokens=4, max_matches=4, max_nodes=12), True, **cfg)
+    pg = engine.prefill_graphs
+    assert pg.warm_up() == 6 and pg.warm_up() == 0  # (1, 2, 3 sequences) x (16, 24 tokens), once
+    assert {key[:2] for key in pg.graphs} == {(b, n) for b in (1, 2, 3) for n in (16, 24)}
+    keys = set(pg.graphs)
+    out = [s.output for s in engine.generate(PROMPTS, params)]
+    assert pg.replays > engine.stats.mixed_steps > 0
+    assert set(pg.graphs) == keys, "a prefill step captured a graph the warm-up had not"
+    assert out == eager
 
 
 def test_prefill_graph_layout(tiny_dir):
