@@ -354,7 +354,8 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for t in throughput:
             tau = f"{t['tau']:.2f}" if t.get("tau") else "-"
-            print(f"| {t['batch']} | {t['system']} | {t['tokens_per_s']:.1f} | {t.get('x_specdec_none', 0):.2f} | {tau} |")
+            own_x = f"{t['x_specdec_none']:.2f}" if "x_specdec_none" in t else "-"  # no `none` at this B
+            print(f"| {t['batch']} | {t['system']} | {t['tokens_per_s']:.1f} | {own_x} | {tau} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
