@@ -4,9 +4,10 @@ bucket, token bucket, sampling plan). On with CUDA graphs (``engine.prefill_grap
 greedy graphs are captured by `warm_up`, others on first use.
 
 Why: eagerly, a prefill step launches the target's ~350 small kernels one by one from Python;
-on an H200 a SmolLM2-135M prefill step took 25-38 ms whatever it held (one prompt or sixteen),
-against 2.1-2.8 ms replayed from this graph (experiments/profile_prefill.py), and under continuous batching each newly admitted
-prompt pays one (BENCHMARKS.md, 2026-12-02b). The decode graphs (`cuda_graphs.StepGraphs`) cover
+on an H200 a SmolLM2-135M prefill step took 17-38 ms whatever it held (one prompt or sixteen),
+against 1.7-2.9 ms replayed from this graph (experiments/profile_prefill.py), and under
+continuous batching each newly admitted prompt pays one (BENCHMARKS.md, 2026-12-02, third
+session). The decode graphs (`cuda_graphs.StepGraphs`) cover
 trees only; this covers steps made of prefill chunks only (``engine.split_mixed_steps`` splits
 mixed steps into those two kinds).
 
