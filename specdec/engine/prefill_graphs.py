@@ -7,9 +7,8 @@ Why: eagerly, a prefill step launches the target's ~350 small kernels one by one
 on an H200 a SmolLM2-135M prefill step took 17-38 ms whatever it held (one prompt or sixteen),
 against 1.7-2.9 ms replayed from this graph (experiments/profile_prefill.py), and under
 continuous batching each newly admitted prompt pays one (BENCHMARKS.md, 2026-12-02, third
-session). The decode graphs (`cuda_graphs.StepGraphs`) cover
-trees only; this covers steps made of prefill chunks only (``engine.split_mixed_steps`` splits
-mixed steps into those two kinds).
+session). The decode graphs (`cuda_graphs.StepGraphs`) cover trees only; this covers steps made
+of prefill chunks only (``engine.split_mixed_steps`` splits mixed steps into those two kinds).
 
 Layout: a step of B sequences with N new tokens in all runs in the bucket (B_g >= B, N_g >= N).
 Rows are packed as the eager step packs them (sequence b's chunk at rows offsets[b] ..
@@ -182,17 +181,23 @@ class PrefillGraphs:
         stored), so that no prefill step pays a capture or a Triton compilation later (one such
         step took 1.7 s on the H200). Returns the number of graphs captured."""
         none_i, none_f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        count = 0
+        before = len(self.graphs)
         for ng in self.token_buckets:
             for bg in (b for b in self.batch_buckets if b <= ng):
                 lay = self._layout(bg, ng)
+                # the plan of greedy rows, as a step stages it
                 plan, _ = self._stage([], lay, bg, none_f, none_f, none_i, np.zeros((0, 2), np.float32))
-                if (bg, ng, plan) not in self.graphs:  # the plan of greedy rows, as a step stages it
-                    self.graphs[(bg, ng, plan)] = self._capture(lay, bg, ng, plan)
-                    count += 1
+                self._graph(lay, bg, ng, plan)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return count
+        return len(self.graphs) - before
+
+    def _graph(self, lay: _Layout, bg: int, ng: int, plan: SamplingPlan) -> _Graph:
+        """The graph of (B_g, N_g, plan), captured on the staged buffers if new."""
+        key = (bg, ng, plan)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(lay, bg, ng, plan)
+        return self.graphs[key]
 
     @torch.inference_mode()
     def run(self, batch, temp: np.ndarray, top_p: np.ndarray, top_k: np.ndarray,
@@ -206,10 +211,7 @@ class PrefillGraphs:
         bg, ng = shape
         lay = self._layout(bg, ng)
         plan, offsets = self._stage(batch, lay, bg, temp, top_p, top_k, uniforms)
-        key = (bg, ng, plan)
-        g = self.graphs.get(key)
-        if g is None:
-            g = self.graphs[key] = self._capture(lay, bg, ng, plan)
+        g = self._graph(lay, bg, ng, plan)
         g.replay()
         self.replays += 1
         samples = [item.samples for item in batch]
