@@ -14,23 +14,27 @@
 # Then one `run` call each, in this order, on one warm machine (held 30 minutes at most); a call's
 # working tree must stay under 64 MiB, hence the split carries:
 #   1. carry [.whl, .gguf/a]   experiments/train_smollm2.sh deps model-a
-#   2. carry [.gguf/b, .data]  experiments/train_smollm2.sh model-b data       -> $OUT/data.tar
-#   3. experiments/train_smollm2.sh eagle medusa   -> $OUT/eagle/, $OUT/medusa/
-#   4. experiments/train_smollm2.sh eagle3 draft   -> $OUT/eagle3/, $OUT/draft/
+#   2. carry [.gguf/b, .data]  DEADLINE=560 experiments/train_smollm2.sh model-b data eagles
+#        -> $OUT/data.tar.gz, $OUT/eagle/, $OUT/eagle3/
+#   3. experiments/train_smollm2.sh medusa draft   -> $OUT/medusa/, $OUT/draft/
 #      (each: the *.safetensors weights, and meta.tar with config, README.md, summary.json, log)
-# (with W&B: carry the WANDB=1 .whl in call 3 and run `deps eagle`).
-# A stage cut by its time limit checkpoints; call it again to go on. Copy each $OUT/<kind>/ into
-# drafters/weights/smollm2-135m-instruct/<kind>/ to ship it (`drafter.path=default` reads there).
-# Data can also come back ($OUT/data.tar, tokens only) and be carried to a fresh machine.
+# (with W&B: carry the WANDB=1 .whl in call 2 and run `deps` first).
+# DEADLINE (seconds from the script's start) bounds a call: the data stage stops at DATA_TIME
+# (training then uses the shards written so far: the prompt list is shuffled, so they mix every
+# source) and each training gets what is left before DEADLINE minus EVAL_S for export and
+# evaluation, its learning-rate schedule fitted to that time (train.fit_to_time). `eagles` trains
+# EAGLE-2 and EAGLE-3 side by side on the one GPU. A stage cut by its time limit checkpoints;
+# call it again to go on. Copy each $OUT/<kind>/ into drafters/weights/smollm2-135m-instruct/<kind>/
+# to ship it (`drafter.path=default` reads there). Data can also come back ($OUT/data.tar.gz,
+# tokens only) and be carried to a fresh machine (untar it into $RUNS).
 #
-# Sizes (measured on the H100: answering runs at ~19 prompts/s, EAGLE trains at ~14 steps/s):
-# 2000 public prompts (GSM8K and Code Alpaca interleaved, the Alpaca seeds) + 4500 self-instruct
-# asks, greedy answers of <= 256 tokens. A first round with 4000 public prompts and 300
-# self-instruct gave heads that knew math and code (top-10 coverage 0.94 on 8 of their training
-# answers) but not MT-bench's writing and roleplay (0.47-0.75 on 4 MT-bench answers): the
-# self-instruct share is for breadth. EAGLE 3000 steps x 16 sequences with 2 unrolled steps,
-# EAGLE-3 2000 x 16 with 5, Medusa 2000 x 8, draft 2000 x 16; training stops and checkpoints after
-# TRAIN_LIMIT seconds whatever the step (two methods per call: TRAIN_LIMIT=200).
+# Sizes: 3000 public prompts (GSM8K and Code Alpaca interleaved, the Alpaca seeds) + 4500
+# self-instruct asks + 10000 Magpie samples (user turns the target writes from its own chat
+# template), greedy answers of <= 256 tokens. The first rounds (2026-11-24) had no Magpie prompts;
+# a round with 4000 public prompts and 300 self-instruct gave heads that knew math and code (top-10
+# coverage 0.94 on 8 of their training answers) but not MT-bench's writing and roleplay (0.47-0.75
+# on 4 MT-bench answers): the self-instruct and Magpie shares are for breadth. EAGLE with 2
+# unrolled steps, EAGLE-3 with 5, Medusa 2000 x 8, draft 2000 x 16 (TRAIN_LIMIT without DEADLINE).
 # Evaluation: the 80 MT-bench first turns, T = 0, 256 new tokens, against the target alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,30 +47,40 @@ for d in .data shared/data ../shared/data; do  # prompt sets: a carried copy, el
   if [ -d "$d" ] && [ ! -d "$STASH/data" ]; then mkdir -p "$STASH" && cp -r "$d" "$STASH/data"; fi
 done
 PROMPTS=${PROMPTS:-$STASH/data/train} MT_BENCH=${MT_BENCH:-$STASH/data/mt_bench.jsonl}
-DATA_PROMPTS=${DATA_PROMPTS:-2000} SELF_INSTRUCT=${SELF_INSTRUCT:-4500} NEW_TOKENS=${NEW_TOKENS:-256}
+DATA_PROMPTS=${DATA_PROMPTS:-3000} SELF_INSTRUCT=${SELF_INSTRUCT:-4500} MAGPIE=${MAGPIE:-10000}
+NEW_TOKENS=${NEW_TOKENS:-256} DATA_TIME=${DATA_TIME:-0}  # DATA_TIME: seconds the data stage may run (0: no limit)
+DEADLINE=${DEADLINE:-} EVAL_S=${EVAL_S:-120}  # DEADLINE set: training time = DEADLINE - elapsed - EVAL_S
 EVAL_PROMPTS=${EVAL_PROMPTS:-null} DEVICE=${DEVICE:-auto}  # EVAL_PROMPTS: null = all 80
-DATA_SEQS=${DATA_SEQS:-256}                 # sequences answered at once in the data stage
+DATA_SEQS=${DATA_SEQS:-256}                 # sequences answered at once in the data stage (all graphed)
 STEPS=${STEPS:-} BATCH=${BATCH:-}              # set: every method uses these (smoke runs)
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 mkdir -p "$STASH" "$RUNS" ${OUT:+"$OUT"}
 
 logger() { python3 -c 'import wandb' 2>/dev/null && echo "logger=wandb" || echo "logger=none"; }
 
+limit() {  # seconds of training for a stage starting now
+  if [ -n "$DEADLINE" ]; then echo $(( DEADLINE - SECONDS - EVAL_S > 30 ? DEADLINE - SECONDS - EVAL_S : 30 )); else echo "$TRAIN_LIMIT"; fi
+}
+
 train() {  # train() <method> [overrides...]: train, export, evaluate; results to $OUT/<method>
-  local kind=$1; shift
+  local kind=$1 rc=0; shift
   python3 -m specdec.train "train/method=$kind" "$(logger)" "work_dir=$RUNS/$kind" "data.dir=$RUNS/data" \
     "stages=[train,export,eval]" "data.prompts_dir=$PROMPTS" "eval.prompts_path=$MT_BENCH" \
-    "train.time_limit_s=$TRAIN_LIMIT" train.save_every=250 engine.max_num_seqs=64 "engine.device=$DEVICE" \
-    "eval.num_prompts=$EVAL_PROMPTS" "eval.max_new_tokens=$NEW_TOKENS" "$@" 2>&1 \
-    | tee "$RUNS/$kind.log"
-  if [ -n "${OUT:-}" ]; then
+    "train.time_limit_s=$(limit)" train.fit_to_time=true train.save_every=250 engine.max_num_seqs=64 \
+    "engine.device=$DEVICE" "eval.num_prompts=$EVAL_PROMPTS" "eval.max_new_tokens=$NEW_TOKENS" "$@" > "$RUNS/$kind.log" 2>&1 || rc=$?
+  tail -n 5 "$RUNS/$kind.log"
+  if [ -n "${OUT:-}" ] && [ "$rc" = 0 ]; then
     # $OUT returns at most 8 files: weights as they are, everything else in one meta.tar
     mkdir -p "$OUT/$kind"
     cp "$RUNS/$kind"/export/*.safetensors "$OUT/$kind/"
     tar cf "$OUT/$kind/meta.tar" --exclude='*.safetensors' -C "$RUNS/$kind/export" . \
       -C "$RUNS/$kind" summary.json -C "$RUNS" "$kind.log"
   fi
+  return "$rc"
 }
+
+eagle() { train eagle "method.options.steps=${EAGLE_UNROLL:-2}" "train.steps=${STEPS:-20000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4; }
+eagle3() { train eagle3 "train.steps=${STEPS:-20000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4; }
 
 for stage in "$@"; do
   case $stage in
@@ -85,19 +99,30 @@ for stage in "$@"; do
       echo "$(cat .gguf/b/model.sha256)  $dst/model.gguf" | sha256sum -c
       python3 -c 'from specdec.assets import default_model_dir; print(default_model_dir())' ;;
     data)
-      python3 -m specdec.train train/method=eagle logger=none "work_dir=$RUNS/data-run" "data.dir=$RUNS/data" \
+      rc=0
+      timeout -s TERM "$DATA_TIME" python3 -m specdec.train train/method=eagle logger=none "work_dir=$RUNS/data-run" "data.dir=$RUNS/data" \
         "stages=[data]" "data.prompts_dir=$PROMPTS" "data.max_prompts=$DATA_PROMPTS" "data.self_instruct=$SELF_INSTRUCT" \
-        "data.max_new_tokens=$NEW_TOKENS" data.max_len=1024 data.shard_size=256 "engine.max_num_seqs=$DATA_SEQS" "engine.device=$DEVICE" 2>&1
-      if [ -n "${OUT:-}" ]; then tar cf "$OUT/data.tar" -C "$RUNS" data; fi ;;
+        "data.magpie=$MAGPIE" "data.max_new_tokens=$NEW_TOKENS" data.max_len=1024 data.shard_size=256 \
+        "engine.max_num_seqs=$DATA_SEQS" "engine.max_graph_batch=$DATA_SEQS" engine.prefill_graphs=false \
+        "engine.device=$DEVICE" 2>&1 || rc=$?
+      if [ "$rc" = 124 ]; then echo "data stage stopped at DATA_TIME=${DATA_TIME}s: training uses the shards written"
+      elif [ "$rc" != 0 ]; then exit "$rc"; fi
+      python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); print("data:", m["prompts_done"], "prompts,", sum(s["tokens"] for s in m["shards"]), "tokens")' "$RUNS/data/manifest.json"
+      if [ -n "${OUT:-}" ]; then tar czf "$OUT/data.tar.gz" -C "$RUNS" data; fi ;;
+    eagles)  # EAGLE-2 and EAGLE-3 side by side: one small head's training leaves most of the GPU idle
+      eagle & e2=$!
+      eagle3 & e3=$!
+      rc=0; wait "$e2" || rc=$?; wait "$e3" || rc=$?
+      [ "$rc" = 0 ] || exit "$rc" ;;
     eagle)
-      train eagle "method.options.steps=${EAGLE_UNROLL:-2}" "train.steps=${STEPS:-3000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4 ;;
+      eagle ;;
     eagle3)
-      train eagle3 "train.steps=${STEPS:-2000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4 ;;
+      eagle3 ;;
     medusa)
       train medusa "train.steps=${STEPS:-2000}" "train.batch_size=${BATCH:-8}" train.max_len=768 train.lr=1e-3 ;;
     draft)
       train draft "train.steps=${STEPS:-2000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4 ;;
     *)
-      echo "unknown stage $stage (deps, model-a, model-b, data, eagle, eagle3, medusa, draft)" >&2; exit 2 ;;
+      echo "unknown stage $stage (deps, model-a, model-b, data, eagle, eagle3, eagles, medusa, draft)" >&2; exit 2 ;;
   esac
 done

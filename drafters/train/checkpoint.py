@@ -40,6 +40,12 @@ def save(directory: Path, module: nn.Module, opt: Optional[torch.optim.Optimizer
     shutil.rmtree(old, ignore_errors=True)
 
 
+def info(directory: Path) -> dict:
+    """The checkpoint's ``trainer.json`` ({} when there is none)."""
+    f = directory / META
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def load(directory: Path, module: nn.Module, opt: Optional[torch.optim.Optimizer]) -> Optional[int]:
     """Restore into ``module`` (and ``opt`` when the checkpoint has its state); the step, or None
     when there is no checkpoint."""

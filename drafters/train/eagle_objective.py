@@ -73,17 +73,20 @@ class EagleObjective:
         p = batch.tokens.shape[1] - 1
         feats = uniform_noise(batch.hidden[:, :-1], self.noise if self.net.training else 0.0)
         outs = unroll(self.net, self.target.embed, feats, batch.tokens, self.steps)
-        every = target_logprobs(self.target.lm_head.weight, batch.hidden)  # [B, S, V] once
+        w = self.target.lm_head.weight
         total, metrics = 0.0, {}
         for k, out in enumerate(outs):
-            goal = shift(batch.hidden, 1 + k, p)  # [B, P, h] f_{i+1+k}
-            mask = shift(batch.loss_mask & batch.valid, 2 + k, p)  # predicts token i+2+k
-            logits = self.target.compute_logits(out)
-            tgt = shift(every, 1 + k, p)  # the target's distribution of token i+2+k
-            reg, ce = feature_regression(out, goal, mask), soft_ce(tgt, logits, mask)
+            # vocabulary-wide tensors only at the pairs that count (answer tokens, no padding)
+            mask = shift(batch.loss_mask & batch.valid, 2 + k, p)  # [B, P] predicts token i+2+k
+            goal = shift(batch.hidden, 1 + k, p)[mask]  # [N, h] f_{i+1+k}
+            pred = out[mask]  # [N, h]
+            logits = self.target.compute_logits(pred)  # [N, V]
+            tgt = target_logprobs(w, goal)  # [N, V] the target's distribution of token i+2+k
+            every = torch.ones(pred.shape[0], dtype=torch.bool, device=pred.device)
+            reg, ce = feature_regression(pred, goal, every), soft_ce(tgt, logits, every)
             total = total + self.decay ** k * (self.w_reg * reg + self.w_ce * ce)
             metrics.update({f"reg_{k}": float(reg.detach()), f"ce_{k}": float(ce.detach()),
-                            f"acc_{k}": top1_agreement(tgt, logits, mask)})
+                            f"acc_{k}": top1_agreement(tgt, logits, every)})
         return total, metrics
 
     def export(self, directory: Path, dtype=torch.bfloat16) -> list[Path]:
@@ -145,15 +148,17 @@ class Eagle3Objective:
         w = self.target.lm_head.weight
         with torch.no_grad():
             inside = self.net.t2d[(batch.hidden.to(w.dtype) @ w.T).argmax(-1)]  # [B, S] argmax in draft vocab
-        every = target_logprobs(w[self.ids.to(w.device)], batch.hidden)  # [B, S, Vd] restricted, renormalised
+        head = w[self.ids.to(w.device)]  # [Vd, h] the draft vocabulary's rows
         total, metrics = 0.0, {}
         for k, out in enumerate(outs):
-            mask = shift(batch.loss_mask & batch.valid, 2 + k, p) & shift(inside, 1 + k, p)
-            tgt = shift(every, 1 + k, p)  # the target's distribution of token i+2+k
-            logits = self.net.logits(out)
-            ce = soft_ce(tgt, logits, mask)
+            # only the pairs that count: answer tokens whose target argmax the draft vocabulary holds
+            mask = shift(batch.loss_mask & batch.valid, 2 + k, p) & shift(inside, 1 + k, p)  # [B, P]
+            tgt = target_logprobs(head, shift(batch.hidden, 1 + k, p)[mask])  # [N, Vd] restricted, renormalised
+            logits = self.net.logits(out[mask])  # [N, Vd]
+            every = torch.ones(tgt.shape[0], dtype=torch.bool, device=tgt.device)
+            ce = soft_ce(tgt, logits, every)
             total = total + self.decay ** k * ce
-            metrics.update({f"ce_{k}": float(ce.detach()), f"acc_{k}": top1_agreement(tgt, logits, mask)})
+            metrics.update({f"ce_{k}": float(ce.detach()), f"acc_{k}": top1_agreement(tgt, logits, every)})
         return total, metrics
 
     def export(self, directory: Path, dtype=torch.bfloat16) -> list[Path]:

@@ -1,6 +1,8 @@
 """Training prompts for self-distillation: the public instruction sets in ../shared/data/train
-(GSM8K questions, Code Alpaca instructions, the Alpaca seed tasks) and self-instruct prompts that
-the target writes from the seed tasks (Wang et al. 2023, "Self-Instruct"). Never MT-bench."""
+(GSM8K questions, Code Alpaca instructions, the Alpaca seed tasks), self-instruct prompts that
+the target writes from the seed tasks (Wang et al. 2023, "Self-Instruct") and Magpie prompts, user
+turns the target writes from its chat template's empty user turn (Xu et al. 2024, "Magpie"), which
+follow its own instruction-tuning distribution. Never MT-bench."""
 from __future__ import annotations
 
 import json
@@ -73,3 +75,26 @@ def parse_instruction(text: str, min_chars: int = 15, max_chars: int = 400) -> O
         if line:
             return line if min_chars <= len(line) <= max_chars else None
     return None
+
+
+MAGPIE_MARK = "\x00specdec-magpie\x00"
+
+
+def magpie_prefix(tokenizer) -> list[int]:
+    """Token ids of the chat template up to where a user's message begins (Magpie's pre-query
+    template): what the target continues with a user turn of its own."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("data.magpie needs a target with a chat template (the user turn is sampled "
+                         "from it); this tokenizer has none: set data.magpie=0")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": MAGPIE_MARK}], tokenize=False,
+                                         add_generation_prompt=False)
+    if MAGPIE_MARK not in text:
+        raise ValueError("the chat template dropped the user message; data.magpie cannot find where "
+                         "a user turn begins: set data.magpie=0")
+    return list(tokenizer.encode(text[: text.index(MAGPIE_MARK)], add_special_tokens=False))
+
+
+def parse_query(text: str, min_chars: int = 15, max_chars: int = 1500) -> Optional[str]:
+    """A sampled user turn, stripped; None when too short or too long to be a usable prompt."""
+    text = text.strip()
+    return text if min_chars <= len(text) <= max_chars else None

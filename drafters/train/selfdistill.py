@@ -17,7 +17,8 @@ from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
 
 from .features import target_features
-from .prompts import parse_instruction, seed_tasks, self_instruct_prompt, training_prompts
+from .prompts import (magpie_prefix, parse_instruction, parse_query, seed_tasks, self_instruct_prompt,
+                      training_prompts)
 from .shards import Example, Manifest, write_shard
 
 PROMPTS_FILE = "prompts.json"
@@ -28,6 +29,7 @@ class DataConfig:
     prompts_dir: Optional[str] = None  # ../shared/data/train; absent -> self-instruct prompts only
     max_prompts: int = 2000  # from the public sets
     self_instruct: int = 0  # extra prompts the target writes from the seed tasks
+    magpie: int = 0  # user turns the target samples from its chat template's empty user turn
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: the target's greedy answers (what T=0 serving drafts against)
     max_len: int = 1024  # prompt + answer tokens kept per example
@@ -51,11 +53,17 @@ def collect_prompts(loaded, cfg: DataConfig, engine_cfg: EngineConfig, log=print
                               cfg.seed, log)
     written = self_instruct(loaded, seed_tasks(cfg.prompts_dir), cfg.self_instruct, engine_cfg,
                             cfg.seed) if cfg.self_instruct else []
-    if not public and not written:
-        raise ValueError("no training prompts: the prompt folder is absent and self_instruct=0 (or "
-                         "no seed tasks); set data.prompts_dir or data.self_instruct")
-    return public + written, {"public prompts (GSM8K, Code Alpaca, Alpaca seeds)": len(public),
-                              "self-instruct prompts": len(written)}
+    sampled = magpie(loaded, cfg.magpie, engine_cfg, cfg.seed) if cfg.magpie else []
+    if not public and not written and not sampled:
+        raise ValueError("no training prompts: the prompt folder is absent and self_instruct=0 and "
+                         "magpie=0; set data.prompts_dir, data.self_instruct or data.magpie")
+    sources = {"public prompts (GSM8K, Code Alpaca, Alpaca seeds)": len(public),
+               "self-instruct prompts": len(written)}
+    if cfg.magpie:
+        sources["magpie prompts"] = len(sampled)
+    prompts = public + written + sampled
+    random.Random(cfg.seed).shuffle(prompts)  # any prefix of the shards (a cut run) mixes the sources
+    return prompts, sources
 
 
 def self_instruct(loaded, seeds: list[str], count: int, engine_cfg: EngineConfig, seed: int) -> list[str]:
@@ -70,6 +78,25 @@ def self_instruct(loaded, seeds: list[str], count: int, engine_cfg: EngineConfig
     params = [SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=64, seed=seed + i) for i in range(count)]
     seqs = build_engine(loaded, engine_cfg).generate(ids, params, progress=True)
     found = [parse_instruction(loaded.tokenizer.decode(s.output, skip_special_tokens=True)) for s in seqs]
+    return list(dict.fromkeys(f for f in found if f))
+
+
+def magpie(loaded, count: int, engine_cfg: EngineConfig, seed: int, max_new_tokens: int = 128) -> list[str]:
+    """``count`` user turns sampled from the target itself, given only its chat template up to a
+    user message (Magpie, Xu et al. 2024; temperature 1, top-p 0.95). Turns cut by the length
+    limit, unusable lengths and duplicates are dropped, so maybe fewer."""
+    prefix = magpie_prefix(loaded.tokenizer)
+    params = [SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=max_new_tokens, seed=seed + i)
+              for i in range(count)]
+    seqs = build_engine(loaded, engine_cfg).generate([prefix] * count, params, progress=True)
+    return magpie_turns(seqs, loaded.tokenizer)
+
+
+def magpie_turns(seqs, tokenizer) -> list[str]:
+    """The usable user turns of finished samples: ended by a stop token (not cut by the length
+    limit), of a usable length, first occurrence only."""
+    found = [parse_query(tokenizer.decode(s.output, skip_special_tokens=True))
+             for s in seqs if s.finish_reason == "stop"]
     return list(dict.fromkeys(f for f in found if f))
 
 

@@ -1,8 +1,12 @@
 """The training loop: AdamW, linear warmup then cosine decay, gradient clipping, bf16 autocast on
 CUDA, metrics to a specdec logger (W&B like runs), resumable checkpoints, and a wall-clock limit
-that saves and stops cleanly (so one GPU call of bounded length can resume the next)."""
+that saves and stops cleanly (so one GPU call of bounded length can resume the next). With
+``fit_to_time`` the schedule itself is fitted to that limit: after a few timed steps the step
+count shrinks to what the remaining time allows, so the cosine decays to its end instead of
+being cut at a high learning rate."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -30,7 +34,24 @@ class TrainConfig:
     save_every: int = 200
     save_optimizer: bool = True  # False keeps checkpoints small (weights only; AdamW restarts)
     time_limit_s: Optional[float] = None  # stop and checkpoint after this much training time
+    fit_to_time: bool = False  # shrink ``steps`` to what time_limit_s allows at the measured pace
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fit_to_time and not self.time_limit_s:
+            raise ValueError("train.fit_to_time needs train.time_limit_s (the seconds to fit the "
+                             "schedule into); set both or neither")
+
+
+FIT_SKIP, FIT_TIMED = 10, 40  # steps left untimed (compilation, allocator warm-up), then timed
+FIT_MARGIN = 0.95  # of the remaining time: checkpoints and the last step's spread
+
+
+def fitted_steps(cfg: TrainConfig, step: int, elapsed_s: float, per_step_s: float) -> int:
+    """The schedule length that ends inside ``cfg.time_limit_s`` at ``per_step_s`` seconds a step,
+    never longer than ``cfg.steps`` nor shorter than the steps already run."""
+    remaining = max(cfg.time_limit_s - elapsed_s, 0.0) * FIT_MARGIN
+    return max(step, min(cfg.steps, step + int(remaining / max(per_step_s, 1e-9))))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -44,13 +65,18 @@ class Trainer:
     def __init__(self, objective, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path, logger, device) -> None:
         self.objective, self.source, self.cfg, self.ckpt_dir = objective, source, cfg, ckpt_dir
         self.logger, self.device = logger, torch.device(device)
+        self._asked = cfg.steps
         self.module = objective.module.to(self.device).float().train().requires_grad_(True)
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                      weight_decay=cfg.weight_decay)
 
     def run(self) -> dict:
-        cfg = self.cfg
         step = checkpoint.load(self.ckpt_dir, self.module, self.opt) or 0
+        fitted = checkpoint.info(self.ckpt_dir).get("fitted_steps") if step else None
+        if self.cfg.fit_to_time and fitted:  # a resumed fitted run keeps its schedule
+            self.cfg = dataclasses.replace(self.cfg, steps=int(fitted))
+        self._fitted = fitted if self.cfg.fit_to_time else None
+        cfg = self.cfg
         start_step, start, history = step, time.perf_counter(), []
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {self.objective.kind}", unit="step")
         while step < cfg.steps:
@@ -61,15 +87,32 @@ class Trainer:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 self.logger.log_step(step, {"loss": loss, "lr": lr_at(step - 1, cfg), **metrics})
-            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - start > cfg.time_limit_s
+            now = time.perf_counter() - start
+            if cfg.fit_to_time and not self._fitted:
+                self._fitted = self._fit(step - start_step, step, now)
+                cfg = self.cfg
+                bar.total = cfg.steps
+            out_of_time = cfg.time_limit_s is not None and now > cfg.time_limit_s
             if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
                 self.save(step)
             if out_of_time:
                 break
         bar.close()
         return {"steps": step, "steps_this_run": step - start_step, "finished": step >= cfg.steps,
-                "train_s": time.perf_counter() - start, "loss_history": history,
+                "schedule_steps": cfg.steps, "train_s": time.perf_counter() - start, "loss_history": history,
                 "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}
+
+    def _fit(self, done: int, step: int, elapsed_s: float) -> Optional[int]:
+        """Time steps FIT_SKIP..FIT_SKIP + FIT_TIMED of this run, then fit the schedule (once)."""
+        if done == FIT_SKIP:
+            self._fit_from = elapsed_s
+        if done < FIT_SKIP + FIT_TIMED:
+            return None
+        pace = (elapsed_s - self._fit_from) / FIT_TIMED
+        self.cfg = dataclasses.replace(self.cfg, steps=fitted_steps(self.cfg, step, elapsed_s, pace))
+        print(f"[specdec.train] fit_to_time: {pace * 1e3:.1f} ms a step -> schedule of {self.cfg.steps} steps "
+              f"(train.steps {self._asked}) in {self.cfg.time_limit_s:.0f} s", flush=True)
+        return self.cfg.steps
 
     def _step(self, step: int) -> tuple[float, dict]:
         for group in self.opt.param_groups:
@@ -85,5 +128,7 @@ class Trainer:
         return float(loss.detach()), metrics
 
     def save(self, step: int) -> None:
-        checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step,
-                        {"kind": self.objective.kind})
+        info = {"kind": self.objective.kind}
+        if getattr(self, "_fitted", None):
+            info["fitted_steps"] = self._fitted
+        checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step, info)

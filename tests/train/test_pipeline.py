@@ -1,5 +1,5 @@
 """The whole pipeline on a tiny target: prompts from a training-data folder (GSM8K / Code Alpaca /
-seed-task formats) and self-instruct, self-distillation shards with a manifest (a second run
+seed-task formats), self-instruct and Magpie, self-distillation shards with a manifest (a second run
 resumes instead of regenerating), training, export in the official format with a model card,
 and evaluation through the engine (greedy outputs equal to the target's)."""
 import json
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from specdec.drafters.train.pipeline import EvalConfig, Plan, run
-from specdec.drafters.train.prompts import parse_instruction, training_prompts
-from specdec.drafters.train.selfdistill import DataConfig
+from specdec.drafters.train.prompts import magpie_prefix, parse_instruction, parse_query, training_prompts
+from specdec.drafters.train.selfdistill import DataConfig, magpie_turns
 from specdec.drafters.train.shards import Manifest, read_shards
 from specdec.drafters.train.trainer import TrainConfig
 from specdec.engine.config import EngineConfig
@@ -32,13 +32,14 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     plan = Plan(kind="eagle3", work_dir=tmp_path / "work",
                 options={"steps": 2, "draft_vocab_size": 40, "feature_layers": (0, 1, 3)},
                 drafter_options={"total_tokens": 10, "depth": 3, "top_k": 3},
-                data=DataConfig(prompts_dir=str(prompts_dir), max_prompts=6, self_instruct=2,
+                data=DataConfig(prompts_dir=str(prompts_dir), max_prompts=6, self_instruct=2, magpie=3,
                                 max_new_tokens=12, max_len=256, shard_size=4, store_hidden=True),
                 train=TrainConfig(steps=6, batch_size=2, max_len=128, warmup=1, save_every=3),
                 engine=EngineConfig(device="cpu"), eval=EvalConfig(num_prompts=2, max_new_tokens=8))
     summary = run(loaded, plan, log=lambda *_: None)
     manifest = Manifest.load(plan.data_dir)
     assert manifest.prompts_done >= 6 and len(manifest.shards) >= 2
+    assert "magpie prompts" in manifest.info["sources"]
     examples = read_shards(plan.data_dir)
     assert examples[0].aux.shape[-1] == 3 * 64  # stored features: final hidden + 3 layers
     assert summary["train"]["steps"] == 6
@@ -63,6 +64,25 @@ def test_missing_prompt_folder_is_skipped_with_a_note(tmp_path):
                                         ("ok", None), ("\n\n- List five prime numbers please", "List five prime numbers please")])
 def test_parse_self_instruct_lines(text, want):
     assert parse_instruction(text) == want
+
+
+def test_magpie_prefix_is_the_template_up_to_the_user_message(tiny_dir):
+    tok = load_model(str(tiny_dir("llama", num_hidden_layers=4))).tokenizer
+    assert tok.decode(magpie_prefix(tok)) == "<|im_start|>user\n"
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        magpie_prefix(tok)
+
+
+def test_magpie_keeps_finished_usable_turns_once(tiny_dir):
+    from types import SimpleNamespace
+
+    tok = load_model(str(tiny_dir("llama", num_hidden_layers=4))).tokenizer
+    turn = lambda text, why: SimpleNamespace(output=tok.encode(text, add_special_tokens=False), finish_reason=why)
+    seqs = [turn("how do tides work?", "stop"), turn("write a poem about rain", "length"),
+            turn("ok", "stop"), turn(" how do tides work? ", "stop"), turn("name three rivers", "stop")]
+    assert magpie_turns(seqs, tok) == ["how do tides work?", "name three rivers"]
+    assert parse_query("x" * 1501) is None and parse_query("  name three rivers \n") == "name three rivers"
 
 
 GPU_KINDS = [("eagle", {"steps": 2}, {"total_tokens": 10, "depth": 3, "top_k": 3}),

@@ -153,3 +153,84 @@ def test_a_draft_fit_on_the_targets_answers_drafts_them(target, examples, tmp_pa
     torch.manual_seed(0)
     trained, _ = train(target, examples, "eagle", 200, tmp_path / "ckpt", noise=0.0, steps=2)
     assert untrained < 1.5 and tau(trained, "after") > 2.0
+
+
+def _dense_eagle_loss(obj, batch):
+    """The EAGLE-1/2 loss as [B, P, V] tensors masked after the fact (the objective's spec)."""
+    from specdec.drafters.train.losses import feature_regression, soft_ce, target_logprobs
+    from specdec.drafters.train.unroll import shift, unroll
+
+    p = batch.tokens.shape[1] - 1
+    outs = unroll(obj.net, obj.target.embed, batch.hidden[:, :-1], batch.tokens, obj.steps)
+    every = target_logprobs(obj.target.lm_head.weight, batch.hidden)  # [B, S, V]
+    total = 0.0
+    for k, out in enumerate(outs):
+        mask = shift(batch.loss_mask & batch.valid, 2 + k, p)
+        reg = feature_regression(out, shift(batch.hidden, 1 + k, p), mask)
+        ce = soft_ce(shift(every, 1 + k, p), obj.target.compute_logits(out), mask)
+        total = total + obj.decay ** k * (obj.w_reg * reg + obj.w_ce * ce)
+    return total
+
+
+def _dense_eagle3_loss(obj, batch):
+    from specdec.drafters.train.losses import soft_ce, target_logprobs
+    from specdec.drafters.train.unroll import shift, unroll
+
+    p = batch.tokens.shape[1] - 1
+    outs = unroll(obj.net, obj.target.embed, obj.net.fuse(batch.aux[:, :-1]), batch.tokens, obj.steps)
+    w = obj.target.lm_head.weight
+    inside = obj.net.t2d[(batch.hidden @ w.T).argmax(-1)]
+    every = target_logprobs(w[obj.ids], batch.hidden)  # [B, S, Vd]
+    total = 0.0
+    for k, out in enumerate(outs):
+        mask = shift(batch.loss_mask & batch.valid, 2 + k, p) & shift(inside, 1 + k, p)
+        total = total + obj.decay ** k * soft_ce(shift(every, 1 + k, p), obj.net.logits(out), mask)
+    return total
+
+
+@pytest.mark.parametrize("kind, options, dense", [
+    ("eagle", {"steps": 2, "noise": 0.0}, _dense_eagle_loss),
+    ("eagle3", {"steps": 3, "draft_vocab_size": 30, "feature_layers": (0, 1, 3)}, _dense_eagle3_loss)])
+def test_eagle_losses_over_the_counted_pairs_equal_the_masked_dense_loss(kind, options, dense, target, examples):
+    """The objectives take vocabulary-wide tensors only at the pairs the loss counts (answer
+    tokens, no padding); loss and gradients equal those of the dense masked formula."""
+    torch.manual_seed(0)
+    obj = make_objective(kind, target, examples, **options)
+    batch = BatchSource(examples, 5, 64, 0, target, obj.layers).batch(0)
+    assert not bool((batch.loss_mask & batch.valid).all())  # prompts and padding are skipped
+    got, _ = obj.loss(batch)
+    grads = torch.autograd.grad(got, list(obj.module.parameters()))
+    want = dense(obj, batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(grads, torch.autograd.grad(want, list(obj.module.parameters()))):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_fitted_steps_end_inside_the_time_limit():
+    from specdec.drafters.train.trainer import FIT_MARGIN, fitted_steps
+
+    cfg = TrainConfig(steps=1000, time_limit_s=100.0, fit_to_time=True)
+    assert fitted_steps(cfg, 50, 10.0, 0.5) == 50 + int(90 * FIT_MARGIN / 0.5)
+    assert fitted_steps(cfg, 50, 10.0, 0.01) == 1000  # never longer than asked
+    assert fitted_steps(cfg, 50, 120.0, 0.5) == 50  # already out of time: no shorter than done
+    with pytest.raises(ValueError, match="time_limit_s"):
+        TrainConfig(fit_to_time=True)
+
+
+def test_fit_to_time_decays_the_schedule_inside_the_limit(target, examples, tmp_path, monkeypatch):
+    """A fake clock of 0.1 s a step: the schedule shrinks to what 20 s allow, the run finishes it
+    (learning rate at its floor) instead of stopping mid-schedule, and a resumed run keeps it."""
+    from specdec.drafters.train import trainer as trainer_mod
+
+    clock = iter(0.1 * i for i in range(10**6))
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: next(clock))
+    objective = make_objective("eagle", target, examples)
+    source = BatchSource(examples, 2, 32, 0, target, objective.layers)
+    cfg = TrainConfig(steps=1000, batch_size=2, lr=1e-3, warmup=2, save_every=1000, time_limit_s=20.0,
+                      fit_to_time=True)
+    result = Trainer(objective, source, cfg, tmp_path, NullLogger(), "cpu").run()
+    fitted = 50 + int((20.0 - 5.0) * trainer_mod.FIT_MARGIN / 0.1)
+    assert result["schedule_steps"] == result["steps"] == fitted and result["finished"]
+    assert checkpoint.info(tmp_path)["fitted_steps"] == fitted
+    again = Trainer(make_objective("eagle", target, examples), source, cfg, tmp_path, NullLogger(), "cpu").run()
+    assert again["steps_this_run"] == 0 and again["schedule_steps"] == fitted
