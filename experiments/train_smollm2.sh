@@ -53,6 +53,8 @@ DEADLINE=${DEADLINE:-} EVAL_S=${EVAL_S:-120}  # DEADLINE set: training time = DE
 EVAL_PROMPTS=${EVAL_PROMPTS:-null} DEVICE=${DEVICE:-auto}  # EVAL_PROMPTS: null = all 80
 DATA_SEQS=${DATA_SEQS:-256}                 # sequences answered at once in the data stage (all graphed)
 STEPS=${STEPS:-} BATCH=${BATCH:-}              # set: every method uses these (smoke runs)
+EAGLE_INIT=${EAGLE_INIT:-} EAGLE3_INIT=${EAGLE3_INIT:-}  # set (a head's directory, or default): train it further
+STAGES=${STAGES:-train,export,eval}        # of each training; train,export leaves evaluation to a later call
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 mkdir -p "$STASH" "$RUNS" ${OUT:+"$OUT"}
 
@@ -65,7 +67,7 @@ limit() {  # seconds of training for a stage starting now
 train() {  # train() <method> [overrides...]: train, export, evaluate; results to $OUT/<method>
   local kind=$1 rc=0; shift
   python3 -m specdec.train "train/method=$kind" "$(logger)" "work_dir=$RUNS/$kind" "data.dir=$RUNS/data" \
-    "stages=[train,export,eval]" "data.prompts_dir=$PROMPTS" "eval.prompts_path=$MT_BENCH" \
+    "stages=[$STAGES]" "data.prompts_dir=$PROMPTS" "eval.prompts_path=$MT_BENCH" \
     "train.time_limit_s=$(limit)" train.fit_to_time=true train.save_every=250 engine.max_num_seqs=64 \
     "engine.device=$DEVICE" "eval.num_prompts=$EVAL_PROMPTS" "eval.max_new_tokens=$NEW_TOKENS" "$@" > "$RUNS/$kind.log" 2>&1 || rc=$?
   tail -n 5 "$RUNS/$kind.log"
@@ -79,8 +81,10 @@ train() {  # train() <method> [overrides...]: train, export, evaluate; results t
   return "$rc"
 }
 
-eagle() { train eagle "method.options.steps=${EAGLE_UNROLL:-2}" "train.steps=${STEPS:-20000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4; }
-eagle3() { train eagle3 "train.steps=${STEPS:-20000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4; }
+eagle() { train eagle "method.options.steps=${EAGLE_UNROLL:-2}" "train.steps=${STEPS:-20000}" "train.batch_size=${BATCH:-16}" \
+  train.max_len=768 train.lr=3e-4 ${EAGLE_INIT:+"method.options.init_from=$EAGLE_INIT"}; }
+eagle3() { train eagle3 "train.steps=${STEPS:-20000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4 \
+  ${EAGLE3_INIT:+"method.options.init_from=$EAGLE3_INIT"}; }
 
 for stage in "$@"; do
   case $stage in

@@ -7,6 +7,9 @@ lm_head (weights 1.0 and 0.1 as in the reference), with uniform noise on the inp
 EAGLE-3 (Li et al. 2025): no feature loss; fused low/mid/high features, the draft vocabulary's
 cross-entropy against the target distribution restricted to it, unrolled ``steps`` times with
 step k weighted 0.8^k; positions whose target argmax lies outside the draft vocabulary are skipped.
+Both can start from an exported head (``init_from``: a directory in the official format, e.g. the
+shipped one: ``init_from: default``) instead of from the target's last layer, to train it
+further on new data.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import torch
 from torch import Tensor
 
 from specdec.drafters import draft_vocab
-from specdec.drafters.eagle_format import (config_dict, default_feature_layers, save_eagle, save_eagle3,
-                                           vocab_map)
+from specdec.drafters import formats
+from specdec.drafters.eagle_format import (config_dict, default_feature_layers, feature_layers, load_eagle,
+                                           load_eagle3, save_eagle, save_eagle3, vocab_map)
 from specdec.drafters.eagle_net import Eagle3Net, EagleNet, draft_model_config
 
 from .batches import Batch
@@ -41,7 +45,8 @@ class EagleObjective:
 
     def __init__(self, target, examples=None, steps: int = 1, num_layers: int = 1, w_reg: float = 1.0,
                  w_ce: float = 0.1, noise: float = 0.1, step_decay: float = 0.8,
-                 draft_vocab_size: int | None = 8192, always: Sequence[int] = ()) -> None:
+                 draft_vocab_size: int | None = 8192, always: Sequence[int] = (),
+                 init_from: str | None = None) -> None:
         self.target, self.steps, self.w_reg, self.w_ce = target, steps, w_reg, w_ce
         self.noise, self.decay = noise, step_decay
         # the export's drafting vocabulary (drafter.draft_vocab, FR-Spec): the data's most frequent
@@ -50,9 +55,22 @@ class EagleObjective:
         self.vocab_ids = None if not draft_vocab_size or not examples else draft_vocabulary(
             examples, min(int(draft_vocab_size), vocab), vocab, always)
         cfg = draft_model_config(config_dict(target.config, num_hidden_layers=num_layers))
-        self.module = self.net = EagleNet(cfg, bias=True)
-        self._identity_start(target)
+        if init_from:
+            self._warm_start(formats.expand_default(str(init_from), self.kind), num_layers)
+        else:
+            self.module = self.net = EagleNet(cfg, bias=True)
+            self._identity_start(target)
         self.layers: tuple[int, ...] = ()
+
+    def _warm_start(self, path: str, num_layers: int) -> None:
+        """Start from an exported EAGLE-1/2 head (its fc and qkv biases as they are; its
+        draft_vocab.safetensors is not read: the export's drafting vocabulary is chosen again
+        from this run's data)."""
+        net = load_eagle(path, self.target.config)
+        if net.num_layers != num_layers:
+            raise ValueError(f"train init_from={path}: that head has {net.num_layers} layer(s), "
+                             f"method.options.num_layers asks for {num_layers}: set it to {net.num_layers}")
+        self.module = self.net = net
 
     def _identity_start(self, target) -> None:
         """Start as "the next feature is this one": fc passes the feature through and each layer
@@ -122,9 +140,12 @@ class Eagle3Objective:
 
     def __init__(self, target, examples=None, steps: int = 5, draft_vocab_size: int = 8192,
                  feature_layers: Sequence[int] | None = None, step_decay: float = 0.8,
-                 always: Sequence[int] = ()) -> None:
+                 always: Sequence[int] = (), init_from: str | None = None) -> None:
         self.target, self.steps, self.decay = target, steps, step_decay
         tc = target.config
+        if init_from:
+            self._warm_start(formats.expand_default(str(init_from), self.kind), draft_vocab_size, feature_layers)
+            return
         layers = feature_layers if feature_layers is not None else default_feature_layers(tc.num_hidden_layers)
         self.layers = tuple(int(i) for i in layers)
         ids = draft_vocabulary(examples, min(draft_vocab_size, tc.vocab_size), tc.vocab_size, always)
@@ -133,6 +154,25 @@ class Eagle3Objective:
         self.net.d2t, self.net.t2d = vocab_map(ids, tc.vocab_size)
         self.ids = ids  # [Vd] target id of each draft id
         self._init_from_target()
+
+    def _warm_start(self, path: str, draft_vocab_size: int | None, override: Sequence[int] | None) -> None:
+        """Start from an exported EAGLE-3 head: its weights, its draft vocabulary (the lm_head's
+        rows are tied to it) and its feature layers; a draft_vocab_size or feature_layers that
+        disagree with the checkpoint are an error rather than silently replaced."""
+        tc, what = self.target.config, f"train init_from={path}"
+        self.module = self.net = load_eagle3(path, tc)
+        vd = self.net.draft_vocab_size
+        if draft_vocab_size and min(int(draft_vocab_size), tc.vocab_size) != vd:
+            raise ValueError(f"{what}: that head drafts over {vd} tokens, method.options.draft_vocab_size "
+                             f"asks for {draft_vocab_size}: set it to {vd} (or null)")
+        config = formats.read_config(formats.resolve_dir(path, what), what)
+        ids = (config.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+        stored = feature_layers(ids, None, tc.num_hidden_layers, what)
+        if override is not None and tuple(int(i) for i in override) != stored:
+            raise ValueError(f"{what}: that head fuses target layers {list(stored)}, "
+                             f"method.options.feature_layers asks for {list(override)}: set it to null")
+        self.layers = stored
+        self.ids = torch.arange(vd) + self.net.d2t  # [Vd] target id of each draft id
 
     def _init_from_target(self) -> None:
         t = self.target

@@ -234,3 +234,33 @@ def test_fit_to_time_decays_the_schedule_inside_the_limit(target, examples, tmp_
     assert checkpoint.info(tmp_path)["fitted_steps"] == fitted
     again = Trainer(make_objective("eagle", target, examples), source, cfg, tmp_path, NullLogger(), "cpu").run()
     assert again["steps_this_run"] == 0 and again["schedule_steps"] == fitted
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("eagle", {"steps": 2}), ("eagle3", {"steps": 2, "draft_vocab_size": 30, "feature_layers": (0, 2, 3)})])
+def test_training_goes_on_from_an_exported_head(kind, options, target, examples, tmp_path):
+    """init_from: a new objective starts from an exported head's weights (and, for EAGLE-3, its
+    draft vocabulary and feature layers) instead of the target's last layer, so its first loss is
+    the trained head's, not a fresh one's; options that disagree with the head are an error."""
+    torch.manual_seed(0)
+    trained, _ = train(target, examples, kind, 10, tmp_path / "ckpt", **options)
+    trained.export(tmp_path / "head", torch.float32)
+    fresh = make_objective(kind, target, examples[:4], **options)
+    options = {**options, "feature_layers": None} if kind == "eagle3" else options
+    warm = make_objective(kind, target, examples[:4], init_from=str(tmp_path / "head"), **options)
+    for (k, a), b in zip(trained.module.state_dict().items(), warm.module.state_dict().values()):
+        torch.testing.assert_close(a.cpu(), b, msg=k)
+    assert warm.layers == trained.layers
+    if kind == "eagle3":  # the head's vocabulary, not the one the four examples would pick
+        assert torch.equal(warm.ids, trained.ids) and not torch.equal(fresh.ids, trained.ids)
+    batch = BatchSource(examples, 4, 64, 0, target, warm.layers).batch(0)
+    trained.module.cpu().eval(), warm.module.eval(), fresh.module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(warm.loss(batch)[0], trained.loss(batch)[0])
+        assert warm.loss(batch)[0] < fresh.loss(batch)[0]
+    bad = {"num_layers": 2} if kind == "eagle" else {"draft_vocab_size": 31}
+    with pytest.raises(ValueError, match="init_from"):
+        make_objective(kind, target, examples, init_from=str(tmp_path / "head"), **{**options, **bad})
+    if kind == "eagle3":
+        with pytest.raises(ValueError, match="feature_layers"):
+            make_objective(kind, target, examples, init_from=str(tmp_path / "head"), **{**options, "feature_layers": (0, 1, 3)})
