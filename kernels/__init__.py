@@ -17,164 +17,44 @@ Without a plan and hints the wrapper reads the lengths from the device (a sync) 
 """
 from __future__ import annotations
 
-from typing import Optional
+if __name__ == "kernels":
+    # This folder is `specdec.kernels`. Run from a clone's root (`python -m specdec.run`, `python -m
+    # pytest`), the root is on sys.path, so `import kernels` finds this folder before the installed
+    # package of that name (Hugging Face's hub kernels, which transformers imports when it is
+    # installed, as transformers 5.2x requires). Hand that import over to the installed package.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
 
-from torch import Tensor
+    _root = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
+    _path = [p for p in sys.path if os.path.realpath(p or os.curdir) != _root]
+    _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
+    if _spec is None or _spec.loader is None:
+        raise ImportError("`import kernels` found specdec's kernels/ folder (the repository root "
+                          "is on sys.path) and no installed package named `kernels`; specdec's "
+                          "kernels are imported as `specdec.kernels`")
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds
+    _spec.loader.exec_module(_module)
+else:
+    # `.ops` imports the Triton modules (kernels/tree_attention.py, ...) before the names below are
+    # bound: importing a submodule binds it as an attribute of the package, which would otherwise
+    # replace `tree_attention` (the function) by `tree_attention` (the module). The launchers are
+    # exported as `tree_attention_triton` etc.; `importlib.import_module(
+    # "specdec.kernels.tree_attention")` reaches the module itself.
+    from .ops import (add_rms_norm, add_rms_norm_triton, compact_kv, compact_kv_triton, rope_,
+                      rope_triton, silu_mul, silu_mul_triton, store_kv, store_kv_triton,
+                      tree_attention, tree_attention_triton, tree_structure, tree_structure_triton)
+    from .plan import MAX_TREE_NODES, TreeAttentionPlan, plan_tree_attention
+    from .reference import (add_rms_norm_ref, compact_kv_ref, rope_ref, silu_mul_ref, store_kv_ref,
+                            tree_attention_ref, tree_structure_ref)
+    from .topk import wide_topk
 
-from .checks import (check_attention_inputs, check_compact_inputs, check_sm_scale,
-                     check_store_inputs, validate_attention_lengths, validate_slots)
-from .plan import MAX_TREE_NODES, TreeAttentionPlan, plan_tree_attention
-from .reference import (add_rms_norm_ref, compact_kv_ref, rope_ref, silu_mul_ref, store_kv_ref,
-                        tree_attention_ref, tree_structure_ref)
-from .topk import wide_topk
-
-# Import the Triton modules before defining the functions of the same name: importing a submodule
-# binds it as an attribute of the package, which would otherwise replace `tree_attention` (the
-# function) by `tree_attention` (the module) at the first CUDA call. The launchers are exported as
-# `tree_attention_triton` etc.; `importlib.import_module("specdec.kernels.tree_attention")` reaches
-# the module itself.
-try:
-    from .kv_cache import compact_kv_triton, store_kv_triton
-    from .layer_ops import add_rms_norm_triton, rope_triton, silu_mul_triton
-    from .tree_attention import tree_attention_triton
-    from .tree_structure import tree_structure_triton
-except ImportError:  # no triton on this platform: the references serve CPU tensors
-    compact_kv_triton = store_kv_triton = tree_attention_triton = tree_structure_triton = None
-    add_rms_norm_triton = rope_triton = silu_mul_triton = None
-
-__all__ = ["tree_attention", "store_kv", "compact_kv", "plan_tree_attention", "TreeAttentionPlan",
-           "MAX_TREE_NODES", "tree_attention_ref", "store_kv_ref", "compact_kv_ref",
-           "tree_attention_triton", "store_kv_triton", "compact_kv_triton",
-           "add_rms_norm", "rope_", "silu_mul", "add_rms_norm_ref", "rope_ref", "silu_mul_ref",
-           "add_rms_norm_triton", "rope_triton", "silu_mul_triton",
-           "tree_structure", "tree_structure_ref", "tree_structure_triton", "wide_topk"]
-
-
-def tree_attention(
-    q: Tensor,  # [N, Hq, D]
-    k_cache: Tensor,  # [num_blocks, block_size, Hkv, D]
-    v_cache: Tensor,  # [num_blocks, block_size, Hkv, D]
-    block_tables: Tensor,  # [B, max_blocks] int32
-    prefix_lens: Tensor,  # [B] int32
-    qo_indptr: Tensor,  # [B + 1] int32
-    tree_mask: Optional[Tensor] = None,  # [N] int64 ancestor bitmasks (None: causal everywhere)
-    use_tree_mask: Optional[Tensor] = None,  # [B] bool (None: tree_mask applies to all)
-    sm_scale: Optional[float] = None,
-    *,
-    max_q_len: Optional[int] = None,  # host upper bound of new tokens per sequence
-    max_kv_len: Optional[int] = None,  # host upper bound of prefix_len + new tokens
-    plan: Optional[TreeAttentionPlan] = None,  # from plan_tree_attention, reused across layers
-    validate: Optional[bool] = None,  # sync-ing checks; None: only when no plan/hints are given
-    out: Optional[Tensor] = None,  # [N, Hq, D] written in place when given
-) -> Tensor:  # [N, Hq, D]; rows past qo_indptr[-1] are left unwritten
-    if plan is not None:
-        max_q_len = plan.max_q_len if max_q_len is None else max_q_len
-        max_kv_len = plan.max_kv_len if max_kv_len is None else max_kv_len
-    check_attention_inputs(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
-                           use_tree_mask, max_q_len, max_kv_len)
-    check_sm_scale(sm_scale)
-    if validate or (validate is None and (max_q_len is None or max_kv_len is None)):
-        validate_attention_lengths(q, k_cache, block_tables, prefix_lens, qo_indptr, tree_mask,
-                                   use_tree_mask, max_q_len, max_kv_len)
-    if q.is_cuda:
-        if plan is None:
-            plan = plan_tree_attention(qo_indptr, prefix_lens, q.shape[1], k_cache.shape[2],
-                                       max_q_len, max_kv_len, head_dim=q.shape[2])
-        return tree_attention_triton(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,
-                                     tree_mask, use_tree_mask, sm_scale, plan=plan, out=out)
-    res = tree_attention_ref(q, k_cache, v_cache, block_tables, prefix_lens, qo_indptr,
-                             tree_mask, use_tree_mask, sm_scale)
-    return res if out is None else out.copy_(res)
-
-
-def store_kv(
-    k: Tensor,  # [N, Hkv, D]
-    v: Tensor,  # [N, Hkv, D]
-    k_cache: Tensor,  # [num_blocks, block_size, Hkv, D]
-    v_cache: Tensor,
-    slot_mapping: Tensor,  # [N] int64 flat slots; negative = skip (padding)
-    *,
-    validate: bool = False,  # check slots against the cache size (a sync)
-) -> None:
-    check_store_inputs(k, v, k_cache, v_cache, slot_mapping)
-    if validate:
-        validate_slots(slot_mapping, k_cache.shape[0] * k_cache.shape[1], "slot_mapping", unique=True)
-    if k.is_cuda:
-        return store_kv_triton(k, v, k_cache, v_cache, slot_mapping)
-    return store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
-
-
-def compact_kv(
-    k_cache: Tensor,  # [..., num_blocks, block_size, Hkv, D], e.g. [L, ...]: all layers at once
-    v_cache: Tensor,
-    src_slots: Tensor,  # [M] int64; negative = skip the pair
-    dst_slots: Tensor,  # [M] int64; negative = skip the pair
-    *,
-    validate: bool = False,  # check slot ranges and unique destinations (a sync)
-) -> None:
-    check_compact_inputs(k_cache, v_cache, src_slots, dst_slots)
-    if validate:
-        slots = k_cache.shape[-4] * k_cache.shape[-3]
-        validate_slots(src_slots, slots, "src_slots")
-        validate_slots(dst_slots, slots, "dst_slots", unique=True)
-    if k_cache.is_cuda:
-        return compact_kv_triton(k_cache, v_cache, src_slots, dst_slots)
-    return compact_kv_ref(k_cache, v_cache, src_slots, dst_slots)
-
-
-# ---- fused layer ops (kernels/layer_ops.py); shapes are the model's, so checks stay light ----
-
-def add_rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Optional[Tensor] = None
-                 ) -> tuple[Tensor, Tensor]:
-    """``x [N, H]`` (+ ``residual [N, H]``) -> ``(rms_norm(residual + x) * weight, residual + x)``."""
-    if x.dim() != 2 or x.stride(-1) != 1 or weight.shape != (x.shape[1],):
-        raise ValueError(f"add_rms_norm needs x [N, H] with contiguous rows and weight [H]; got "
-                         f"{tuple(x.shape)} (strides {x.stride()}) and {tuple(weight.shape)}")
-    if residual is not None and (residual.shape != x.shape or residual.stride(-1) != 1):
-        raise ValueError(f"residual must be [N, H] = {tuple(x.shape)} with contiguous rows; got "
-                         f"{tuple(residual.shape)}")
-    if x.is_cuda:
-        return add_rms_norm_triton(x, weight, eps, residual)
-    return add_rms_norm_ref(x, weight, eps, residual)
-
-
-def rope_(x: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> Tensor:
-    """In place: rotary embedding of the first ``num_heads`` heads of ``x [N, >= num_heads * D]``
-    by ``cos, sin [N, D]``; returns ``x``."""
-    n, d = cos.shape
-    if (x.dim() != 2 or x.shape[0] != n or x.shape[1] < num_heads * d or x.stride(-1) != 1
-            or sin.shape != cos.shape or d % 2):
-        raise ValueError(f"rope_ needs x [N, >= {num_heads} * D] with contiguous rows and cos, sin "
-                         f"[N, D] (D even); got x {tuple(x.shape)}, cos {tuple(cos.shape)}, "
-                         f"sin {tuple(sin.shape)}")
-    if x.is_cuda:
-        rope_triton(x, cos, sin, num_heads)
-    else:
-        rope_ref(x, cos, sin, num_heads)
-    return x
-
-
-def silu_mul(x: Tensor) -> Tensor:
-    """``x [N, 2I]`` = (gate | up) -> ``silu(gate) * up [N, I]``."""
-    if x.dim() != 2 or x.shape[1] % 2 or x.stride(-1) != 1:
-        raise ValueError(f"silu_mul needs x [N, 2I] with contiguous rows; got {tuple(x.shape)}")
-    if x.is_cuda:
-        return silu_mul_triton(x)
-    return silu_mul_ref(x)
-
-
-# ---- draft-tree structure (kernels/tree_structure.py) --------------------------------------------
-
-def tree_structure(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``parents [B, T]``, ``num_nodes [B]`` -> ``(parent_index, num_children, depth,
-    ancestor_mask)``, each ``[B, T]`` int64 (contract: `specdec.verifiers.tree.tree_structure`). One
-    launch on CUDA; no device read either way (CUDA graphs build trees with it)."""
-    if parents.dim() != 2 or num_nodes.shape != parents.shape[:1]:
-        raise ValueError(f"tree_structure needs parents [B, T] and num_nodes [B]; got "
-                         f"{tuple(parents.shape)} and {tuple(num_nodes.shape)}")
-    if parents.shape[1] > MAX_TREE_NODES:
-        raise ValueError(f"tree_structure: at most {MAX_TREE_NODES} nodes (one int64 ancestor "
-                         f"bitmask per node); got T = {parents.shape[1]}")
-    if parents.is_cuda and tree_structure_triton is not None:
-        return tree_structure_triton(parents, num_nodes)
-    return tree_structure_ref(parents, num_nodes)  # specdec.verifiers.tree.tree_structure
+    __all__ = ["tree_attention", "store_kv", "compact_kv", "plan_tree_attention",
+               "TreeAttentionPlan", "MAX_TREE_NODES", "tree_attention_ref", "store_kv_ref",
+               "compact_kv_ref",
+               "tree_attention_triton", "store_kv_triton", "compact_kv_triton",
+               "add_rms_norm", "rope_", "silu_mul", "add_rms_norm_ref", "rope_ref", "silu_mul_ref",
+               "add_rms_norm_triton", "rope_triton", "silu_mul_triton",
+               "tree_structure", "tree_structure_ref", "tree_structure_triton", "wide_topk"]

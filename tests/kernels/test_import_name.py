@@ -1,0 +1,44 @@
+"""The repository's top-level kernels/ folder is the package `specdec.kernels`; run from a clone's
+root, it also shadows the installed package named `kernels` (Hugging Face's hub kernels, which
+transformers imports). `import kernels` must reach the installed package there."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _python(*args: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_import_kernels_from_the_repo_root_reaches_the_installed_package(tmp_path):
+    pkg = tmp_path / "kernels"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("MARK = 'installed'\n")
+    (pkg / "sub.py").write_text("VALUE = 7\n")
+    # '' (the repo root) comes first on sys.path, then PYTHONPATH: the repo's folder is found first
+    out = _python("-c", "import kernels, kernels.sub, specdec.kernels as sk; "
+                  "print(kernels.MARK, kernels.sub.VALUE, callable(sk.tree_attention))",
+                  pythonpath=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["installed", "7", "True"]
+
+
+def test_import_kernels_without_an_installed_package_says_what_to_import():
+    # -S: no site-packages, so nothing named kernels is installed; the repo root is sys.path[0]
+    out = _python("-S", "-c", "import kernels")
+    assert out.returncode != 0
+    assert "specdec.kernels" in out.stderr and "no installed package named `kernels`" in out.stderr
+
+
+def test_transformers_imports_from_the_repo_root():
+    out = _python("-c", "import transformers.models.llama.modeling_llama; print('ok')")
+    assert out.returncode == 0, out.stderr[-2000:]
