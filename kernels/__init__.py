@@ -17,11 +17,13 @@ Without a plan and hints the wrapper reads the lengths from the device (a sync) 
 """
 from __future__ import annotations
 
+_handed_over = False
 if __name__ == "kernels":
     # This folder is `specdec.kernels`. Run from a clone's root (`python -m specdec.run`, `python -m
     # pytest`), the root is on sys.path, so `import kernels` finds this folder before the installed
     # package of that name (Hugging Face's hub kernels, which transformers imports when it is
-    # installed, as transformers 5.2x requires). Hand that import over to the installed package.
+    # installed, as transformers 5.2x requires). Hand that import over to the installed package;
+    # without one, this folder serves it (transformers < 5.2x imports `kernels` to probe for it).
     import importlib.machinery
     import importlib.util
     import os
@@ -30,14 +32,12 @@ if __name__ == "kernels":
     _root = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
     _path = [p for p in sys.path if os.path.realpath(p or os.curdir) != _root]
     _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
-    if _spec is None or _spec.loader is None:
-        raise ImportError("`import kernels` found specdec's kernels/ folder (the repository root "
-                          "is on sys.path) and no installed package named `kernels`; specdec's "
-                          "kernels are imported as `specdec.kernels`")
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds
-    _spec.loader.exec_module(_module)
-else:
+    if _spec is not None and _spec.loader is not None:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds
+        _spec.loader.exec_module(_module)
+        _handed_over = True
+if not _handed_over:
     # `.ops` imports the Triton modules (kernels/tree_attention.py, ...) before the names below are
     # bound: importing a submodule binds it as an attribute of the package, which would otherwise
     # replace `tree_attention` (the function) by `tree_attention` (the module). The launchers are
