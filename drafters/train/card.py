@@ -16,7 +16,9 @@ WHAT = {"eagle": "EAGLE-1/2 draft head (one decoder layer; official EAGLE format
 
 
 def write_card(directory: Path, kind: str, target: str, data: dict, train: dict, evaluation: dict,
-               command: str) -> Path:
+               command: str, started_from: str | None = None) -> Path:
+    """``evaluation`` empty: the run had no eval stage, and the card says tau was not measured.
+    ``started_from``: the head the training went on from (method.options.init_from)."""
     files = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".json"))
     tau = evaluation.get("mean_accepted_length")
     lines = [
@@ -24,17 +26,33 @@ def write_card(directory: Path, kind: str, target: str, data: dict, train: dict,
         "Trained by specdec (`python -m specdec.train`) on the target's own answers (self-distillation).", "",
         "| | |", "|---|---|",
         f"| target | {target} |",
-        f"| data | {data.get('examples')} examples, {data.get('tokens')} tokens ({data.get('sources')}) |",
+        f"| data | {data.get('examples')} examples, {data.get('tokens')} tokens (answers to a prompt list "
+        f"of {data.get('sources')}) |",
+    ]
+    if started_from:
+        lines.append(f"| started from | {started_from} (method.options.init_from) |")
+    lines += [
         f"| steps | {train.get('steps')} (batch {train.get('batch_size')}, lr {train.get('lr')}) |",
         f"| training time | {train.get('train_s', float('nan')):.0f} s on {train.get('device')} |",
-        f"| tau (T=0, accepted + 1) | {'n/a' if tau is None else f'{tau:.3f}'} on {evaluation.get('num_prompts')} "
-        f"{evaluation.get('prompts', 'prompts')}, {evaluation.get('output_tokens')} tokens |",
-        f"| accepted draft tokens / step | {evaluation.get('mean_accepted_draft_tokens', float('nan')):.3f} |",
+    ]
+    if tau is None:
+        lines.append("| tau (T=0, accepted + 1) | not measured: the run had no eval stage "
+                     "(`stages=[eval]` with the same work_dir measures it) |")
+    else:
+        lines += [
+            f"| tau (T=0, accepted + 1) | {tau:.3f} on {evaluation.get('num_prompts')} "
+            f"{evaluation.get('prompts', 'prompts')}, {evaluation.get('output_tokens')} tokens |",
+            f"| accepted draft tokens / step | "
+            f"{evaluation.get('mean_accepted_draft_tokens', float('nan')):.3f} |",
+        ]
+    lines += [
         f"| files | {', '.join(files)} |", "",
         f"Use: `{USE[kind].format(path=directory)}`", "",
         f"Reproduce: `{command}`", "",
-        "Acceptance per depth: " + json.dumps([round(x, 3) for x in evaluation.get('accept_rate_per_depth', [])]), "",
     ]
+    if tau is not None:
+        lines += ["Acceptance per depth: "
+                  + json.dumps([round(x, 3) for x in evaluation.get('accept_rate_per_depth', [])]), ""]
     path = directory / "README.md"
     path.write_text("\n".join(lines))
     return path

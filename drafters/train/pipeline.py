@@ -142,4 +142,5 @@ def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
              "device": device}
     train.setdefault("steps", plan.train.steps)
     train.setdefault("train_s", float("nan"))
-    write_card(plan.export_dir, plan.kind, loaded.source, data, train, summary.get("eval", {}), plan.command)
+    write_card(plan.export_dir, plan.kind, loaded.source, data, train, summary.get("eval", {}), plan.command,
+               plan.options.get("init_from"))

@@ -3,7 +3,8 @@ CUDA, metrics to a specdec logger (W&B like runs), resumable checkpoints, and a 
 that saves and stops cleanly (so one GPU call of bounded length can resume the next). With
 ``fit_to_time`` the schedule itself is fitted to that limit: after a few timed steps the step
 count shrinks to what the remaining time allows, so the cosine decays to its end instead of
-being cut at a high learning rate."""
+being cut at a high learning rate; it is fitted again at each doubling of the steps run, while
+less than half of the schedule has run, as the pace settles."""
 from __future__ import annotations
 
 import dataclasses
@@ -44,6 +45,10 @@ class TrainConfig:
 
 
 FIT_SKIP, FIT_TIMED = 10, 40  # steps left untimed (compilation, allocator warm-up), then timed
+# Then fitted again at 2x, 4x, ... (FIT_SKIP + FIT_TIMED) steps, from the pace since the last fit,
+# while the run is in the first half of its schedule: on an H200 (2026-12-04) a head's step took
+# 165 ms over steps 10-50 and 70-80 ms from step ~1000 on (every new batch shape tunes kernels
+# and grows the allocator's pools), so one early fit ended those runs at half their time.
 FIT_MARGIN = 0.95  # of the remaining time: checkpoints and the last step's spread
 
 
@@ -76,6 +81,7 @@ class Trainer:
         if self.cfg.fit_to_time and fitted:  # a resumed fitted run keeps its schedule
             self.cfg = dataclasses.replace(self.cfg, steps=int(fitted))
         self._fitted = fitted if self.cfg.fit_to_time else None
+        self._fit_at = FIT_SKIP + FIT_TIMED if self.cfg.fit_to_time and not fitted else None
         cfg = self.cfg
         start_step, start, history = step, time.perf_counter(), []
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {self.objective.kind}", unit="step")
@@ -88,8 +94,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 self.logger.log_step(step, {"loss": loss, "lr": lr_at(step - 1, cfg), **metrics})
             now = time.perf_counter() - start
-            if cfg.fit_to_time and not self._fitted:
-                self._fitted = self._fit(step - start_step, step, now)
+            if self._fit_at is not None:
+                self._fit(step - start_step, step, now)
                 cfg = self.cfg
                 bar.total = cfg.steps
             out_of_time = cfg.time_limit_s is not None and now > cfg.time_limit_s
@@ -102,17 +108,22 @@ class Trainer:
                 "schedule_steps": cfg.steps, "train_s": time.perf_counter() - start, "loss_history": history,
                 "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}
 
-    def _fit(self, done: int, step: int, elapsed_s: float) -> Optional[int]:
-        """Time steps FIT_SKIP..FIT_SKIP + FIT_TIMED of this run, then fit the schedule (once)."""
+    def _fit(self, done: int, step: int, elapsed_s: float) -> None:
+        """Time this run's steps from FIT_SKIP on; at ``done == self._fit_at`` fit the schedule to
+        the pace since the last fit and double ``_fit_at``, until half of the schedule has run."""
         if done == FIT_SKIP:
-            self._fit_from = elapsed_s
-        if done < FIT_SKIP + FIT_TIMED:
-            return None
-        pace = (elapsed_s - self._fit_from) / FIT_TIMED
-        self.cfg = dataclasses.replace(self.cfg, steps=fitted_steps(self.cfg, step, elapsed_s, pace))
-        print(f"[specdec.train] fit_to_time: {pace * 1e3:.1f} ms a step -> schedule of {self.cfg.steps} steps "
-              f"(train.steps {self._asked}) in {self.cfg.time_limit_s:.0f} s", flush=True)
-        return self.cfg.steps
+            self._fit_from = (done, elapsed_s)
+        if done != self._fit_at:
+            return
+        done_before, elapsed_before = self._fit_from
+        pace = (elapsed_s - elapsed_before) / (done - done_before)
+        asked = dataclasses.replace(self.cfg, steps=self._asked)  # the cap is what was asked
+        self.cfg = dataclasses.replace(self.cfg, steps=fitted_steps(asked, step, elapsed_s, pace))
+        self._fitted, self._fit_from = self.cfg.steps, (done, elapsed_s)
+        self._fit_at = 2 * done if 2 * step < self.cfg.steps else None
+        print(f"[specdec.train] fit_to_time at step {step}: {pace * 1e3:.1f} ms a step -> schedule of "
+              f"{self.cfg.steps} steps (train.steps {self._asked}) in {self.cfg.time_limit_s:.0f} s",
+              flush=True)
 
     def _step(self, step: int) -> tuple[float, dict]:
         for group in self.opt.param_groups:

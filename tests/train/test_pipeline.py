@@ -108,3 +108,22 @@ def test_pipeline_on_cuda(kind, options, drafter_options, tiny_dir, tmp_path):
     assert summary["train"]["steps"] == 4
     assert summary["eval"]["mean_accepted_length"] >= 1.0 and summary["eval"]["num_prompts"] == 3
     assert (plan.export_dir / "README.md").is_file()
+
+
+def test_card_of_a_run_without_evaluation_says_so(tmp_path):
+    """stages=[train,export]: no tau to report, and the card says so instead of printing
+    n/a / None / nan; a warm-started head names what it started from."""
+    from specdec.drafters.train.card import write_card
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    data = {"examples": 7, "tokens": 700, "sources": "magpie prompts: 9"}
+    train = {"steps": 5, "batch_size": 2, "lr": 3e-4, "train_s": 1.0, "device": "cpu"}
+    card = write_card(tmp_path, "eagle", "tiny", data, train, {}, "cmd", started_from="default").read_text()
+    assert "not measured" in card and "started from | default" in card
+    assert not any(s in card for s in ("nan", "None", "n/a", "Acceptance per depth"))
+    assert "7 examples, 700 tokens (answers to a prompt list of magpie prompts: 9)" in card
+    evaluation = {"mean_accepted_length": 2.5, "mean_accepted_draft_tokens": 1.5, "num_prompts": 4,
+                  "prompts": "mt_bench.jsonl", "output_tokens": 99, "accept_rate_per_depth": [0.7, 0.5]}
+    card = write_card(tmp_path, "eagle", "tiny", data, train, evaluation, "cmd").read_text()
+    assert "| tau (T=0, accepted + 1) | 2.500 on 4 mt_bench.jsonl, 99 tokens |" in card
+    assert "Acceptance per depth: [0.7, 0.5]" in card and "started from" not in card

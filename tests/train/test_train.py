@@ -217,23 +217,59 @@ def test_fitted_steps_end_inside_the_time_limit():
         TrainConfig(fit_to_time=True)
 
 
-def test_fit_to_time_decays_the_schedule_inside_the_limit(target, examples, tmp_path, monkeypatch):
-    """A fake clock of 0.1 s a step: the schedule shrinks to what 20 s allow, the run finishes it
-    (learning rate at its floor) instead of stopping mid-schedule, and a resumed run keeps it."""
+def _fake_clock(monkeypatch, paces):
+    """time.perf_counter for the trainer: called once at the start, then once a step; the n-th
+    step takes paces(n) seconds."""
     from specdec.drafters.train import trainer as trainer_mod
 
-    clock = iter(0.1 * i for i in range(10**6))
+    def ticks():
+        t, n = 0.0, 0
+        while True:
+            yield t
+            n += 1
+            t += paces(n)
+    clock = ticks()
     monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: next(clock))
+
+
+def test_fit_to_time_decays_the_schedule_inside_the_limit(target, examples, tmp_path, monkeypatch):
+    """A fake clock of 0.1 s a step: the schedule shrinks to what 20 s allow (fitted at step 50,
+    again at step 100 from the pace since), the run finishes it (learning rate at its floor)
+    instead of stopping mid-schedule, and a resumed run keeps it."""
+    from specdec.drafters.train.trainer import fitted_steps
+
+    _fake_clock(monkeypatch, lambda n: 0.1)
     objective = make_objective("eagle", target, examples)
     source = BatchSource(examples, 2, 32, 0, target, objective.layers)
     cfg = TrainConfig(steps=1000, batch_size=2, lr=1e-3, warmup=2, save_every=1000, time_limit_s=20.0,
                       fit_to_time=True)
     result = Trainer(objective, source, cfg, tmp_path, NullLogger(), "cpu").run()
-    fitted = 50 + int((20.0 - 5.0) * trainer_mod.FIT_MARGIN / 0.1)
+    first = fitted_steps(cfg, 50, 0.1 * 50, 0.1)  # fits at step 50 and 100; not at 200, past the end
+    fitted = fitted_steps(cfg, 100, 0.1 * 100, 0.1)
+    assert 2 * 50 < first < fitted < 2 * 100
     assert result["schedule_steps"] == result["steps"] == fitted and result["finished"]
+    assert result["train_s"] <= cfg.time_limit_s
     assert checkpoint.info(tmp_path)["fitted_steps"] == fitted
     again = Trainer(make_objective("eagle", target, examples), source, cfg, tmp_path, NullLogger(), "cpu").run()
     assert again["steps_this_run"] == 0 and again["schedule_steps"] == fitted
+
+
+def test_fit_to_time_follows_a_pace_that_improves(target, examples, tmp_path, monkeypatch):
+    """Steps slow at first (0.2 s up to step 60), then 4x faster: a fit from the first steps alone
+    would end the run at 192 steps, a third of its time; the refits at 100, 200 and 400 steps
+    grow the schedule to fill the limit, and the run still ends inside it."""
+    from specdec.drafters.train.trainer import fitted_steps
+
+    _fake_clock(monkeypatch, lambda n: 0.2 if n <= 60 else 0.05)
+    objective = make_objective("eagle", target, examples)
+    source = BatchSource(examples, 2, 32, 0, target, objective.layers)
+    cfg = TrainConfig(steps=1000, batch_size=2, lr=1e-3, warmup=2, save_every=1000, time_limit_s=40.0,
+                      fit_to_time=True)
+    result = Trainer(objective, source, cfg, tmp_path, NullLogger(), "cpu").run()
+    early = fitted_steps(cfg, 50, 10.0, 0.2)
+    assert result["finished"] and result["steps"] == result["schedule_steps"] > 3 * early
+    assert cfg.time_limit_s * 0.9 < result["train_s"] <= cfg.time_limit_s
+    assert checkpoint.info(tmp_path)["fitted_steps"] == result["steps"]
 
 
 @pytest.mark.parametrize("kind, options", [
