@@ -106,14 +106,18 @@ def test_too_small_for_top_k(target, eagle_dir, tmp_path):
                EngineConfig(device="cpu"))
 
 
-def test_shipped_default_is_the_eagle3_heads_vocabulary():
-    """`draft_vocab: default` is the EAGLE-3 export's d2t set (the 8192 most frequent target
-    tokens of the same self-distilled data), stop tokens included."""
+def test_shipped_default_is_a_frequent_token_vocabulary():
+    """`draft_vocab: default` is the shipped EAGLE-2 export's own: the 8192 most frequent target
+    tokens of its self-distilled data, stop tokens included. The EAGLE-3 head's d2t set was chosen
+    the same way from an earlier round's data (2026-11-24), so the two share most of their ids (a
+    random 8192 of 49152 would share ~1400)."""
     shipped = formats.shipped("eagle") / dv.FILE
     ids = dv.load(shipped, 49152, "t")
     assert ids.numel() == 8192 and shipped.stat().st_size < 16 * 2**20
-    assert torch.equal(ids, dv.load(formats.shipped("eagle3"), 49152, "t"))
+    assert ids.unique().numel() == 8192 and int(ids.min()) >= 0 and int(ids.max()) < 49152
     assert {1, 2} <= set(ids.tolist())  # SmolLM2's <|im_start|>, <|im_end|>
+    eagle3 = set(dv.load(formats.shipped("eagle3"), 49152, "t").tolist())
+    assert len(eagle3 & set(ids.tolist())) > 0.6 * 8192
 
 
 # ---- drafting ---------------------------------------------------------------------------------------
