@@ -21,13 +21,13 @@ def write_card(directory: Path, kind: str, target: str, data: dict, train: dict,
     ``started_from``: the head the training went on from (method.options.init_from)."""
     files = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".json"))
     tau = evaluation.get("mean_accepted_length")
+    sources = f" (answers to a prompt list of {data['sources']})" if data.get("sources") else ""
     lines = [
         f"# {WHAT.get(kind, kind)} for {target}", "",
         "Trained by specdec (`python -m specdec.train`) on the target's own answers (self-distillation).", "",
         "| | |", "|---|---|",
         f"| target | {target} |",
-        f"| data | {data.get('examples')} examples, {data.get('tokens')} tokens (answers to a prompt list "
-        f"of {data.get('sources')}) |",
+        f"| data | {data.get('examples')} examples, {data.get('tokens')} tokens{sources} |",
     ]
     if started_from:
         lines.append(f"| started from | {started_from} (method.options.init_from) |")

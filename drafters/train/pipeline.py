@@ -137,7 +137,7 @@ def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
     if manifest:
         src = manifest.info.get("sources", {})
         data = {"examples": manifest.num_examples, "tokens": manifest.num_tokens,
-                "sources": ", ".join(f"{k}: {v}" for k, v in src.items()) or "see the data manifest"}
+                "sources": ", ".join(f"{k}: {v}" for k, v in src.items())}
     train = {**summary.get("train", {}), "batch_size": plan.train.batch_size, "lr": plan.train.lr,
              "device": device}
     train.setdefault("steps", plan.train.steps)
