@@ -256,7 +256,7 @@ def test_fit_to_time_decays_the_schedule_inside_the_limit(target, examples, tmp_
 
 def test_fit_to_time_follows_a_pace_that_improves(target, examples, tmp_path, monkeypatch):
     """Steps slow at first (0.2 s up to step 60), then 4x faster: a fit from the first steps alone
-    would end the run at 192 steps, a third of its time; the refits at 100, 200 and 400 steps
+    would end the run at 192 steps, under half of its time; the refits at 100, 200 and 400 steps
     grow the schedule to fill the limit, and the run still ends inside it."""
     from specdec.drafters.train.trainer import fitted_steps
 
