@@ -1,79 +1,11 @@
-"""The drafter protocol: the only view of a drafter that the engine has (DESIGN.md "The step").
-
-Hydra's ``_target_`` picks the class; the engine calls, every step,
-
-    tree = drafter.propose(seqs, budgets)   # DraftTree: row b for seqs[b] (rows past len(seqs)
-                                            # are a CUDA graph's padding, ignored)
-    ...target forward, verify, commit...
-    drafter.update(step)                    # e.g. EAGLE keeps the target features of accepted nodes
-
-and ``drafter.release(seq)`` when a sequence finishes or is preempted; ``drafter.warm_up()``
-(optional) at start, to capture CUDA graphs when ``TargetContext.graph_batch`` allows them.
-``kv_demand`` tells the scheduler how many positions the drafter's own paged tables need, so that
-blocks for them are reserved before the step runs (a drafter never allocates mid-step). The engine
-also calls it once before ``load``, for a sequence of max_model_len tokens, to size the KV pool:
-it must depend on the drafter's settings only.
-"""
+"""Defaults for drafters. The protocol itself (`Drafter`, `TargetContext`, `StepResult`) is the
+engine's: `specdec.engine.protocol`."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
 
 import torch
 
-from specdec.verifiers import DraftTree
-
-if TYPE_CHECKING:
-    from specdec.engine.block_manager import BlockManager
-    from specdec.engine.sequence import Sequence
-
-
-@dataclass
-class TargetContext:
-    """What a drafter may use of the target and the engine when it loads."""
-    model: Any  # specdec.models LlamaForCausalLM (embed, compute_logits, config)
-    tokenizer: Any  # may be None for models built in tests
-    vocab_size: int
-    device: torch.device
-    dtype: torch.dtype
-    blocks: "BlockManager"
-    max_model_len: int
-    capture_layers: tuple[int, ...] = ()  # filled by drafters that want target layer features
-    graph_batch: int = 0  # > 0: the drafter may replay CUDA graphs for batches up to this size
-
-
-@dataclass
-class StepResult:
-    """What the engine tells ``update`` after a step (all rows in the batch's order)."""
-    seqs: list["Sequence"]  # every sequence that ran, in batch order
-    is_prefill: list[bool]  # [B]
-    num_new: list[int]  # [B] tokens fed to the target for each sequence
-    prefix_lens: list[int]  # [B] num_cached before the step
-    row_offsets: list[int]  # [B + 1] rows of `hidden` that belong to each sequence
-    hidden: torch.Tensor  # [N, H] target hidden states after the final norm
-    captured: dict[int, torch.Tensor]  # layer -> [N, H] (the layers asked for in capture_layers)
-    sample_index: list[int]  # [B] row of `result` for each sequence, -1 if it did not sample
-    result: Any  # specdec.verifiers.VerifyResult over the sampling rows
-    tree: Optional[DraftTree]  # the tree verified (sampling rows), node i of row r at hidden row
-    #                           row_offsets[b] + i for decode sequences
-    accepted: Optional[list[list[int]]] = None  # [Bs] accepted node indices per sampling row,
-    #                           root first: `result` already read to the host (no second read)
-
-
-@runtime_checkable
-class Drafter(Protocol):
-    name: str
-    max_nodes: int  # tree budget T per sequence, root included (1 = autoregressive)
-
-    def load(self, target: TargetContext) -> None: ...
-
-    def kv_demand(self, seq: "Sequence", lookahead: int) -> dict[str, int]: ...
-
-    def propose(self, seqs: list["Sequence"], budgets: list[int]) -> DraftTree: ...
-
-    def update(self, step: StepResult) -> None: ...
-
-    def release(self, seq: "Sequence") -> None: ...
+from specdec.engine.protocol import StepResult, TargetContext
+from specdec.engine.sequence import Sequence
 
 
 class DrafterBase:
@@ -84,13 +16,13 @@ class DrafterBase:
     def load(self, target: TargetContext) -> None:
         self.target = target
 
-    def kv_demand(self, seq: "Sequence", lookahead: int) -> dict[str, int]:
+    def kv_demand(self, seq: Sequence, lookahead: int) -> dict[str, int]:
         return {}
 
     def update(self, step: StepResult) -> None:
         pass
 
-    def release(self, seq: "Sequence") -> None:
+    def release(self, seq: Sequence) -> None:
         pass
 
     def warm_up(self) -> int:
@@ -98,6 +30,6 @@ class DrafterBase:
         return 0
 
 
-def last_tokens(seqs: list["Sequence"], device: torch.device | str = "cpu") -> torch.Tensor:
+def last_tokens(seqs: list[Sequence], device: torch.device | str = "cpu") -> torch.Tensor:
     """The root of every tree: each sequence's last token, ``[B]``."""
     return torch.tensor([s.tokens[-1] for s in seqs], dtype=torch.long, device=device)

@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 
 from specdec.engine import ragged
+from specdec.engine.graphs import batch_buckets, bucket
+from specdec.engine.protocol import TargetContext
 from specdec.models.attention import AttnMetadata
-from specdec.models.llama import fuse_projections
 from specdec.verifiers import CandidateKind, DraftTree, SamplingPlan
 from specdec.verifiers.probs import processed_probs, row_params, sample_from_probs
 
-from .base import DrafterBase, TargetContext
-from .graphs import DraftGraphs
+from .base import DrafterBase
 from .tree_growth import Candidates, expand, select
 
 TABLE = "draft"
@@ -65,22 +65,19 @@ class DraftModelDrafter(DrafterBase):
     def attach(self, model, tokenizer=None) -> None:
         """Use an already built draft model (tests, experiments); checks the shared vocabulary."""
         check_same_vocab(self.target, model, tokenizer)
-        self.model = model.to(self.target.device, self.target.dtype).eval()
-        if self.target.device.type == "cuda":  # the fused layer kernels and rope table, as the target's
-            fuse_projections(self.model)
-            self.model.model.rotary_emb.use_table(self.target.max_model_len + self.scratch + 1,
-                                                  self.target.device, self.target.dtype)
+        t = self.target
+        self.model = model.prepare(t.device, t.dtype, t.max_model_len + self.scratch + 1)
         cfg = model.config
         shape = (cfg.num_hidden_layers, self.target.blocks.num_blocks, self.target.blocks.block_size,
                  cfg.num_key_value_heads, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.target.dtype, device=self.target.device)
         self.v_cache = torch.zeros_like(self.k_cache)
-        t = self.target
         # a graph's catch-up holds `graph_rows` tokens per sequence: a chain keeps all but the last
         # accepted node cached (1 or 2 new tokens), a tree recomputes the accepted path (<= depth + 1)
         self.graph_rows = 2 if self.chain else self.depth + 1
         self.table_width = ragged.table_width(t.max_model_len + self.scratch, t.blocks.block_size)
-        self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
+        self.graphs = t.graph_runner()
+        self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
     def kv_demand(self, seq, lookahead: int) -> dict[str, int]:
         return {TABLE: len(seq) + self.scratch}
@@ -97,31 +94,30 @@ class DraftModelDrafter(DrafterBase):
         depth = min(self.depth, max(budgets) - 1) if self.chain else self.depth
         keep = depth + 1 if self.chain else min(self.max_nodes, max(budgets))
         sampled = self.chain and any(s.samples and s.params.temperature > 0 for s in seqs)
-        bg = None if self.graphs is None else self.graphs.batch_for(seqs, TABLE, self.table_width)
+        bg = bucket(len(seqs), self.buckets)
+        if bg is not None and any(len(s.aux_tables[TABLE]) > self.table_width for s in seqs):
+            bg = None
+        if bg is not None:
+            self._catch_up_long(seqs)
+        return self.graphs.run(*self._inputs(seqs, budgets, depth, keep, sampled, bg))
+
+    def _inputs(self, seqs, budgets, depth: int, keep: int, sampled: bool, bg):
+        """``(key, host, body, dev)`` of a `GraphRunner.run` for ``bg`` sequence slots (None:
+        eager, on exact shapes)."""
+        rows = None if bg is None else self.graph_rows
+        host, max_q = self._stage(seqs, budgets, keep, depth, bg or len(seqs), rows)
         if bg is None:
-            host, max_q = self._stage(seqs, budgets, keep, depth, len(seqs), None)
-            dev = self.target.device
-            v = {k: torch.from_numpy(a).to(dev) for k, a in host.items()}
-            return self._draft(v, host, depth, keep, sampled, max_q, int(host["ctx"].max()), True)
-        self._catch_up_long(seqs)
-        host, _ = self._stage(seqs, budgets, keep, depth, bg, self.graph_rows)
-        body = lambda v: self._draft(v, host, depth, keep, sampled, self.graph_rows,  # noqa: E731
-                                     self.target.max_model_len, False)
-        return self.graphs.run((bg, depth, keep, sampled), host, {}, body)
+            bounds, key = (max_q, int(host["ctx"].max(initial=1))), None
+        else:
+            bounds, key = (self.graph_rows, self.target.max_model_len), (bg, depth, keep, sampled)
+        body = lambda v: self._draft(v, host, depth, keep, sampled, *bounds, bg is None)  # noqa: E731
+        return key, host, body, {}
 
     @torch.inference_mode()
     def warm_up(self) -> int:
         """Capture the greedy graph of every batch bucket now (dummy inputs); returns the count."""
-        if self.graphs is None:
-            return 0
-        depth, keep = self.depth, (self.depth + 1 if self.chain else self.max_nodes)
-        for bg in self.graphs.batch_buckets:
-            host, _ = self._stage([], [], keep, depth, bg, self.graph_rows)
-            body = lambda v: self._draft(v, host, depth, keep, False, self.graph_rows,  # noqa: E731
-                                         self.target.max_model_len, False)
-            self.graphs.run((bg, depth, keep, False), host, {}, body)
-        return len(self.graphs.batch_buckets)
-
+        keep = self.depth + 1 if self.chain else self.max_nodes
+        return self.graphs.warm_up(self._inputs([], [], self.depth, keep, False, bg) for bg in self.buckets)
 
     def _catch_up_long(self, seqs) -> None:
         """Eagerly store all but the last token of sequences with more than ``graph_rows`` to

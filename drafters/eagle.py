@@ -15,11 +15,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from specdec.engine.protocol import StepResult, TargetContext
 from specdec.kernels import wide_topk
 
 from . import draft_vocab as vocab
 from . import formats
-from .base import StepResult, TargetContext
 from .eagle_base import EagleDrafterBase, static_choices
 from .eagle_format import load_eagle
 from .eagle_net import EagleNet

@@ -11,10 +11,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from specdec.engine.protocol import StepResult, TargetContext
 from specdec.kernels import wide_topk
 
 from . import formats
-from .base import StepResult, TargetContext
 from .eagle_base import EagleDrafterBase, static_choices
 from .eagle_format import feature_layers, load_eagle3
 from .eagle_net import Eagle3Net

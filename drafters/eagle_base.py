@@ -25,12 +25,13 @@ import torch
 from torch import Tensor
 
 from specdec.engine import ragged
+from specdec.engine.graphs import batch_buckets, bucket
+from specdec.engine.protocol import StepResult
 from specdec.models.attention import AttnMetadata
 from specdec.verifiers import DraftTree
 
-from .base import DrafterBase, StepResult
+from .base import DrafterBase
 from .draft_attention import paged
-from .graphs import DraftGraphs
 from .eagle_tree import (MAX_ROWS, StaticPlan, append_rows, expand_topk, next_frontier, pool_level,
                          pooled_candidates)
 from .tree_growth import Candidates, select
@@ -76,11 +77,9 @@ class EagleDrafterBase(DrafterBase):
     def attach(self, net) -> None:
         """Use ``net`` (loaded or built in memory) with the target in ``self.target``."""
         t = self.target
-        self.net = net.to(t.device, t.dtype).eval().requires_grad_(False)
-        if t.device.type == "cuda" and self.fuse_on_cuda:
-            self.net.fuse_kernels()  # the target's fused path, for the draft layer run per level
-            # rope rows from a table: tree rows sit up to max_rows past the context
-            self.net.rotary.use_table(t.max_model_len + self.max_rows + 1, t.device, t.dtype)
+        # the fused kernels for the draft layer run per level; rope rows for tree rows up to
+        # max_rows past the context
+        self.net = net.prepare(t.device, t.dtype, t.max_model_len + self.max_rows + 1, self.fuse_on_cuda)
         cfg = net.config
         shape = (net.num_layers, t.blocks.num_blocks, t.blocks.block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=t.dtype, device=t.device)  # [L, nb, bs, Hkv, D]
@@ -124,7 +123,7 @@ class EagleDrafterBase(DrafterBase):
 
     def _settled_rows(self, step: StepResult):
         """(hidden rows, [(seq, first position, count)]): a prefill's rows, a decode's accepted path."""
-        paths = _accepted(step)
+        paths = step.accepted
         rows, spans = [], []
         for b, seq in enumerate(step.seqs):
             start, prefix = step.row_offsets[b], step.prefix_lens[b]
@@ -154,38 +153,30 @@ class EagleDrafterBase(DrafterBase):
         """Host staging (`_stage`), then the device work (`_draft`): replayed from a CUDA graph
         per batch bucket when the engine allows graphs, else run eagerly on exact shapes."""
         keep = self.max_nodes if self.static else min(self.max_nodes, max(budgets))
-        bg = None if self.graphs is None else self.graphs.batch_for(seqs, TABLE, self.table_width)
+        bg = bucket(len(seqs), self.buckets)
+        if bg is not None and any(len(s.aux_tables[TABLE]) > self.table_width for s in seqs):
+            bg = None
+        if bg is not None:
+            self._catch_up_long(seqs, self.graph_rows)
+        return self.graphs.run(*self._inputs(seqs, budgets, keep, bg))
+
+    def _inputs(self, seqs, budgets, keep: int, bg: Optional[int]):
+        """``(key, host, body, dev)`` of a `GraphRunner.run` for ``bg`` sequence slots (None:
+        eager, on exact shapes)."""
+        rows = None if bg is None else self.graph_rows
+        host, feats, max_q = self._stage(seqs, budgets, keep, bg or len(seqs), rows)
         if bg is None:
-            host, feats, max_q = self._stage(seqs, budgets, keep, len(seqs), None)
-            dev = self.target.device
-            v = {k: torch.from_numpy(a).to(dev) for k, a in host.items()}
-            v["feats"] = feats
-            kv_bound = int(host["ctx"].max())
-            return self._draft(v, keep, max_q, kv_bound, validate=True)
-        self._catch_up_long(seqs, self.graph_rows)
-        host, feats, _ = self._stage(seqs, budgets, keep, bg, self.graph_rows)
-        dev_in = {"feats": (feats, bg * self.graph_rows)}
-        body = lambda v: self._draft(v, keep, self.graph_rows, self.target.max_model_len,  # noqa: E731
-                                     validate=False)
-        return self.graphs.run((bg, keep), host, dev_in, body)
+            bounds, key = (max_q, int(host["ctx"].max(initial=1))), None
+        else:
+            bounds, key = (self.graph_rows, self.target.max_model_len), (bg, keep)
+        body = lambda v: self._draft(v, keep, *bounds, validate=bg is None)  # noqa: E731
+        return key, host, body, {"feats": (feats, ((bg or 0) * self.graph_rows, feats.shape[-1]))}
 
     @torch.inference_mode()
     def warm_up(self) -> int:
         """Capture the graph of every batch bucket now (dummy all-padding inputs); returns the
         count. The engine calls it at start, with its own graphs."""
-        if self.graphs is None:
-            return 0
-        keep, count = self.max_nodes, 0
-        for bg in self.graphs.batch_buckets:
-            if (bg, keep) in self.graphs.entries:
-                continue
-            host, _, _ = self._stage([], [], keep, bg, self.graph_rows)
-            feats = torch.zeros(0, self._feature_width(), dtype=self.target.dtype, device=self.target.device)
-            body = lambda v: self._draft(v, keep, self.graph_rows, self.target.max_model_len,  # noqa: E731
-                                         validate=False)
-            self.graphs.run((bg, keep), host, {"feats": (feats, bg * self.graph_rows)}, body)
-            count += 1
-        return count
+        return self.graphs.warm_up(self._inputs([], [], self.max_nodes, bg) for bg in self.buckets)
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Draft log-probs and TARGET ids of the ``k`` best next tokens after draft outputs
@@ -206,7 +197,8 @@ class EagleDrafterBase(DrafterBase):
         t = self.target
         self.graph_rows = (self.plan.choices.max_depth if self.static else self.depth) + 1
         self.table_width = ragged.table_width(t.max_model_len + self.max_rows, t.blocks.block_size)
-        self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
+        self.graphs = t.graph_runner()
+        self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
 
     def _catch_up_long(self, seqs, rows: int) -> None:
@@ -451,16 +443,6 @@ class _Rows:
         self.tokens = torch.cat([self.tokens, tokens], 1)
         self.parent = torch.cat([self.parent, parent_row], 1)
         self.depth = torch.cat([self.depth, torch.full_like(tokens, depth)], 1)
-
-
-def _accepted(step: StepResult) -> list[list[int]]:
-    """Accepted node paths per sampling row: the engine's host copy, else read from the result."""
-    if step.accepted is not None:
-        return step.accepted
-    if step.result is None:
-        return []
-    nodes, counts = step.result.accepted_nodes.tolist(), step.result.num_accepted.tolist()
-    return [row[: n + 1] for row, n in zip(nodes, counts)]
 
 
 def _check_dynamic(name: str, total_tokens, depth: int, top_k: int) -> None:

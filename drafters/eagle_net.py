@@ -35,6 +35,29 @@ def draft_model_config(config: dict) -> ModelConfig:
     return ModelConfig.from_hf(d)
 
 
+class DraftNet(nn.Module):
+    """What the EAGLE nets share: getting ready for an engine (the target's model interface)."""
+    rotary: RotaryEmbedding
+    _fused_for: Optional[tuple]  # (device, dtype) that `fuse_draft` built for
+
+    def blocks(self) -> list[tuple[DraftAttention, MLP]]:
+        raise NotImplementedError
+
+    def fuse_kernels(self) -> None:
+        """Fused projections and element-wise kernels (see `fuse_draft`)."""
+        fuse_draft(self, self.blocks())
+
+    def prepare(self, device, dtype: torch.dtype, max_positions: int, fused: bool = True) -> "DraftNet":
+        """Moved, in eval mode, frozen; on CUDA (``fused``) the fused kernels and a rope table for
+        positions below ``max_positions``."""
+        device = torch.device(device)
+        self.to(device, dtype).eval().requires_grad_(False)
+        if device.type == "cuda" and fused:
+            self.fuse_kernels()
+            self.rotary.use_table(max_positions, device, dtype)
+        return self
+
+
 class EagleDecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, input_norm: bool, qkv_bias: bool = False) -> None:
         super().__init__()
@@ -55,7 +78,7 @@ class EagleDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class EagleNet(nn.Module):
+class EagleNet(DraftNet):
     """EAGLE-1/2 draft: (embedding of t_{i+1}, target feature f_i) -> predicted feature f^_{i+1}."""
     kind = "eagle"
 
@@ -84,9 +107,8 @@ class EagleNet(nn.Module):
             x = layer(x, cos, sin, attend, fused)
         return x
 
-    def fuse_kernels(self) -> None:
-        """Fused projections and element-wise kernels (see `fuse_draft`)."""
-        fuse_draft(self, [(layer.self_attn, layer.mlp) for layer in self.layers])
+    def blocks(self) -> list[tuple[DraftAttention, MLP]]:
+        return [(layer.self_attn, layer.mlp) for layer in self.layers]
 
 
 class Eagle3Layer(nn.Module):
@@ -114,7 +136,7 @@ class Eagle3Layer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class Eagle3Net(nn.Module):
+class Eagle3Net(DraftNet):
     """EAGLE-3 draft: fused target features (or its own previous output) + embedding -> next hidden."""
     kind = "eagle3"
 
@@ -152,10 +174,8 @@ class Eagle3Net(nn.Module):
     def to_target(self, draft_ids: Tensor) -> Tensor:  # draft ids -> target ids, same shape
         return draft_ids + self.d2t[draft_ids]
 
-    def fuse_kernels(self) -> None:
-        """Fused projections and element-wise kernels (see `fuse_draft`). Not ``fuse``: that
-        name is EAGLE-3's feature fusion."""
-        fuse_draft(self, [(self.midlayer.self_attn, self.midlayer.mlp)])
+    def blocks(self) -> list[tuple[DraftAttention, MLP]]:
+        return [(self.midlayer.self_attn, self.midlayer.mlp)]
 
 
 def fuse_draft(net: nn.Module, blocks: Sequence[tuple[DraftAttention, MLP]]) -> None:

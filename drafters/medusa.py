@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from specdec.engine.graphs import batch_buckets, bucket
+from specdec.engine.protocol import StepResult, TargetContext
 from specdec.kernels import wide_topk
 from specdec.verifiers import DraftTree, TreeChoices
 
 from . import formats
-from .base import DrafterBase, StepResult, TargetContext
-from .eagle_base import _accepted, static_choices
-from .graphs import DraftGraphs
+from .base import DrafterBase
+from .eagle_base import static_choices
 from .medusa_net import MedusaHeads, load_medusa
 
 
@@ -53,16 +54,14 @@ class MedusaDrafter(DrafterBase):
         as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=t.device)  # noqa: E731
         self.node_head, self.node_rank = as_t(tc.depths[1:]) - 1, as_t(tc.ranks[1:])  # [T - 1] each
         self.parents = as_t(tc.parents)  # [T]
-        self.graphs = DraftGraphs(t.device, t.graph_batch) if t.graph_batch > 0 else None
+        self.graphs = t.graph_runner()
+        self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
+    @torch.inference_mode()
     def warm_up(self) -> int:
         """Capture the graph of every batch bucket now (dummy inputs); returns the count."""
-        if self.graphs is None:
-            return 0
         hidden = torch.zeros(0, self.heads.hidden, dtype=self.target.dtype, device=self.target.device)
-        for bg in self.graphs.batch_buckets:
-            self._replay(bg, hidden, np.zeros(bg, np.int64), np.ones(bg, np.int64))
-        return len(self.graphs.batch_buckets)
+        return self.graphs.warm_up(self._inputs(bg, hidden, [], []) for bg in self.buckets)
 
     def release(self, seq) -> None:
         self.last.pop(seq.seq_id, None)
@@ -70,7 +69,7 @@ class MedusaDrafter(DrafterBase):
     @torch.inference_mode()
     def update(self, step: StepResult) -> None:
         """Keep the hidden state of the last position each sequence settled this step."""
-        paths = _accepted(step)
+        paths = step.accepted
         keep, rows = [], []
         for b, seq in enumerate(step.seqs):
             if step.is_prefill[b]:
@@ -92,20 +91,18 @@ class MedusaDrafter(DrafterBase):
         """The heads' device work (`_draft`), replayed from a CUDA graph per batch bucket when the
         engine allows graphs."""
         hidden = torch.stack([self._hidden_before_root(s) for s in seqs])  # [B, h]
-        bg = None if self.graphs is None else self.graphs.batch_bucket(len(seqs))
-        roots = np.zeros(bg or len(seqs), np.int64)  # [B_g] padding rows: root-only trees
-        nodes = np.ones(bg or len(seqs), np.int64)
-        roots[: len(seqs)] = [s.tokens[-1] for s in seqs]
-        nodes[: len(seqs)] = [min(b, self.choices.num_nodes) for b in budgets]
-        if bg is None:
-            dev = hidden.device
-            return self._draft({"hidden": hidden, "roots": torch.from_numpy(roots).to(dev),
-                                "nodes": torch.from_numpy(nodes).to(dev)}, validate=True)
-        return self._replay(bg, hidden, roots, nodes)
+        bg = bucket(len(seqs), self.buckets)
+        return self.graphs.run(*self._inputs(bg, hidden, [s.tokens[-1] for s in seqs], budgets))
 
-    def _replay(self, bg: int, hidden: Tensor, roots: np.ndarray, nodes: np.ndarray) -> DraftTree:
-        return self.graphs.run((bg,), {"roots": roots, "nodes": nodes}, {"hidden": (hidden, bg)},
-                               lambda v: self._draft(v, validate=False))
+    def _inputs(self, bg: int | None, hidden: Tensor, roots: list[int], budgets: list[int]):
+        """``(key, host, body, dev)`` of a `GraphRunner.run`: ``bg`` sequence slots (None:
+        eager, exactly ``len(roots)``); padding slots are root-only trees."""
+        n = bg or len(roots)
+        host = {"roots": np.zeros(n, np.int64), "nodes": np.ones(n, np.int64)}  # [B_g] each
+        host["roots"][: len(roots)] = roots
+        host["nodes"][: len(roots)] = np.minimum(budgets, self.choices.num_nodes)
+        dev = {"hidden": (hidden, (n, hidden.shape[-1]))}
+        return (None if bg is None else (bg,)), host, lambda v: self._draft(v, validate=bg is None), dev
 
     def _draft(self, v: dict[str, Tensor], validate: bool) -> DraftTree:
         """``hidden [B, h]`` (the target's state before each root), ``roots, nodes [B]`` -> the

@@ -66,7 +66,7 @@ def make_drafter(spec: str):
 def hf_model(path: str, dtype, device):
     import transformers
 
-    from specdec.assets import default_model_dir
+    from specdec.models.assets import default_model_dir
 
     directory = default_model_dir() if path == "default" else path
     return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
@@ -145,7 +145,7 @@ def step_profile(engine) -> dict:
     st = engine.stats
     total = st.draft_s + st.verify_s + st.other_s
     times = sorted(st.step_times)
-    graphs = engine.graphs
+    graphs = engine.runner.graphs
     pct = lambda q: 1e3 * times[min(len(times) - 1, int(q * len(times)))] if times else None  # noqa: E731
     slow = [t for t in times if times and t > 5 * times[len(times) // 2]]  # the tail: > 5x median
     drafter_graphs = getattr(engine.drafter, "graphs", None)
@@ -156,8 +156,7 @@ def step_profile(engine) -> dict:
             "draft_share": st.draft_s / total if total else None,
             "verify_share": st.verify_s / total if total else None,
             "other_share": st.other_s / total if total else None,
-            "graph_replays": graphs.replays if graphs is not None else 0,
-            "graphs_captured": len(graphs.graphs) if graphs is not None else 0}
+            "graph_replays": graphs.replays, "graphs_captured": len(graphs.entries)}
 
 
 def prefix_match(outs: list[list[int]], refs: list[list[int]]) -> float:

@@ -101,7 +101,7 @@ for stage in "$@"; do
       mkdir -p "$dst"
       cat "$STASH/part_aa" .gguf/b/part_ab > "$dst/model.gguf"
       echo "$(cat .gguf/b/model.sha256)  $dst/model.gguf" | sha256sum -c
-      python3 -c 'from specdec.assets import default_model_dir; print(default_model_dir())' ;;
+      python3 -c 'from specdec.models.assets import default_model_dir; print(default_model_dir())' ;;
     data)
       rc=0
       timeout -s TERM "$DATA_TIME" python3 -m specdec.train train/method=eagle logger=none "work_dir=$RUNS/data-run" "data.dir=$RUNS/data" \

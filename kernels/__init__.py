@@ -1,5 +1,6 @@
-"""Attention and KV-cache kernels over the paged cache, the fused layer ops, the draft-tree
-structure (`tree_structure`) and a wide top-k (`wide_topk`, pure torch).
+"""Attention and KV-cache kernels over the paged cache, the fused layer ops and a wide top-k
+(`wide_topk`, pure torch). Kernels that serve the verifiers live in `specdec.verifiers`; this
+package imports nothing from the rest of specdec.
 
 One entry point per operation; each checks its inputs, then picks the Triton kernel for CUDA
 tensors and the plain-torch reference (`specdec.kernels.reference`) otherwise. Contracts (shapes,
@@ -45,10 +46,10 @@ if not _handed_over:
     # "specdec.kernels.tree_attention")` reaches the module itself.
     from .ops import (add_rms_norm, add_rms_norm_triton, compact_kv, compact_kv_triton, rope_,
                       rope_triton, silu_mul, silu_mul_triton, store_kv, store_kv_triton,
-                      tree_attention, tree_attention_triton, tree_structure, tree_structure_triton)
+                      tree_attention, tree_attention_triton)
     from .plan import MAX_TREE_NODES, TreeAttentionPlan, plan_tree_attention
     from .reference import (add_rms_norm_ref, compact_kv_ref, rope_ref, silu_mul_ref, store_kv_ref,
-                            tree_attention_ref, tree_structure_ref)
+                            tree_attention_ref)
     from .topk import wide_topk
 
     __all__ = ["tree_attention", "store_kv", "compact_kv", "plan_tree_attention",
@@ -57,4 +58,4 @@ if not _handed_over:
                "tree_attention_triton", "store_kv_triton", "compact_kv_triton",
                "add_rms_norm", "rope_", "silu_mul", "add_rms_norm_ref", "rope_ref", "silu_mul_ref",
                "add_rms_norm_triton", "rope_triton", "silu_mul_triton",
-               "tree_structure", "tree_structure_ref", "tree_structure_triton", "wide_topk"]
+               "wide_topk"]

@@ -9,17 +9,16 @@ from torch import Tensor
 
 from .checks import (check_attention_inputs, check_compact_inputs, check_sm_scale,
                      check_store_inputs, validate_attention_lengths, validate_slots)
-from .plan import MAX_TREE_NODES, TreeAttentionPlan, plan_tree_attention
+from .plan import TreeAttentionPlan, plan_tree_attention
 from .reference import (add_rms_norm_ref, compact_kv_ref, rope_ref, silu_mul_ref, store_kv_ref,
-                        tree_attention_ref, tree_structure_ref)
+                        tree_attention_ref)
 
 try:
     from .kv_cache import compact_kv_triton, store_kv_triton
     from .layer_ops import add_rms_norm_triton, rope_triton, silu_mul_triton
     from .tree_attention import tree_attention_triton
-    from .tree_structure import tree_structure_triton
 except ImportError:  # no triton on this platform: the references serve CPU tensors
-    compact_kv_triton = store_kv_triton = tree_attention_triton = tree_structure_triton = None
+    compact_kv_triton = store_kv_triton = tree_attention_triton = None
     add_rms_norm_triton = rope_triton = silu_mul_triton = None
 
 
@@ -134,20 +133,3 @@ def silu_mul(x: Tensor) -> Tensor:
     if x.is_cuda:
         return silu_mul_triton(x)
     return silu_mul_ref(x)
-
-
-# ---- draft-tree structure (kernels/tree_structure.py) --------------------------------------------
-
-def tree_structure(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``parents [B, T]``, ``num_nodes [B]`` -> ``(parent_index, num_children, depth,
-    ancestor_mask)``, each ``[B, T]`` int64 (contract: `specdec.verifiers.tree.tree_structure`). One
-    launch on CUDA; no device read either way (CUDA graphs build trees with it)."""
-    if parents.dim() != 2 or num_nodes.shape != parents.shape[:1]:
-        raise ValueError(f"tree_structure needs parents [B, T] and num_nodes [B]; got "
-                         f"{tuple(parents.shape)} and {tuple(num_nodes.shape)}")
-    if parents.shape[1] > MAX_TREE_NODES:
-        raise ValueError(f"tree_structure: at most {MAX_TREE_NODES} nodes (one int64 ancestor "
-                         f"bitmask per node); got T = {parents.shape[1]}")
-    if parents.is_cuda and tree_structure_triton is not None:
-        return tree_structure_triton(parents, num_nodes)
-    return tree_structure_ref(parents, num_nodes)  # specdec.verifiers.tree.tree_structure

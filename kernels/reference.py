@@ -25,9 +25,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# The draft-tree derivation's spec lives with DraftTree (the verifiers import torch alone).
-from specdec.verifiers.tree import tree_structure as tree_structure_ref  # noqa: F401
-
 
 def gather_kv_ref(cache: Tensor, block_table: Tensor, length: int) -> Tensor:
     """Positions ``0..length-1`` of one sequence: ``[length, H_kv, D]``."""

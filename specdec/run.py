@@ -71,10 +71,10 @@ def load_target(cfg: DictConfig, engine_cfg: EngineConfig):
 def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig) -> Engine:
     engine = Engine(loaded.model, drafter, verifier, engine_cfg, tokenizer=loaded.tokenizer,
                     stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len)
-    if engine.graphs is not None:
+    if engine.runner.graphs.mode == "capture":
         t = time.perf_counter()
         n = engine.warm_up_graphs()
-        print(f"captured {n} CUDA graphs of the decode/verify step in {time.perf_counter() - t:.1f} s")
+        print(f"captured {n} CUDA graphs (target steps and drafting) in {time.perf_counter() - t:.1f} s")
     return engine
 
 

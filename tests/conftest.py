@@ -108,11 +108,11 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_cache(tmp_path_factory):
     """One fresh cache for the session: two processes race to fill it (download once)."""
-    from specdec import assets
+    from specdec.models import assets
 
     cache = tmp_path_factory.mktemp("specdec_cache")
     env = {**os.environ, assets.CACHE_ENV: str(cache)}
-    code = "from specdec.assets import default_model_dir; print(default_model_dir())"
+    code = "from specdec.models.assets import default_model_dir; print(default_model_dir())"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=900) + (p.returncode,) for p in procs]
@@ -122,7 +122,7 @@ def default_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2(default_cache):
     """The default model loaded (fp32, CPU) from the session cache."""
-    from specdec import assets
+    from specdec.models import assets
     from specdec.models.loader import load_model
 
     cache, results = default_cache

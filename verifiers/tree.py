@@ -248,7 +248,7 @@ def tree_structure(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor, 
 
     Pointer jumping: after step k each node knows the bits and edge count of its 2^k nearest
     ancestors, so ceil(log2 T) steps over ``[B, T]`` suffice (a few dozen small kernels; on CUDA
-    DraftTree uses `specdec.kernels`' one-launch Triton version, tested against this one)."""
+    DraftTree uses the one-launch Triton version, tree_structure_triton.py, tested against this one)."""
     batch, width = parents.shape
     idx = torch.arange(width, device=parents.device)
     linked = (idx > 0) & (idx < num_nodes[:, None]) & (parents >= 0) & (parents < idx)  # [B, T]
@@ -266,14 +266,13 @@ def tree_structure(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor, 
 
 
 def _cuda_tree_structure():
-    """`specdec.kernels.tree_structure`: the one-launch Triton derivation on CUDA when Triton is
-    there, else this module's. Imported on first use, so that importing the verifiers needs
-    torch alone."""
+    """The one-launch Triton derivation (tree_structure_triton.py) on CUDA when Triton is there,
+    else this module's. Imported on first use, so that importing the verifiers needs torch alone."""
     try:
-        from specdec.kernels import tree_structure as derive
+        from .tree_structure_triton import tree_structure_triton
     except ImportError:
         return tree_structure
-    return derive
+    return tree_structure_triton
 
 
 def _read_facts(tree: "DraftTree") -> tuple[int, int, int, list[int]]:

@@ -20,13 +20,15 @@ class EngineConfig:
     max_model_len: Optional[int] = None  # None: the model's own limit
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
-    cuda_graphs: bool = True  # CUDA: replay decode/verify steps as graphs (engine/cuda_graphs.py)
-    max_graph_batch: int = 64  # larger decode batches run eagerly
-    # a step with prefill chunks beside decode trees runs as two forwards: the trees through
-    # their graphs, the chunks eagerly (engine.Engine._parts). auto: where CUDA graphs are on
+    # CUDA: replay steps and drafting from CUDA graphs, one per shape bucket (engine/graphs.py);
+    # emulate: run the graphs' bodies eagerly on their padded static inputs (any device: tests)
+    cuda_graphs: Union[bool, str] = True
+    max_graph_batch: int = 64  # larger batches run eagerly
+    # a step with prefill chunks beside decode trees runs as two forwards, the trees then the
+    # chunks, each from its graph (ModelRunner.forwards). auto: where graphs are on
     split_mixed_steps: Union[bool, str] = "auto"
-    # CUDA: replay steps made of prefill chunks as graphs too (engine/prefill_graphs.py), one
-    # per (sequence, token) bucket, captured by warm_up_graphs. auto: where CUDA graphs are on
+    # steps made of prefill chunks replay graphs too, one per (sequence, token) bucket, captured
+    # by warm_up_graphs. auto: where graphs are on
     prefill_graphs: Union[bool, str] = "auto"
     # while sequences run, admit waiting ones this many at a time (scheduler.Scheduler._admit);
     # auto: a quarter of max_num_seqs (1 up to 7 sequences)
@@ -45,6 +47,8 @@ class EngineConfig:
             raise ValueError(f"engine.num_blocks must be >= 1 or null; got {self.num_blocks}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"engine.max_model_len must be >= 2 or null; got {self.max_model_len}")
+        if self.cuda_graphs not in (True, False, "emulate"):
+            raise ValueError(f"engine.cuda_graphs must be true, false or emulate; got {self.cuda_graphs!r}")
         for name in ("split_mixed_steps", "prefill_graphs"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise ValueError(f"engine.{name} must be auto, true or false; got "
@@ -59,6 +63,12 @@ class EngineConfig:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"engine.device={self.device} but CUDA is not available; use cpu or auto")
         return dev
+
+    def graph_mode(self, device: torch.device) -> Optional[str]:
+        """capture (CUDA graphs on a CUDA device), emulate, or None (eager)."""
+        if self.cuda_graphs == "emulate":
+            return "emulate"
+        return "capture" if self.cuda_graphs and device.type == "cuda" else None
 
     def split_mixed(self, graphs_on: bool) -> bool:
         return graphs_on if self.split_mixed_steps == "auto" else bool(self.split_mixed_steps)

@@ -128,6 +128,17 @@ class LlamaForCausalLM(nn.Module):
         self.tie_weights()
         self._fused_for: tuple | None = None  # (device, dtype) that fuse_projections built for
 
+    def prepare(self, device, dtype: torch.dtype, max_positions: int) -> "LlamaForCausalLM":
+        """Ready for an engine on ``device`` in ``dtype`` for positions below ``max_positions``:
+        moved, in eval mode, and on CUDA the fused layers (`fuse_projections`) and a rope table.
+        Idempotent, so engines may share one model (their CUDA graphs hold its addresses)."""
+        device = torch.device(device)
+        self.to(device, dtype).eval()
+        if device.type == "cuda":
+            fuse_projections(self)
+            self.model.rotary_emb.use_table(max_positions, device, dtype)
+        return self
+
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -1,7 +1,7 @@
 """`load_model`: one entry point for every checkpoint a run may name.
 
 ``path_or_id`` is, in the order tried:
-  * ``None`` / ``"default"``: the embedded SmolLM2-135M-Instruct (`specdec.assets`);
+  * ``None`` / ``"default"``: the embedded SmolLM2-135M-Instruct (`specdec.models.assets`);
   * a ``.gguf`` file, or a directory holding one and no config.json (transformers' GGUF support);
   * a local HF directory: config.json + model.safetensors, a sharded index, or pytorch_model.bin;
   * an HF hub id (``owner/name``), fetched with `huggingface_hub.snapshot_download`.
@@ -19,6 +19,7 @@ import torch
 from .config import ModelConfig
 from .gguf import find_gguf, load_gguf_hf
 from .llama import LlamaForCausalLM
+from .registry import model_class
 from .weights import load_weights, read_state_dict, weight_files
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -45,7 +46,7 @@ class LoadedModel:
 def load_model(path_or_id: Optional[str] = None, dtype: torch.dtype = torch.float32,
                device="cpu") -> LoadedModel:
     if path_or_id in (None, "", "default"):
-        from specdec.assets import default_model_dir
+        from .assets import default_model_dir
 
         return load_hf_dir(default_model_dir(), dtype, device, source="default:SmolLM2-135M-Instruct")
     path = Path(path_or_id).expanduser()
@@ -99,7 +100,7 @@ def build_model(cfg: ModelConfig, state: dict, dtype: torch.dtype, device) -> Ll
     """Build on the meta device (no random init of billions of weights), then take the checkpoint's
     tensors; `load_weights` names every missing/unexpected/misshaped key."""
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
+        model = model_class(cfg.model_type)(cfg)
     return load_weights(model, state, dtype, device)
 
 

@@ -1,10 +1,10 @@
-"""Drafters' CUDA graphs (drafters/graphs.py) give the tokens of eager drafting, for EAGLE-1/2/3,
-Medusa and the draft model (chain, greedy and sampled; tree), with batches padded up to a bucket,
-prompts longer than a graph's catch-up, trees cut by max_model_len, and preemption.
+"""Drafters' CUDA graphs (specdec/engine/graphs.py's GraphRunner) give the tokens of eager drafting,
+for EAGLE-1/2/3, Medusa and the draft model (chain, greedy and sampled; tree), with batches padded
+up to a bucket, prompts longer than a graph's catch-up, trees cut by max_model_len, and preemption.
 
-On the CPU the drafters' device functions run eagerly on the staged buffers (``capture=False``):
-the host staging, padding and bucketing are what differ from eager drafting, and are tested here.
-On the GPU the real graphs run, the target's too (marker ``gpu``)."""
+On the CPU the drafters' device functions run eagerly on the staged buffers (``engine.cuda_graphs=
+emulate``): the host staging, padding and bucketing are what differ from eager drafting, and are
+tested here. On the GPU the real graphs run, the target's too (marker ``gpu``)."""
 import copy
 import dataclasses
 
@@ -15,12 +15,11 @@ import torch
 from specdec.drafters import draft_vocab
 from specdec.drafters.eagle import EagleDrafter
 from specdec.drafters.eagle3 import Eagle3Drafter
-from specdec.drafters.graphs import DraftGraphs
 from specdec.drafters.medusa import MedusaDrafter
 from specdec.drafters.small_draft import SmallDraftDrafter, save_small_draft
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
-from specdec.engine.prefill_graphs import PrefillGraphs
+from specdec.engine.graphs import GraphRunner
 from specdec.engine.sequence import SamplingParams
 from specdec.verifiers import LosslessVerifier
 
@@ -68,15 +67,10 @@ DRAFTERS = {
 
 
 def run(target, device: str, drafter, graphs: bool, params, **cfg):
+    mode = (True if device == "cuda" else "emulate") if graphs else False
     config = EngineConfig(**{"device": device, "dtype": "float32", "block_size": 4,
-                             "max_model_len": MAX_LEN, "max_num_seqs": 8, "cuda_graphs": graphs, **cfg})
+                             "max_model_len": MAX_LEN, "max_num_seqs": 8, "cuda_graphs": mode, **cfg})
     engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
-    if graphs and device == "cpu":  # the graphs' staging, with the body run eagerly
-        drafter.graphs = DraftGraphs("cpu", min(config.max_num_seqs, config.max_graph_batch), capture=False)
-        if config.graph_prefills(True):  # as the engine decides on CUDA
-            engine.prefill_graphs = PrefillGraphs(engine.runner, engine.verifier, config.max_num_seqs,
-                                                  engine.max_model_len, config.max_num_batched_tokens,
-                                                  capture=False)
     if graphs and device == "cuda":  # captured up front on dummy inputs, then replayed
         assert engine.warm_up_graphs() > 0 and drafter.graphs.entries
     seqs = engine.generate(PROMPTS, params)
@@ -126,8 +120,8 @@ def test_split_mixed_steps_give_the_same_tokens(target, paths, device, name):
     assert engines[True].stats.mixed_steps > 0, "no prefill ran beside a decode"
     assert outs[True] == outs[False]
     assert engines[True].drafter.graphs.replays > 0
-    if device == "cuda":  # the trees of the mixed steps now replay the target's graphs too
-        assert engines[True].graphs.replays > engines[False].graphs.replays
+    # the trees (and chunks) of the mixed steps replay the target's graphs too
+    assert engines[True].runner.graphs.replays > engines[False].runner.graphs.replays
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -140,7 +134,8 @@ def test_graphed_prefill_steps_feed_the_drafters(target, paths, device, name):
     cfg = {"max_num_seqs": 2, "split_mixed_steps": True}
     ref, eager = run(target, device, DRAFTERS[name](paths), False, params, **cfg)
     engine, graphed = run(target, device, DRAFTERS[name](paths), True, params, prefill_graphs=True, **cfg)
-    assert engine.prefill_graphs.replays > engine.stats.mixed_steps > 0
+    chunk_replays = sum(e.replays for key, e in engine.runner.graphs.entries.items() if key[0].chunks)
+    assert chunk_replays > engine.stats.mixed_steps > 0
     assert graphed == eager
     # lossless either way; the drafts (so the accepted lengths) show the features were the same
     accepted = lambda e: [s.accept_lengths for s in e.sequences.values()]  # noqa: E731
@@ -166,12 +161,14 @@ def test_split_mixed_steps_prefill_graphs_and_admit_batch_settings():
 
 
 def test_a_staged_shape_must_match_its_key():
-    graphs = DraftGraphs("cpu", 4, capture=False)
-    graphs.run(("k",), {"x": np.zeros(4, np.int64)}, {}, lambda v: v["x"].sum())
+    graphs = GraphRunner("cpu", "emulate")
+    graphs.run(("k",), {"x": np.zeros(4, np.int64)}, lambda v: v["x"].sum())
     with pytest.raises(ValueError, match="a key must fix every shape"):
-        graphs.run(("k",), {"x": np.zeros(5, np.int64)}, {}, lambda v: v["x"].sum())
+        graphs.run(("k",), {"x": np.zeros(5, np.int64)}, lambda v: v["x"].sum())
     with pytest.raises(ValueError, match="need a CUDA device"):
-        DraftGraphs("cpu", 4, capture=True)
+        GraphRunner("cpu", "capture")
+    with pytest.raises(ValueError, match="engine.cuda_graphs must be true, false or emulate"):
+        EngineConfig(cuda_graphs="yes")
 
 
 @pytest.mark.gpu

@@ -1,7 +1,7 @@
 """EAGLE-2's fast tree growth (`EagleDrafterBase._grow_pooled`: fixed row buffers, every row run
 at every level, the pool assembled once) proposes exactly the trees of the reference growth
 (`_grow_dynamic`: `expand_topk`, `_Rows`, rows re-run at exact sizes), step for step, under
-continuous batching, sampling, graph staging with padded batches (CPU: ``capture=False``; GPU:
+continuous batching, sampling, graph staging with padded batches (CPU: ``engine.cuda_graphs=emulate``; GPU:
 real graphs, marker ``gpu``), and for EAGLE-3."""
 import copy
 
@@ -11,7 +11,6 @@ import torch
 from specdec.drafters.eagle import EagleDrafter
 from specdec.drafters.eagle3 import Eagle3Drafter
 from specdec.drafters.eagle_tree import append_rows, expand_topk, next_frontier, pool_level, pooled_candidates
-from specdec.drafters.graphs import DraftGraphs
 from specdec.drafters.tree_growth import Candidates
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
@@ -41,11 +40,10 @@ def paths(target, tmp_path_factory):
 
 def proposals(target, drafter, device: str, graphs: bool):
     """Every tree the drafter proposed (host copies) and the outputs."""
+    mode = (True if device == "cuda" else "emulate") if graphs else False
     config = EngineConfig(device=device, dtype="float32", block_size=4, max_model_len=48, max_num_seqs=3,
-                          cuda_graphs=graphs)
+                          cuda_graphs=mode)
     engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
-    if graphs and device == "cpu":
-        drafter.graphs = DraftGraphs("cpu", 3, capture=False)
     trees, propose = [], drafter.propose
 
     def record(seqs, budgets):

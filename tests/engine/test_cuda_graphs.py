@@ -1,9 +1,10 @@
-"""CUDA-graphed decode/verify steps (specdec/engine/cuda_graphs.py) give the tokens of the eager
-step, for every drafter, greedy and sampled, with batches that are padded up to a bucket.
+"""Steps replayed from CUDA graphs (the step body of specdec/engine/step.py, captured per bucket by
+the ModelRunner) give the tokens of the eager step, for every drafter, greedy and sampled, with
+batches padded up to a bucket: decode steps, prefill steps, and mixed steps split in two.
 
-On the CPU the graph's body runs eagerly on the staged buffers (``capture=False``): the bucketing,
-staging and padding logic is what differs from the eager step, and it is tested here. On the GPU
-the real graphs run (marker ``gpu``)."""
+On the CPU the graphs' bodies run eagerly on their padded static inputs (``engine.cuda_graphs=
+emulate``): the bucketing, staging and padding logic is what differs from the eager step, and it
+is tested here. On the GPU the real graphs run (marker ``gpu``)."""
 import dataclasses
 
 import pytest
@@ -13,9 +14,8 @@ from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
-from specdec.engine.cuda_graphs import StepGraphs, batch_buckets, bucket
 from specdec.engine.engine import Engine
-from specdec.engine.prefill_graphs import PrefillGraphs
+from specdec.engine.graphs import batch_buckets, bucket
 from specdec.engine.sequence import SamplingParams
 from specdec.models.loader import load_model
 from specdec.verifiers import LosslessVerifier, TypicalVerifier
@@ -42,20 +42,23 @@ def drafters(path):
 
 
 def build(path, device, drafter, graphs: bool, verifier=None, **cfg) -> Engine:
-    """An engine as the CUDA one is built; on the CPU with graphs whose body runs eagerly."""
+    """An engine as the CUDA one is built; on the CPU with graphs whose bodies run eagerly."""
     model = load_model(path, device=device).model
     verifier = verifier or LosslessVerifier()
-    config = EngineConfig(device=device, dtype="float32", block_size=4, cuda_graphs=graphs,
+    mode = (True if device == "cuda" else "emulate") if graphs else False
+    config = EngineConfig(device=device, dtype="float32", block_size=4, cuda_graphs=mode,
                           **{"max_num_seqs": 8, **cfg})
-    engine = Engine(model, drafter, verifier, config)
-    if graphs and device == "cpu":
-        engine.graphs = StepGraphs(engine.runner, verifier, min(config.max_num_seqs, config.max_graph_batch),
-                                   engine.max_model_len, model.config.vocab_size, capture=False)
-        if config.graph_prefills(True):  # as the engine decides on CUDA
-            engine.prefill_graphs = PrefillGraphs(engine.runner, verifier, engine.graphs.batch_buckets[-1],
-                                                  engine.max_model_len, config.max_num_batched_tokens,
-                                                  capture=False)
-    return engine
+    return Engine(model, drafter, verifier, config)
+
+
+def replays(engine: Engine, kind: str = "any") -> int:
+    """Steps (or parts) served by a graph: ``trees``, ``chunks`` or ``any``."""
+    return sum(e.replays for key, e in engine.runner.graphs.entries.items()
+               if kind == "any" or getattr(key[0], kind) > 0)
+
+
+def keys(engine: Engine, kind: str) -> set:
+    return {key for key in engine.runner.graphs.entries if getattr(key[0], kind) > 0}
 
 
 def run(path, device, drafter, graphs: bool, params, verifier=None, **cfg):
@@ -81,18 +84,18 @@ def test_graphed_steps_give_the_eager_tokens(tiny_dir, device, name, sampled):
     params = SAMPLED if sampled else GREEDY
     _, eager = run(path, device, drafters(path)[name](), False, params)
     engine, graphed = run(path, device, drafters(path)[name](), True, params)
-    assert engine.graphs.replays > 0, "no step ran through the graphs"
+    assert replays(engine, "trees") > 0, "no decode step ran through the graphs"
     assert graphed == eager
-    if device == "cuda":  # five sequences ran in the bucket of 8 at first, then fewer
-        assert any(key[0] > 1 for key in engine.graphs.graphs)
+    # five sequences ran in the bucket of 8 at first, then fewer
+    assert any(key[0].trees > 1 for key in keys(engine, "trees"))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["none", "ngram_tree", "draft_tree"])
 def test_split_mixed_steps_replay_the_graphs(tiny_dir, device, name):
     """Two sequences at a time for five prompts, so later prompts prefill beside decoding ones:
-    split, the decode trees of those steps replay the graphs (the prefill chunks run eagerly
-    after them), with the tokens of the one eager mixed forward, greedy and sampled."""
+    split, the decode trees of those steps replay their graphs and the prefill chunks theirs,
+    with the tokens of the one eager mixed forward, greedy and sampled."""
     path = str(tiny_dir("qwen2"))
     params = STAGGERED
     runs = {split: run(path, device, drafters(path)[name](), True, params, max_num_seqs=2,
@@ -100,7 +103,7 @@ def test_split_mixed_steps_replay_the_graphs(tiny_dir, device, name):
     (whole, whole_out), (split, split_out) = runs[False], runs[True]
     assert split.stats.mixed_steps == whole.stats.mixed_steps > 0
     assert split_out == whole_out
-    assert split.graphs.replays == whole.graphs.replays + split.stats.mixed_steps
+    assert replays(split) == replays(whole) + 2 * split.stats.mixed_steps
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -115,8 +118,8 @@ def test_graphed_prefill_steps_give_the_eager_tokens(tiny_dir, device, name):
            "split_mixed_steps": True}
     _, eager = run(path, device, drafters(path)[name](), False, params, **cfg)
     engine, graphed = run(path, device, drafters(path)[name](), True, params, prefill_graphs=True, **cfg)
-    assert engine.stats.mixed_steps > 0 and engine.prefill_graphs.replays > engine.stats.mixed_steps
-    assert len({key[:2] for key in engine.prefill_graphs.graphs}) > 1, "one bucket only"
+    assert engine.stats.mixed_steps > 0 and replays(engine, "chunks") > engine.stats.mixed_steps
+    assert len({key[0] for key in keys(engine, "chunks")}) > 1, "one bucket only"
     assert graphed == eager
 
 
@@ -131,13 +134,14 @@ def test_prefill_warm_up_covers_every_greedy_prefill_step(tiny_dir, device):
     cfg = {"max_num_seqs": 3, "max_num_batched_tokens": 24, "split_mixed_steps": True}
     _, eager = run(path, "cpu", NgramDrafter(num_tokens=4, max_matches=4, max_nodes=12), False, params, **cfg)
     engine = build(path, device, NgramDrafter(num_tokens=4, max_matches=4, max_nodes=12), True, **cfg)
-    pg = engine.prefill_graphs
-    assert pg.warm_up() == 6 and pg.warm_up() == 0  # (1, 2, 3 sequences) x (16, 24 tokens), once
-    assert {key[:2] for key in pg.graphs} == {(b, n) for b in (1, 2, 3) for n in (16, 24)}
-    keys = set(pg.graphs)
+    # decode: (1, 2, 3 sequences) x (1, 2, 4, 8, 16 nodes); prefill: (1, 2, 3) x (16, 24 tokens)
+    assert engine.runner.warm_up(12) == 15 + 6 and engine.runner.warm_up(12) == 0
+    assert {(k[0].chunks, k[0].tokens) for k in keys(engine, "chunks")} == {
+        (b, n) for b in (1, 2, 3) for n in (16, 24)}
+    before = keys(engine, "chunks")
     out = [s.output for s in engine.generate(PROMPTS, params)]
-    assert pg.replays > engine.stats.mixed_steps > 0
-    assert set(pg.graphs) == keys, "a prefill step captured a graph the warm-up had not"
+    assert replays(engine, "chunks") > engine.stats.mixed_steps > 0
+    assert keys(engine, "chunks") == before, "a prefill step captured a graph the warm-up had not"
     assert out == eager
 
 
@@ -156,7 +160,7 @@ def test_prefill_graph_layout(tiny_dir):
         seqs = engine.generate(PROMPTS[:3], GREEDY)
         seen[graphs] = rows[0], [s.output for s in seqs], engine.runner.k_cache.clone()
         if graphs:
-            assert engine.prefill_graphs.replays > 0
+            assert replays(engine, "chunks") > 0
     (offsets, hidden, index), out, kc = seen[True]
     (e_offsets, e_hidden, e_index), e_out, e_kc = seen[False]
     assert offsets == e_offsets and index == e_index and out == e_out
@@ -172,7 +176,7 @@ def test_graphed_typical_verifier_and_small_graph_batch(tiny_dir, device):
     _, eager = run(path, device, make(), False, SAMPLED, TypicalVerifier())
     engine, graphed = run(path, device, make(), True, SAMPLED, TypicalVerifier(), max_graph_batch=2)
     assert graphed == eager
-    assert engine.graphs.replays > 0
+    assert replays(engine) > 0
 
 
 @pytest.mark.gpu
@@ -183,19 +187,18 @@ def test_graph_replay_reads_nothing_back(tiny_dir, name):
     back (the drafter's kernels may still be running): its only host read is `read`, after."""
     path = str(tiny_dir("llama"))
     engine, _ = run(path, "cuda", drafters(path)[name](), True, GREEDY)
-    before = engine.graphs.replays
-    seq = engine.add_request(PROMPTS[0], SamplingParams(max_new_tokens=8, ignore_eos=True))
-    engine.step()  # prefill: eager
+    before = replays(engine, "trees")
+    engine.add_request(PROMPTS[0], SamplingParams(max_new_tokens=8, ignore_eos=True))
+    engine.step()  # prefill
     batch = engine.scheduler.schedule()
     tree = engine.drafter.propose([i.seq for i in batch], [i.num_new for i in batch])
-    sampling = engine._sampling([seq])
     torch.cuda.set_sync_debug_mode("error")
     try:
-        graphed = engine.graphs.run(batch, tree, *sampling)
+        launched = engine.runner.launch(batch, tree, engine.num_uniforms)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert graphed is not None and engine.graphs.replays == before + 1
-    read = graphed.read()
+    assert replays(engine, "trees") == before + 1
+    read = engine.runner.finish(*launched).read
     assert read.tokens[0][-1] >= 0 and 1 <= read.num_nodes[0] <= batch[0].num_new
 
 
@@ -260,7 +263,7 @@ def test_graphed_step_layout(tiny_dir):
         engine.generate([PROMPTS[0]], GREEDY)
         seen[graphs] = [r for r in rows if r is not None]
         if graphs:
-            assert engine.graphs.replays > 0
+            assert replays(engine, "trees") > 0
     assert len(seen[True]) == len(seen[False]) > 3
     for eager, graphed in zip(seen[False], seen[True]):
         assert len(eager) == len(graphed)
@@ -271,7 +274,7 @@ def test_graphed_step_layout(tiny_dir):
 def test_accepted_moves_slide_the_path_into_place():
     """The graph's commit: node j of the accepted path moves from its slot to the slot of
     position num_cached + j; nodes already in place and padding move nothing."""
-    from specdec.engine.model_runner import accepted_moves
+    from specdec.engine.step import accepted_moves
     from specdec.kernels import compact_kv
 
     slots = torch.tensor([[30, 31, 32, 33, 34, 35], [7, 8, 12, 13, 14, 15]])  # [B, T] (2nd: a block edge)

@@ -8,7 +8,7 @@ import torch
 import transformers
 import yaml
 
-from specdec import assets
+from specdec.models import assets
 from specdec.data import default_prompts, render
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.eagle import EagleDrafter

@@ -24,7 +24,8 @@ from kernel_cases import (ATTN_CASES, LAYER_CASES, TREE_STRUCTURE_CASES, compact
 
 from specdec.kernels import reference as ref_ops  # noqa: E402
 from specdec.kernels import layer_ops  # noqa: E402
-from specdec.kernels.tree_structure import tree_structure_triton  # noqa: E402
+from specdec.verifiers.tree import tree_structure as tree_structure_ref  # noqa: E402
+from specdec.verifiers.tree_structure_triton import tree_structure_triton  # noqa: E402
 from specdec.kernels import (compact_kv_ref, compact_kv_triton, plan_tree_attention,  # noqa: E402
                              store_kv_ref, store_kv_triton, tree_attention_ref, tree_attention_triton)
 
@@ -85,7 +86,7 @@ def run_tree_structure(name: str) -> dict:
     """Parent index, child counts, depths and ancestor masks: integers, so exactly equal."""
     parents, num = tree_structure_case(name)
     outs = tree_structure_triton(parents, num)
-    refs = ref_ops.tree_structure_ref(parents, num)
+    refs = tree_structure_ref(parents, num)
     exact = all(torch.equal(o, r) for o, r in zip(outs, refs))
     return {"rel_err": 0.0 if exact else 1.0, "unwritten": 0, "exact": exact}
 

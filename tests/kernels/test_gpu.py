@@ -226,7 +226,8 @@ def test_tree_structure_exact(name):
     """The one-launch tree derivation equals the torch reference, and replays in a CUDA graph
     (where DraftTree builds it) with new parents."""
     from kernel_cases import tree_structure_case
-    from specdec.kernels import tree_structure, tree_structure_ref
+    from specdec.verifiers.tree import tree_structure as tree_structure_ref
+    from specdec.verifiers.tree_structure_triton import tree_structure_triton as tree_structure
     parents, num = tree_structure_case(name, device="cuda")
     for out, ref in zip(tree_structure(parents, num), tree_structure_ref(parents, num)):
         assert torch.equal(out, ref)

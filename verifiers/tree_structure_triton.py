@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .plan import next_pow2
 
 
 @triton.jit
@@ -43,13 +42,14 @@ def _tree_structure_kernel(par_ptr, num_ptr, pidx_ptr, nchild_ptr, depth_ptr, ma
 
 
 def tree_structure_triton(parents: Tensor, num_nodes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Same contract as `specdec.verifiers.tree.tree_structure`; ``parents [B, T]`` int64, T <= 64."""
+    """Same contract as `specdec.verifiers.tree.tree_structure`; ``parents [B, T]`` int64, T <= 64
+    (`DraftTree` checks the sizes)."""
     parents = parents.contiguous().long()
     num_nodes = num_nodes.contiguous().long()
     batch, width = parents.shape
     out = torch.empty((4, batch, width), dtype=torch.long, device=parents.device)
     if batch and width:
-        block = max(next_pow2(width), 16)
+        block = max(triton.next_power_of_2(width), 16)
         _tree_structure_kernel[(batch,)](parents, num_nodes, out[0], out[1], out[2], out[3], width,
                                          BLOCK=block, STEPS=max(width - 1, 0).bit_length(),
                                          num_warps=1)

@@ -1,0 +1,157 @@
+"""The host side of a step: the step body's named inputs (step.py) from the scheduled sequences and
+the drafter's tree, and `StepRead`, what the host reads back after it.
+
+Slots: the trees' sequences take slots 0 .. B_t - 1 (``trees[b]`` at slot b), the chunks' take
+B_t .. B_s - 1; slots past the real ones are a graph bucket's padding: no rows, nothing stored,
+greedy sampling rows that nobody reads.
+
+Inputs (host arrays unless noted; shapes per `StepShape`):
+  prefix [B_s] int32 (num_cached), tables [B_s, W] int32, indptr [B_s + 1] int32 (rows of each
+  slot), temp, top_p [B_s] float32, top_k [B_s] int64, unif [B_s, T_s + 1] float32;
+  trees: budget [B_t] int64 (nodes the scheduler reserved), on the device tok, par [B_t, T]
+  int64, kind [B_t, T] int8, num [B_t] int64 and, for a drafter that samples, probs [B_t, T, V];
+  packed trees: src [N_t] int64 (flat b * T + i of each row), row_of [B_t, T] int64;
+  chunks: ids, pos, slots [N_c] int64 (padding: slot -1), last [B_c] int64 (each chunk's last row).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from specdec.verifiers import DraftTree, SamplingPlan
+
+from . import ragged
+from .scheduler import ScheduledSeq
+from .sequence import Sequence
+from .step import StepShape
+
+
+@dataclass
+class SamplingRows:
+    """Host arrays of sampling parameters, one row per sequence: ``[n]`` each, ``unif [n, U]``."""
+    temp: np.ndarray
+    top_p: np.ndarray
+    top_k: np.ndarray
+    unif: np.ndarray
+
+    @classmethod
+    def of(cls, seqs: list[Sequence], num_uniforms: int) -> "SamplingRows":
+        """Numpy (a few microseconds, where torch's small ops cost tens). The uniforms are a fixed
+        number per sampling event from the request's own counter-based generator, so sampled
+        outputs do not depend on the batch or the schedule; greedy rows draw nothing."""
+        unif = np.zeros((len(seqs), num_uniforms), dtype=np.float32)
+        for r, seq in enumerate(seqs):
+            if seq.samples:
+                unif[r] = torch.rand(num_uniforms, generator=seq.generator(stream=0)).numpy()
+        return cls(np.array([s.params.temperature for s in seqs], dtype=np.float32),
+                   np.array([s.params.top_p for s in seqs], dtype=np.float32),
+                   np.array([s.params.top_k for s in seqs], dtype=np.int64), unif)
+
+
+def exact_shape(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Optional[DraftTree],
+                kept: list[int]) -> StepShape:
+    """An eager step's shape: packed trees of ``kept[b]`` nodes, the chunks as they are."""
+    tables = [len(i.seq.block_table) for i in trees + chunks]
+    return StepShape(trees=len(trees), nodes=tree.max_nodes if trees else 0, chunks=len(chunks),
+                     tokens=sum(i.num_new for i in chunks), tree_rows=sum(kept),
+                     table_width=max(tables, default=1) or 1, packed=True)
+
+
+def stage(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Optional[DraftTree],
+          shape: StepShape, block_size: int, sampling: SamplingRows, kept: list[int] = ()
+          ) -> tuple[dict[str, np.ndarray], dict[str, tuple[Tensor, tuple]]]:
+    """The body's inputs for ``shape``: host arrays, and device tensors ``{name: (tensor, static
+    shape)}`` (`GraphRunner.run`). ``sampling``: rows of ``trees + chunks``; ``kept``: packed
+    layout only, the nodes each tree keeps (its node count cut to its budget)."""
+    bt, t, bc, s = shape.trees, shape.nodes, shape.chunks, shape.slots
+    width = shape.width
+    slot_items = list(enumerate(trees)) + [(bt + c, item) for c, item in enumerate(chunks)]
+    prefix = np.zeros(s, np.int32)
+    for slot, item in slot_items:
+        prefix[slot] = item.seq.num_cached
+    tables = ragged.table_array([], s, shape.table_width)
+    for slot, item in slot_items:
+        tables[slot, : len(item.seq.block_table)] = item.seq.block_table
+    counts = np.zeros(s, np.int32)  # rows per slot
+    counts[: len(trees)] = kept if shape.packed else t
+    counts[bt: bt + len(chunks)] = [i.num_new for i in chunks]
+    indptr = np.zeros(s + 1, np.int32)
+    np.cumsum(counts, out=indptr[1:])
+    temp, top_p = np.zeros(s, np.float32), np.ones(s, np.float32)  # padding: greedy rows
+    top_k, unif = np.zeros(s, np.int64), np.zeros((s, width + 1), np.float32)
+    rows = [slot for slot, _ in slot_items]
+    u = min(width + 1, sampling.unif.shape[1])
+    temp[rows], top_p[rows], top_k[rows] = sampling.temp, sampling.top_p, sampling.top_k
+    unif[rows, :u] = sampling.unif[:, :u]
+    host = {"prefix": prefix, "tables": tables, "indptr": indptr, "temp": temp, "top_p": top_p,
+            "top_k": top_k, "unif": unif}
+    dev = {}
+    if bt:
+        n = len(trees)
+        host["budget"] = np.zeros(bt, np.int64)
+        host["budget"][:n] = [min(i.num_new, t) for i in trees]
+        cols = min(t, tree.max_nodes) if n else 0
+        for name, x in (("tok", tree.tokens), ("par", tree.parents), ("kind", tree.kind)):
+            dev[name] = (x[:n, :cols], (bt, t))
+        dev["num"] = (tree.num_nodes[:n], (bt,))
+        if tree.draft_probs is not None:
+            dev["probs"] = (tree.draft_probs[:n, :cols], (bt, t, tree.draft_probs.shape[-1]))
+        if shape.packed:
+            host["src"] = np.concatenate([b * t + np.arange(k) for b, k in enumerate(kept)])
+            start = indptr[:n, None].astype(np.int64)
+            host["row_of"] = start + np.minimum(np.arange(t), np.asarray(kept)[:, None] - 1)
+    if bc:
+        ids, pos = np.zeros(shape.tokens, np.int64), np.zeros(shape.tokens, np.int64)
+        slots, last = np.full(shape.tokens, -1, np.int64), np.zeros(bc, np.int64)
+        at = 0
+        for c, item in enumerate(chunks):
+            seq, start, n = item.seq, item.seq.num_cached, item.num_new
+            ids[at: at + n] = seq.tokens[start: start + n]
+            pos[at: at + n] = np.arange(start, start + n)
+            slots[at: at + n] = ragged.slots(seq.block_table, start, n, block_size)
+            at += n
+            last[c] = at - 1
+        host.update(ids=ids, pos=pos, slots=slots, last=last)
+    return host, dev
+
+
+def sampling_plan(host: dict[str, np.ndarray]) -> SamplingPlan:
+    """The verifier's plan for the staged rows, padding included (host facts: no device read)."""
+    return SamplingPlan.of(host["temp"], host["top_p"], host["top_k"])
+
+
+@dataclass
+class StepRead:
+    """What the host reads back after a step (its one device read), per sampling row: the
+    accepted path, the tokens it emits, and tree facts for the statistics."""
+    accepted: list[list[int]]  # accepted node indices, root first
+    tokens: list[list[int]]  # emitted: the accepted draft tokens, then the bonus token
+    depths: list[int]  # depth of the verified tree
+    num_nodes: list[int]  # nodes of the verified tree
+
+    @classmethod
+    def parse(cls, readout: Tensor, rows: list[tuple[int, Sequence, int]]) -> "StepRead":
+        """``readout [B_s, 2 A + 4]`` (step.step_body) in one transfer; ``rows``: (slot,
+        sequence, node budget) of each sampling row. Raises when a drafter broke the tree
+        contract (its root is not the last token, or it holds more nodes than its budget:
+        those nodes were not stored)."""
+        table = readout.tolist()
+        a = (readout.shape[1] - 4) // 2  # A: accepted-path columns
+        read = cls([], [], [], [])
+        for slot, seq, budget in rows:
+            row = table[slot]
+            num_acc, bonus = row[a], row[a + 1]
+            num, root, depth = row[2 * a + 1: 2 * a + 4]
+            if root != seq.tokens[-1] or not 1 <= num <= budget:
+                raise AssertionError(f"drafter tree for request {seq.request_id} has root {root} / "
+                                     f"{num} nodes; expected root {seq.tokens[-1]} and 1 to "
+                                     f"{budget} nodes")
+            read.accepted.append(row[: num_acc + 1])
+            read.tokens.append(row[a + 2: a + 2 + num_acc] + [bonus])
+            read.depths.append(depth)
+            read.num_nodes.append(num)
+        return read
