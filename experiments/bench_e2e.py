@@ -34,16 +34,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from specdec import data as data_mod
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.metrics import acceptance
+from specdec.models.loader import load_model
+from specdec.run import git_sha, versions
 
-from specdec import data as data_mod  # noqa: E402
-from specdec.engine.config import EngineConfig  # noqa: E402
-from specdec.engine.engine import Engine  # noqa: E402
-from specdec.engine.sequence import SamplingParams  # noqa: E402
-from specdec.metrics import acceptance  # noqa: E402
-from specdec.models.loader import load_model  # noqa: E402
-from specdec.run import git_sha, versions  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def make_drafter(spec: str):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from specdec.engine.graphs import capture
 from specdec.kernels import plan_tree_attention, tree_attention
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
@@ -382,16 +383,8 @@ def sweep_md(rows: list[dict]) -> str:
 
 
 def graph_replay(fn):
-    """fn captured in a CUDA graph (after one warm-up run on a side stream); returns the replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
+    """fn captured in a CUDA graph (after one warm-up run on a side stream); returns the graph."""
+    return capture(fn, "cuda", warmup=1)[0]
 
 
 def bench_flush_us(replay, flush: torch.Tensor, dirty: bool, reps: int = 100) -> float:

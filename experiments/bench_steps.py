@@ -20,42 +20,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from specdec.engine import ragged
+from specdec.engine.graphs import capture
+from specdec.models.synthetic import SHAPES, random_model
+from specdec.run import git_sha, versions
 
-from cuda_graph import capture  # noqa: E402
-from specdec.engine import ragged  # noqa: E402
-from specdec.models.config import ModelConfig  # noqa: E402
-from specdec.models.llama import LlamaForCausalLM, fuse_projections  # noqa: E402
-from specdec.run import git_sha, versions  # noqa: E402
-
-SHAPES = {
-    "llama3_8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                      rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
-                      rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                        high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    "smollm2_135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                         rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
-                         tie_word_embeddings=True),
-}
 BLOCK = 16
-
-
-def random_model(shape: str) -> LlamaForCausalLM:
-    """The architecture with N(0, 0.02) bf16 weights, built on the GPU directly."""
-    cfg = ModelConfig(**SHAPES[shape])
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = LlamaForCausalLM(cfg).eval()
-    finally:
-        torch.set_default_dtype(torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.fill_(1.0) if name.endswith("norm.weight") else p.normal_(0, 0.02)
-    return fuse_projections(model)
 
 
 def step_fn(model, kc, vc, batch: int, context: int, nodes: int):
@@ -80,7 +50,7 @@ def step_fn(model, kc, vc, batch: int, context: int, nodes: int):
 @torch.inference_mode()
 def time_graph(fn, rounds: int = 3, reps: int = 10) -> float:
     """Median over rounds of the mean replay time (ms) of ``fn`` captured in a CUDA graph."""
-    g, _ = capture(fn)
+    g, _, _ = capture(fn, "cuda")
     for _ in range(3):
         g.replay()
     times = []
@@ -109,6 +79,7 @@ def main() -> None:
     args = ap.parse_args()
 
     model = random_model(args.shape)
+    model.prepare("cuda", torch.bfloat16, max(args.contexts) + max(args.nodes))  # the engine's fused path
     cfg = model.config
     per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2  # bytes
     fits = [(b, c) for b in args.batches for c in args.contexts

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from cuda_graph import capture
+from specdec.engine.graphs import capture
 from specdec.verifiers import CandidateKind, DraftTree, SamplingPlan, TreeChoices, sample, verify_tree
 from specdec.verifiers.row_stats import row_stats
 
@@ -195,7 +195,7 @@ def _graph(tree, logits, params, u, plan, ref, args) -> dict:
         return {"graph_matches_eager": bool(torch.equal(out.accepted_nodes, ref.accepted_nodes)
                                             and torch.equal(out.bonus_token, ref.bonus_token))}
     try:
-        graph, out = capture(step)
+        graph, _, out = capture(step, "cuda")
         graph.replay()
         _sync()
         same = bool(torch.equal(out.accepted_nodes, ref.accepted_nodes) and torch.equal(out.bonus_token, ref.bonus_token))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cuda_graph import capture
+from specdec.engine.graphs import capture
 
 
 def _rope(x, cos, sin):  # x [1, H, 1, D]; cos, sin [D]
@@ -58,7 +58,7 @@ def floor_step_ms(model, context: int = 512, steps: int = 200) -> float:
         tok.copy_(model.lm_head(h).argmax(-1))
         pos.add_(1)
 
-    g, _ = capture(step, warmup=3, device=dev)
+    g, _, _ = capture(step, dev, warmup=3)
     pos.fill_(context)
     g.replay()
     torch.cuda.synchronize(dev)

@@ -3,7 +3,7 @@
 They are the specification: simple enough to trust by reading, used by the tests as the oracle for
 the Triton kernels, and used by the engine on CPU.
 
-Paged KV layout (DESIGN.md): ``k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]``;
+Paged KV layout (ARCHITECTURE.md, "Paged KV layout"): ``k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]``;
 token ``p`` of a sequence lives in block ``block_table[p // block_size]`` at offset
 ``p % block_size``, i.e. flat slot ``block_id * block_size + offset``.
 

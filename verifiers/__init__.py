@@ -1,6 +1,6 @@
 """Tree verification rules for speculative decoding. Depends on torch alone.
 
-The API an engine calls (DESIGN.md "The step": ``result = verifier.verify(tree, logits)``):
+The API an engine calls (ARCHITECTURE.md "The step": ``result = verifier.verify(tree, logits)``):
 
     from specdec.verifiers import DraftTree, verify_tree
     tree = DraftTree.from_lists([[root, a, b, c]], [[-1, 0, 0, 1]])     # or chains / from_choices

@@ -1,5 +1,5 @@
 """Greedy verification (temperature 0), loop-free: a child is accepted when it equals the
-target's argmax at its parent and no earlier sibling has its token (DESIGN.md "Verifiers: the
+target's argmax at its parent and no earlier sibling has its token (ARCHITECTURE.md "Verifiers: the
 rules"; only one token per parent can match, so the first matching child is the first copy of
 that token). The accepted path is then the deepest node whose every ancestor (root excluded)
 was accepted, found with the trees' ancestor bitmasks in O(1) kernels over ``[B, T]`` after one

@@ -1,4 +1,4 @@
-"""VerifyResult: what a verifier returns for a batch of draft trees (DESIGN.md "Core types")."""
+"""VerifyResult: what a verifier returns for a batch of draft trees (ARCHITECTURE.md "The step")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

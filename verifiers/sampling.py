@@ -1,7 +1,7 @@
 """Lossless tree verification: multi-candidate recursive rejection sampling.
 
 Follows SpecInfer (Miao et al., 2024, "multi-step speculative sampling") and EAGLE's tree
-sampling, with the candidate-kind rules of DESIGN.md "Verifiers: the rules". At the current node
+sampling, with the candidate-kind rules of ARCHITECTURE.md "Verifiers: the rules". At the current node
 with target distribution p, the children are tried in node order; child c with draft law q_c:
 
     accept c  with probability min(1, p(c) / q_c(c));   else  p <- norm(max(p - q_c, 0))

@@ -6,7 +6,7 @@ parents are ``i - 1``. A node at depth d sits at position ``context_len - 1 + d`
 ``context_len`` counts every token of the sequence including the root.
 
 Candidate kinds say how a node was chosen among its siblings; lossless verification needs it
-(DESIGN.md "Verifiers: the rules"):
+(ARCHITECTURE.md "Verifiers: the rules"):
   * DETERMINISTIC: picked without randomness (top-k, static trees) -> accept with prob p(c);
   * SAMPLED: drawn i.i.d. from the draft distribution q at its parent -> accept with min(1, p/q);
   * SAMPLED_NO_REPLACEMENT: drawn from q at its parent without replacement among its siblings.

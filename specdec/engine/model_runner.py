@@ -155,8 +155,8 @@ class ModelRunner:
     def warm_up(self, max_nodes: int) -> int:
         """Capture now the greedy graph of every decode bucket up to ``max_nodes`` nodes and of
         every prefill bucket a step can reach (at least one token per sequence), on padding only
-        (no rows stored), so that no step pays a capture or a kernel compilation later (one such
-        step took 1.7 s on an H200). Returns the number of graphs captured."""
+        (no rows stored), so that no step pays a capture or a Triton compilation later (seconds
+        each on a cold cache). Returns the number of graphs captured."""
         top = bucket(max_nodes, NODE_BUCKETS) or NODE_BUCKETS[-1]
         shapes = [StepShape(bg, tg, 0, 0, bg * tg, self.tree_table_width, False)
                   for bg in self.batch_buckets for tg in NODE_BUCKETS if tg <= top]

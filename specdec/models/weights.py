@@ -44,7 +44,7 @@ def read_file(path: Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    # Pickled checkpoints: weights_only keeps a malicious file from running code (DESIGN.md).
+    # Pickled checkpoints: weights_only keeps a malicious file from running code .
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -1,5 +1,5 @@
 """The verifier modules import torch alone: no engine, Hydra, omegaconf, W&B or transformers
-(DESIGN.md). Checked in a fresh interpreter, so other tests' imports cannot hide a leak."""
+(ARCHITECTURE.md, "Imports"). Checked in a fresh interpreter, so other tests' imports cannot hide a leak."""
 import json
 import subprocess
 import sys

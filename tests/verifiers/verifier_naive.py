@@ -1,5 +1,5 @@
 """Naive references for the verifier tests: one Python walk per sequence, straight from the rules
-in DESIGN.md "Verifiers: the rules" (no vectorisation, float64)."""
+in ARCHITECTURE.md "Verifiers: the rules" (no vectorisation, float64)."""
 from __future__ import annotations
 
 import torch

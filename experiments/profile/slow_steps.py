@@ -8,7 +8,7 @@ Target: the SmolLM2-135M architecture with random bf16 weights (no checkpoint; a
 near zero, so this measures step costs, not tau). 32 random prompts of 40-400 tokens, 256 new
 tokens each, two timed passes per system after a warm-up pass. Drafts: the shipped EAGLE head.
 
-    python experiments/slow_steps.py --batch 16 --nodes 60 16 --split 0 1 --out experiments/results/slow_steps.json
+    python experiments/profile/slow_steps.py --batch 16 --nodes 60 16 --split 0 1 --out experiments/results/slow_steps.json
 """
 from __future__ import annotations
 
@@ -17,33 +17,29 @@ import datetime
 import gc
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments"))
+from specdec.drafters import formats
+from specdec.drafters.eagle import EagleDrafter
+from specdec.drafters.none import NoDrafter
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.models.synthetic import random_model
+from specdec.run import git_sha, versions
+from specdec.verifiers import LosslessVerifier
 
-from bench_steps import random_model  # noqa: E402
-from specdec.drafters.eagle import EagleDrafter  # noqa: E402
-from specdec.drafters.none import NoDrafter  # noqa: E402
-from specdec.engine.config import EngineConfig  # noqa: E402
-from specdec.engine.engine import Engine  # noqa: E402
-from specdec.engine.sequence import SamplingParams  # noqa: E402
-from specdec.run import git_sha, versions  # noqa: E402
-from specdec.verifiers import LosslessVerifier  # noqa: E402
-
-WEIGHTS = REPO / "drafters/weights/smollm2-135m-instruct/eagle"
+WEIGHTS = formats.expand_default("default", "eagle")  # the shipped EAGLE-2 head
 
 
 def drafter(nodes: int | None, vocab: bool):
     if nodes is None:
         return NoDrafter()
     depth, top_k = (6, 10) if nodes > 20 else (3, 6)
-    return EagleDrafter(str(WEIGHTS), total_tokens=nodes, depth=depth, top_k=top_k,
+    return EagleDrafter(WEIGHTS, total_tokens=nodes, depth=depth, top_k=top_k,
                         draft_vocab="default" if vocab else None)
 
 
@@ -51,9 +47,8 @@ def timed_pass(engine, prompts) -> dict:
     """One pass over ``prompts``; per step: seconds, graphed or not, and the engine's split."""
     steps, orig = [], engine.step
 
-    def replays() -> int:  # decode and prefill graphs
-        pg = engine.prefill_graphs
-        return engine.graphs.replays + (pg.replays if pg is not None else 0)
+    def replays() -> int:  # the target's decode and prefill graphs
+        return engine.runner.graphs.replays
 
     def step():
         s, mixed, before_replays = engine.stats, engine.stats.mixed_steps, replays()
@@ -126,7 +121,7 @@ def main() -> None:
     if args.out:
         meta = {"device": torch.cuda.get_device_name(), "versions": versions(), "git_sha": git_sha(),
                 "date": datetime.date.today().isoformat()}
-        Path(args.out).write_text(json.dumps({"script": "experiments/slow_steps.py", "args": vars(args),
+        Path(args.out).write_text(json.dumps({"script": "experiments/profile/slow_steps.py", "args": vars(args),
                                               **meta, "rows": rows}, indent=2))
 
 

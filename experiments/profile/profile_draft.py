@@ -10,7 +10,7 @@ shipped heads of drafters/weights/smollm2-135m-instruct. Graph timings and kerne
 shapes only (a dynamic tree always keeps ``total_tokens`` nodes), so random target weights give
 the same figures; acceptance does not matter here (bench_e2e.py measures it).
 
-    python experiments/profile_draft.py --out experiments/results/profile_draft.json
+    python experiments/profile/profile_draft.py --out experiments/results/profile_draft.json
 """
 from __future__ import annotations
 
@@ -25,21 +25,18 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from specdec.drafters import formats
+from specdec.drafters.eagle import EagleDrafter
+from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.none import NoDrafter
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.models.synthetic import random_model
+from specdec.run import git_sha, versions
+from specdec.verifiers import LosslessVerifier
 
-from bench_steps import random_model  # noqa: E402
-from specdec.drafters.eagle import EagleDrafter  # noqa: E402
-from specdec.drafters.eagle3 import Eagle3Drafter  # noqa: E402
-from specdec.drafters.none import NoDrafter  # noqa: E402
-from specdec.engine.config import EngineConfig  # noqa: E402
-from specdec.engine.cuda_graphs import NODE_BUCKETS, bucket  # noqa: E402
-from specdec.engine.engine import Engine  # noqa: E402
-from specdec.engine.sequence import SamplingParams  # noqa: E402
-from specdec.run import git_sha, versions  # noqa: E402
-from specdec.verifiers import LosslessVerifier  # noqa: E402
-
-WEIGHTS = REPO / "drafters/weights/smollm2-135m-instruct"
+WEIGHTS = Path(formats.expand_default("default", "eagle")).parent  # the shipped heads
 
 
 def replay_ms(graph, repeats: int = 50) -> float:
@@ -109,15 +106,14 @@ def measure(model, name: str, batch: int, steps: int, prompt_len: int, kernels: 
         ids = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist()
         engine.add_request(ids, SamplingParams(max_new_tokens=100000, ignore_eos=True))
     last = {}
-    graphs = engine.graphs
+    graphs = engine.runner.graphs
     dg = getattr(drafter, "graphs", None)
-    if dg is not None:
-        orig = dg.run
-
-        def draft_run(key, *args):  # remember the drafter graph the step replayed
-            last["draft"] = key
-            return orig(key, *args)
-        dg.run = draft_run
+    for name, runner in (("target", graphs), ("draft", dg)):
+        if runner is not None:  # remember the graph each part of the step replayed
+            def run(key, *args, runner=runner, name=name, orig=runner.run):
+                last[name] = key
+                return orig(key, *args)
+            runner.run = run
     streak = 0
     while streak < 5:  # prefill, then five graphed decode steps in a row (the graphs are warm)
         before = graphs.replays
@@ -129,11 +125,11 @@ def measure(model, name: str, batch: int, steps: int, prompt_len: int, kernels: 
         engine.step()
         times.append(time.perf_counter() - t0)
     step_ms = 1e3 * statistics.median(times)
-    key = _target_key(engine)
-    target = graphs.graphs[key]
-    out = {"system": name, "batch": batch, "step_ms": step_ms, "target_graph_key": str(key[:2]),
-           "target_graph_ms": replay_ms(target.graph)}
-    if dg is not None:
+    key = last["target"]
+    target = graphs.entries[key]
+    out = {"system": name, "batch": batch, "step_ms": step_ms,
+           "target_graph_key": f"({key[0].trees}, {key[0].nodes})", "target_graph_ms": replay_ms(target.graph)}
+    if "draft" in last:
         entry = dg.entries[last["draft"]]
         out.update(draft_graph_key=str(last["draft"]), draft_graph_ms=replay_ms(entry.graph))
         if kernels:
@@ -149,14 +145,6 @@ def measure(model, name: str, batch: int, steps: int, prompt_len: int, kernels: 
     return out
 
 
-def _target_key(engine):
-    """The key of the greedy graph for the engine's current batch (what the last steps replayed)."""
-    g = engine.graphs
-    b = len(engine.scheduler.running)
-    bg, tg = bucket(b, g.batch_buckets), bucket(engine.drafter.max_nodes, NODE_BUCKETS)
-    return next(k for k in g.graphs if k[0] == bg and k[1] == tg and k[2].all_greedy)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--systems", default="none,eagle,eagle_plain_layers,eagle_depth4_t32,eagle3")
@@ -169,7 +157,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_draft.py times CUDA graphs: it needs a CUDA GPU")
-    model = random_model("smollm2_135m")
+    model = random_model("smollm2_135m")  # bf16 on the GPU
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for name in args.systems.split(","):

@@ -1,17 +1,17 @@
-"""Where an eager prefill step's time goes: the engine step that prefills newly admitted prompts
-(alone, or beside decode trees before they are split off: ``engine.split_mixed_steps``) runs
-without a CUDA graph, and in batch runs it was the slow tail, ~35 ms on an H200 whatever the
-prompt count (BENCHMARKS.md, 2026-12-02b). Per (prompts, length) case this times the parts of one
-``engine.step()`` with the device synchronised around each (prepare: host lists -> device
-tensors; forward: the 30 layers; verify: logits of the last rows and the first token; commit,
-drafter update, postprocess; rest: scheduling, the one read-back, bookkeeping), then profiles one step: kernels launched, their summed device time, the host's
-busy time, syncs, and the host-side ops that cost most. Host time far above kernel time means a
-launch-bound step (graph it); kernel time near the step's means compute (nothing to gain).
-``--prefill-graphs`` also times the same step replayed from a CUDA graph (engine.prefill_graphs).
+"""Where an eager prefill step's time goes: a step that prefills newly admitted prompts runs
+eagerly when it has no CUDA graph (``engine.prefill_graphs=false``, or past the largest token
+bucket), and eagerly it launches the target's ~350 small kernels one by one. Per (prompts,
+length) case this times the parts of one ``engine.step()`` with the device synchronised around
+each (stage: the host inputs; forward: the 30 layers; verify; body_rest: logits, commit and the
+read-back row; read: the one transfer; update; postprocess; rest: scheduling, bookkeeping), then
+profiles one step: kernels launched, their summed device time, the host's busy time, syncs, and
+the host-side ops that cost most. Host time far above kernel time means a launch-bound step
+(graph it); kernel time near the step's means compute (nothing to gain). ``--prefill-graphs``
+also times the same step replayed from a CUDA graph (engine.prefill_graphs).
 
 Target: the SmolLM2-135M architecture with random weights (no checkpoint), drafter ``none``.
 
-    python experiments/profile_prefill.py --prompts 1 4 16 --lengths 64 256 --out experiments/results/profile_prefill.json
+    python experiments/profile/profile_prefill.py --prompts 1 4 16 --lengths 64 256 --out experiments/results/profile_prefill.json
 """
 from __future__ import annotations
 
@@ -20,35 +20,27 @@ import dataclasses
 import datetime
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments"))
+from specdec.drafters.none import NoDrafter
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.models.synthetic import random_model
+from specdec.run import git_sha, versions
+from specdec.verifiers import LosslessVerifier
 
-from specdec.drafters.none import NoDrafter  # noqa: E402
-from specdec.engine.config import EngineConfig  # noqa: E402
-from specdec.engine.engine import Engine  # noqa: E402
-from specdec.engine.sequence import SamplingParams  # noqa: E402
-from specdec.run import git_sha, versions  # noqa: E402
-from specdec.verifiers import LosslessVerifier  # noqa: E402
-
-PARTS = ("prepare", "forward", "verify", "commit", "update", "postprocess", "rest")
+# the parts of an eager step: staging the inputs on the host, the body's forward, its verifier
+# and the rest of the body (logits, commit, read-back row), reading back, the drafter's update
+PARTS = ("stage", "forward", "verify", "body_rest", "read", "update", "postprocess", "rest")
 
 
 def build_model(device: str):
-    if device == "cuda":
-        from bench_steps import random_model
-        return random_model("smollm2_135m")
-    from bench_steps import SHAPES  # a CPU smoke run: the same shape, fp32, unfused
-
-    from specdec.models.config import ModelConfig
-    from specdec.models.llama import LlamaForCausalLM
-    return LlamaForCausalLM(ModelConfig(**SHAPES["smollm2_135m"])).eval()
+    """bf16 on the GPU; a CPU smoke run: the same shape in fp32."""
+    return random_model("smollm2_135m", device, torch.bfloat16 if device == "cuda" else torch.float32)
 
 
 def sync(device: str) -> None:
@@ -61,9 +53,11 @@ def timed_prefill(engine, prompts: list[list[int]], device: str) -> dict[str, fl
     synchronised around each part (ms each; "rest": scheduling, the read-back, bookkeeping)."""
     seqs = [engine.add_request(p, SamplingParams(max_new_tokens=2, ignore_eos=True)) for p in prompts]
     ms = dict.fromkeys(PARTS, 0.0)
-    parts = {"prepare": (engine.runner, "prepare"), "forward": (engine.runner, "forward"),
-             "verify": (engine, "_verify"), "commit": (engine.runner, "commit"),
+    runner = engine.runner
+    parts = {"launch": (runner, "launch"), "body": (runner.graphs, "run"), "forward": (engine.model, "forward"),
+             "verify": (engine.verifier, "verify"), "read": (runner, "finish"),
              "update": (engine.drafter, "update"), "postprocess": (engine, "_postprocess")}
+    ms.update(launch=0.0, body=0.0)
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -86,7 +80,9 @@ def timed_prefill(engine, prompts: list[list[int]], device: str) -> dict[str, fl
     finally:
         for owner, attr in parts.values():
             delattr(owner, attr)
-    ms["rest"] = ms["total"] - sum(ms[p] for p in parts)
+    ms["stage"] = ms.pop("launch") - ms["body"]
+    ms["body_rest"] = ms.pop("body") - ms["forward"] - ms["verify"]
+    ms["rest"] = ms["total"] - sum(ms[p] for p in PARTS if p != "rest")
     while engine.has_work():  # finish them: free the blocks for the next case
         engine.step()
     assert all(s.finished for s in seqs)
@@ -184,7 +180,7 @@ def main() -> None:
                 whole_step_ms(graphed, prompts, args.device)  # a warm-up step (steps above 2048 tokens: eager)
                 row["graphed_step_ms"] = statistics.median(
                     whole_step_ms(graphed, prompts, args.device) for _ in range(args.repeats))
-                row["graph_replays"] = graphed.prefill_graphs.replays if graphed.prefill_graphs else 0
+                row["graph_replays"] = graphed.runner.graphs.replays
             print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
             prof = row["profile"]
             print(f"  kernels {prof['kernels']} ({prof['kernel_ms']:.2f} ms), launches {prof['launches']}, "
@@ -194,7 +190,7 @@ def main() -> None:
     if args.out:
         meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                 "versions": versions(), "git_sha": git_sha(), "date": datetime.date.today().isoformat()}
-        Path(args.out).write_text(json.dumps({"script": "experiments/profile_prefill.py", "args": vars(args),
+        Path(args.out).write_text(json.dumps({"script": "experiments/profile/profile_prefill.py", "args": vars(args),
                                               **meta, "warm_up": warm_up, "rows": rows}, indent=2))
 
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A/B of two source trees of specdec on one machine: each tree is installed into its own folder
+# (no editable install: the two must not see each other), then experiments/bench_e2e.py of each
+# tree runs in alternating processes (A B A B ...), so drift of the machine hits both alike.
+#
+#   experiments/ab_trees.sh OLD_TREE NEW_TREE OUT_DIR ROUNDS -- <bench_e2e.py arguments>
+#
+# A tree is a checkout or an export of one commit (`git archive <sha> | tar -x -C old`). A tree
+# without drafters/weights/ gets NEW_TREE's (the shipped heads are package data). Writes
+# OUT_DIR/{a,b}_<round>.json; experiments/ab_report.py turns them into a table of ratios.
+set -euo pipefail
+[ $# -ge 5 ] && [ "$5" = "--" ] || { echo "usage: $0 OLD_TREE NEW_TREE OUT_DIR ROUNDS -- bench args" >&2; exit 2; }
+old=$(realpath "$1") new=$(realpath "$2") out=$3 rounds=$4
+shift 5
+work=${AB_WORK:-/tmp/specdec_ab}
+mkdir -p "$out" "$work"
+for side in a b; do
+  src=$([ $side = a ] && echo "$old" || echo "$new")
+  if [ ! -d "$src/drafters/weights" ] && [ -d "$new/drafters/weights" ]; then
+    cp -r "$new/drafters/weights" "$src/drafters/weights"
+  fi
+  rm -rf "$work/$side" && mkdir -p "$work/$side/run"
+  python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$work/$side/site" "$src"
+  # the scripts and configs run from a folder with no package sources beside them, so that the
+  # installed package is the one imported
+  cp -r "$src/experiments" "$src/configs" "$work/$side/run/"
+done
+for round in $(seq 1 "$rounds"); do
+  for side in a b; do
+    echo "== round $round, side $side"
+    PYTHONPATH="$work/$side/site${PYTHONPATH:+:$PYTHONPATH}" \
+      python3 "$work/$side/run/experiments/bench_e2e.py" "$@" --out "$out/${side}_${round}.json"
+  done
+done
