@@ -1,1 +1,1 @@
-"""Drafters: propose draft trees for the verifier (DESIGN.md "The step")."""
+"""Drafters: propose draft trees for the verifier (ARCHITECTURE.md "The step")."""

@@ -2,6 +2,8 @@
 engine's: `specdec.engine.protocol`."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from specdec.engine.protocol import StepResult, TargetContext
@@ -33,3 +35,11 @@ class DrafterBase:
 def last_tokens(seqs: list[Sequence], device: torch.device | str = "cpu") -> torch.Tensor:
     """The root of every tree: each sequence's last token, ``[B]``."""
     return torch.tensor([s.tokens[-1] for s in seqs], dtype=torch.long, device=device)
+
+
+def static_choices(tree_choices) -> Optional[list[list[int]]]:
+    """A static tree's ``tree_choices`` as plain lists (Hydra hands lists of lists as ListConfig),
+    or None."""
+    if tree_choices is None:
+        return None
+    return [list(map(int, c)) for c in tree_choices]

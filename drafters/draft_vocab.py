@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import formats
-from .eagle_format import EAGLE_STEMS
+from .eagle.format import EAGLE_STEMS
 
 FILE = "draft_vocab.safetensors"
 

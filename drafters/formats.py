@@ -1,10 +1,10 @@
-"""Checkpoint files of the official drafter formats (DESIGN.md "Checkpoint formats to read"):
+"""Checkpoint files of the official drafter formats (ARCHITECTURE.md "Checkpoint formats"):
 find them (local directory or hub id), read them (safetensors, or pickles with
 ``torch.load(weights_only=True)``), check them against the module they fill (one error that lists
 every missing key, unexpected key and shape mismatch), and write them (safetensors, sharded under
 ``MAX_FILE_BYTES`` so that every file fits what the GPU machine hands back).
 
-The per-format knowledge (which keys, which config fields) lives in medusa_net.py / eagle_net.py;
+The per-format knowledge (which keys, which config fields) lives in medusa_net.py / eagle/format.py;
 this module is the format-independent plumbing they share.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def read_file(path: Path, what: str) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        # weights_only: a malicious pickle cannot run code (DESIGN.md)
+        # weights_only: a malicious pickle cannot run code
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{what}: could not read {path} ({type(e).__name__}: "

@@ -21,8 +21,7 @@ from specdec.kernels import wide_topk
 from specdec.verifiers import DraftTree, TreeChoices
 
 from . import formats
-from .base import DrafterBase
-from .eagle_base import static_choices
+from .base import DrafterBase, static_choices
 from .medusa_net import MedusaHeads, load_medusa
 
 

@@ -31,6 +31,13 @@ class Candidates:
     def count(self) -> int:
         return self.tokens.shape[1]
 
+    def extend(self, tokens: Tensor, parents: Tensor, scores: Tensor) -> "Candidates":
+        """The pool with new candidates ``tokens, parents, scores [B, n]`` (parents: their pool
+        indices) appended after the others, one level below their parents."""
+        depth = self.depth.gather(1, parents) + 1
+        return Candidates(torch.cat([self.tokens, tokens], 1), torch.cat([self.parents, parents], 1),
+                          torch.cat([self.scores, scores], 1), torch.cat([self.depth, depth], 1))
+
 
 def expand(cands: Candidates, frontier: Tensor, logprobs: Tensor, top_k: int) -> tuple[Candidates, Tensor]:
     """Add the ``top_k`` best children over the whole frontier (each frontier node proposes its own
@@ -43,12 +50,9 @@ def expand(cands: Candidates, frontier: Tensor, logprobs: Tensor, top_k: int) ->
     best, flat = joint.topk(top_k, dim=-1)  # [B, top_k]
     parent = frontier.gather(1, flat // top_k)  # [B, top_k]
     tokens = child_tok.view(b, k * top_k).gather(1, flat)
-    depth = cands.depth.gather(1, parent) + 1
     first = cands.count
-    grown = Candidates(torch.cat([cands.tokens, tokens], 1), torch.cat([cands.parents, parent], 1),
-                       torch.cat([cands.scores, best], 1), torch.cat([cands.depth, depth], 1))
     new_frontier = torch.arange(first, first + top_k, device=tokens.device).expand(b, top_k)
-    return grown, new_frontier
+    return cands.extend(tokens, parent, best), new_frontier
 
 
 def select(cands: Candidates, budget: int, check: bool = True) -> tuple[Tensor, Tensor, Tensor]:

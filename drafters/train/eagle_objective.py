@@ -22,9 +22,9 @@ from torch import Tensor
 
 from specdec.drafters import draft_vocab
 from specdec.drafters import formats
-from specdec.drafters.eagle_format import (config_dict, default_feature_layers, feature_layers, load_eagle,
+from specdec.drafters.eagle.format import (config_dict, default_feature_layers, feature_layers, load_eagle,
                                            load_eagle3, save_eagle, save_eagle3, vocab_map)
-from specdec.drafters.eagle_net import Eagle3Net, EagleNet, draft_model_config
+from specdec.drafters.eagle.net import Eagle3Net, EagleNet, draft_model_config
 
 from .batches import Batch
 from .losses import feature_regression, soft_ce, target_logprobs, top1_agreement, uniform_noise
@@ -116,7 +116,7 @@ class EagleObjective:
         return files + [draft_vocab.save(self.vocab_ids, directory)]
 
     def drafter(self, path: str, **options):
-        from specdec.drafters.eagle import EagleDrafter
+        from specdec.drafters.eagle.eagle2 import EagleDrafter
 
         return EagleDrafter(path, **options)
 
@@ -206,6 +206,6 @@ class Eagle3Objective:
         return save_eagle3(self.net, directory, [i + 1 for i in self.layers], dtype=dtype)
 
     def drafter(self, path: str, **options):
-        from specdec.drafters.eagle3 import Eagle3Drafter
+        from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 
         return Eagle3Drafter(path, **options)

@@ -96,7 +96,7 @@ def _data_cfg(plan: Plan, loaded) -> DataConfig:
     """EAGLE-3 data that stores hidden states also stores its three feature layers."""
     if plan.kind != "eagle3" or not plan.data.store_hidden:
         return plan.data
-    from specdec.drafters.eagle_format import default_feature_layers
+    from specdec.drafters.eagle.format import default_feature_layers
 
     layers = plan.options.get("feature_layers") or default_feature_layers(loaded.model.config.num_hidden_layers)
     return dataclasses.replace(plan.data, layers=tuple(int(i) for i in layers))

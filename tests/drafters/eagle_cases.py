@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from specdec.drafters.eagle_format import config_dict, save_eagle, save_eagle3, vocab_map
-from specdec.drafters.eagle_net import Eagle3Net, EagleNet, draft_model_config
+from specdec.drafters.eagle.format import config_dict, save_eagle, save_eagle3, vocab_map
+from specdec.drafters.eagle.net import Eagle3Net, EagleNet, draft_model_config
 from specdec.drafters.medusa_net import MedusaHeads, save_medusa
 from specdec.models.loader import load_model
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from specdec.drafters import draft_vocab as dv
 from specdec.drafters import formats
-from specdec.drafters.eagle import EagleDrafter
-from specdec.drafters.eagle_format import load_eagle3
+from specdec.drafters.eagle.eagle2 import EagleDrafter
+from specdec.drafters.eagle.format import load_eagle3
 from specdec.drafters.none import NoDrafter
 from specdec.drafters.formats import CheckpointError
 from specdec.engine.config import EngineConfig

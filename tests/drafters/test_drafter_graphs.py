@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from specdec.drafters import draft_vocab
-from specdec.drafters.eagle import EagleDrafter
-from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.eagle.eagle2 import EagleDrafter
+from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 from specdec.drafters.medusa import MedusaDrafter
 from specdec.drafters.small_draft import SmallDraftDrafter, save_small_draft
 from specdec.engine.config import EngineConfig

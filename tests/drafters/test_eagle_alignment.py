@@ -8,8 +8,8 @@ here, where greedy-equality tests cannot see it (they only see tau)."""
 import pytest
 import torch
 
-from specdec.drafters.eagle import EagleDrafter
-from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.eagle.eagle2 import EagleDrafter
+from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 from specdec.drafters.medusa import MedusaDrafter
 from specdec.drafters.train.features import target_features
 from specdec.drafters.train.unroll import unroll

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from specdec.drafters import formats
-from specdec.drafters.eagle_format import load_eagle, load_eagle3
-from specdec.drafters.eagle_net import EagleNet
+from specdec.drafters.eagle.format import load_eagle, load_eagle3
+from specdec.drafters.eagle.net import EagleNet
 from specdec.models.loader import load_model
 
 from eagle_cases import random_eagle, random_eagle3, write
@@ -52,8 +52,8 @@ def test_eagle1_loads_from_either_file(target, tmp_path, flavour):
 
 
 def test_eagle1_multi_layer_and_no_bias_configs(target, tmp_path):
-    from specdec.drafters.eagle_format import config_dict, save_eagle
-    from specdec.drafters.eagle_net import draft_model_config
+    from specdec.drafters.eagle.format import config_dict, save_eagle
+    from specdec.drafters.eagle.net import draft_model_config
 
     net = EagleNet(draft_model_config(config_dict(target.config, num_hidden_layers=2)), bias=False)
     save_eagle(net, tmp_path / "e2", dtype=torch.float32)
@@ -140,7 +140,7 @@ def test_sharded_weights_round_trip(tmp_path):
 
 
 def test_missing_paths_fail_before_anything_loads(tmp_path):
-    from specdec.drafters.eagle import EagleDrafter
+    from specdec.drafters.eagle.eagle2 import EagleDrafter
 
     with pytest.raises(FileNotFoundError, match="does not exist and is not an HF hub id"):
         EagleDrafter(str(tmp_path / "nothing"))

@@ -1,4 +1,4 @@
-"""EAGLE draft nets on the fused path (`eagle_net.fuse_draft`: one q/k/v and one gate/up
+"""EAGLE draft nets on the fused path (`eagle/net.py` `fuse_draft`: one q/k/v and one gate/up
 projection, the add+RMSNorm / rope / silu-mul kernels) compute what the plain layers compute.
 
 On the CPU the kernels dispatch to their torch references, which checks the fused wiring (which
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from eagle_cases import random_eagle3
-from specdec.drafters.eagle_format import config_dict
-from specdec.drafters.eagle_net import EagleNet, draft_model_config
+from specdec.drafters.eagle.format import config_dict
+from specdec.drafters.eagle.net import EagleNet, draft_model_config
 from specdec.models.loader import load_model
 
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from specdec.drafters.eagle import EagleDrafter
-from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.eagle.eagle2 import EagleDrafter
+from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 from specdec.drafters.medusa import MedusaDrafter
 from specdec.drafters.none import NoDrafter
 from specdec.drafters.small_draft import SmallDraftDrafter, save_small_draft

@@ -1,16 +1,17 @@
-"""EAGLE-2's fast tree growth (`EagleDrafterBase._grow_pooled`: fixed row buffers, every row run
-at every level, the pool assembled once) proposes exactly the trees of the reference growth
-(`_grow_dynamic`: `expand_topk`, `_Rows`, rows re-run at exact sizes), step for step, under
-continuous batching, sampling, graph staging with padded batches (CPU: ``engine.cuda_graphs=emulate``; GPU:
+"""EAGLE-2's fast tree growth (`PooledGrowth`: fixed row buffers, every row run at every level,
+the pool assembled once) proposes exactly the trees of the naive reference (eagle_reference.py:
+pool and rows grown level by level, rows re-run at exact sizes), step for step, under continuous
+batching, sampling, graph staging with padded batches (CPU: ``engine.cuda_graphs=emulate``; GPU:
 real graphs, marker ``gpu``), and for EAGLE-3."""
 import copy
 
 import pytest
 import torch
 
-from specdec.drafters.eagle import EagleDrafter
-from specdec.drafters.eagle3 import Eagle3Drafter
-from specdec.drafters.eagle_tree import append_rows, expand_topk, next_frontier, pool_level, pooled_candidates
+from specdec.drafters.eagle.eagle2 import EagleDrafter
+from specdec.drafters.eagle.eagle3 import Eagle3Drafter
+from specdec.drafters.eagle.growth.pooled import next_frontier, pool_level, pooled_candidates
+from specdec.drafters.eagle.growth.rows import append_rows
 from specdec.drafters.tree_growth import Candidates
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
@@ -18,6 +19,7 @@ from specdec.engine.sequence import SamplingParams
 from specdec.verifiers import LosslessVerifier
 
 from eagle_cases import PROMPTS, random_eagle, random_eagle3, unit_rms_target, write
+from eagle_reference import expand_pooled, with_reference_growth
 
 PARAMS = [SamplingParams(max_new_tokens=16, ignore_eos=True, temperature=t, seed=i)
           for i, t in enumerate([0.0, 0.9, 0.0, 1.1, 0.0])]
@@ -61,8 +63,7 @@ def proposals(target, drafter, device: str, graphs: bool):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_fast_growth_proposes_the_reference_trees(target, paths, device, graphs, shape):
     fast = EagleDrafter(paths["eagle"], **SHAPES[shape])
-    ref = EagleDrafter(paths["eagle"], **SHAPES[shape])
-    ref.fast_growth = False
+    ref = with_reference_growth(EagleDrafter(paths["eagle"], **SHAPES[shape]))
     fast_trees, fast_out = proposals(target, fast, device, graphs)
     ref_trees, ref_out = proposals(target, ref, device, graphs)
     assert len(fast_trees) > 5
@@ -73,13 +74,12 @@ def test_fast_growth_proposes_the_reference_trees(target, paths, device, graphs,
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_growth_eagle3(target, paths, device):
     fast = Eagle3Drafter(paths["eagle3"], total_tokens=16, depth=4, top_k=4)
-    ref = Eagle3Drafter(paths["eagle3"], total_tokens=16, depth=4, top_k=4)
-    ref.fast_growth = False
+    ref = with_reference_growth(Eagle3Drafter(paths["eagle3"], total_tokens=16, depth=4, top_k=4))
     assert proposals(target, fast, device, True) == proposals(target, ref, device, True)
 
 
-def test_pooled_candidates_match_expand_topk():
-    """The pure bookkeeping alone: random per-level children, the pool of `expand_topk`."""
+def test_pooled_candidates_match_the_reference_pool():
+    """The pure bookkeeping alone: random per-level children, the pool of `expand_pooled`."""
     g = torch.Generator().manual_seed(0)
     b, w, depth = 3, 4, 4
     roots = torch.randint(0, 100, (b,), generator=g)
@@ -91,7 +91,7 @@ def test_pooled_candidates_match_expand_topk():
     row_masks = torch.zeros(b, 0, dtype=torch.long)  # the reference's rows (`append_rows`)
     joints, tokens, bests = [], [], []
     for d in range(depth):
-        cands, frontier, slot = expand_topk(cands, frontier, lps[d], ids[d], w)
+        cands, frontier, slot = expand_pooled(cands, frontier, lps[d], ids[d], w)
         joint, tok = pool_level(score, lps[d], ids[d])
         joints.append(joint)
         tokens.append(tok)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from specdec.drafters.auto_budget import gain, pick
+from specdec.drafters.eagle.auto_budget import gain, pick
 from specdec.models.loader import load_model
 
 from cli import run_specdec as run
@@ -25,7 +25,7 @@ def test_run_with_an_eagle_checkpoint(tiny_dir, tmp_path):
 
 def test_shipped_default_missing_is_explained(monkeypatch, tmp_path):
     from specdec.drafters import formats
-    from specdec.drafters.eagle3 import Eagle3Drafter
+    from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 
     monkeypatch.setattr(formats, "SHIPPED", tmp_path)  # a checkout without the shipped heads
     with pytest.raises(FileNotFoundError, match="drafter.path=default names the eagle3 drafter .* is not in this checkout"):

@@ -4,7 +4,7 @@ pass the chi-square test against the target's exact distribution (as test_sampli
 does for the other drafters)."""
 import pytest
 
-from specdec.drafters.eagle import EagleDrafter
+from specdec.drafters.eagle.eagle2 import EagleDrafter
 from specdec.drafters.medusa import MedusaDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine

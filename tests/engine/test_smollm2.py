@@ -11,8 +11,8 @@ import yaml
 from specdec.models import assets
 from specdec.data import default_prompts, render
 from specdec.drafters.draft_model import DraftModelDrafter
-from specdec.drafters.eagle import EagleDrafter
-from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.eagle.eagle2 import EagleDrafter
+from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 from specdec.drafters.medusa import MedusaDrafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.none import NoDrafter

@@ -14,10 +14,11 @@ from torch import Tensor
 from specdec.engine.protocol import StepResult, TargetContext
 from specdec.kernels import wide_topk
 
-from . import formats
-from .eagle_base import EagleDrafterBase, static_choices
-from .eagle_format import feature_layers, load_eagle3
-from .eagle_net import Eagle3Net
+from .. import formats
+from ..base import static_choices
+from .base import EagleDrafterBase
+from .format import feature_layers, load_eagle3
+from .net import Eagle3Net
 
 
 class Eagle3Drafter(EagleDrafterBase):

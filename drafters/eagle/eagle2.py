@@ -3,10 +3,10 @@
 draft decoder layer fed the target's final features (Li et al. 2024, "EAGLE" and "EAGLE-2").
 
 The target's embedding and lm_head are reused; the draft keeps its own paged KV cache (see
-eagle_base.py for the alignment of features, tokens and positions). Every node is a top-k pick,
+features.py for the alignment of features, tokens and positions). Every node is a top-k pick,
 so candidates are DETERMINISTIC and sampling stays lossless without drawing any randomness.
 ``draft_vocab`` restricts the drafted tokens to a frequency-ranked subset of the vocabulary
-(FR-Spec; draft_vocab.py), still lossless.
+(FR-Spec; drafters/draft_vocab.py), still lossless.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from torch import Tensor
 from specdec.engine.protocol import StepResult, TargetContext
 from specdec.kernels import wide_topk
 
-from . import draft_vocab as vocab
-from . import formats
-from .eagle_base import EagleDrafterBase, static_choices
-from .eagle_format import load_eagle
-from .eagle_net import EagleNet
+from .. import draft_vocab as vocab
+from .. import formats
+from ..base import static_choices
+from .base import EagleDrafterBase
+from .format import load_eagle
+from .net import EagleNet
 
 
 class EagleDrafter(EagleDrafterBase):
@@ -50,9 +51,9 @@ class EagleDrafter(EagleDrafterBase):
 
     def use_vocab(self, ids: Tensor) -> None:
         """Draft from the target ids ``ids [Vd]`` only; before `attach`."""
-        if ids.numel() < max(self._width(), 1):
+        if ids.numel() < max(self.growth.width, 1):
             raise ValueError(f"drafter={self.name}: a draft vocabulary of {ids.numel()} ids cannot "
-                             f"fill top_k={self._width()} children")
+                             f"fill top_k={self.growth.width} children")
         self.vocab_ids = ids.to(self.target.device)
         self.vocab_head = self.target.model.lm_head_rows(self.vocab_ids)
 

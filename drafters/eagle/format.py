@@ -1,4 +1,4 @@
-"""The official EAGLE-1/2 and EAGLE-3 checkpoint formats (DESIGN.md "Checkpoint formats to read"):
+"""The official EAGLE-1/2 and EAGLE-3 checkpoint formats (ARCHITECTURE.md "Checkpoint formats"):
 reading them into `EagleNet` / `Eagle3Net` with every problem named at once, writing them, and
 the EAGLE-3 vocabulary mapping and feature-layer conventions.
 
@@ -18,8 +18,8 @@ from torch import Tensor
 
 from specdec.models.config import ModelConfig
 
-from . import formats
-from .eagle_net import Eagle3Net, EagleNet, draft_model_config
+from .. import formats
+from .net import Eagle3Net, EagleNet, draft_model_config
 
 EMBED_KEY = "embed_tokens.weight"
 EAGLE_STEMS = ("model", "pytorch_model")

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from specdec.engine import ragged
+from specdec.engine.ragged import attn_metadata, slots
 from specdec.models.attention import empty_cache
 
 SIZES = (16, 24, 32, 40, 48, 60)
@@ -54,7 +54,7 @@ def _time_verify(model, nodes: int, context: int, repeats: int, device, dtype) -
     table = list(range(blocks))
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, cfg.vocab_size, (context,), generator=gen).tolist()
-    meta = ragged.attn_metadata([table], [0], [context], ragged.slots(table, 0, context, bs), device)
+    meta = attn_metadata([table], [0], [context], slots(table, 0, context, bs), device)
     model(torch.tensor(prompt, device=device), torch.arange(context, device=device), meta, k, v)
     parents = [-1] + [(i - 1) // 4 for i in range(1, nodes)]  # a bushy tree: 4 children per node
     masks, depth = _masks(parents)
@@ -62,7 +62,7 @@ def _time_verify(model, nodes: int, context: int, repeats: int, device, dtype) -
     pos = torch.tensor([context + d for d in depth], device=device)
     samples = []
     for i in range(repeats + 2):
-        step = ragged.attn_metadata([table], [context], [nodes], ragged.slots(table, context, nodes, bs),
+        step = attn_metadata([table], [context], [nodes], slots(table, context, nodes, bs),
                                     device, masks, [True])
         _sync(device)
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The EAGLE draft networks (their checkpoint formats: eagle_format.py).
+"""The EAGLE draft networks (their checkpoint formats: format.py).
 
 EAGLE-1/2 (Li et al. 2024, "EAGLE"; SafeAILab/EAGLE ``cnets1.py``): the draft input at position i
 is ``fc(concat(embed(t_{i+1}), f_i))`` (the target's feature, i.e. final normed hidden state, at i,
@@ -24,7 +24,7 @@ from specdec.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from specdec.models.llama import MLP, RMSNorm, concat_linears
 from specdec.models.rope import RotaryEmbedding
 
-from .draft_attention import Attend, DraftAttention
+from ..draft_attention import Attend, DraftAttention
 
 
 def draft_model_config(config: dict) -> ModelConfig:

@@ -1,0 +1,101 @@
+"""Per-sequence target features and the draft's catch-up.
+
+Alignment (EAGLE, Li et al. 2024, sec. 3): draft pair i is (feature f_i of target position i,
+token t_{i+1}); it sits at draft position i (rope position i) and predicts f_{i+1}, whose logits
+score t_{i+2}. With ``L = len(seq)`` the root t_{L-1} is not yet in the target's cache, the
+target has produced f_0 .. f_{L-2}, so the draft holds pairs 0 .. L-2 and the last one, pair
+(f_{L-2}, root), scores the depth-1 children.
+
+Per step, `update` keeps the target features of what the step settled (prefill rows; the accepted
+path of a decode step) as pending; the next `propose` runs the pending pairs (the catch-up),
+stores their K/V at their positions and counts them as cached. After preemption (`release`)
+everything restarts from the recomputed prefill's features.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from specdec.engine.protocol import StepResult
+
+
+def settled_rows(step: StepResult):
+    """``(hidden rows, [(seq, first position, count)])`` of what ``step`` settled: a prefill's
+    rows, a decode's accepted path."""
+    paths = step.accepted
+    rows, spans = [], []
+    for b, seq in enumerate(step.seqs):
+        start, prefix = step.row_offsets[b], step.prefix_lens[b]
+        if step.is_prefill[b]:
+            nodes = list(range(step.num_new[b]))
+        elif step.sample_index[b] >= 0:
+            nodes = paths[step.sample_index[b]]
+        else:
+            continue
+        rows += [start + n for n in nodes]
+        spans.append((seq, prefix, len(nodes)))
+    return rows, spans
+
+
+class FeatureStore:
+    """Per sequence: how many draft pairs hold valid K/V, and the target features of the pairs
+    not run yet."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # the drafter's, for errors
+        self.cached: dict[int, int] = {}  # seq_id -> draft pairs whose K/V are valid (0 .. n-1)
+        self.pending: dict[int, tuple[int, Tensor]] = {}  # seq_id -> (first position, features [n, h])
+
+    def release(self, seq_id: int) -> None:
+        self.cached.pop(seq_id, None)
+        self.pending.pop(seq_id, None)
+
+    def start(self, seq) -> int:
+        """The first pair of ``seq`` the next catch-up runs."""
+        return self.cached.get(seq.seq_id, 0)
+
+    def keep(self, spans, feats: Tensor) -> None:
+        """Append ``feats [n, h]``, the features of `settled_rows`'s ``spans`` one after the other."""
+        offset = 0
+        for seq, first, count in spans:
+            self.append(seq.seq_id, first, feats[offset: offset + count])
+            offset += count
+
+    def append(self, seq_id: int, first: int, feats: Tensor) -> None:
+        if seq_id in self.pending:
+            start, old = self.pending[seq_id]
+            if first != start + old.shape[0]:
+                raise AssertionError(f"{self.name}: features of sequence {seq_id} arrive at position "
+                                     f"{first}, expected {start + old.shape[0]}")
+            self.pending[seq_id] = (start, torch.cat([old, feats]))
+        else:
+            self.pending[seq_id] = (first, feats)
+
+    def take(self, seq, start: int, end: int) -> Tensor:
+        """The features of positions ``start .. end - 1`` ``[end - start, h]``, no longer pending."""
+        first, feats = self.pending.pop(seq.seq_id, (start, None))
+        if feats is None or first != start or feats.shape[0] < end - start:
+            have = "none" if feats is None else f"positions {first}..{first + feats.shape[0] - 1}"
+            raise AssertionError(f"{self.name}: sequence {seq.request_id} needs target features for "
+                                 f"positions {start}..{end - 1}, has {have}")
+        return feats[: end - start]
+
+    def catch_up_long(self, seqs, rows: int, forward) -> None:
+        """Eagerly run all but the last pair of sequences with more than ``rows`` pairs to catch
+        up (the prompt after a prefill, the whole history after preemption), so that a graph's
+        fixed catch-up width holds every sequence. ``forward``: a `DraftForward`."""
+        long = [s for s in seqs if len(s) - 1 - self.start(s) > rows]
+        if not long:
+            return
+        ids, feats, pos, starts, counts = [], [], [], [], []
+        for s in long:
+            start, end = self.start(s), len(s) - 1
+            f = self.take(s, start, end)  # [end - start, h]
+            feats.append(f[:-1])
+            self.pending[s.seq_id] = (end - 1, f[-1:])
+            ids += s.tokens[start + 1: end]
+            pos += range(start, end - 1)
+            starts.append(start)
+            counts.append(end - 1 - start)
+            self.cached[s.seq_id] = end - 1
+        forward.ragged(long, starts, counts, ids, pos, torch.cat(feats))
