@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from specdec.drafters import formats
-from specdec.drafters.eagle import EagleDrafter
-from specdec.drafters.eagle3 import Eagle3Drafter
+from specdec.drafters.eagle.eagle2 import EagleDrafter
+from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine

@@ -108,3 +108,15 @@ def test_pooled_candidates_match_the_reference_pool():
     assert torch.equal(pooled.tokens, cands.tokens)
     assert torch.equal(pooled.parents, cands.parents)
     assert torch.equal(pooled.scores, cands.scores)
+
+
+@pytest.mark.parametrize("pool_all, total, depth, top_k, count", [(False, 20, 4, 4, 17), (True, 60, 1, 10, 11),
+                                                                   (True, 30, 2, 4, 21)])
+def test_a_budget_above_the_candidates_is_an_error(pool_all, total, depth, top_k, count):
+    """A tree shape that cannot propose total_tokens candidates is refused at construction, with
+    the count and the fix (the verifier would otherwise fail mid-run)."""
+    from specdec.drafters.eagle.growth import make_growth
+
+    with pytest.raises(ValueError, match=f"total_tokens={total} exceeds the {count} candidates"):
+        make_growth("eagle", total, depth, top_k, None, pool_all)
+    make_growth("eagle", count, depth, top_k, None, pool_all)  # the most it can fill

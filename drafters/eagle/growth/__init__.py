@@ -30,6 +30,13 @@ def make_growth(name: str, total_tokens, depth: int, top_k: int,
     if tree_choices:
         return StaticGrowth(tree_choices)
     check_dynamic(name, total_tokens, depth, top_k)
+    # candidates a tree of this shape proposes: the root, then top_k per level (frontier only)
+    # or top_k children of each of the top_k frontier nodes below the first level (pooled)
+    count = 1 + top_k + (depth - 1) * top_k * (top_k if pool_all else 1)
+    if total_tokens != "auto" and total_tokens > count:
+        raise ValueError(f"{name}: total_tokens={total_tokens} exceeds the {count} candidates that "
+                         f"depth={depth}, top_k={top_k}, pool_all={pool_all} propose; lower "
+                         f"total_tokens or raise depth / top_k")
     return PooledGrowth(depth, top_k) if pool_all else FrontierGrowth(depth, top_k)
 
 
