@@ -1,10 +1,13 @@
-"""Prompt sets: the built-in default prompts, local files (jsonl / json / parquet / csv, read with
+"""Prompt sets: the built-in default prompts, the sets shipped in specdec/prompts/ (``builtin:<file>``:
+MT-bench, a small training prompt set), local files (jsonl / json read here, parquet / csv with
 `datasets`) and HF hub data sets by name (MT-bench, Spec-Bench's question format, GSM8K, HumanEval,
 any set with a chosen prompt field). Errors name the file and every bad line, not only the first.
 Multi-turn sets keep all their user turns; `render` puts earlier answers into the chat."""
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,6 +42,34 @@ class Prompt:
 
 class DataError(ValueError):
     """A prompt file that cannot be used; the message names the file and the bad lines."""
+
+
+# ---- the prompt sets shipped in the package (specdec/prompts/README.md: sources, licenses) ------
+BUILTIN = "builtin:"
+BUILTIN_DIR = Path(__file__).resolve().parent / "prompts"
+
+
+def builtin_files() -> list[str]:
+    """Names ``builtin:`` accepts: every data file and folder under specdec/prompts/."""
+    return sorted(str(p.relative_to(BUILTIN_DIR)) for p in BUILTIN_DIR.rglob("*")
+                  if p.name != "README.md" and not p.name.startswith((".", "__")))
+
+
+def builtin_path(name: str) -> Path:
+    """specdec/prompts/<name> (``name`` with or without the ``builtin:`` prefix), found wherever
+    the package is installed, from any working directory."""
+    name = name[len(BUILTIN):] if name.startswith(BUILTIN) else name
+    path = BUILTIN_DIR / name
+    if not name or ".." in Path(name).parts or not path.exists():
+        raise DataError(f"{BUILTIN}{name}: no such prompt set shipped with specdec; shipped: "
+                        f"{', '.join(BUILTIN + f for f in builtin_files())}")
+    return path
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A prompt file or folder path: ``builtin:<name>`` is looked up in the package, anything else
+    is taken as given (relative paths from the working directory)."""
+    return builtin_path(path) if str(path).startswith(BUILTIN) else Path(path).expanduser()
 
 
 def default_prompts() -> list[Prompt]:
@@ -77,50 +108,59 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[i
     return records, errors
 
 
-# ---- loading through `datasets` -------------------------------------------------------------
+# ---- local files and hub data sets ---------------------------------------------------------
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def is_local(path: str) -> bool:
-    """A local file (existing, or named with a data-file suffix or a relative/absolute prefix);
-    anything else (``openai/gsm8k``) is taken as an HF hub data set name."""
+    """A shipped set (``builtin:``) or a local file (existing, or named with a data-file suffix or
+    a relative/absolute prefix); anything else (``openai/gsm8k``) is taken as an HF hub name."""
     p = Path(path).expanduser()
-    return p.exists() or p.suffix in FILE_BUILDERS or str(path).startswith((".", "/", "~"))
+    return (str(path).startswith((BUILTIN, ".", "/", "~")) or p.exists()
+            or p.suffix in FILE_BUILDERS)
 
 
 def _line_numbers(path: Path, count: int) -> list[int]:
-    """The file line of each row `datasets` returns: non-blank lines of a .jsonl, header-less
-    rows of a .csv, list positions of a .json or .parquet (as read_records numbers them)."""
-    if path.suffix == ".jsonl":
-        text = path.read_text(encoding="utf-8")
-        lines = [no for no, line in enumerate(text.splitlines(), 1) if line.strip()]
-        if len(lines) == count:
-            return lines
+    """The file line of each row `datasets` returns: header-less rows of a .csv, row positions
+    of a .parquet."""
     return [i + (2 if path.suffix == ".csv" else 1) for i in range(count)]
 
 
 def local_records(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
-    """(line, record) pairs of a local jsonl/json/parquet/csv file read with
-    ``datasets.load_dataset(<builder>, data_files=path)``. When `datasets` rejects the file
-    (bad JSON, bad UTF-8), the file is read line by line so that every bad line is reported."""
-    path = Path(path).expanduser()
+    """(line, record) pairs of a local file, and (line, message) for every line that is not valid
+    JSON. jsonl/json are read here (every bad line reported, nothing cached); parquet/csv with
+    ``datasets.load_dataset(<builder>, data_files=path)``."""
+    path = resolve_path(path)
     if not path.is_file():
         raise DataError(f"prompt file {path} does not exist (set data.path to a jsonl/json file, "
-                        f"or to an HF hub data set name)")
+                        f"a shipped set such as {BUILTIN}mt_bench.jsonl, or an HF hub data set name)")
     if path.suffix not in FILE_BUILDERS:
         raise DataError(f"{path}: unknown prompt file type {path.suffix!r}; use one of "
                         f"{sorted(FILE_BUILDERS)}")
+    if path.suffix in (".jsonl", ".json"):
+        return read_records(path)
     import datasets
 
     datasets.disable_progress_bars()
     try:
-        rows = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path),
-                                     split="train").to_list()
-    except Exception:  # noqa: BLE001 - pyarrow/json errors of many kinds: read it ourselves
-        if path.suffix in (".parquet", ".csv"):
-            raise
-        return read_records(path)
+        with _datasets_quiet():  # its builders log each parse error before raising it
+            rows = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path),
+                                         split="train").to_list()
+    except Exception as err:  # noqa: BLE001 - pyarrow's parse errors have many types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{path}: not a readable {path.suffix[1:]} file ({first})") from None
     return list(zip(_line_numbers(path, len(rows)), rows)), []
+
+
+@contextmanager
+def _datasets_quiet():
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def hub_records(name: str, subset: Optional[str], split: str) -> list[tuple[int, dict]]:
@@ -226,6 +266,9 @@ def select(prompts: list[Prompt], num_prompts: Optional[int],
            per_category: Optional[int] = None) -> list[Prompt]:
     """The first ``per_category`` prompts of each category (in file order; a small subset that
     still covers every category), then the first ``num_prompts`` of those."""
+    for name, value in (("data.per_category", per_category), ("data.num_prompts", num_prompts)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DataError(f"{name} must be an integer >= 1 or null; got {value!r}")
     if per_category is not None:
         if per_category < 1:
             raise DataError(f"data.per_category must be >= 1 or null; got {per_category}")

@@ -1,12 +1,17 @@
 """Experiment loggers. W&B runs offline when no API key is configured, so that a run never fails
-for lack of a network (sync later with ``wandb sync <run_dir>/wandb/offline-run-*``)."""
+for lack of a network (sync later with ``wandb sync <run_dir>/wandb/offline-run-*``), and quietly:
+one line says where the run went instead of W&B's own banner and summary (``quiet=False`` shows
+them)."""
 from __future__ import annotations
 
+import logging
 import math
 import netrc
 import os
 from pathlib import Path
 from typing import Any, Optional
+
+log = logging.getLogger("specdec.loggers")
 
 
 class NullLogger:
@@ -46,10 +51,12 @@ class WandbLogger:
 
     def __init__(self, project: str = "specdec", entity: Optional[str] = None,
                  group: Optional[str] = None, name: Optional[str] = None,
-                 tags: Optional[list[str]] = None, mode: Optional[str] = None) -> None:
+                 tags: Optional[list[str]] = None, mode: Optional[str] = None,
+                 quiet: bool = True) -> None:
         self.project, self.entity, self.group, self.name = project, entity, group, name
         self.tags = list(tags or [])
         self.mode = mode or os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")
+        self.quiet = quiet
         self.run: Any = None
 
     def start(self, config: dict, run_dir: str | Path) -> None:
@@ -57,7 +64,15 @@ class WandbLogger:
 
         self.run = wandb.init(project=self.project, entity=self.entity, group=self.group,
                               name=self.name, tags=self.tags, config=config, dir=str(run_dir),
-                              mode=self.mode, reinit="finish_previous")
+                              mode=self.mode, reinit="finish_previous",
+                              settings=wandb.Settings(silent=self.quiet))
+        if not self.quiet:
+            return
+        if self.mode == "offline":
+            folder = Path(self.run.dir).parent  # <run_dir>/wandb/offline-run-*/ (files/ is inside)
+            log.info(f"W&B: logging offline to {folder} (upload: wandb sync {folder}; logger=none: no W&B)")
+        elif self.mode == "online":
+            log.info(f"W&B: {self.run.url}")
 
     def log_step(self, step: int, metrics: dict) -> None:
         if self.run is not None:

@@ -14,6 +14,7 @@ a finished summary of the same config is skipped (sweeps resume where they were 
 from __future__ import annotations
 
 import gc
+import logging
 import random
 import signal
 import time
@@ -23,10 +24,11 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from specdec import data as data_mod
+from specdec import errors
 from specdec import experiment as exp
 from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
@@ -36,26 +38,50 @@ from specdec.results import OutputWriter, git_sha, summarize, versions  # noqa: 
 from specdec.serving import ServeConfig, Server
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
+log = logging.getLogger("specdec.run")
 
 
+# ---- the config turned into objects (each step validates what it reads; see specdec/errors.py) --
 def sampling_params(cfg: DictConfig) -> SamplingParams:
     v = cfg.verifier
-    return SamplingParams(temperature=float(v.temperature), top_p=float(v.top_p), top_k=int(v.top_k),
-                          max_new_tokens=int(cfg.max_new_tokens), seed=int(cfg.seed))
+    sampling = {k: v[k] for k in SAMPLING_KEYS}
+    errors.check_types(SamplingParams, sampling, "verifier")
+    errors.check_types(SamplingParams, {"max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}, "")
+    try:
+        return SamplingParams(temperature=float(v.temperature), top_p=float(v.top_p), top_k=int(v.top_k),
+                              max_new_tokens=int(cfg.max_new_tokens), seed=int(cfg.seed))
+    except ValueError as err:  # its messages name the field: say which option that is
+        text = str(err)
+        raise errors.UserError(f"verifier.{text}" if text.startswith(SAMPLING_KEYS) else text) from None
+
+
+def build(args: dict, prefix: str):
+    """instantiate(args) after checking its values against the target's annotations."""
+    errors.check_types(get_object(args["_target_"]), {k: v for k, v in args.items() if not k.startswith("_")},
+                       prefix)
+    return instantiate(args)
 
 
 def build_verifier(cfg: DictConfig):
     args = {k: v for k, v in OmegaConf.to_container(cfg.verifier, resolve=True).items()
             if k not in SAMPLING_KEYS}
-    return instantiate(args)
+    return build(args, "verifier")
+
+
+def build_drafter(cfg: DictConfig):
+    return build(OmegaConf.to_container(cfg.drafter, resolve=True), "drafter")
 
 
 def engine_config(cfg: DictConfig) -> EngineConfig:
-    return EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
+    values = OmegaConf.to_container(cfg.engine, resolve=True)
+    errors.check_types(EngineConfig, values, "engine")
+    return EngineConfig(**values)
 
 
 def serve_config(cfg: DictConfig) -> ServeConfig:
     s = cfg.serving
+    errors.check_types(ServeConfig, {k: s[k] for k in ("request_rate", "concurrency", "warmup")}, "serving")
+    errors.check_types(ServeConfig, {"max_turns": cfg.data.get("max_turns", 1)}, "data")
     rate = None if s.request_rate is None else float(s.request_rate)
     return ServeConfig(request_rate=rate, concurrency=s.concurrency, max_turns=cfg.data.get("max_turns", 1),
                        warmup=int(s.warmup), seed=int(cfg.seed))
@@ -74,14 +100,14 @@ def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig) -> Engine:
     if engine.runner.graphs.mode == "capture":
         t = time.perf_counter()
         n = engine.warm_up_graphs()
-        print(f"captured {n} CUDA graphs (target steps and drafting) in {time.perf_counter() - t:.1f} s")
+        log.info(f"captured {n} CUDA graphs (target steps and drafting) in {time.perf_counter() - t:.1f} s")
     return engine
 
 
 def build_engine(cfg: DictConfig) -> Engine:
     """Validate what can be validated without weights, then load and assemble."""
     engine_cfg = engine_config(cfg)
-    drafter, verifier = instantiate(cfg.drafter), build_verifier(cfg)
+    drafter, verifier = build_drafter(cfg), build_verifier(cfg)
     return make_engine(load_target(cfg, engine_cfg), drafter, verifier, engine_cfg)
 
 
@@ -109,9 +135,9 @@ def renderer(cfg: DictConfig, tokenizer):
 
 
 def serve(engine: Engine, prompts: list[data_mod.Prompt], params: SamplingParams, cfg: DictConfig,
-          out_dir: Path, logger=None, progress: bool = True):
+          out_dir: Path, logger=None, progress: bool = True, desc: str = "requests"):
     """Serve every prompt (every turn up to data.max_turns) and write outputs.jsonl as requests
-    finish; Ctrl-C stops early and keeps what finished."""
+    finish; Ctrl-C stops early and keeps what finished. ``desc`` labels the progress bar."""
     writer = OutputWriter(out_dir / "outputs.jsonl", engine.tokenizer)
 
     def on_step(e: Engine) -> None:
@@ -121,7 +147,7 @@ def serve(engine: Engine, prompts: list[data_mod.Prompt], params: SamplingParams
 
     decode = (lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)) if engine.tokenizer else str
     server = Server(engine, renderer(cfg, engine.tokenizer), decode, params, serve_config(cfg),
-                    on_finish=writer.write, on_step=on_step, progress=progress)
+                    on_finish=writer.write, on_step=on_step, progress=progress, desc=desc)
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.warmup(prompts)
@@ -144,7 +170,7 @@ def print_table(summary: dict) -> None:
         rows.append(("speedup vs autoregressive", f"{summary['speedup']:.2f}x "
                                                   f"({summary['baseline']['source']})"))
     width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    log.info("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
 
 
 # ---- the autoregressive baseline ---------------------------------------------------------------
@@ -158,11 +184,13 @@ def run_baseline(cfg: DictConfig, resolved: dict, loaded, verifier, engine_cfg: 
                  params, out_dir: Path, key: str) -> dict:
     """The autoregressive run of the same settings, here and now, on the already loaded target;
     its summary reads like a drafter=none run's (config, speedup 1 over itself)."""
-    print(f"running the autoregressive baseline into {out_dir}")
+    log.info(f"running the autoregressive baseline (drafter=none, the speedup's reference; "
+             f"speedup.baseline=off skips it) into {out_dir}")
     base_verifier = verifier if getattr(verifier, "lossless", True) else instantiate(
         {"_target_": "specdec.verifiers.LosslessVerifier"})
     engine = make_engine(loaded, NoDrafter(), base_verifier, engine_cfg)
-    result = serve(engine, prompts, params, cfg, out_dir, progress=cfg.progress)
+    result = serve(engine, prompts, params, cfg, out_dir, progress=cfg.progress,
+                   desc="baseline (drafter=none) requests")
     summary = {**summarize(engine, result, int(cfg.seed), role="baseline"), "method": "none", "overrides": [],
                "sweep_name": resolved.get("sweep_name"), "reused": False, "baseline_key": key}
     del engine
@@ -208,7 +236,7 @@ def attach_speedup(summary: dict, cfg: DictConfig, store: exp.BaselineStore, key
         source = f"reused: {shown(found.get('registered_from') or store.dir(key))}"
         return {**summary, **exp.speedup_fields(summary, found, source, key, store.dir(key) / "summary.json")}
     if mode == "reuse":
-        print(f"no finished autoregressive run with these settings in {store.root}: no speedup")
+        log.info(f"no finished autoregressive run with these settings in {store.root}: no speedup")
         return summary
     base = baseline_runner(store.dir(key))
     base_path = store.dir(key) / "summary.json"
@@ -248,30 +276,37 @@ def reuse(run_dir: Path, summary: dict) -> dict:
     summary["reused"] = True
     summary.setdefault("reused_at", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
     exp.write_json(run_dir / "summary.json", summary)
-    print(f"skipped: {run_dir} already holds a finished run of this config (resume=false re-runs it)")
+    log.info(f"skipped: {run_dir} already holds a finished run of this config (resume=false re-runs it)")
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@errors.reported
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    with errors.boundary():
+        errors.check_required(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
     if cfg.resume and (done := exp.finished_run(run_dir, resolved)) is not None:
         return reuse(run_dir, done)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    params = sampling_params(cfg)  # bad values fail here, before any weights load
-    serve_config(cfg)
-    speedup_mode(cfg)
-    engine_cfg = engine_config(cfg)
-    info = sweep_info(cfg)
-    logger = make_logger(cfg, info)
-    drafter, verifier = instantiate(cfg.drafter), build_verifier(cfg)
-    prompts = load_prompts(cfg)
-    loaded = load_target(cfg, engine_cfg)
-    engine = make_engine(loaded, drafter, verifier, engine_cfg)
+    with errors.boundary():  # every setting is checked here, the cheap ones before any weights load
+        params = sampling_params(cfg)
+        serve_config(cfg)
+        speedup_mode(cfg)
+        engine_cfg = engine_config(cfg)
+        info = sweep_info(cfg)
+        logger = make_logger(cfg, info)
+        drafter, verifier = build_drafter(cfg), build_verifier(cfg)
+        prompts = load_prompts(cfg)
+        loaded = load_target(cfg, engine_cfg)
+        engine = make_engine(loaded, drafter, verifier, engine_cfg)
+    log.info(f"run {info['method']} (T={params.temperature:g}): {len(prompts)} prompts of data={cfg.data.name}, "
+             f"model {loaded.source}, {engine.device} {str(engine.dtype).replace('torch.', '')} -> {run_dir}")
     logger.start(resolved, run_dir)
-    result = serve(engine, prompts, params, cfg, run_dir, logger, progress=cfg.progress)
+    result = serve(engine, prompts, params, cfg, run_dir, logger, progress=cfg.progress,
+                   desc=f"{info['method']} requests")
     summary = {**summarize(engine, result, int(cfg.seed), role="run"), **info, "reused": False}
     device, dtype = summary["device"], summary["dtype"]
     del engine
@@ -288,13 +323,13 @@ def main(cfg: DictConfig) -> dict:
     logger.log_summary(summary)
     logger.finish()
     print_table(summary)
-    print(f"summary: {run_dir / 'summary.json'}")
+    log.info(f"summary: {run_dir / 'summary.json'}")
     if summary["interrupted"]:
-        print(f"interrupted: {summary['num_requests']} of {summary['num_requests_planned']} requests "
-              f"finished; their outputs and this summary are kept")
+        log.info(f"interrupted: {summary['num_requests']} of {summary['num_requests_planned']} requests "
+                 f"finished; their outputs and this summary are kept")
         raise SystemExit(130)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    errors.cli(main, "specdec.run")

@@ -84,10 +84,12 @@ class Server:
     def __init__(self, engine: Engine, render: Render, decode: Callable[[list[int]], str],
                  params: SamplingParams, config: ServeConfig,
                  on_finish: Callable[[Request], None] = lambda r: None,
-                 on_step: Callable[[Engine], None] = lambda e: None, progress: bool = False):
+                 on_step: Callable[[Engine], None] = lambda e: None, progress: bool = False,
+                 desc: str = "requests"):
         self.engine, self.render, self.decode = engine, render, decode
         self.params, self.config = params, config
-        self.on_finish, self.on_step, self.progress = on_finish, on_step, progress
+        self.on_finish, self.on_step = on_finish, on_step
+        self.progress, self.desc = progress, desc  # the progress bar, and what it counts
         self.queue: list[tuple[float, int, Request]] = []  # heap by arrival time
         self.order = itertools.count()
         self.in_flight: dict[str, Request] = {}
@@ -107,7 +109,7 @@ class Server:
         for prompt, at in zip(prompts, arrivals):
             self._push(Request(prompt, 0, [], at))
         planned = sum(self.config.num_turns(p) for p in prompts)
-        bar = tqdm(total=planned, desc="requests", unit="req", disable=not self.progress)
+        bar = tqdm(total=planned, desc=self.desc, unit="req", disable=not self.progress)
         start = time.perf_counter()
         interrupted = False
         try:

@@ -1,10 +1,13 @@
 """A progress bar over a sweep's runs (Hydra callback, configs/config.yaml hydra.callbacks):
-``sweep drafter_table: 3/12 runs [05:10<15:30, reused=1]``. With a remote launcher (submitit) the
-jobs end elsewhere, and the bar only shows the launch; the runs' own summaries tell the rest."""
+``sweep drafter_table (runs): 3/12 [05:10<15:30, reused=1, failed=1]``. A run that fails on a bug
+counts as failed (Hydra goes on with the others and raises the first failure at the end); a user's
+mistake stops the sweep at once (specdec/errors.py). With a remote launcher (submitit) the jobs end
+elsewhere, and the bar only shows the launch; the runs' own summaries tell the rest."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -29,22 +32,24 @@ def count_jobs(config: DictConfig) -> Optional[int]:
 class SweepProgress(Callback):
     def __init__(self) -> None:
         self.bar: Any = None
-        self.reused = 0
+        self.counts: dict[str, int] = {}  # reused / failed runs so far
 
     def __getstate__(self) -> dict:  # remote launchers pickle callbacks: the bar stays home
-        return {"bar": None, "reused": 0}
+        return {"bar": None, "counts": {}}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.bar = tqdm(total=count_jobs(config), desc=f"sweep {config.get('sweep_name', '')}",
+        self.bar = tqdm(total=count_jobs(config), desc=f"sweep {config.get('sweep_name', '')} (runs)",
                         unit="run", disable=not config.get("progress", True))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if self.bar is None:
             return
         value = getattr(job_return, "_return_value", None)
-        if isinstance(value, dict) and value.get("reused"):
-            self.reused += 1
-            self.bar.set_postfix(reused=self.reused, refresh=False)
+        kind = ("failed" if getattr(job_return, "status", None) == JobStatus.FAILED
+                else "reused" if isinstance(value, dict) and value.get("reused") else None)
+        if kind:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.bar.set_postfix(self.counts, refresh=False)
         self.bar.update(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -5,12 +5,14 @@
     python -m specdec.train train/method=eagle3 work_dir=runs/e3 train.steps=3000
     python -m specdec.train train/method=medusa data.dir=runs/data  # reuse shared data
 
-Writes ``summary.json`` into the work dir; the export directory holds the weights in the official
-format and a model card.
+Writes ``summary.json`` and ``train.log`` into the work dir (``outputs/train/<date>/<time>-train-<kind>/``
+unless ``work_dir`` says otherwise), beside ``data/`` (self-distillation shards), ``checkpoint/``
+and ``export/`` (the weights in the official format and a model card).
 """
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shlex
 import sys
@@ -21,17 +23,30 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from specdec import errors
+
 REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger("specdec.train")
 
 
 def build_plan(cfg: DictConfig):
+    """The Plan of the composed config; every setting is checked here, before the target loads."""
+    from specdec.data import load_prompt_file
     from specdec.drafters.train.pipeline import EvalConfig, Plan
+    from specdec.drafters.train.prompts import prompt_folder
     from specdec.drafters.train.selfdistill import DataConfig
     from specdec.drafters.train.trainer import TrainConfig
     from specdec.engine.config import EngineConfig
 
+    errors.check_required(cfg)
     c = OmegaConf.to_container(cfg, resolve=True)
     data = {k: v for k, v in c["data"].items() if k != "dir"}
+    for cls, section in ((DataConfig, "data"), (TrainConfig, "train"), (EngineConfig, "engine"),
+                         (EvalConfig, "eval")):
+        errors.check_types(cls, {k: v for k, v in c[section].items() if k != "dir"}, section)
+    prompt_folder(data["prompts_dir"])  # a folder that is not there fails now, not after the load
+    if c["eval"]["prompts_path"] and "eval" in c["stages"]:
+        load_prompt_file(c["eval"]["prompts_path"])
     drafter_options = dict(c["method"].get("drafter") or {})
     if c["method"]["kind"] == "medusa" and not drafter_options.get("tree_choices"):
         drafter_options["tree_choices"] = OmegaConf.load(REPO / "configs/drafter/medusa.yaml").tree_choices
@@ -44,28 +59,37 @@ def build_plan(cfg: DictConfig):
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@errors.reported
 def main(cfg: DictConfig) -> dict:
     from specdec.drafters.train.pipeline import run
     from specdec.models.loader import load_model
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    plan = build_plan(cfg)  # bad settings fail here, before the target loads
-    plan.work_dir.mkdir(parents=True, exist_ok=True)
-    device = plan.engine.torch_device()
-    loaded = load_model(str(cfg.model.path), dtype=plan.engine.torch_dtype(device), device=device)
-    logger = instantiate(cfg.logger)
+    with errors.boundary():  # bad settings fail here, before or while the target loads
+        plan = build_plan(cfg)
+        plan.work_dir.mkdir(parents=True, exist_ok=True)
+        device = plan.engine.torch_device()
+        loaded = load_model(str(cfg.model.path), dtype=plan.engine.torch_dtype(device), device=device)
+        logger = instantiate(cfg.logger)
     logger.start(OmegaConf.to_container(cfg, resolve=True), plan.work_dir)
-    summary = run(loaded, plan, logger)
+    summary = run(loaded, plan, logger, log=log.info)
     logger.finish()
     (plan.work_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     ev = summary.get("eval", {})
     if ev:
-        print(f"tau (accepted + 1) = {ev['mean_accepted_length']:.3f} on {ev['num_prompts']} prompts; "
-              f"greedy outputs equal to the target's: {ev.get('greedy_equal', 'n/a')}")
-    print(f"summary: {plan.work_dir / 'summary.json'}")
+        log.info(f"tau (accepted + 1) = {ev['mean_accepted_length']:.3f} on {ev['num_prompts']} prompts; "
+                 f"greedy outputs equal to the target's: {ev.get('greedy_equal', 'n/a')}")
+    if "export" in plan.stages:
+        log.info(f"drafter: {plan.export_dir} (use it: python -m specdec.run "
+                 f"drafter={DRAFTER_CONFIG[plan.kind]} drafter.path={plan.export_dir})")
+    log.info(f"summary: {plan.work_dir / 'summary.json'}")
     return summary
 
 
+# the run config that loads each trained kind (configs/drafter/)
+DRAFTER_CONFIG = {"eagle": "eagle", "eagle3": "eagle3", "medusa": "medusa", "draft": "small_draft"}
+
+
 if __name__ == "__main__":
-    main()
+    errors.cli(main, "specdec.train")

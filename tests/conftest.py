@@ -1,4 +1,5 @@
-"""Shared test setup: GPU tests skip cleanly without CUDA; ../shared/data is optional."""
+"""Shared test setup: GPU tests skip cleanly without CUDA; tiny checkpoints the tests write; the
+default model fetched once per session. Prompt data comes from the package (specdec/prompts/)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -30,14 +30,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """../shared/data beside the clone; tests that need it skip where it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent (a user's clone has no ../shared)")
-    return SHARED_DATA
 
 
 # ---- tiny random-weight checkpoints that the tests write themselves ----------------------------

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from specdec.data import default_prompts, load_prompt_file, select
+from specdec.data import default_prompts, load_prompt_file, resolve_path, select
 from specdec.engine.config import EngineConfig
 
 from . import checkpoint
@@ -26,7 +26,7 @@ STAGES = ("data", "train", "export", "eval")
 
 @dataclass
 class EvalConfig:
-    prompts_path: Optional[str] = None  # MT-bench-format jsonl; absent -> the built-in prompts
+    prompts_path: Optional[str] = None  # MT-bench-format jsonl or builtin:mt_bench.jsonl; None: the default prompts
     num_prompts: Optional[int] = None
     max_new_tokens: int = 256
     compare: bool = True  # also run the target alone and count outputs equal to it
@@ -112,14 +112,16 @@ def _objective(loaded, plan: Plan):
     return make_objective(plan.kind, loaded.model, examples, **options), examples
 
 
-def _eval_prompts(plan: Plan):
-    path = plan.eval.prompts_path
-    prompts = load_prompt_file(path) if path and Path(path).is_file() else default_prompts()
-    return select(prompts, plan.eval.num_prompts), (Path(path).name if path and Path(path).is_file() else "built-in prompts")
+def eval_prompts(cfg: EvalConfig):
+    """(prompts, their name for the model card): the file ``prompts_path`` names (a missing one is
+    an error), or the built-in default prompts when it is None."""
+    path = cfg.prompts_path
+    prompts = load_prompt_file(path) if path else default_prompts()
+    return select(prompts, cfg.num_prompts), (resolve_path(path).name if path else "built-in prompts")
 
 
 def _evaluate(loaded, plan: Plan, objective) -> dict:
-    prompts, name = _eval_prompts(plan)
+    prompts, name = eval_prompts(plan.eval)
     base = None
     if plan.eval.compare:
         base, base_wall = baseline_outputs(loaded, prompts, plan.engine, plan.eval.max_new_tokens)

@@ -1,5 +1,6 @@
-"""Training prompts for self-distillation: the public instruction sets in ../shared/data/train
-(GSM8K questions, Code Alpaca instructions, the Alpaca seed tasks), self-instruct prompts that
+"""Training prompts for self-distillation: a folder of public instruction sets (GSM8K questions,
+Code Alpaca instructions, the Alpaca seed tasks; by default ``builtin:train``, the 375 shipped in
+specdec/prompts/train/, or a folder of the full files under the same names), self-instruct prompts that
 the target writes from the seed tasks (Wang et al. 2023, "Self-Instruct") and Magpie prompts, user
 turns the target writes from its chat template's empty user turn (Xu et al. 2024, "Magpie"), which
 follow its own instruction-tuning distribution. Never MT-bench."""
@@ -10,6 +11,8 @@ import random
 import re
 from pathlib import Path
 from typing import Optional
+
+from specdec.data import DataError, resolve_path
 
 SOURCES = ("gsm8k_train.jsonl", "code_alpaca.json", "alpaca_seed_tasks.jsonl")
 
@@ -34,17 +37,31 @@ def prompts_of(path: Path) -> list[str]:
     return [_with_input(r["instruction"], (r.get("instances") or [{}])[0].get("input", "")) for r in recs]
 
 
-def training_prompts(data_dir: Optional[Path], max_prompts: int, seed: int = 0,
-                     log=print) -> list[str]:
-    """Up to ``max_prompts`` prompts, the sources interleaved (each shuffled with ``seed``);
-    [] with a note when the folder is absent (a user's clone has no ../shared)."""
-    if data_dir is None or not Path(data_dir).is_dir():
-        log(f"[specdec.train] no training prompt folder at {data_dir}: skipping the public sets")
+def prompt_folder(data_dir) -> Optional[Path]:
+    """The folder ``data.prompts_dir`` names (``builtin:train`` is the shipped one); None for none.
+    A folder that does not exist, or holds none of the source files, is an error: a typo must not
+    train on nothing."""
+    if data_dir is None:
+        return None
+    path = resolve_path(data_dir)
+    if not path.is_dir():
+        raise DataError(f"data.prompts_dir={data_dir}: no such folder; use builtin:train (the "
+                        f"shipped prompts), a folder holding {', '.join(SOURCES)}, or null for none")
+    if not any((path / name).is_file() for name in SOURCES):
+        raise DataError(f"data.prompts_dir={data_dir}: holds none of {', '.join(SOURCES)}")
+    return path
+
+
+def training_prompts(data_dir, max_prompts: int, seed: int = 0) -> list[str]:
+    """Up to ``max_prompts`` prompts of the folder ``data_dir`` (see prompt_folder; None: []),
+    the sources interleaved, each shuffled with ``seed``."""
+    folder = prompt_folder(data_dir)
+    if folder is None:
         return []
     rng = random.Random(seed)
     pools = []
     for name in SOURCES:
-        f = Path(data_dir) / name
+        f = folder / name
         if f.is_file():
             pool = [p for p in prompts_of(f) if p]
             rng.shuffle(pool)
@@ -57,9 +74,10 @@ def training_prompts(data_dir: Optional[Path], max_prompts: int, seed: int = 0,
     return out
 
 
-def seed_tasks(data_dir: Optional[Path]) -> list[str]:
-    f = Path(data_dir or "") / "alpaca_seed_tasks.jsonl"
-    return [r["instruction"].strip() for r in _records(f)] if f.is_file() else []
+def seed_tasks(data_dir) -> list[str]:
+    folder = prompt_folder(data_dir)
+    f = folder / "alpaca_seed_tasks.jsonl" if folder else None
+    return [r["instruction"].strip() for r in _records(f)] if f and f.is_file() else []
 
 
 def self_instruct_prompt(examples: list[str]) -> str:

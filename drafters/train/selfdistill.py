@@ -26,7 +26,7 @@ PROMPTS_FILE = "prompts.json"
 
 @dataclass
 class DataConfig:
-    prompts_dir: Optional[str] = None  # ../shared/data/train; absent -> self-instruct prompts only
+    prompts_dir: Optional[str] = None  # e.g. builtin:train; None: self-instruct / Magpie prompts only
     max_prompts: int = 2000  # from the public sets
     self_instruct: int = 0  # extra prompts the target writes from the seed tasks
     magpie: int = 0  # user turns the target samples from its chat template's empty user turn
@@ -49,14 +49,14 @@ def build_engine(loaded, engine_cfg: EngineConfig) -> Engine:
 
 def collect_prompts(loaded, cfg: DataConfig, engine_cfg: EngineConfig, log=print) -> tuple[list[str], dict]:
     """(prompts, how many came from where)."""
-    public = training_prompts(Path(cfg.prompts_dir) if cfg.prompts_dir else None, cfg.max_prompts,
-                              cfg.seed, log)
+    public = training_prompts(cfg.prompts_dir, cfg.max_prompts, cfg.seed)
     written = self_instruct(loaded, seed_tasks(cfg.prompts_dir), cfg.self_instruct, engine_cfg,
                             cfg.seed) if cfg.self_instruct else []
     sampled = magpie(loaded, cfg.magpie, engine_cfg, cfg.seed) if cfg.magpie else []
     if not public and not written and not sampled:
-        raise ValueError("no training prompts: the prompt folder is absent and self_instruct=0 and "
-                         "magpie=0; set data.prompts_dir, data.self_instruct or data.magpie")
+        raise ValueError("no training prompts: data.prompts_dir is null and data.self_instruct=0 and "
+                         "data.magpie=0; set one of them (data.prompts_dir=builtin:train: the shipped "
+                         "prompts)")
     sources = {"public prompts (GSM8K, Code Alpaca, Alpaca seeds)": len(public),
                "self-instruct prompts": len(written)}
     if cfg.magpie:

@@ -8,6 +8,7 @@ less than half of the schedule has run, as the pace settles."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .batches import BatchSource
+
+log = logging.getLogger("specdec.train")
 
 
 @dataclass
@@ -121,9 +124,8 @@ class Trainer:
         self.cfg = dataclasses.replace(self.cfg, steps=fitted_steps(asked, step, elapsed_s, pace))
         self._fitted, self._fit_from = self.cfg.steps, (done, elapsed_s)
         self._fit_at = 2 * done if 2 * step < self.cfg.steps else None
-        print(f"[specdec.train] fit_to_time at step {step}: {pace * 1e3:.1f} ms a step -> schedule of "
-              f"{self.cfg.steps} steps (train.steps {self._asked}) in {self.cfg.time_limit_s:.0f} s",
-              flush=True)
+        log.info(f"[specdec.train] fit_to_time at step {step}: {pace * 1e3:.1f} ms a step -> schedule of "
+                 f"{self.cfg.steps} steps (train.steps {self._asked}) in {self.cfg.time_limit_s:.0f} s")
 
     def _step(self, step: int) -> tuple[float, dict]:
         for group in self.opt.param_groups:

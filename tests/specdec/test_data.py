@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from specdec.data import (MT_BENCH_CATEGORIES, SPEC_BENCH_CATEGORIES, DataError, Prompt, default_prompts,
-                          load_prompt_file, load_prompts, render, select)
+from specdec.data import (BUILTIN_DIR, MT_BENCH_CATEGORIES, SPEC_BENCH_CATEGORIES, DataError, Prompt,
+                          builtin_path, default_prompts, load_prompt_file, load_prompts, render, select)
 
 
 def write(tmp_path, name, text, mode="w"):
@@ -33,9 +33,10 @@ def test_mt_bench_format(tmp_path):
     assert len(select(prompts, 1)) == 1
 
 
-def test_real_mt_bench(shared_data):
-    prompts = load_prompt_file(shared_data / "mt_bench.jsonl")
+def test_shipped_mt_bench():
+    prompts = load_prompt_file("builtin:mt_bench.jsonl")
     assert len(prompts) == 80 and all(len(p.turns) == 2 for p in prompts)
+    assert prompts[0].id == "81" and prompts[0].turns[0].startswith("Compose an engaging travel blog post")
 
 
 def test_missing_file_names_it(tmp_path):
@@ -180,11 +181,67 @@ def test_second_turn_renders_the_first_answer(tiny_dir):
         render(p, tok, True, 2)
 
 
-def test_real_sets_through_datasets(shared_data):
-    mt = load_prompts(str(shared_data / "mt_bench.jsonl"))
+def test_shipped_sets():
+    mt = load_prompts("builtin:mt_bench.jsonl")
     assert len(mt) == 80 and {p.category for p in mt} == set(MT_BENCH_CATEGORIES)
     assert [p.id for p in select(mt, None, per_category=1)] == ["81", "91", "101", "111", "121", "131", "141", "151"]
-    gsm = load_prompts(str(shared_data / "train" / "gsm8k_train.jsonl"), field_name="question")
-    assert len(gsm) == 7473
-    code = load_prompts(str(shared_data / "train" / "code_alpaca.json"), field_name="instruction")
-    assert len(code) == 4535
+    gsm = load_prompts("builtin:train/gsm8k_train.jsonl", field_name="question")
+    assert len(gsm) == 100 and gsm[0].turns[0].startswith("Natalia sold clips to 48 of her friends")
+    code = load_prompts("builtin:train/code_alpaca.json", field_name="instruction")
+    assert len(code) == 100
+    seeds = load_prompts("builtin:train/alpaca_seed_tasks.jsonl", field_name="instruction")
+    assert len(seeds) == 175
+
+
+def test_shipped_sets_are_found_from_any_directory(tmp_path):
+    """builtin: names resolve inside the installed package, not against the working directory."""
+    code = "from specdec.data import load_prompts; print(len(load_prompts('builtin:mt_bench.jsonl')))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "80"
+
+
+def test_unknown_shipped_set_lists_the_shipped_ones():
+    with pytest.raises(DataError, match="builtin:mt_bench.json: no such prompt set shipped with specdec; "
+                                        "shipped: builtin:mt_bench.jsonl, builtin:train, "):
+        load_prompts("builtin:mt_bench.json")
+    with pytest.raises(DataError, match="no such prompt set"):
+        builtin_path("builtin:../data.py")  # stays inside specdec/prompts/
+
+
+def test_shipped_files_are_package_data_with_a_source_and_license():
+    """Every file of specdec/prompts/ is matched by pyproject's package-data globs (so that a
+    non-editable install carries it) and named, with its license, in the folder's README."""
+    import fnmatch
+    import tomllib
+
+    repo = BUILTIN_DIR.parents[1]
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["specdec"]
+    files = [str(f.relative_to(BUILTIN_DIR.parent)) for f in BUILTIN_DIR.rglob("*") if f.is_file()
+             and "__pycache__" not in f.parts]
+    assert {"prompts/README.md", "prompts/mt_bench.jsonl", "prompts/train/gsm8k_train.jsonl"} <= set(files)
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
+    readme = (BUILTIN_DIR / "README.md").read_text()
+    for f in files:
+        if not f.endswith("README.md"):
+            row = next(line for line in readme.splitlines() if f"`{f.split('/', 1)[1]}`" in line)
+            assert "github.com" in row and ("Apache-2.0" in row or "MIT" in row), row
+    assert sum(f.stat().st_size for f in BUILTIN_DIR.rglob("*") if f.is_file()) < 400_000  # small files
+
+
+def test_garbage_files_give_one_clear_error_and_no_library_log(tmp_path):
+    """Not JSON at all, or a csv pyarrow cannot parse: a DataError naming the file, and nothing
+    logged by `datasets` before it."""
+    bad = write(tmp_path, "g.jsonl", b"\x00\x01garbage{{\nmore")
+    code = ("import sys\nfrom specdec.data import load_prompts, DataError\n"
+            "for f in sys.argv[1:]:\n"
+            "    try: load_prompts(f)\n"
+            "    except DataError as e: print('DataError:', str(e).splitlines()[0])\n")
+    csv_bad = write(tmp_path, "g.csv", b'a,b\n1,2,3,4\n"x\n')
+    proc = subprocess.run([sys.executable, "-c", code, str(bad), str(csv_bad)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [f"DataError: 2 bad record(s) in {bad}:",
+                                        f"DataError: {csv_bad}: not a readable csv file "
+                                        + proc.stdout.splitlines()[1].split("not a readable csv file ", 1)[1]]
+    assert proc.stderr == ""

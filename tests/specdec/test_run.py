@@ -1,4 +1,5 @@
-"""`python -m specdec.run` end to end on a tiny checkpoint: summary.json, outputs, overrides."""
+"""`python -m specdec.run` end to end on a tiny checkpoint: summary.json, outputs, run.log, progress
+bars that say what they count, overrides, and mistakes that fail before any weights load."""
 import json
 import os
 import subprocess
@@ -33,28 +34,34 @@ def test_run_writes_summary_and_outputs(tiny_dir, tmp_path, drafter):
     lines = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all(r["finish_reason"] in ("stop", "length") for r in lines)
     assert "tokens/s" in proc.stdout and "tau (accepted+1)" in proc.stdout
+    log = (out / "run.log").read_text()  # the run's log: what it ran, the table, where it wrote
+    assert f"run {drafter} (T=0): 3 prompts of data=default" in log
+    assert "tau (accepted+1)" in log and f"summary: {out / 'summary.json'}" in log
+    assert f"{drafter} requests: 100%" in proc.stderr  # the bar names what it counts
+    if drafter == "ngram":  # the baseline ran after it, under its own label and with a log line
+        assert "baseline (drafter=none) requests: 100%" in proc.stderr
+        assert "running the autoregressive baseline (drafter=none" in log
+    assert "wandb" not in proc.stdout + proc.stderr
 
 
-def test_mt_bench_data(tiny_dir, tmp_path, shared_data):
+def test_mt_bench_data_ships_with_the_package(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    run(f"model.path={tiny_dir('llama')}", "logger=none", "data=mt_bench",
-        f"data.path={shared_data / 'mt_bench.jsonl'}", "data.num_prompts=2", "max_new_tokens=4",
-        f"hydra.run.dir={out}")
+    run(f"model.path={tiny_dir('llama')}", "logger=none", "data=mt_bench", "data.num_prompts=2",
+        "max_new_tokens=4", f"hydra.run.dir={out}", cwd=tmp_path)  # from a folder with no data
     rows = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
     assert [r["category"] for r in rows] == ["writing", "writing"]
 
 
 @pytest.mark.parametrize("override, message", [
-    ("verifier.temperature=-1", "temperature must be >= 0"),
-    ("verifier.top_p=0", "top_p must lie in (0, 1]"),
+    ("verifier.top_p=0", "verifier.top_p must lie in (0, 1]"),
     ("engine.block_size=12", "block_size must be a power of two"),
-    ("drafter=nonexistent", "Available options in 'drafter':\n\tdraft_model"),
+    ("drafter=nonexistent", "Available options in 'drafter': draft_model, draft_model_tree, eagle"),
 ])
 def test_bad_config_fails_before_loading_weights(tmp_path, override, message):
     proc = run("model.path=/nonexistent/model", "logger=none", override,
                f"hydra.run.dir={tmp_path}", check=False)
-    assert proc.returncode != 0
-    assert message in proc.stderr + proc.stdout
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
     assert "is not an HF hub id" not in proc.stderr + proc.stdout  # failed before the model load
 
 
@@ -69,9 +76,9 @@ def test_bad_config_fails_before_loading_weights(tmp_path, override, message):
 def test_bad_drafter_configs_fail_before_the_target_loads(tiny_dir, tmp_path, override, message):
     proc = run(f"model.path={tiny_dir('llama')}", "logger=none", *override.split(),
                f"hydra.run.dir={tmp_path}", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     out = proc.stderr + proc.stdout
-    assert message in out
+    assert message in proc.stderr and "Traceback" not in out
     assert "Loading weights" not in out and "summary.json" not in out
 
 

@@ -56,7 +56,7 @@ def test_four_summaries_with_speedups(swept):
     assert runs["ngram_tree", 0.0]["baseline"]["source"].startswith("reused:")
     assert runs["ngram", 0.0]["baseline"]["key"] == runs["ngram_tree", 0.0]["baseline"]["key"]
     assert runs["ngram", 0.0]["baseline"]["key"] != runs["ngram", 1.0]["baseline"]["key"]
-    assert "4/4" in proc.stderr  # the sweep's progress bar
+    assert "sweep pytest (runs): 100%" in proc.stderr and "4/4" in proc.stderr  # the sweep's bar
 
 
 def test_report_tables_hold_the_summaries_numbers(swept, tmp_path):
@@ -78,10 +78,18 @@ def test_report_tables_hold_the_summaries_numbers(swept, tmp_path):
         assert float(sb[key]["default_tau"]) == pytest.approx(s["per_category"]["default"]["mean_accepted_length"])
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| ngram_tree | " in md and "T=1 speedup" in md
+    # one tree budget per method and one batch size: those two plots would show nothing
+    assert set(result["not_drawn"]) >= {"tau_vs_tree_budget", "throughput_vs_batch"}
+    assert "- throughput_vs_batch: not drawn, every run had one batch size" in md
     for name in ("acceptance_per_depth", "accepted_lengths", "tau_vs_tree_budget", "throughput_vs_batch",
                  "latency_cdf"):
         png = tmp_path / "report" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        if name in result["not_drawn"]:
+            assert not png.exists(), name
+        else:
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+            assert f"![{name}]({name}.png)" in md
+    assert (tmp_path / "report" / "latency_cdf.png").exists()  # 3 requests a run
     assert result["runs"] == 6
 
 

@@ -1,6 +1,7 @@
 """W&B with no API key and no network: each run of a sweep logs offline into its run directory,
-grouped under the sweep's name, and the run file W&B wrote holds the config, per-step metrics,
-the summary and the tables (read back without W&B's server; no mock of wandb)."""
+grouped under the sweep's name, quietly (one line each), and the run file W&B wrote holds the
+config, per-step metrics, the summary and the tables (read back without W&B's server; no mock of
+wandb)."""
 import glob
 import json
 import os
@@ -22,6 +23,9 @@ def test_offline_sweep_runs_hold_the_logged_metrics_and_share_a_group(tiny_dir, 
                            "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # quiet: one line per run says where it went, none of W&B's own banner and summary
+    assert "wandb:" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("W&B: logging offline to ") == 2 and proc.stdout.count("(upload: wandb sync ") == 2
     files = sorted(glob.glob(str(tmp_path / "sweep" / "*" / "wandb" / "offline-run-*" / "run-*.wandb")))
     assert len(files) == 2, "W&B did not write one offline run per sweep job into its run directory"
     runs = [read_run(Path(f)) for f in files]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from specdec.data import DataError
 from specdec.drafters.train.pipeline import EvalConfig, Plan, run
 from specdec.drafters.train.prompts import magpie_prefix, parse_instruction, parse_query, training_prompts
 from specdec.drafters.train.selfdistill import DataConfig, magpie_turns
@@ -53,10 +54,24 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     assert Manifest.load(plan.data_dir).shards == manifest.shards and again["train"]["steps_this_run"] == 0
 
 
-def test_missing_prompt_folder_is_skipped_with_a_note(tmp_path):
-    notes = []
-    assert training_prompts(tmp_path / "absent", 10, log=notes.append) == []
-    assert "skipping" in notes[0]
+def test_shipped_training_prompts_interleave_the_three_sets():
+    prompts = training_prompts("builtin:train", 2000)
+    assert len(prompts) == 375 == len(set(prompts))  # 100 GSM8K + 100 Code Alpaca + 175 seed tasks
+    first = training_prompts("builtin:train", 6)
+    assert first == prompts[:6]
+    gsm = [p for p in first if "?" in p and any(c.isdigit() for c in p)]
+    assert len(gsm) >= 2  # one of each source in turn, not 6 of the first
+
+
+def test_a_prompt_folder_that_is_not_there_is_an_error(tmp_path):
+    """A typo in data.prompts_dir must not train on nothing: the error names the option and what
+    it takes; null means no public prompts."""
+    with pytest.raises(DataError, match="data.prompts_dir=.*absent: no such folder; use builtin:train"):
+        training_prompts(tmp_path / "absent", 10)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds none of gsm8k_train.jsonl"):
+        training_prompts(tmp_path / "empty", 10)
+    assert training_prompts(None, 10) == []
 
 
 @pytest.mark.parametrize("text, want", [("1. Write a haiku about rain.\nmore", "Write a haiku about rain."),
