@@ -9,7 +9,8 @@ and writes into OUT (default: DIR/report):
   method x temperature), and every run;
 - ``spec_bench.csv``, ``eagle.csv``, ``runs.csv``: the same numbers;
 - PNG plots: acceptance rate per depth, histogram of accepted lengths, tau vs tree budget,
-  throughput vs batch size, latency CDFs.
+  throughput vs batch size, latency CDFs; each only when its x axis varies in the runs
+  (report.md says why one was left out).
 
 Numbers are copied from the summaries (speedups were measured by the runs against their
 autoregressive baselines, see specdec/experiment.py); nothing is re-measured here.
@@ -201,22 +202,47 @@ def write_csv(path: Path, records: list[dict]) -> None:
 
 
 # ---- plots -------------------------------------------------------------------------------------
-def plots(runs: list[dict], out: Path) -> list[Path]:
+# A plot is drawn only when its x axis varies in the runs (a tau-vs-budget plot of one budget per
+# method says nothing); the report says why each other plot was left out. Series that coincide
+# stay visible: open markers that shrink series by series, a line style each, and on the integer
+# depth axis a small sideways offset per series.
+MARKERS = "osD^vP*X"
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def plots(runs: list[dict], out: Path) -> tuple[list[Path], dict[str, str]]:
+    """(PNG files written, {plot left out: why})."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made = []
+    made, skipped = [], {}
     for name, draw in (("acceptance_per_depth", plot_acceptance), ("accepted_lengths", plot_histogram),
                        ("tau_vs_tree_budget", plot_tau_budget), ("throughput_vs_batch", plot_throughput),
                        ("latency_cdf", plot_latency)):
         fig = draw(plt, runs)
+        if isinstance(fig, str):
+            skipped[name] = fig
+            continue
         path = out / f"{name}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         made.append(path)
-    return made
+    return made, skipped
+
+
+def style(i: int, n: int) -> dict:
+    """Series i of n: its marker, line style and a marker size that shrinks from 9 to 4 points,
+    so that a later series drawn on an earlier one leaves the earlier one's outline visible."""
+    size = 9.0 - 5.0 * i / max(1, n - 1)
+    return dict(marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                markersize=size, markerfacecolor="none", markeredgewidth=1.5, alpha=0.9)
+
+
+def dodge(i: int, n: int, width: float = 0.3) -> float:
+    """Sideways offset of series i of n on an integer axis, within +-width/2."""
+    return 0.0 if n < 2 else (i / (n - 1) - 0.5) * width
 
 
 def run_name(r: dict) -> str:
@@ -224,20 +250,28 @@ def run_name(r: dict) -> str:
 
 
 def plot_acceptance(plt, runs):
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = []
     for r in runs:
         rates = r.get("accept_rate_per_depth") or []
         pts = [(d + 1, x) for d, x in enumerate(rates) if x is not None and not math.isnan(x)]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=run_name(r))
+            series.append((run_name(r), pts))
+    if not any(len(pts) > 1 for _, pts in series):
+        return "no run has acceptance data at two draft depths or more"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, pts) in enumerate(series):
+        ax.plot([d + dodge(i, len(series)) for d, _ in pts], [x for _, x in pts], label=name,
+                **style(i, len(series)))
     ax.set(xlabel="draft depth", ylabel="acceptance rate (given the parent was accepted)",
            title="Acceptance rate per depth", ylim=(0, 1.05))
     return legend(ax, fig)
 
 
 def plot_histogram(plt, runs):
-    fig, ax = plt.subplots(figsize=(6, 4))
     shown = [r for r in runs if sum(r.get("accepted_length_histogram") or []) > 0]
+    if not any(sum(1 for h in r["accepted_length_histogram"] if h) > 1 for r in shown):
+        return "every run emitted the same number of tokens at every decode step"
+    fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / max(1, len(shown))
     for i, r in enumerate(shown):
         hist = r["accepted_length_histogram"]
@@ -249,46 +283,60 @@ def plot_histogram(plt, runs):
     return legend(ax, fig)
 
 
+def _varies(series: dict, x) -> bool:
+    """Does some series hold two runs at different x?"""
+    return any(len({x(r) for r in rs}) > 1 for rs in series.values())
+
+
 def plot_tau_budget(plt, runs):
-    fig, ax = plt.subplots(figsize=(6, 4))
     series = by(runs, lambda r: (label(r, BUDGET_KEYS), temperature(r)))
-    for (method, t), rs in sorted(series.items()):
-        pts = sorted((r.get("tree_budget") or 1, r["mean_accepted_length"]) for r in rs)
-        ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "", label=f"{method} T={t:g}")
+    budget = lambda r: r.get("tree_budget") or 1  # noqa: E731
+    if not _varies(series, budget):
+        return ("each method ran at one tree budget (sweep drafter.total_tokens, as "
+                "experiment=eagle_tree_sweep does)")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, ((method, t), rs) in enumerate(sorted(series.items())):
+        pts = sorted((budget(r), r["mean_accepted_length"]) for r in rs)
+        ax.plot(*zip(*pts), label=f"{method} T={t:g}", **style(i, len(series)))
     ax.set(xlabel="tree budget (nodes, root included)", ylabel="tau (accepted + 1 per step)",
            title="tau vs tree budget")
     return legend(ax, fig)
 
 
 def plot_throughput(plt, runs):
-    fig, ax = plt.subplots(figsize=(6, 4))
     series = by(runs, lambda r: (label(r), temperature(r), cfg(r, "serving.request_rate")))
-    for (method, t, rate), rs in sorted(series.items(), key=lambda kv: str(kv[0])):
-        pts = sorted((cfg(r, "engine.max_num_seqs") or 0, r["tokens_per_s"]) for r in rs)
+    batch = lambda r: cfg(r, "engine.max_num_seqs") or 0  # noqa: E731
+    if not _varies(series, batch):
+        return "every run had one batch size (sweep engine.max_num_seqs, as experiment=batch_sweep does)"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, ((method, t, rate), rs) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
+        pts = sorted((batch(r), r["tokens_per_s"]) for r in rs)
         name = f"{method} T={t:g}" + (f" rate={rate}/s" if rate is not None else "")
-        ax.plot(*zip(*pts), marker="o", linestyle="-" if len(pts) > 1 else "", label=name)
+        ax.plot(*zip(*pts), label=name, **style(i, len(series)))
     ax.set(xlabel="batch size (engine.max_num_seqs)", ylabel="output tokens/s", title="Throughput vs batch size")
     return legend(ax, fig)
 
 
 def plot_latency(plt, runs):
+    def latencies(r, key):
+        return sorted(q[key] for q in r.get("requests", []) if q.get(key) is not None and not math.isnan(q[key]))
+
+    if not any(len(latencies(r, "e2e_ms")) > 1 for r in runs):
+        return "no run has two requests or more"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, ax, title in (("e2e_ms", axes[0], "end-to-end latency"), ("ttft_ms", axes[1], "time to first token")):
-        for r in runs:
-            xs = sorted(q[key] for q in r.get("requests", []) if q.get(key) is not None and not math.isnan(q[key]))
+        for i, r in enumerate(runs):
+            xs = latencies(r, key)
             if xs:
-                ax.step([xs[0]] + xs, [0.0] + [(i + 1) / len(xs) for i in range(len(xs))], where="post",
-                        label=run_name(r))
+                ax.step([xs[0]] + xs, [0.0] + [(k + 1) / len(xs) for k in range(len(xs))], where="post",
+                        label=run_name(r), linestyle=LINESTYLES[i % len(LINESTYLES)], alpha=0.85)
         ax.set(xlabel="ms", ylabel="fraction of requests", title=f"CDF of {title}", ylim=(0, 1.02))
     legend(axes[0], fig)
     return fig
 
 
 def legend(ax, fig):
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.legend(fontsize=7, loc="best")
     return fig
 
 
@@ -306,7 +354,7 @@ def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: b
     files = {"spec_bench.csv": sb_rec, "eagle.csv": ea_rec, "runs.csv": runs_rec}
     for name, recs in files.items():
         write_csv(out / name, recs)
-    pngs = plots(runs, out)
+    pngs, skipped = plots(runs, out)
     text = "\n\n".join([
         f"# specdec report\n\n{len(runs)} runs from {', '.join(map(str, dirs))}. Speedup: over the "
         "autoregressive run of the same settings (tokens/s ratio; per category the mean of "
@@ -318,9 +366,11 @@ def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: b
                               fmt(r.get("tokens_per_s"), ".1f"), fmt(r.get("speedup"), ".2f", "x"),
                               fmt(r.get("mean_accepted_length")), str(r.get("baseline_source"))]
                              for r in runs_rec]),
-        "## Plots", "\n".join(f"![{p.stem}]({p.name})" for p in pngs)])
+        "## Plots", "\n".join([f"![{p.stem}]({p.name})" for p in pngs]
+                              + [f"- {name}: not drawn, {why}" for name, why in skipped.items()])])
     (out / "report.md").write_text(text + "\n")
-    return {"runs": len(runs), "out": str(out), "files": [str(out / n) for n in files] + [str(p) for p in pngs]}
+    return {"runs": len(runs), "out": str(out), "files": [str(out / n) for n in files] + [str(p) for p in pngs],
+            "not_drawn": skipped}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
