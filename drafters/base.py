@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from specdec.engine.protocol import StepResult, TargetContext
 from specdec.engine.sequence import Sequence
 
@@ -30,11 +28,6 @@ class DrafterBase:
     def warm_up(self) -> int:
         """Capture the drafter's CUDA graphs now (engine start); returns how many."""
         return 0
-
-
-def last_tokens(seqs: list[Sequence], device: torch.device | str = "cpu") -> torch.Tensor:
-    """The root of every tree: each sequence's last token, ``[B]``."""
-    return torch.tensor([s.tokens[-1] for s in seqs], dtype=torch.long, device=device)
 
 
 def static_choices(tree_choices) -> Optional[list[list[int]]]:

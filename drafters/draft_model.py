@@ -199,6 +199,7 @@ class DraftModelDrafter(DrafterBase):
 
     def _chain(self, v, host, logits, depth: int, sampled: bool, kv_bound: int, validate: bool) -> DraftTree:
         tokens, probs = [v["roots"]], []
+        scores = [torch.zeros(logits.shape[0], device=logits.device)]  # cumulative draft log-probs
         if sampled:  # the plan from the host values: building the parameters reads nothing back
             temp = np.maximum(host["temp"], 1e-5)
             plan = SamplingPlan.of(temp, host["top_p"], host["top_k"])
@@ -213,6 +214,7 @@ class DraftModelDrafter(DrafterBase):
             else:
                 draw = logits.argmax(-1)  # [B]
             tokens.append(draw)
+            scores.append(scores[-1] + logits.float().log_softmax(-1).gather(1, draw[:, None])[:, 0])
             if level == depth:
                 break
             prefix = v["ctx"] + (level - 1)  # [B] int32: the new token sits at position len - 1 + level
@@ -224,7 +226,8 @@ class DraftModelDrafter(DrafterBase):
         if sampled:
             kind = torch.where(is_sampled[:, None], int(CandidateKind.SAMPLED), kind).to(torch.int8)
             draft_probs = torch.stack(probs + [torch.zeros_like(probs[0])], 1)  # [B, depth + 1, V]
-        return DraftTree.chains(tok, v["nodes"], kind=kind, draft_probs=draft_probs, validate=validate,
+        return DraftTree.chains(tok, v["nodes"], kind=kind, draft_probs=draft_probs,
+                                scores=torch.stack(scores, 1), validate=validate,
                                 depth_bound=None if validate else depth, children_bound=None if validate else 1)
 
     def _tree(self, v, logits, keep: int, kv_bound: int, validate: bool) -> DraftTree:
@@ -236,10 +239,10 @@ class DraftModelDrafter(DrafterBase):
             cands, frontier = expand(cands, frontier, lp, self.top_k)
             if level + 1 < self.depth:
                 lp = self._tree_logprobs(v, cands, frontier, kv_bound)
-        tokens, parents, _ = select(cands, keep, check=False)
+        tokens, parents, _, scores = select(cands, keep, check=False)
         nodes = v["nodes"]
         parents = parents.masked_fill(torch.arange(tokens.shape[1], device=tokens.device) >= nodes[:, None], -1)
-        return DraftTree(tokens, parents, nodes, validate=validate,
+        return DraftTree(tokens, parents, nodes, scores=scores, validate=validate,
                          depth_bound=None if validate else self.depth)
 
     def _tree_logprobs(self, v, cands: Candidates, frontier, kv_bound: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from specdec.engine.graphs import batch_buckets, bucket
@@ -53,6 +54,14 @@ class MedusaDrafter(DrafterBase):
         as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=t.device)  # noqa: E731
         self.node_head, self.node_rank = as_t(tc.depths[1:]) - 1, as_t(tc.ranks[1:])  # [T - 1] each
         self.parents = as_t(tc.parents)  # [T]
+        # [T, T]: path[i, j] = 1 when node j (not the root) is node i or one of its ancestors
+        path = torch.zeros(tc.num_nodes, tc.num_nodes)
+        for i in range(1, tc.num_nodes):
+            j = i
+            while j > 0:
+                path[i, j] = 1.0
+                j = tc.parents[j]
+        self.path = path.to(t.device)
         self.graphs = t.graph_runner()
         self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
@@ -107,13 +116,16 @@ class MedusaDrafter(DrafterBase):
         """``hidden [B, h]`` (the target's state before each root), ``roots, nodes [B]`` -> the
         static tree filled with each head's best tokens. Reads nothing back."""
         logits = self.heads(v["hidden"], self.target.model.compute_logits)  # [B, heads, V]
-        top = wide_topk(logits, self.width)[1]  # [B, heads, width]
+        top_logits, top = wide_topk(logits, self.width)  # [B, heads, width] x2
+        top_lp = top_logits.float() - logits.float().logsumexp(-1, keepdim=True)  # their log-probs
         tokens = torch.cat([v["roots"][:, None], top[:, self.node_head, self.node_rank]], 1)  # [B, T]
+        node_lp = F.pad(top_lp[:, self.node_head, self.node_rank], (1, 0))  # [B, T], root 0
+        scores = node_lp @ self.path.T  # [B, T] the heads' log-probs summed along each path
         nodes = v["nodes"]
         t = self.choices.num_nodes
         parents = self.parents.expand(tokens.shape[0], -1)
         parents = parents.masked_fill(torch.arange(t, device=tokens.device) >= nodes[:, None], -1)
-        return DraftTree(tokens, parents, nodes, validate=validate,
+        return DraftTree(tokens, parents, nodes, scores=scores, validate=validate,
                          depth_bound=None if validate else self.choices.max_depth)
 
     def _hidden_before_root(self, seq) -> Tensor:

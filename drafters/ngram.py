@@ -3,16 +3,20 @@ n-gram proposer). The draft is what followed the latest earlier occurrence of th
 longest suffix n-gram (n_max down to n_min). The tree variant merges the continuations of several
 occurrences into a trie of up to ``max_nodes`` nodes, so that a few guesses are verified at once.
 
-Matching is vectorised with numpy over the whole context (no per-token Python loop); n-gram drafts
-are chosen deterministically, so every node is a DETERMINISTIC candidate for the verifier.
+The drafter matches the whole batch at once with tensor operations (lookup.py); the numpy
+functions below do the same for one sequence, the reference that tests/drafters/test_ngram.py
+compares it with. n-gram drafts are chosen deterministically, so every node is a DETERMINISTIC
+candidate for the verifier.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from specdec.verifiers import CandidateKind, DraftTree
 
+from . import lookup
 from .base import DrafterBase
 
 
@@ -61,32 +65,44 @@ def trie(root: int, conts: list[np.ndarray], max_nodes: int) -> tuple[list[int],
 
 
 class NgramDrafter(DrafterBase):
-    """Chain (``max_matches=1``) or trie of n-gram continuations."""
+    """Chain (``max_matches=1``) or trie of n-gram continuations, for the whole batch at once
+    (lookup.py): the last ``window`` tokens of each sequence are searched."""
     name = "ngram"
 
     def __init__(self, num_tokens: int = 8, n_min: int = 1, n_max: int = 3, max_matches: int = 1,
-                 max_nodes: int | None = None) -> None:
+                 max_nodes: int | None = None, window: int = 2048) -> None:
         if not 1 <= n_min <= n_max:
             raise ValueError(f"ngram drafter needs 1 <= n_min <= n_max; got n_min={n_min}, n_max={n_max}")
         if num_tokens < 1:
             raise ValueError(f"ngram drafter: num_tokens (draft depth) must be >= 1; got {num_tokens}")
         if max_matches < 1:
             raise ValueError(f"ngram drafter: max_matches must be >= 1; got {max_matches}")
+        if window <= n_max:
+            raise ValueError(f"ngram drafter: window must exceed n_max={n_max}; got {window}")
         self.k, self.n_min, self.n_max, self.max_matches = num_tokens, n_min, n_max, max_matches
+        self.window = window
         self.max_nodes = max_nodes if max_nodes is not None else num_tokens * max_matches + 1
         if not 2 <= self.max_nodes <= 64:
             raise ValueError(f"ngram drafter: max_nodes must lie in [2, 64]; got {self.max_nodes}")
         if max_matches > 1:
             self.name = "ngram_tree"
 
+    def load(self, target) -> None:
+        super().load(target)
+        self.windows = lookup.TokenWindows(self.window, target.device)
+
+    def release(self, seq) -> None:
+        self.windows.release(seq)
+
+    @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
-        toks, pars = [], []
-        for seq, budget in zip(seqs, budgets):
-            ctx = np.asarray(seq.tokens, dtype=np.int64)
-            conts = continuations(ctx, self.n_min, self.n_max, min(self.k, budget - 1), self.max_matches)
-            t, p = trie(int(ctx[-1]), conts, min(budget, self.max_nodes))
-            toks.append(t)
-            pars.append(p)
-        tree = DraftTree.from_lists(toks, pars, device=self.target.device)
-        tree.kind.fill_(int(CandidateKind.DETERMINISTIC))
-        return tree
+        """The trie of each sequence's continuations, best node first, cut to its budget."""
+        ctx = self.windows.batch(seqs)  # [B, W]
+        conts, _ = lookup.continuations(ctx, self.n_min, self.n_max, self.k, self.max_matches)
+        tokens, parents, num, scores = lookup.trie(ctx[:, -1], conts, self.max_nodes)  # [B, T]
+        budget = torch.tensor(budgets, device=ctx.device)
+        num = torch.minimum(num, budget)
+        parents = parents.masked_fill(torch.arange(tokens.shape[1], device=ctx.device) >= num[:, None], -1)
+        kind = torch.full_like(tokens, int(CandidateKind.DETERMINISTIC), dtype=torch.int8)
+        return DraftTree(tokens, parents, num, kind=kind, scores=scores, validate=False,
+                         depth_bound=self.k, children_bound=self.max_matches)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from specdec.verifiers import DraftTree
 
-from .base import DrafterBase, last_tokens
+from specdec.engine.protocol import last_tokens
+
+from .base import DrafterBase
 
 
 class NoDrafter(DrafterBase):

@@ -4,7 +4,9 @@ level, then keep the ``budget`` nodes of highest joint draft probability). Pure 
 batched over sequences; the drafter supplies the log-probabilities of each frontier.
 
 Node bookkeeping: candidates are numbered in creation order (0 = root), so a candidate's parent
-always has a smaller number; `select` keeps that order, hence the tree stays topologically sorted.
+always has a smaller number. `select` returns the kept nodes best first: a child never outscores
+its parent, so that order is topological too, and every prefix of it is the best subtree of its
+size (a speculation policy cuts a tree to a budget by keeping a prefix).
 """
 from __future__ import annotations
 
@@ -55,22 +57,23 @@ def expand(cands: Candidates, frontier: Tensor, logprobs: Tensor, top_k: int) ->
     return cands.extend(tokens, parent, best), new_frontier
 
 
-def select(cands: Candidates, budget: int, check: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep the root and the ``budget - 1`` best other candidates by joint log-probability, in
-    creation order. A child never outscores its parent (log q <= 0) and ties favour the older
-    node, so the kept set contains every kept node's ancestors. Returns tokens, parents [B, n]
-    with parents renumbered into the kept set (n = min(budget, M)), and the kept candidate
-    indices [B, n]. ``check=False`` skips the ancestor check (a host read; CUDA graphs)."""
+def select(cands: Candidates, budget: int, check: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Keep the root and the ``budget - 1`` best other candidates by joint log-probability, best
+    first. A child never outscores its parent (log q <= 0) and ties favour the older node, so
+    every prefix of the kept list contains its nodes' ancestors, parents before children.
+    Returns tokens, parents [B, n] with parents renumbered into the kept list (n = min(budget,
+    M)), the kept candidate indices and their scores [B, n]. ``check=False`` skips the ancestor
+    check (a host read; CUDA graphs)."""
     b, m = cands.tokens.shape
     n = min(budget, m)
     order = torch.arange(m, device=cands.tokens.device)
     key = cands.scores.masked_fill(order == 0, float("inf"))  # the root always stays
     ranked = key.sort(dim=-1, descending=True, stable=True).indices  # ties: older first
-    kept = ranked[:, :n].sort(dim=-1).values  # [B, n] creation order
+    kept = ranked[:, :n]  # [B, n] best first
     new_index = torch.full((b, m), -1, dtype=torch.long, device=kept.device)
     new_index.scatter_(1, kept, torch.arange(n, device=kept.device).expand(b, n))
     old_parent = cands.parents.gather(1, kept)  # [B, n]
     parents = torch.where(old_parent >= 0, new_index.gather(1, old_parent.clamp(min=0)), -1)
     if check and bool((parents[:, 1:] < 0).any()):
         raise AssertionError("dynamic tree selection dropped an ancestor of a kept node")
-    return cands.tokens.gather(1, kept), parents, kept
+    return cands.tokens.gather(1, kept), parents, kept, cands.scores.gather(1, kept)

@@ -12,13 +12,17 @@ On CUDA, ``--floor`` also times a minimal plain-torch decode loop under one CUDA
 (experiments/floor_step.py) on the same weights, and reports specdec's autoregressive step
 (median step time of drafter ``none``) as a ratio to it. ``--batch-sizes 4 16 64`` then measures
 throughput: all prompts through each specdec system with continuous batching at that many
-sequences, and HF plain `generate` over batches of that many (left-padded) prompts.
+sequences (``--arrival-rates 0 8``: all at once, and as a Poisson process of 8 requests/s), and
+HF plain `generate` over batches of that many (left-padded) prompts.
 
-    python experiments/bench_e2e.py --data ../shared/data/mt_bench.jsonl --num-prompts 10 \
+    python experiments/bench_e2e.py --data mt_bench.jsonl --num-prompts 10 \
         --max-new-tokens 128 --drafters none ngram ngram_tree --hf plain prompt_lookup
 
 Drafters are Hydra drafter configs (configs/drafter/), with overrides after the name:
-``--drafters "draft_model drafter.path=/ckpt"``. Writes JSON to --out.
+``--drafters "draft_model drafter.path=/ckpt"``, and a label to run one drafter several ways:
+``--drafters none "fixed:eagle3" "adaptive:eagle3 speculation=adaptive"``. Each runs with
+``speculation=fixed`` (its configured tree every step) unless its overrides name a policy; rows
+carry the label and the policy. Writes JSON to --out.
 """
 from __future__ import annotations
 
@@ -48,18 +52,23 @@ REPO = Path(__file__).resolve().parent.parent
 def make_drafter(spec: str):
     """``"eagle"``, ``"eagle drafter.depth=4 ..."`` (Hydra overrides) or, to run one drafter
     under several settings side by side, ``"label:eagle drafter.depth=4 ..."``. Returns the
-    label, the drafter and the spec's ``engine.*`` overrides (``engine.split_mixed_steps=false``),
-    which replace the benchmark's own engine settings for that system."""
+    label, the drafter, the spec's ``engine.*`` overrides (``engine.split_mixed_steps=false``),
+    which replace the benchmark's own engine settings for that system, the speculation policy
+    (``speculation=fixed`` unless the spec names another: each drafter at its configured tree)
+    and the policy's name."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     name, *overrides = spec.split()
     label, _, name = name.rpartition(":")
+    if not any(o.startswith("speculation=") for o in overrides):
+        overrides.insert(0, "speculation=fixed")
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=[f"drafter={name}", *overrides])
     # (Hydra has rejected engine keys that configs/engine/default.yaml does not have)
     keys = [o.split("=", 1)[0].removeprefix("engine.") for o in overrides if o.startswith("engine.")]
-    return label or name, instantiate(cfg.drafter), {k: cfg.engine[k] for k in keys}
+    policy = instantiate(cfg.speculation)
+    return label or name, instantiate(cfg.drafter), {k: cfg.engine[k] for k in keys}, policy
 
 
 def hf_model(path: str, dtype, device):
@@ -124,10 +133,10 @@ def hf_batched(model, prompts: list[list[int]], n: int, batch: int, pad: int) ->
     return outs
 
 
-def engine_system(loaded, drafter, cfg: EngineConfig):
+def engine_system(loaded, drafter, cfg: EngineConfig, policy=None):
     engine = Engine(loaded.model, drafter, __import__("specdec.verifiers", fromlist=["x"]).LosslessVerifier(),
                     cfg, tokenizer=loaded.tokenizer, stop_token_ids=loaded.stop_token_ids,
-                    max_model_len=loaded.max_model_len)
+                    max_model_len=loaded.max_model_len, policy=policy)
     engine.warm_up_graphs()
 
     def run(ids: list[int], n: int) -> list[int]:
@@ -192,8 +201,11 @@ def main() -> None:
                     help="throughput runs at these batch sizes (continuous batching)")
     ap.add_argument("--batch-prompts", type=int, default=None,
                     help="prompts of the throughput runs (default: --num-prompts)")
+    ap.add_argument("--arrival-rates", type=float, nargs="*", default=[0.0],
+                    help="throughput runs' arrivals: 0 = all at once, else Poisson requests/s")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.arrival_rates = [None if r <= 0 else r for r in args.arrival_rates]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -212,8 +224,9 @@ def main() -> None:
         except Exception as e:  # reported in the results, not hidden
             failed[f"hf_{k}"] = f"{type(e).__name__}: {e}"
     drafters = [make_drafter(spec) for spec in args.drafters]
-    for name, drafter, engine_over in drafters:
-        systems[f"specdec_{name}"] = engine_system(loaded, drafter, dataclasses.replace(cfg, **engine_over))
+    policies = {f"specdec_{name}": policy.name for name, _, _, policy in drafters}
+    for name, drafter, engine_over, policy in drafters:
+        systems[f"specdec_{name}"] = engine_system(loaded, drafter, dataclasses.replace(cfg, **engine_over), policy)
     stops = set(loaded.stop_token_ids)
     for name in list(systems):  # warm-up: allocations, lazy imports, compilation, graph capture
         try:
@@ -258,6 +271,7 @@ def main() -> None:
                "prefix_match_" + base: prefix_match(outputs[name], outputs[base]),
                "first_tokens": [o[:12] for o in outputs[name]]}
         if hasattr(run, "seqs"):
+            row["speculation"] = policies[name]
             acc = acceptance(run.seqs)
             row["tau"] = acc["mean_accepted_length"]
             row["accepted_draft_tokens"] = acc["mean_accepted_draft_tokens"]
@@ -297,7 +311,7 @@ def main() -> None:
         hf_plain = systems.get("hf_plain")
         if args.batch_sizes:  # an untimed pass first: kernels Triton compiles for the batch phase's
             # prefill mixes (per length class) would otherwise be charged to the first system timed
-            name, drafter, _ = make_drafter("none")
+            name, drafter, _, _ = make_drafter("none")
             engine = engine_system(loaded, drafter, EngineConfig(
                 device=args.device, dtype=args.dtype, max_num_seqs=max(args.batch_sizes),
                 cuda_graphs=bool(args.cuda_graphs))).engine
@@ -305,18 +319,21 @@ def main() -> None:
                 engine.scheduler.config.max_num_seqs = b
                 engine.generate(bids, SamplingParams(max_new_tokens=args.max_new_tokens))
             del engine, drafter
-        for b in args.batch_sizes:
+        for b, rate in [(b, r) for b in args.batch_sizes for r in args.arrival_rates]:
             bcfg = EngineConfig(device=args.device, dtype=args.dtype, max_num_seqs=b,
                                 cuda_graphs=bool(args.cuda_graphs))
+            params = SamplingParams(max_new_tokens=args.max_new_tokens)
             for spec in args.drafters:
-                name, drafter, engine_over = make_drafter(spec)  # a fresh drafter per engine
-                engine = engine_system(loaded, drafter, dataclasses.replace(bcfg, **engine_over)).engine
+                name, drafter, engine_over, policy = make_drafter(spec)  # a fresh drafter per engine
+                engine = engine_system(loaded, drafter, dataclasses.replace(bcfg, **engine_over), policy).engine
                 # warm-up: every prompt's prefill once (Triton compiles the eager prefill's kernels
                 # per length class; a system timed first would pay them all), and the graphs
                 engine.generate(bids, SamplingParams(max_new_tokens=8))
                 engine.stats = type(engine.stats)()
-                throughput.append(timed(lambda: engine.generate(bids, SamplingParams(max_new_tokens=args.max_new_tokens)),
-                                        f"specdec_{name}", b, device, stops, engine))
+                row = timed(lambda: arrive(engine, bids, params, rate), f"specdec_{name}", b, device,
+                            stops, engine)
+                throughput.append({**row, "arrivals": "all at once" if rate is None else f"poisson {rate}/s",
+                                   "speculation": policy.name})
                 del engine
                 gc.collect()
                 if device.type == "cuda":
@@ -326,11 +343,11 @@ def main() -> None:
                 pad = pad[0] if isinstance(pad, list) else pad
                 throughput.append(timed(lambda: hf_batched(hf_plain.model, bids, args.max_new_tokens, b, pad),
                                         "hf_plain", b, device, stops))
-        for b in args.batch_sizes:
-            own_b = next((t for t in throughput if t["batch"] == b and t["system"] == "specdec_none"), None)
-            for t in throughput:
-                if own_b and t["batch"] == b:
-                    t["x_specdec_none"] = t["tokens_per_s"] / own_b["tokens_per_s"]
+        for t in throughput:  # against drafter none with the same batch and arrivals
+            own_b = next((o for o in throughput if o["system"] == "specdec_none" and o["batch"] == t["batch"]
+                          and o.get("arrivals") == t.get("arrivals")), None)
+            if own_b:
+                t["x_specdec_none"] = t["tokens_per_s"] / own_b["tokens_per_s"]
 
     result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
               "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
@@ -348,16 +365,38 @@ def main() -> None:
         print(f"| {r['system']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_' + base]:.2f} | {own_x} | {tau} | "
               f"{r['same_as_' + base]}/{len(ids)} | {r['prefix_match_' + base]:.2f} | {step} |")
     if throughput:
-        print("\n| batch | system | tokens/s | x specdec_none | tau |")
-        print("|---|---|---|---|---|")
+        print("\n| batch | arrivals | system | speculation | tokens/s | x specdec_none | tau |")
+        print("|---|---|---|---|---|---|---|")
         for t in throughput:
             tau = f"{t['tau']:.2f}" if t.get("tau") else "-"
             own_x = f"{t['x_specdec_none']:.2f}" if "x_specdec_none" in t else "-"  # no `none` at this B
-            print(f"| {t['batch']} | {t['system']} | {t['tokens_per_s']:.1f} | {own_x} | {tau} |")
+            print(f"| {t['batch']} | {t.get('arrivals', '-')} | {t['system']} | {t.get('speculation', '-')} | "
+                  f"{t['tokens_per_s']:.1f} | {own_x} | {tau} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
+
+
+def arrive(engine, prompts: list[list[int]], params, rate, seed: int = 0) -> list:
+    """All prompts at once (``rate`` None), or each at its time of a Poisson process of ``rate``
+    requests/s (seeded), stepping the engine in between; returns the finished sequences."""
+    if rate is None:
+        return engine.generate(prompts, params)
+    gen = torch.Generator().manual_seed(seed)
+    times = torch.empty(len(prompts)).exponential_(rate, generator=gen).cumsum(0).tolist()
+    seqs, start, nxt = [], time.perf_counter(), 0
+    while nxt < len(prompts) or engine.has_work():
+        now = time.perf_counter() - start
+        while nxt < len(prompts) and times[nxt] <= now:
+            seqs.append(engine.submit(prompts[nxt], params))
+            nxt += 1
+        if engine.has_work():
+            engine.step()
+        elif nxt < len(prompts):
+            time.sleep(min(times[nxt] - now, 0.01))
+    engine.policy.close()
+    return seqs
 
 
 def timed(fn, name: str, batch: int, device, stops, engine=None) -> dict:

@@ -56,6 +56,10 @@ class DraftTree:
     num_nodes: Tensor  # [B] int64, 1 <= num_nodes <= T
     kind: Optional[Tensor] = None  # [B, T] int8 CandidateKind per node (None: all DETERMINISTIC)
     draft_probs: Optional[Tensor] = None  # [B, T, V] q at node t, the law of t's sampled children
+    # [B, T] float32: the drafter's score of each node, a log-likelihood that it is accepted (never
+    # above its parent's; e.g. EAGLE's cumulative draft log-probability). Speculation policies
+    # calibrate it against what verification accepts; verification ignores it.
+    scores: Optional[Tensor] = None
     depth_bound: InitVar[Optional[int]] = None
     children_bound: InitVar[Optional[int]] = None
     validate: InitVar[bool] = True
@@ -65,7 +69,7 @@ class DraftTree:
         _validate_shapes(self.tokens, self.parents, self.num_nodes)
         if self.kind is None:
             self.kind = torch.zeros_like(self.tokens, dtype=torch.int8)
-        _validate_extras(self.tokens, self.kind, self.draft_probs)
+        _validate_extras(self.tokens, self.kind, self.draft_probs, self.scores)
         # Derived on the device from sanitised parents, so that even a bad tree indexes in range.
         derive = _cuda_tree_structure() if self.parents.is_cuda else tree_structure
         self.parent_index, self.num_children, self.depth, self.ancestor_mask = derive(
@@ -130,7 +134,8 @@ class DraftTree:
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return DraftTree(move(self.tokens), move(self.parents), move(self.num_nodes),
                          kind=move(self.kind), draft_probs=move(self.draft_probs),
-                         depth_bound=self.max_depth, children_bound=self.max_children)
+                         scores=move(self.scores), depth_bound=self.max_depth,
+                         children_bound=self.max_children)
 
     def positions(self, context_lens: Tensor) -> Tensor:  # [B, T] int64
         """Position ids of the nodes; ``context_lens`` [B] counts the root."""
@@ -212,7 +217,7 @@ class DraftTree:
         tree = cls.__new__(cls)  # the dataclass __init__ would derive what is set below
         tree.tokens, tree.parents = tokens, torch.full_like(tokens, -1)
         tree.num_nodes = torch.ones(tokens.shape[0], dtype=torch.long, device=tokens.device)
-        tree.kind, tree.draft_probs = torch.zeros_like(tokens, dtype=torch.int8), None
+        tree.kind, tree.draft_probs, tree.scores = torch.zeros_like(tokens, dtype=torch.int8), None, None
         tree.parent_index, tree.num_children, tree.depth = zeros, zeros.clone(), zeros.clone()
         tree.ancestor_mask = torch.ones_like(tokens)
         tree.max_depth = tree.max_children = 0
@@ -312,8 +317,12 @@ def _bound(given: Optional[int], actual: int, name: str, what: str) -> int:
     return int(given)
 
 
-def _validate_extras(tokens: Tensor, kind: Tensor, draft_probs: Optional[Tensor]) -> None:
+def _validate_extras(tokens: Tensor, kind: Tensor, draft_probs: Optional[Tensor],
+                     scores: Optional[Tensor] = None) -> None:
     """Shapes of the optional per-node fields (values are checked by the verifiers)."""
+    if scores is not None and scores.shape != tokens.shape:
+        raise ValueError(f"scores must be [B, T] = {tuple(tokens.shape)} like tokens; got "
+                         f"{tuple(scores.shape)}")
     if kind.shape != tokens.shape:
         raise ValueError(f"kind must be [B, T] = {tuple(tokens.shape)} like tokens; got "
                          f"{tuple(kind.shape)}")

@@ -98,7 +98,9 @@ def draft(forward: DraftForward, growth, children, v: dict[str, Tensor], keep: i
     out = forward(meta, v["ids"], v["pos"], v["feats"])  # [Nc, h]
     root_feat = out[v["last"]]  # [B, h] the last pair's output: the root's feature
     lp, tid = children(root_feat, growth.width)  # [B, width] x2
-    tokens, parents = growth.grow(v["roots"], lp, tid, keep, TreeForward(forward, v, kv_bound, root_feat), children)
+    tree_forward = TreeForward(forward, v, kv_bound, root_feat)
+    tokens, parents, scores = growth.grow(v["roots"], lp, tid, keep, tree_forward, children)  # [B, keep] x3
     nodes = v["nodes"]  # [B]
     parents = parents.masked_fill(torch.arange(tokens.shape[1], device=tokens.device) >= nodes[:, None], -1)
-    return DraftTree(tokens, parents, nodes, validate=validate, depth_bound=None if validate else growth.depth)
+    return DraftTree(tokens, parents, nodes, scores=scores.float(), validate=validate,
+                     depth_bound=None if validate else growth.depth)

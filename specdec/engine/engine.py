@@ -20,14 +20,16 @@ from typing import Iterable, Sequence as Seq
 import torch
 from tqdm.auto import tqdm
 
-from specdec.verifiers import MAX_NODES
+from specdec.verifiers import MAX_NODES, DraftTree
 
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner, StepRun
-from .protocol import TargetContext
+from .protocol import TargetContext, last_tokens
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
+from .speculation import FixedPolicy
+from .speculation.policy import tree_statistics
 
 
 class RequestError(ValueError):
@@ -46,7 +48,10 @@ class EngineStats:
 
 class Engine:
     def __init__(self, model, drafter, verifier, config: EngineConfig | None = None,
-                 tokenizer=None, stop_token_ids: Iterable[int] = (), max_model_len: int | None = None):
+                 tokenizer=None, stop_token_ids: Iterable[int] = (), max_model_len: int | None = None,
+                 policy=None):
+        """``policy``: the speculation policy (specdec.engine.speculation); None: `FixedPolicy`,
+        every decoding sequence drafts the drafter's whole budget."""
         self.config = config or EngineConfig()
         self.device = self.config.torch_device()
         self.dtype = self.config.torch_dtype(self.device)
@@ -71,7 +76,8 @@ class Engine:
         sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
                                 self.max_model_len, drafter.max_nodes, self.config.admit_count())
         self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
-        self.scheduler.on_release = drafter.release
+        self.policy = policy if policy is not None else FixedPolicy()
+        self.scheduler.on_release = lambda seq: (drafter.release(seq), self.policy.release(seq))
         self.runner = ModelRunner(self.model, verifier, self.blocks.num_blocks, self.config.block_size,
                                   self.device, self.dtype, self.max_model_len, ctx.capture_layers,
                                   mode, graph_batch, self.config.graph_prefills(mode is not None),
@@ -80,6 +86,21 @@ class Engine:
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
+        self.policy.attach(self)
+
+    def identity(self) -> dict:
+        """What a step's cost depends on: the device, the target, the drafter, the engine's
+        shapes (speculation policies keep measured costs per identity)."""
+        import hashlib
+
+        cfg = self.model.config
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        target = hashlib.sha256(repr(sorted(vars(cfg).items())).encode()).hexdigest()[:12]
+        drafter = {k: v for k, v in vars(self.drafter).items() if isinstance(v, (int, float, str, bool))}
+        return {"device": device, "threads": torch.get_num_threads() if device == "cpu" else None,
+                "dtype": str(self.dtype), "target": target, "drafter": self.drafter.name,
+                "drafter_settings": drafter, "graphs": self.runner.graphs.mode,
+                "max_num_seqs": self.config.max_num_seqs, "block_size": self.config.block_size}
 
     def warm_up_graphs(self) -> int:
         """Capture the greedy graphs of every decode and prefill bucket and the drafter's, now
@@ -159,13 +180,21 @@ class Engine:
         return finished
 
     def _run(self, part: list[ScheduledSeq]) -> list[Sequence]:
-        """Propose, run, update and postprocess one forward; returns the sequences that finished."""
+        """Plan, propose, run, update and postprocess one forward; returns the sequences that
+        finished."""
         t1 = time.perf_counter()
+        part = self.policy.plan(part)  # decode items get their node budgets
         decode = [i for i in part if not i.is_prefill]
-        tree = self.drafter.propose([i.seq for i in decode], [i.num_new for i in decode]) if decode else None
+        drafts = any(i.num_new > 1 for i in decode)
+        seqs = [i.seq for i in decode]
+        tree = (self.drafter.propose(seqs, [i.num_new for i in decode]) if drafts
+                else DraftTree.roots(last_tokens(seqs, self.device)) if decode else None)
         t2 = time.perf_counter()
         run = self.runner.run(part, tree, self.num_uniforms)
         t3 = time.perf_counter()
+        stats = (tree_statistics(tree, len(decode), run.read.num_nodes[: len(decode)])
+                 if drafts and self.policy.wants_trees else None)
+        self.policy.observe(run.items, t3 - t1, stats, run.read.accepted[: len(decode)])
         self.drafter.update(run.step_result())
         t4 = time.perf_counter()
         finished = self._postprocess(run, t4)
@@ -222,6 +251,7 @@ class Engine:
         while self.has_work():
             bar.update(len(self.step()))
         bar.close()
+        self.policy.close()  # e.g. save the measured step costs for the next run
         return seqs
 
     def submit(self, prompt, params: SamplingParams) -> Sequence:

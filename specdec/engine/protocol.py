@@ -83,3 +83,8 @@ class Drafter(Protocol):
     def release(self, seq: Sequence) -> None: ...
 
     def warm_up(self) -> int: ...
+
+
+def last_tokens(seqs: list[Sequence], device: torch.device | str = "cpu") -> torch.Tensor:
+    """The root of every tree: each sequence's last token, ``[B]``."""
+    return torch.tensor([s.tokens[-1] for s in seqs], dtype=torch.long, device=device)

@@ -30,14 +30,15 @@ def test_scores_are_joint_logprobs_along_parents():
 def test_select_keeps_best_scores_and_is_a_valid_tree():
     cands = grow()
     for budget in (1, 2, 5, 9, 13):
-        tokens, parents, kept = select(cands, budget)
+        tokens, parents, kept, scores = select(cands, budget)
         n = tokens.shape[1]
         DraftTree(tokens, parents, torch.full((tokens.shape[0],), n))  # validates the topology
         for b in range(tokens.shape[0]):
             k = kept[b].tolist()
-            assert k[0] == 0 and k == sorted(k)
             best = cands.scores[b, 1:].sort(descending=True).values[: n - 1]
-            assert sorted(cands.scores[b, k[1:]].tolist(), reverse=True) == best.tolist()
+            # best first: every prefix is the best subtree of its size
+            assert k[0] == 0 and cands.scores[b, k[1:]].tolist() == best.tolist()
+            assert scores[b].tolist() == cands.scores[b, k].tolist()
             assert tokens[b].tolist() == cands.tokens[b, k].tolist()
             for j in range(1, n):
                 assert int(cands.parents[b, k[j]]) == k[int(parents[b, j])]

@@ -43,9 +43,9 @@ class FrontierGrowth:
         pass
 
     def grow(self, roots: Tensor, root_lp: Tensor, root_ids: Tensor, keep: int, forward,
-             children) -> tuple[Tensor, Tensor]:
+             children) -> tuple[Tensor, Tensor, Tensor]:
         """``roots [B]``, ``root_lp, root_ids [B, top_k]`` the root's best children. Returns the
-        ``keep`` best candidates' tokens and parents ``[B, keep]``."""
+        ``keep`` best candidates' tokens, parents and joint log-probs ``[B, keep]``, best first."""
         b, dev = roots.shape[0], roots.device
         cands = Candidates.start(roots)
         frontier = torch.zeros(b, 1, dtype=torch.long, device=dev)  # [B, K] pool indices
@@ -60,5 +60,5 @@ class FrontierGrowth:
             rows.add(cands.tokens.gather(1, frontier), parent_row, level + 1)
             out = forward.rows(rows, out)  # [B, R, h]
             top_lp, top_ids = children(out[:, -self.top_k:], self.top_k)  # [B, top_k, top_k]
-        tokens, parents, _ = select(cands, keep, check=False)
-        return tokens, parents
+        tokens, parents, _, scores = select(cands, keep, check=False)
+        return tokens, parents, scores

@@ -78,9 +78,9 @@ class PooledGrowth:
         self.row_bits = torch.ones((), dtype=torch.long, device=device) << rows  # [R] own bits
 
     def grow(self, roots: Tensor, root_lp: Tensor, root_ids: Tensor, keep: int, forward,
-             children) -> tuple[Tensor, Tensor]:
+             children) -> tuple[Tensor, Tensor, Tensor]:
         """``roots [B]``, ``root_lp, root_ids [B, top_k]`` the root's best children. Returns the
-        ``keep`` best candidates' tokens and parents ``[B, keep]``."""
+        ``keep`` best candidates' tokens, parents and joint log-probs ``[B, keep]``, best first."""
         root_feat = forward.root_feat  # [B, h]
         b, w, r, h = root_feat.shape[0], self.top_k, self.max_rows, root_feat.shape[-1]
         dev = root_feat.device
@@ -115,5 +115,5 @@ class PooledGrowth:
             out = forward.run(row_tokens, row_masks, pos, row_feats.reshape(b * r, h), layout, rope)  # [B, R, h]
             top_lp, top_ids = children(out[:, cols], w)  # [B, w, w] x2
         cands = pooled_candidates(roots, joints, child_tokens, bests, w)
-        tokens, parents, _ = select(cands, keep, check=False)
-        return tokens, parents
+        tokens, parents, _, scores = select(cands, keep, check=False)
+        return tokens, parents, scores

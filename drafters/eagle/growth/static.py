@@ -71,23 +71,29 @@ class StaticGrowth:
     def prepare(self, device) -> None:
         self.levels = [StaticLevel(self.plan, d, device) for d in range(1, self.depth + 1)]
         self.parents = torch.tensor(self.plan.choices.parents, device=device)  # [T]
+        for lv in self.levels:
+            lv.node_parent = self.parents[lv.nodes]  # [n]
 
     def grow(self, roots: Tensor, root_lp: Tensor, root_ids: Tensor, keep: int, forward,
-             children) -> tuple[Tensor, Tensor]:
-        """``roots [B]``, ``root_ids [B, width]`` the root's best children (``root_lp`` and
-        ``keep`` unused: every node is kept). Returns tokens, parents ``[B, T]``."""
+             children) -> tuple[Tensor, Tensor, Tensor]:
+        """``roots [B]``, ``root_lp, root_ids [B, width]`` the root's best children (``keep``
+        unused: every node is kept). Returns tokens, parents and joint draft log-probs ``[B, T]``
+        (`TreeChoices` order: by depth)."""
         b, num_nodes = roots.shape[0], self.plan.choices.num_nodes
         tokens = torch.zeros(b, num_nodes, dtype=torch.long, device=roots.device)
+        scores = torch.zeros(b, num_nodes, dtype=root_lp.dtype, device=roots.device)
         tokens[:, 0] = roots
         best = root_ids[:, None]  # [B, 1 + rows so far, width]: index 0 = root, 1 + r = row r
+        best_lp = root_lp[:, None]  # [B, 1 + rows so far, width] their draft log-probs
         rows = Rows.empty(b, roots.device)
         out = None
         for d, lv in enumerate(self.levels, start=1):
             tokens[:, lv.nodes] = best[:, lv.parent_index, lv.rank]
+            scores[:, lv.nodes] = scores[:, lv.node_parent] + best_lp[:, lv.parent_index, lv.rank]
             if lv.rows is None:
                 continue
             rows.add(tokens[:, lv.rows], lv.parent_row.expand(b, -1), d)
             out = forward.rows(rows, out)  # [B, R, h]
-            _, ids = children(out[:, -lv.rows.shape[0]:], self.width)
-            best = torch.cat([best, ids], 1)
-        return tokens, self.parents.expand(b, -1).clone()
+            lp, ids = children(out[:, -lv.rows.shape[0]:], self.width)
+            best, best_lp = torch.cat([best, ids], 1), torch.cat([best_lp, lp], 1)
+        return tokens, self.parents.expand(b, -1).clone(), scores

@@ -1,0 +1,150 @@
+"""Speculation policies (``speculation=fixed|adaptive``): how many draft-tree nodes each decoding
+sequence gets this step. A budget of 1 is the root alone: plain decoding for that sequence, and
+when no sequence of a step drafts, the drafter is not run at all.
+
+`AdaptivePolicy` maximises the tokens the whole step commits per second:
+
+    budget* = argmax over the drafter's budget levels n (1 included) of
+              sum over sequences b of E_b(n)  /  cost(batch bucket, n)
+
+with E_b(n) the expected tokens sequence b emits with an n-node tree (acceptance.py: calibrated
+node scores of its last tree) and cost the step's measured seconds (costs.py). A budget a batch
+bucket has not measured enough is explored (run as chosen and timed) before it is trusted, and
+while the best budget is 1, one step in ``explore_every`` drafts anyway, so that the curves
+follow the text. The decision is per step; a graphed step pads every tree to the step's bucket,
+so a per-sequence cut below it would save no work.
+
+Lossless by construction: a budget keeps the first n nodes of the drafter's tree, which the
+protocol requires to be a subtree (its nodes' ancestors are among them), and verification is
+exact on any tree (ARCHITECTURE.md, "Speculation policies").
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+
+from ..graphs import batch_buckets, bucket
+from ..scheduler import ScheduledSeq
+from .acceptance import Acceptance
+from .costs import StepCosts, cost_file
+
+NODE_LEVELS = (2, 4, 8, 16, 24, 32, 48, 64)  # default budget levels (capped by the drafter's)
+
+
+def tree_statistics(tree, rows: int, num_nodes: list[int]):
+    """Host copies of the first ``rows`` trees' node depths, scores (zeros for a drafter without
+    scores), parents ``[B, T]`` and the verified node counts ``[B]``, in one transfer."""
+    import torch
+
+    scores = tree.scores if tree.scores is not None else torch.zeros_like(tree.depth, dtype=torch.float32)
+    stats = torch.stack([tree.depth[:rows].float(), scores[:rows].float(), tree.parents[:rows].float()])
+    depth, score, parents = stats.cpu().numpy()
+    return depth.astype(np.int64), score, parents.astype(np.int64), np.asarray(num_nodes)
+
+
+def budget_levels(drafter) -> tuple[int, ...]:
+    """The node budgets a policy may give: 1, the drafter's own levels (``budget_levels``) or the
+    default ones below its budget, and its whole budget."""
+    own = getattr(drafter, "budget_levels", None)
+    top = drafter.max_nodes
+    levels = own if own is not None else [n for n in NODE_LEVELS if n < top]
+    return tuple(sorted({1, top, *(n for n in levels if 1 <= n <= top)}))
+
+
+class FixedPolicy:
+    """Every decoding sequence drafts its whole budget (the drafter's ``max_nodes``)."""
+    name = "fixed"
+    wants_trees = False  # no node statistics needed
+
+    def attach(self, engine) -> None:
+        pass
+
+    def plan(self, items: list[ScheduledSeq]) -> list[ScheduledSeq]:
+        return items
+
+    def observe(self, *args, **kwargs) -> None:
+        pass
+
+    def release(self, seq) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class AdaptivePolicy:
+    name = "adaptive"
+    wants_trees = True
+
+    def __init__(self, explore_every: int = 16, cost_dir: Optional[str] = None, persist: bool = True,
+                 min_samples: int = 3, log=print) -> None:
+        if explore_every < 2:
+            raise ValueError(f"speculation.explore_every must be >= 2; got {explore_every}")
+        if min_samples < 1:
+            raise ValueError(f"speculation.min_samples must be >= 1; got {min_samples}")
+        self.explore_every, self.cost_dir, self.persist = explore_every, cost_dir, persist
+        self.min_samples, self.log = min_samples, log
+        self.steps = 0
+        self.chosen: dict[int, int] = {}  # budget -> steps it was chosen (statistics)
+
+    def attach(self, engine) -> None:
+        """Levels, batch buckets, acceptance model and the saved step costs of this engine."""
+        drafter = engine.drafter
+        self.levels = budget_levels(drafter)
+        self.buckets = batch_buckets(max(engine.config.max_num_seqs, 1))
+        self.acceptance = Acceptance(drafter.max_nodes)
+        self.identity = engine.identity()
+        self.path = cost_file(self.identity, self.cost_dir)
+        self.costs = (StepCosts.load(self.path, self.identity, self.log) if self.persist
+                      else StepCosts(self.identity))
+        self.costs.min_samples = self.min_samples
+
+    # ---- the decision -----------------------------------------------------------------------
+    def plan(self, items: list[ScheduledSeq]) -> list[ScheduledSeq]:
+        """The step's decode items with their node budgets (prefill chunks unchanged)."""
+        decode = [i for i in items if not i.is_prefill]
+        if not decode or len(self.levels) == 1:
+            return items
+        budget = self.choose([i.seq.seq_id for i in decode], [i.num_new for i in decode])
+        self.chosen[budget] = self.chosen.get(budget, 0) + 1
+        return [i if i.is_prefill else replace(i, num_new=min(i.num_new, budget)) for i in items]
+
+    def choose(self, seq_ids: list[int], caps: list[int]) -> int:
+        """The budget level for a step of these sequences (``caps``: the most nodes each may take)."""
+        self.steps += 1
+        b = bucket(len(seq_ids), self.buckets) or len(seq_ids)
+        levels = [n for n in self.levels if n <= max(caps)] or [1]
+        for n in levels:  # a level this batch bucket has not measured enough: measure it
+            if not self.costs.known(b, n):
+                return n
+        curves = np.stack([self.acceptance.curve(s) for s in seq_ids])  # [B, T]
+        rows, cap = np.arange(len(seq_ids)), np.minimum(np.asarray(caps), curves.shape[1])
+        tokens = [float(curves[rows, np.minimum(n, cap) - 1].sum()) for n in levels]
+        rate = [t / self.costs.estimate(b, n) for t, n in zip(tokens, levels)]
+        best = levels[int(np.argmax(rate))]
+        if best == 1 and len(levels) > 1 and self.steps % self.explore_every == 0:
+            best = levels[1 + int(np.argmax(rate[1:]))]  # keep the acceptance curves current
+        return best
+
+    # ---- learning -------------------------------------------------------------------------
+    def observe(self, items: list[ScheduledSeq], seconds: float, nodes=None, accepted=None) -> None:
+        """After a step: its time for the cost table, and (when it drafted) its trees' node
+        statistics ``nodes`` (`tree_statistics`) and accepted paths for the acceptance model."""
+        decode = [i for i in items if not i.is_prefill]
+        if not decode or any(i.is_prefill for i in items):
+            return  # a mixed forward's time is not a decode step's
+        b = bucket(len(decode), self.buckets) or len(decode)
+        self.costs.observe(b, max(i.num_new for i in decode), seconds)
+        if nodes is not None:
+            depth, score, parents, num = nodes
+            self.acceptance.observe([i.seq.seq_id for i in decode], depth, score, parents, num, accepted)
+
+    def release(self, seq) -> None:
+        self.acceptance.release(seq.seq_id)
+
+    def close(self) -> None:
+        """Save the step costs for the next run of this device, model and drafter."""
+        if self.persist and self.costs.table:
+            self.costs.save(self.path)

@@ -1,0 +1,188 @@
+"""Speculation policies (specdec/engine/speculation/): budget 1 everywhere is autoregressive decoding
+token for token; the adaptive policy keeps every drafter's greedy output, chooses no tree when
+trees never pay and the largest when they always do, and its step costs persist per identity,
+rebuilt (with a message) from a corrupt or stale file."""
+import json
+
+import numpy as np
+import pytest
+
+from specdec.drafters.draft_model import DraftModelDrafter
+from specdec.drafters.ngram import NgramDrafter
+from specdec.drafters.none import NoDrafter
+from specdec.engine.config import EngineConfig
+from specdec.engine.engine import Engine
+from specdec.engine.sequence import SamplingParams
+from specdec.engine.speculation import AdaptivePolicy, FixedPolicy, budget_levels
+from specdec.engine.speculation.acceptance import Acceptance
+from specdec.engine.speculation.costs import StepCosts
+from specdec.models.loader import load_model
+from specdec.verifiers import LosslessVerifier
+
+PROMPTS = [[1, 2, 3, 4, 1, 2, 3, 4, 1, 2], [9, 8], [20, 21, 22, 20, 21, 22, 23, 20, 21],
+           [40, 41, 42, 43], [5, 5, 5, 5, 5, 5]]
+GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
+SAMPLED = [SamplingParams(max_new_tokens=24, ignore_eos=True, temperature=0.9, seed=i) for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def path(tiny_dir):
+    return str(tiny_dir("llama"))
+
+
+@pytest.fixture(scope="module")
+def target(path):
+    return load_model(path).model
+
+
+def drafters(path):
+    return {"ngram_tree": lambda: NgramDrafter(num_tokens=4, max_matches=4, max_nodes=12),
+            "draft_chain": lambda: DraftModelDrafter(path, num_tokens=4),
+            "draft_tree": lambda: DraftModelDrafter(path, num_tokens=3, top_k=3, max_nodes=8)}
+
+
+def run(target, drafter, policy=None, params=GREEDY, **cfg):
+    engine = Engine(target, drafter, LosslessVerifier(),
+                    EngineConfig(**{"device": "cpu", "block_size": 4, "max_num_seqs": 3, **cfg}),
+                    policy=policy)
+    seqs = engine.generate(PROMPTS, params)
+    assert engine.blocks.num_free == engine.blocks.num_blocks, "KV blocks leaked"
+    return engine, [s.output for s in seqs]
+
+
+class Budget(FixedPolicy):
+    """A policy that gives every decoding sequence the same budget, or one per step in turn."""
+
+    def __init__(self, *budgets: int):
+        self.budgets, self.step = budgets, 0
+
+    def plan(self, items):
+        from dataclasses import replace
+
+        n = self.budgets[self.step % len(self.budgets)]
+        self.step += 1
+        return [i if i.is_prefill else replace(i, num_new=min(i.num_new, n)) for i in items]
+
+
+@pytest.mark.parametrize("name", ["ngram_tree", "draft_chain", "draft_tree"])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_budget_one_everywhere_is_autoregressive_decoding(target, path, name, params):
+    """No tree anywhere: the drafter never runs and the outputs are drafter none's, greedy and
+    sampled (same per-request randomness)."""
+    _, reference = run(target, NoDrafter(), params=params)
+    drafter = drafters(path)[name]()
+    calls = []
+    propose = drafter.propose
+    drafter.propose = lambda seqs, budgets: calls.append(1) or propose(seqs, budgets)
+    engine, outputs = run(target, drafter, Budget(1), params=params)
+    assert outputs == reference and not calls
+    assert all(a == 0 for s in engine.sequences.values() for a in s.accept_lengths)
+
+
+@pytest.mark.parametrize("name", ["ngram_tree", "draft_chain", "draft_tree"])
+def test_changing_budgets_keep_the_greedy_output(target, path, name):
+    """Budgets that change every step (drafting or not, small and large trees): the drafters'
+    state (caught-up KV, pending tokens) follows, and the greedy output is the target's."""
+    _, reference = run(target, NoDrafter())
+    engine, outputs = run(target, drafters(path)[name](), Budget(1, 5, 2, 1, 1, 8, 3))
+    assert outputs == reference
+    assert any(a > 0 for s in engine.sequences.values() for a in s.accept_lengths)
+
+
+@pytest.mark.parametrize("name", ["ngram_tree", "draft_tree"])
+def test_adaptive_policy_keeps_the_greedy_output(target, path, name, tmp_path):
+    _, reference = run(target, NoDrafter())
+    policy = AdaptivePolicy(cost_dir=str(tmp_path), min_samples=1, log=lambda m: None)
+    engine, outputs = run(target, drafters(path)[name](), policy)
+    assert outputs == reference
+    assert len(policy.chosen) > 1  # it tried several budgets
+    assert list(tmp_path.glob("*.json")), "the step costs were not saved"
+
+
+def fake_policy(levels, seconds, tmp_path, curve):
+    """A policy over ``levels`` whose cost table says ``seconds[n]`` for every batch bucket and
+    whose acceptance curve is ``curve`` (expected tokens at budgets 1..T) for every request."""
+    policy = AdaptivePolicy(cost_dir=str(tmp_path), persist=False, min_samples=1)
+    policy.levels, policy.buckets = levels, (1, 2, 4, 8)
+    policy.costs = StepCosts({"fake": 1}, min_samples=1)
+    for b in policy.buckets:
+        for n in levels:
+            policy.costs.observe(b, n, seconds[n])
+    policy.acceptance = Acceptance(max(levels))
+    policy.acceptance.mean_curve = np.asarray(curve, dtype=float)
+    return policy
+
+
+def test_no_tree_when_trees_never_pay_and_the_largest_when_they_always_do(tmp_path):
+    levels = (1, 2, 4, 8)
+    flat = [1.0] * 8  # a drafter that never gets a token accepted
+    rising = [1.0 + 0.9 * i for i in range(8)]  # one that gets nearly every node accepted
+    slow_trees = {1: 1.0, 2: 1.5, 4: 2.0, 8: 3.0}
+    never = fake_policy(levels, slow_trees, tmp_path, flat)
+    never.explore_every = 4  # one step in 4 drafts anyway (the cheapest tree), to keep learning
+    assert [never.choose([1, 2, 3], [8, 8, 8]) for _ in range(8)] == [1, 1, 1, 2, 1, 1, 1, 2]
+    always = fake_policy(levels, {1: 1.0, 2: 1.01, 4: 1.02, 8: 1.03}, tmp_path, rising)
+    assert all(always.choose([1, 2], [8, 8]) == 8 for _ in range(20))
+    assert always.choose([1, 2], [4, 3]) == 4  # the scheduler's caps bound the choice
+
+
+def test_an_unmeasured_budget_is_explored_first(tmp_path):
+    policy = fake_policy((1, 2, 4), {1: 1.0, 2: 2.0, 4: 4.0}, tmp_path, [1.0] * 4)
+    del policy.costs.table[(2, 4)]
+    assert policy.choose([1, 2], [4, 4]) == 4  # batch bucket 2 has no cost for 4 nodes yet
+
+
+def test_step_costs_persist_and_corrupt_or_stale_files_are_rebuilt(tmp_path):
+    identity = {"device": "cpu", "drafter": "ngram"}
+    path = tmp_path / "costs.json"
+    costs = StepCosts(identity)
+    for s in (0.010, 0.012, 0.011):
+        costs.observe(4, 8, s)
+    costs.observe(4, 1, 0.005)
+    costs.save(path)
+    loaded = StepCosts.load(path, identity, log=pytest.fail)
+    assert loaded.table.keys() == costs.table.keys()
+    assert loaded.estimate(4, 8) == pytest.approx(costs.estimate(4, 8))
+    messages = []
+    assert StepCosts.load(path, {**identity, "drafter": "eagle"}, messages.append).table == {}
+    assert "another device, model, drafter" in messages[-1]
+    for bad in ("{not json", json.dumps({"format": 1, "identity": identity, "table": [[4, 8, -1.0, 1]]}),
+                json.dumps({"format": 99})):
+        path.write_text(bad)
+        assert StepCosts.load(path, identity, messages.append).table == {}
+        assert "unreadable" in messages[-1] and "measuring the costs again" in messages[-1]
+    assert StepCosts.load(tmp_path / "absent.json", identity, log=pytest.fail).table == {}
+
+
+def test_costs_borrow_the_ratio_other_batch_buckets_measured():
+    costs = StepCosts({}, min_samples=1)
+    costs.observe(1, 1, 1.0)
+    costs.observe(1, 8, 2.0)
+    costs.observe(16, 1, 3.0)
+    assert costs.estimate(16, 8) == pytest.approx(6.0)  # 16's AR step x the 2x bucket 1 measured
+    assert costs.estimate(16, 4) is None
+
+
+def test_acceptance_learns_per_depth_and_per_request():
+    """Nodes at depth 1 always accepted, deeper never: the curve rises by ~1 for the first node
+    and stays; a request that accepts less than predicted gets a lower curve."""
+    acc = Acceptance(4)
+    depth = np.array([[0, 1, 2, 3]] * 2)
+    score = np.zeros((2, 4))
+    parents = np.array([[-1, 0, 1, 2]] * 2)
+    num = np.array([4, 4])
+    for _ in range(50):
+        acc.observe([1, 2], depth, score, parents, num, [[0, 1], [0, 1]])
+    curve = acc.curve(1)
+    assert curve[0] == 1.0 and curve[1] > 1.9 and curve[3] - curve[1] < 0.1
+    for _ in range(20):
+        acc.observe([3], depth[:1], score[:1], parents[:1], num[:1], [[0]])
+    assert acc.curve(3)[1] < curve[1] - 0.3
+
+
+def test_budget_levels():
+    class D:
+        max_nodes = 60
+    assert budget_levels(D()) == (1, 2, 4, 8, 16, 24, 32, 48, 60)
+    D.budget_levels = (8, 16, 100)
+    assert budget_levels(D()) == (1, 8, 16, 60)
