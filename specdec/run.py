@@ -94,9 +94,10 @@ def load_target(cfg: DictConfig, engine_cfg: EngineConfig):
     return load_model(str(cfg.model.path), dtype=engine_cfg.torch_dtype(device), device=device)
 
 
-def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig) -> Engine:
+def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig, policy=None) -> Engine:
     engine = Engine(loaded.model, drafter, verifier, engine_cfg, tokenizer=loaded.tokenizer,
-                    stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len)
+                    stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len,
+                    policy=policy)
     if engine.runner.graphs.mode == "capture":
         t = time.perf_counter()
         n = engine.warm_up_graphs()
@@ -104,11 +105,16 @@ def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig) -> Engine:
     return engine
 
 
+def build_policy(cfg: DictConfig):
+    """The speculation policy (configs/speculation/); None (fixed) when the config has none."""
+    return instantiate(cfg.speculation) if cfg.get("speculation") is not None else None
+
+
 def build_engine(cfg: DictConfig) -> Engine:
     """Validate what can be validated without weights, then load and assemble."""
     engine_cfg = engine_config(cfg)
-    drafter, verifier = build_drafter(cfg), build_verifier(cfg)
-    return make_engine(load_target(cfg, engine_cfg), drafter, verifier, engine_cfg)
+    drafter, verifier, policy = build_drafter(cfg), build_verifier(cfg), build_policy(cfg)
+    return make_engine(load_target(cfg, engine_cfg), drafter, verifier, engine_cfg, policy)
 
 
 def load_prompts(cfg: DictConfig) -> list[data_mod.Prompt]:
@@ -298,10 +304,10 @@ def main(cfg: DictConfig) -> dict:
         engine_cfg = engine_config(cfg)
         info = sweep_info(cfg)
         logger = make_logger(cfg, info)
-        drafter, verifier = build_drafter(cfg), build_verifier(cfg)
+        drafter, verifier, policy = build_drafter(cfg), build_verifier(cfg), build_policy(cfg)
         prompts = load_prompts(cfg)
         loaded = load_target(cfg, engine_cfg)
-        engine = make_engine(loaded, drafter, verifier, engine_cfg)
+        engine = make_engine(loaded, drafter, verifier, engine_cfg, policy)
     log.info(f"run {info['method']} (T={params.temperature:g}): {len(prompts)} prompts of data={cfg.data.name}, "
              f"model {loaded.source}, {engine.device} {str(engine.dtype).replace('torch.', '')} -> {run_dir}")
     logger.start(resolved, run_dir)
