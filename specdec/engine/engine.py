@@ -2,9 +2,11 @@
 
     batch = scheduler.schedule()                  # which sequences run, prefill chunk or tree
     for part in runner.forwards(batch):           # one part, or a mixed step's trees then chunks
-        tree = drafter.propose(part's decoding sequences)
+        part = policy.plan(part)                  # node budgets (speculation/; 1: plain decoding)
+        tree = drafter.propose(part's decoding sequences)     # skipped when no one drafts
         run  = runner.run(part, tree)             # forward, verify, commit, one read-back:
                                                   # the bucket's CUDA graph, or eagerly
+        policy.observe(run)                       # step time, and what the trees got accepted
         drafter.update(run.step_result())         # e.g. EAGLE keeps the accepted nodes' features
         postprocess(run)                          # append tokens, finish, free blocks
 

@@ -119,8 +119,9 @@ def test_no_tree_when_trees_never_pay_and_the_largest_when_they_always_do(tmp_pa
     rising = [1.0 + 0.9 * i for i in range(8)]  # one that gets nearly every node accepted
     slow_trees = {1: 1.0, 2: 1.5, 4: 2.0, 8: 3.0}
     never = fake_policy(levels, slow_trees, tmp_path, flat)
-    never.explore_every = 4  # one step in 4 drafts anyway (the cheapest tree), to keep learning
-    assert [never.choose([1, 2, 3], [8, 8, 8]) for _ in range(8)] == [1, 1, 1, 2, 1, 1, 1, 2]
+    never.interval = never.explore_every = 2  # every 2nd step drafts anyway, then every 4th ...
+    picks = [never.choose([1, 2, 3], [8, 8, 8]) for _ in range(14)]
+    assert picks == [1, 2, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2]  # (the cheapest tree), to keep learning
     always = fake_policy(levels, {1: 1.0, 2: 1.01, 4: 1.02, 8: 1.03}, tmp_path, rising)
     assert all(always.choose([1, 2], [8, 8]) == 8 for _ in range(20))
     assert always.choose([1, 2], [4, 3]) == 4  # the scheduler's caps bound the choice

@@ -11,7 +11,8 @@ with E_b(n) the expected tokens sequence b emits with an n-node tree (acceptance
 node scores of its last tree) and cost the step's measured seconds (costs.py). A budget a batch
 bucket has not measured enough is explored (run as chosen and timed) before it is trusted, and
 while the best budget is 1, one step in ``explore_every`` drafts anyway, so that the curves
-follow the text. The decision is per step; a graphed step pads every tree to the step's bucket,
+follow the text; each such step that confirms it doubles the interval (up to
+``max_explore_every``), so a drafter that never pays costs ever less. The decision is per step; a graphed step pads every tree to the step's bucket,
 so a per-sequence cut below it would save no work.
 
 Lossless by construction: a budget keeps the first n nodes of the drafter's tree, which the
@@ -78,14 +79,16 @@ class AdaptivePolicy:
     name = "adaptive"
     wants_trees = True
 
-    def __init__(self, explore_every: int = 16, cost_dir: Optional[str] = None, persist: bool = True,
-                 min_samples: int = 3, log=print) -> None:
-        if explore_every < 2:
-            raise ValueError(f"speculation.explore_every must be >= 2; got {explore_every}")
+    def __init__(self, explore_every: int = 16, max_explore_every: int = 512, cost_dir: Optional[str] = None,
+                 persist: bool = True, min_samples: int = 3, log=print) -> None:
+        if not 2 <= explore_every <= max_explore_every:
+            raise ValueError(f"speculation.explore_every must be >= 2 and <= max_explore_every; got "
+                             f"{explore_every} and {max_explore_every}")
         if min_samples < 1:
             raise ValueError(f"speculation.min_samples must be >= 1; got {min_samples}")
-        self.explore_every, self.cost_dir, self.persist = explore_every, cost_dir, persist
-        self.min_samples, self.log = min_samples, log
+        self.explore_every, self.max_explore_every = explore_every, max_explore_every
+        self.cost_dir, self.persist, self.min_samples, self.log = cost_dir, persist, min_samples, log
+        self.interval, self.since = explore_every, 0  # steps between explorations, and since the last
         self.steps = 0
         self.chosen: dict[int, int] = {}  # budget -> steps it was chosen (statistics)
 
@@ -124,8 +127,13 @@ class AdaptivePolicy:
         tokens = [float(curves[rows, np.minimum(n, cap) - 1].sum()) for n in levels]
         rate = [t / self.costs.estimate(b, n) for t, n in zip(tokens, levels)]
         best = levels[int(np.argmax(rate))]
-        if best == 1 and len(levels) > 1 and self.steps % self.explore_every == 0:
-            best = levels[1 + int(np.argmax(rate[1:]))]  # keep the acceptance curves current
+        if best > 1:
+            self.interval, self.since = self.explore_every, 0
+            return best
+        self.since += 1
+        if len(levels) > 1 and self.since >= self.interval:  # keep the acceptance curves current
+            self.since, self.interval = 0, min(2 * self.interval, self.max_explore_every)
+            best = levels[1 + int(np.argmax(rate[1:]))]
         return best
 
     # ---- learning -------------------------------------------------------------------------
