@@ -11,6 +11,7 @@ whole, so sibling branches cannot live there).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -28,6 +29,9 @@ from .features import FeatureStore, settled_rows
 from .growth import make_growth
 from .growth.static import StaticGrowth
 from .staging import Stager
+
+
+LEVELS = (8, 16, 24, 32)  # node budgets below the configured one that a policy may choose
 
 
 class EagleDrafterBase(DrafterBase):
@@ -66,11 +70,13 @@ class EagleDrafterBase(DrafterBase):
         self.net = net.prepare(t.device, t.dtype, t.max_model_len + self.max_rows + 1, self.fuse_on_cuda)
         self.forward = DraftForward(self.net, t.model.embed, t.blocks.num_blocks, t.blocks.block_size,
                                     t.dtype, t.device)
-        self.growth.prepare(t.device)
         if self.auto:
             from .auto_budget import choose_total_tokens
 
             self.max_nodes = choose_total_tokens(t, self.depth)
+        self.growths = self._growths()
+        for growth in self.growths.values():
+            growth.prepare(t.device)
         # a graph's catch-up holds ``graph_rows`` pairs per sequence: after a decode step a
         # sequence has as many new pairs as accepted nodes (root included), at most depth + 1
         self.graph_rows = self.depth + 1
@@ -79,6 +85,31 @@ class EagleDrafterBase(DrafterBase):
                              self.net.fc.out_features, t.dtype, t.device)
         self.graphs = t.graph_runner()  # CUDA graphs when the engine allows them
         self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
+
+    def _growths(self) -> dict:
+        """A grower per budget level: a smaller tree is grown shallower (fewer draft forwards;
+        depth about log2 of the nodes, as EAGLE's 60 nodes at depth 6), within the configured
+        depth and top-k. A static tree has one shape."""
+        if self.static:
+            return {self.max_nodes: self.growth}
+        self.budget_levels = tuple(sorted({n for n in LEVELS if n < self.max_nodes} | {self.max_nodes}))
+        growths = {}
+        for n in self.budget_levels:
+            depth = min(self.depth, max(2, round(math.log2(n))))
+            while True:
+                try:
+                    growths[n] = self.growth if depth == self.depth else make_growth(
+                        self.name, n, depth, self.top_k, None, self.pool_all)
+                    break
+                except ValueError:  # too few candidates that shallow: one level more
+                    depth += 1
+        return growths
+
+    def growth_for(self, keep: int):
+        """The grower of the smallest level the engine's policy uses that holds ``keep`` nodes
+        (the configured one when the policy uses none below it)."""
+        used = [n for n in self.growths if n >= keep and n in self.target.budget_levels]
+        return self.growths[min(used, default=self.max_nodes)]
 
     def kv_demand(self, seq, lookahead: int) -> dict[str, int]:
         return {TABLE: len(seq) + self.max_rows}
@@ -120,7 +151,8 @@ class EagleDrafterBase(DrafterBase):
     def warm_up(self) -> int:
         """Capture the graph of every batch bucket now (dummy all-padding inputs); returns the
         count. The engine calls it at start, with its own graphs."""
-        return self.graphs.warm_up(self._inputs([], [], self.max_nodes, bg) for bg in self.buckets)
+        levels = [n for n in self.growths if n in self.target.budget_levels] or [self.max_nodes]
+        return self.graphs.warm_up(self._inputs([], [], n, bg) for bg in self.buckets for n in levels)
 
     def _inputs(self, seqs, budgets, keep: int, bg: Optional[int]):
         """``(key, host, body, dev)`` of a `GraphRunner.run` for ``bg`` sequence slots (None:
@@ -133,5 +165,6 @@ class EagleDrafterBase(DrafterBase):
             bounds, key = (self.graph_rows, self.target.max_model_len), (bg, keep)
 
         def body(v: dict[str, Tensor]) -> DraftTree:
-            return draft(self.forward, self.growth, self.top_children, v, keep, *bounds, validate=bg is None)
+            return draft(self.forward, self.growth_for(keep), self.top_children, v, keep, *bounds,
+                         validate=bg is None)
         return key, host, body, {"feats": (feats, ((bg or 0) * self.graph_rows, feats.shape[-1]))}

@@ -89,6 +89,7 @@ class Engine:
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
         self.policy.attach(self)
+        ctx.budget_levels = tuple(getattr(self.policy, "levels", ()))
 
     def identity(self) -> dict:
         """What a step's cost depends on: the device, the target, the drafter, the engine's

@@ -43,6 +43,9 @@ class TargetContext:
     capture_layers: tuple[int, ...] = ()  # filled by drafters that want target layer features
     graph_batch: int = 0  # > 0: the drafter may replay CUDA graphs for batches up to this size
     graph_mode: Optional[str] = None  # the engine's: capture | emulate | None (engine.cuda_graphs)
+    # the node budgets the engine's speculation policy may ask for (set after `load`, before
+    # `warm_up`, which captures their graphs); empty: the drafter's whole budget only
+    budget_levels: tuple[int, ...] = ()
 
     def graph_runner(self) -> GraphRunner:
         """A drafter's own graph runner, in the engine's mode (eager when graphs are off)."""

@@ -114,3 +114,17 @@ def test_merge_joins_shared_paths_and_keeps_the_best():
     tokens, parents, num, p, kept = best_first(tok, par, valid, prob, depth, 4, 4)
     assert tokens[0].tolist() == [0, 1, 3, 2] and parents[0].tolist() == [-1, 0, 1, 1] and num.tolist() == [4]
     DraftTree(tokens, parents, num)  # a valid tree (parents first)
+
+
+@pytest.mark.parametrize("graphs", [False, "emulate"])
+def test_eagle_budget_levels_under_the_adaptive_policy(target, eagle3_path, tmp_path, graphs):
+    """The adaptive policy moves EAGLE-3 between its budget levels, each grown at its own depth
+    (and graph key): the greedy output stays the target's."""
+    _, reference = run(target, NoDrafter(), cuda_graphs=graphs)
+    drafter = Eagle3Drafter(eagle3_path, total_tokens=32, depth=5, top_k=4)
+    policy = AdaptivePolicy(cost_dir=str(tmp_path), min_samples=1, log=lambda m: None)
+    engine, outputs = run(target, drafter, policy, cuda_graphs=graphs)
+    assert outputs == reference
+    assert drafter.budget_levels == (8, 16, 24, 32)
+    assert [g.depth for g in drafter.growths.values()] == [3, 4, 5, 5]
+    assert len([n for n in policy.chosen if n > 1]) > 1, "one tree size only"
