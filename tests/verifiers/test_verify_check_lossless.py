@@ -84,7 +84,7 @@ def test_pruned_sampled_candidates_fail(kind):
     """Keeping the best-scoring of sampled candidates biases them toward high q: the draft is no
     longer what verify_tree's min(1, p / q) assumes. Such trees must be marked DETERMINISTIC
     (or pruned by a rule blind to the drawn tokens); the check sees the bias."""
-    report = check_lossless(verify_tree, kind=kind, seed=1, **PRUNED, **PARAMS)
+    report = check_lossless(verify_tree, kind=kind, seed=1, **PRUNED, **{**PARAMS, "num_draws": 30_000})
     assert not report.passed and min(report.p_values) < 1e-20, str(report)
 
 
