@@ -116,8 +116,8 @@ class ModelRunner:
             return None
         n = len(trees) + len(chunks)
         bg = bucket(n, self.batch_buckets)
-        if trees:
-            tg = bucket(tree.max_nodes, NODE_BUCKETS)
+        if trees:  # the tree's columns past every budget are never verified: not staged
+            tg = bucket(min(tree.max_nodes, max(i.num_new for i in trees)), NODE_BUCKETS)
             width = self.tree_table_width
             shape = None if bg is None or tg is None else StepShape(bg, tg, 0, 0, bg * tg, width, False)
         else:

@@ -56,7 +56,8 @@ def exact_shape(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Opt
                 kept: list[int]) -> StepShape:
     """An eager step's shape: packed trees of ``kept[b]`` nodes, the chunks as they are."""
     tables = [len(i.seq.block_table) for i in trees + chunks]
-    return StepShape(trees=len(trees), nodes=tree.max_nodes if trees else 0, chunks=len(chunks),
+    nodes = min(tree.max_nodes, max(i.num_new for i in trees)) if trees else 0
+    return StepShape(trees=len(trees), nodes=nodes, chunks=len(chunks),
                      tokens=sum(i.num_new for i in chunks), tree_rows=sum(kept),
                      table_width=max(tables, default=1) or 1, packed=True)
 
