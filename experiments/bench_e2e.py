@@ -395,7 +395,7 @@ def arrive(engine, prompts: list[list[int]], params, rate, seed: int = 0) -> lis
             engine.step()
         elif nxt < len(prompts):
             time.sleep(min(times[nxt] - now, 0.01))
-    engine.policy.close()
+    engine.close()
     return seqs
 
 

@@ -118,6 +118,7 @@ class Server:
             interrupted = True
         wall = time.perf_counter() - start
         bar.close()
+        self.engine.close()  # the policy saves what it measured (step costs) for the next run
         return ServeResult(self.finished, self.submitted, planned, wall, interrupted, self.engine.stats)
 
     def _loop(self, start: float, bar) -> None:

@@ -88,6 +88,7 @@ class Engine:
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
+        self.observation = None  # a forward's outcome, for the policy once the next one is launched
         self.policy.attach(self)
         ctx.budget_levels = tuple(getattr(self.policy, "levels", ()))
 
@@ -193,11 +194,13 @@ class Engine:
         tree = (self.drafter.propose(seqs, [i.num_new for i in decode]) if drafts
                 else DraftTree.roots(last_tokens(seqs, self.device)) if decode else None)
         t2 = time.perf_counter()
-        run = self.runner.run(part, tree, self.num_uniforms)
+        launched = self.runner.launch(part, tree, self.num_uniforms)
+        self._observed()  # the previous forward's outcome, while this one runs on the device
+        run = self.runner.finish(*launched)
         t3 = time.perf_counter()
         stats = (tree_statistics(tree, len(decode), run.read.num_nodes[: len(decode)])
                  if drafts and self.policy.wants_trees else None)
-        self.policy.observe(run.items, t3 - t1, stats, run.read.accepted[: len(decode)])
+        self.observation = (run.items, t3 - t1, stats, run.read.accepted[: len(decode)])
         self.drafter.update(run.step_result())
         t4 = time.perf_counter()
         finished = self._postprocess(run, t4)
@@ -254,8 +257,20 @@ class Engine:
         while self.has_work():
             bar.update(len(self.step()))
         bar.close()
-        self.policy.close()  # e.g. save the measured step costs for the next run
+        self.close()
         return seqs
+
+    def close(self) -> None:
+        """End of a run of requests: the policy learns from the last forward and saves what it
+        keeps (e.g. the measured step costs, for the next run). The engine stays usable."""
+        self._observed()
+        self.policy.close()
+
+    def _observed(self) -> None:
+        """Hand the policy the last forward's outcome (time, trees, accepted paths)."""
+        if self.observation is not None:
+            self.policy.observe(*self.observation)
+            self.observation = None
 
     def submit(self, prompt, params: SamplingParams) -> Sequence:
         try:

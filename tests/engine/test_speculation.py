@@ -108,7 +108,7 @@ def fake_policy(levels, seconds, tmp_path, curve):
     for b in policy.buckets:
         for n in levels:
             policy.costs.observe(b, n, seconds[n])
-    policy.acceptance = Acceptance(max(levels))
+    policy.acceptance = Acceptance(len(curve))
     policy.acceptance.mean_curve = np.asarray(curve, dtype=float)
     return policy
 

@@ -20,14 +20,17 @@ RATIO_WEIGHT = 0.25  # weight of a new step in a request's running ratio
 
 
 class Acceptance:
-    """Calibrated acceptance per node, and per request the curve of its last drafted tree."""
+    """Calibrated acceptance per node, and per request the curve of its last drafted tree (rows
+    of one table, so that a step reads a batch's curves in one gather)."""
 
     def __init__(self, max_nodes: int) -> None:
         self.max_nodes = max_nodes
         self.accepted = np.ones((DEPTHS, BINS))  # Beta(1, 1) prior per bin
         self.verified = np.full((DEPTHS, BINS), 2.0)
-        self.curves: dict[int, np.ndarray] = {}  # seq_id -> [max_nodes] expected emitted tokens
-        self.ratio: dict[int, float] = {}  # seq_id -> accepted / predicted drafts
+        self.table = np.ones((64, max_nodes))  # [rows, T] expected emitted tokens at budgets 1..T
+        self.ratios = np.ones(64)  # [rows] accepted / predicted drafts, a running ratio
+        self.row: dict[int, int] = {}  # seq_id -> its row
+        self.free = list(range(63, -1, -1))
         self.mean_curve = np.ones(max_nodes)  # over recent trees: for a request with none yet
         self.trees = 0
 
@@ -37,11 +40,23 @@ class Acceptance:
         s = np.clip(np.nan_to_num(-score / SCORE_STEP, nan=BINS, posinf=BINS), 0, BINS - 1).astype(np.int64)
         return d.astype(np.int64), s
 
-    def probabilities(self, depth: np.ndarray, score: np.ndarray) -> np.ndarray:
-        """P(node accepted) from the bins, never above the parent's (a path's nodes are accepted
-        together: callers pass nodes parents first, so a running minimum is the cap)."""
-        d, s = self.bins(depth, score)
-        return self.accepted[d, s] / self.verified[d, s]
+    def _rows(self, seq_ids: list[int]) -> np.ndarray:
+        """The table rows of these requests; a new one gets a row holding the mean curve."""
+        for sid in seq_ids:
+            if sid not in self.row:
+                if not self.free:  # grow the table
+                    n = len(self.table)
+                    self.table = np.concatenate([self.table, np.ones((n, self.max_nodes))])
+                    self.ratios = np.concatenate([self.ratios, np.ones(n)])
+                    self.free = list(range(2 * n - 1, n - 1, -1))
+                r = self.row[sid] = self.free.pop()
+                self.table[r], self.ratios[r] = self.mean_curve, 1.0
+        return np.fromiter((self.row[sid] for sid in seq_ids), dtype=np.int64, count=len(seq_ids))
+
+    def curves(self, seq_ids: list[int]) -> np.ndarray:
+        """``[B, max_nodes]``: the tokens each request's next step is expected to emit at
+        budgets 1..T."""
+        return self.table[self._rows(seq_ids)]
 
     def observe(self, seq_ids: list[int], depth: np.ndarray, score: np.ndarray,
                 parents: np.ndarray, num: np.ndarray, accepted: list[list[int]]) -> None:
@@ -59,27 +74,29 @@ class Acceptance:
         self.accepted += np.bincount(flat, weights=hit[inner], minlength=DEPTHS * BINS).reshape(DEPTHS, BINS)
         p = np.where(inner, self.accepted[d, s] / self.verified[d, s], 0.0)
         p = _capped_by_parents(p, parents, depth)  # [B, T]
-        got = np.array([len(path) - 1 for path in accepted], dtype=float)  # [B]
-        old = np.array([self.ratio.get(sid, 1.0) for sid in seq_ids])
-        ratio = (1 - RATIO_WEIGHT) * old + RATIO_WEIGHT * (got + 0.5) / (p.sum(1) + 0.5)
-        ratio = np.clip(ratio, 0.2, 5.0)
-        scaled = np.minimum(p[:, 1:] * ratio[:, None], 1.0)  # [B, T - 1]
-        curves = 1.0 + np.concatenate([np.zeros((b, 1)), np.cumsum(scaled, 1)], 1)[:, : self.max_nodes]
-        if curves.shape[1] < self.max_nodes:  # a tree narrower than the budget: it saturates
-            curves = np.pad(curves, ((0, 0), (0, self.max_nodes - curves.shape[1])), mode="edge")
-        for r, sid in enumerate(seq_ids):
-            self.ratio[sid], self.curves[sid] = float(ratio[r]), curves[r]
+        rows = self._rows(seq_ids)
+        got = hit.sum(1)  # [B] accepted drafts
+        ratio = (1 - RATIO_WEIGHT) * self.ratios[rows] + RATIO_WEIGHT * (got + 0.5) / (p.sum(1) + 0.5)
+        self.ratios[rows] = ratio = np.clip(ratio, 0.2, 5.0)
+        width = min(t, self.max_nodes)
+        scaled = np.minimum(p[:, 1:width] * ratio[:, None], 1.0)  # [B, width - 1]
+        curves = np.empty((b, self.max_nodes))
+        curves[:, 0] = 1.0
+        np.cumsum(scaled, 1, out=curves[:, 1:width])
+        curves[:, 1:width] += 1.0
+        curves[:, width:] = curves[:, width - 1: width]  # a tree narrower than the budget saturates
+        self.table[rows] = curves
         self.trees += b
         w = max(b / self.trees, 0.02)
         self.mean_curve = (1 - w) * self.mean_curve + w * curves.mean(0)
 
     def curve(self, seq_id: int) -> np.ndarray:
-        """``[max_nodes]``: expected tokens emitted by the request's next step at budgets 1..T."""
-        return self.curves.get(seq_id, self.mean_curve)
+        return self.curves([seq_id])[0]
 
     def release(self, seq_id: int) -> None:
-        self.curves.pop(seq_id, None)
-        self.ratio.pop(seq_id, None)
+        r = self.row.pop(seq_id, None)
+        if r is not None:
+            self.free.append(r)
 
 
 def _capped_by_parents(p: np.ndarray, parents: np.ndarray, depth: np.ndarray) -> np.ndarray:

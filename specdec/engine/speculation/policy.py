@@ -122,10 +122,11 @@ class AdaptivePolicy:
         for n in levels:  # a level this batch bucket has not measured enough: measure it
             if not self.costs.known(b, n):
                 return n
-        curves = np.stack([self.acceptance.curve(s) for s in seq_ids])  # [B, T]
-        rows, cap = np.arange(len(seq_ids)), np.minimum(np.asarray(caps), curves.shape[1])
-        tokens = [float(curves[rows, np.minimum(n, cap) - 1].sum()) for n in levels]
-        rate = [t / self.costs.estimate(b, n) for t, n in zip(tokens, levels)]
+        curves = self.acceptance.curves(seq_ids)  # [B, T]
+        cap = np.minimum(np.asarray(caps), curves.shape[1])  # [B]
+        at = np.minimum(np.asarray(levels)[:, None], cap[None, :]) - 1  # [L, B]
+        tokens = curves[np.arange(len(seq_ids))[None, :], at].sum(1)  # [L]
+        rate = [t / self.costs.estimate(b, n) for t, n in zip(tokens.tolist(), levels)]
         best = levels[int(np.argmax(rate))]
         if best > 1:
             self.interval, self.since = self.explore_every, 0
