@@ -97,6 +97,10 @@ def test_adaptive_policy_keeps_the_greedy_output(target, path, name, tmp_path):
     assert outputs == reference
     assert len(policy.chosen) > 1  # it tried several budgets
     assert list(tmp_path.glob("*.json")), "the step costs were not saved"
+    summary = policy.summary()
+    assert summary["budget_steps"] == dict(sorted(policy.chosen.items())) and summary["step_costs_ms"]
+    calibrated = summary["calibration"]  # predicted vs emitted tokens per step
+    assert sum(c["steps"] for c in calibrated) == sum(len(s.accept_lengths) for s in engine.sequences.values())
 
 
 def fake_policy(levels, seconds, tmp_path, curve):

@@ -21,6 +21,7 @@ exact on any tree (ARCHITECTURE.md, "Speculation policies").
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 from typing import Optional
 
@@ -32,6 +33,7 @@ from .acceptance import Acceptance
 from .costs import StepCosts, cost_file
 
 NODE_LEVELS = (2, 4, 8, 16, 24, 32, 48, 64)  # default budget levels (capped by the drafter's)
+CALIBRATION_STEP, CALIBRATION_BINS = 0.25, 32  # bins of predicted tokens per step: 0.25 wide
 
 
 def tree_statistics(tree, rows: int, num_nodes: list[int]):
@@ -58,6 +60,9 @@ class FixedPolicy:
     """Every decoding sequence drafts its whole budget (the drafter's ``max_nodes``)."""
     name = "fixed"
     wants_trees = False  # no node statistics needed
+
+    def summary(self) -> dict:
+        return {"policy": self.name}
 
     def attach(self, engine) -> None:
         pass
@@ -91,6 +96,8 @@ class AdaptivePolicy:
         self.interval, self.since = explore_every, 0  # steps between explorations, and since the last
         self.steps = 0
         self.chosen: dict[int, int] = {}  # budget -> steps it was chosen (statistics)
+        self.predicted: deque = deque()  # per planned decode forward: {seq_id: expected tokens}
+        self.calibration = np.zeros((CALIBRATION_BINS, 2))  # per predicted bin: emitted, steps
 
     def attach(self, engine) -> None:
         """Levels, batch buckets, acceptance model and the saved step costs of this engine."""
@@ -110,8 +117,12 @@ class AdaptivePolicy:
         decode = [i for i in items if not i.is_prefill]
         if not decode or len(self.levels) == 1:
             return items
-        budget = self.choose([i.seq.seq_id for i in decode], [i.num_new for i in decode])
+        ids, caps = [i.seq.seq_id for i in decode], [i.num_new for i in decode]
+        budget = self.choose(ids, caps)
         self.chosen[budget] = self.chosen.get(budget, 0) + 1
+        curves = self.acceptance.curves(ids)
+        at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1
+        self.predicted.append(dict(zip(ids, curves[np.arange(len(ids)), at].tolist())))
         return [i if i.is_prefill else replace(i, num_new=min(i.num_new, budget)) for i in items]
 
     def choose(self, seq_ids: list[int], caps: list[int]) -> int:
@@ -142,16 +153,31 @@ class AdaptivePolicy:
         """After a step: its time for the cost table, and (when it drafted) its trees' node
         statistics ``nodes`` (`tree_statistics`) and accepted paths for the acceptance model."""
         decode = [i for i in items if not i.is_prefill]
-        if not decode or any(i.is_prefill for i in items):
-            return  # a mixed forward's time is not a decode step's
-        b = bucket(len(decode), self.buckets) or len(decode)
-        self.costs.observe(b, max(i.num_new for i in decode), seconds)
+        if not decode:
+            return
+        predicted = self.predicted.popleft() if self.predicted else {}
+        for i, path in zip(decode, accepted or []):  # predicted vs emitted tokens
+            if i.seq.seq_id in predicted:
+                k = min(int(predicted[i.seq.seq_id] / CALIBRATION_STEP), CALIBRATION_BINS - 1)
+                self.calibration[k] += (len(path), 1)
+        if len(decode) == len(items):  # a mixed forward's time is not a decode step's
+            b = bucket(len(decode), self.buckets) or len(decode)
+            self.costs.observe(b, max(i.num_new for i in decode), seconds)
         if nodes is not None:
             depth, score, parents, num = nodes
             self.acceptance.observe([i.seq.seq_id for i in decode], depth, score, parents, num, accepted)
 
     def release(self, seq) -> None:
         self.acceptance.release(seq.seq_id)
+
+    def summary(self) -> dict:
+        """What the policy chose, the step costs it measured (ms, by batch bucket x budget) and
+        its calibration: per bin of predicted tokens per step, the mean emitted."""
+        steps = self.calibration[:, 1]
+        return {"policy": self.name, "budget_steps": dict(sorted(self.chosen.items())),
+                "step_costs_ms": {f"{b}x{n}": round(1e3 * c.seconds, 4) for (b, n), c in sorted(self.costs.table.items())},
+                "calibration": [{"predicted": (k + 0.5) * CALIBRATION_STEP, "emitted": e / n, "steps": int(n)}
+                                for k, (e, n) in enumerate(self.calibration) if n]}
 
     def close(self) -> None:
         """Save the step costs for the next run of this device, model and drafter."""
