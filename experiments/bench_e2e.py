@@ -224,6 +224,10 @@ def main() -> None:
         except Exception as e:  # reported in the results, not hidden
             failed[f"hf_{k}"] = f"{type(e).__name__}: {e}"
     drafters = [make_drafter(spec) for spec in args.drafters]
+    labels = [d[0] for d in drafters]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"--drafters: two systems have the same label ({labels}); name them, e.g. "
+                         f"\"fixed-eagle3:eagle3\" \"adaptive-eagle3:eagle3 speculation=adaptive\"")
     policies = {f"specdec_{name}": policy.name for name, _, _, policy in drafters}
     for name, drafter, engine_over, policy in drafters:
         systems[f"specdec_{name}"] = engine_system(loaded, drafter, dataclasses.replace(cfg, **engine_over), policy)
