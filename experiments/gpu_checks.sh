@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU checks of an engine change, in stages that fit device calls of under 10 minutes on one
+# warm machine (what a stage leaves in /tmp survives to the next call while the machine is warm):
+#
+#   deps      install the carried wheels (.whl) and specdec itself
+#   model-a   keep the first half of the default model's GGUF (.gguf/a)
+#   model-b   join the second half (.gguf/b), check it, convert it into the specdec cache
+#   weights   put back the shipped drafter weights carried as .w/weights (the GGUF calls travel
+#             without them: a call's working tree must stay under 64 MiB)
+#   tests     the gpu-marked tests            -> $OUT/gpu_tests.log
+#   ab        A/B of the commit in .ab/old against this tree (experiments/ab_trees.sh), B = 1 and
+#             B = 16, drafters none, ngram_tree, eagle, eagle3, medusa -> $OUT/ab/
+#   policy    speculation=fixed vs adaptive per drafter, B = 1 / 16 / 64, all at once and Poisson,
+#             on MT-bench and the mix                                     -> $OUT/policy_*.json
+#
+# Prepare here: ../shared/tools/gpu-wheels.sh (.whl), ../shared/tools/gpu-model.sh (.gguf/a, .gguf/b),
+# `git archive <old sha> | tar -x -C .ab/old --exclude=drafters/weights` (.ab/old), and for the GGUF
+# calls `mv drafters/weights .w/weights` (all four folders git-excluded). Then, back to back:
+#   1. carry [.whl, .gguf/a]  experiments/gpu_checks.sh deps model-a tests
+#   2. carry [.gguf/b]        experiments/gpu_checks.sh model-b
+#   3. carry [.w, .ab]        experiments/gpu_checks.sh weights ab
+#   4. carry [.w]             experiments/gpu_checks.sh weights policy
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STASH=${STASH:-/tmp/specdec_stash}
+export SPECDEC_CACHE=${SPECDEC_CACHE:-/tmp/specdec_cache} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 WANDB_MODE=offline
+mkdir -p "$STASH" "${OUT:-/tmp/out}"
+OUT=${OUT:-/tmp/out}
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+for stage in "$@"; do
+  case $stage in
+    deps)
+      if [ -d .whl ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+      fi
+      python3 -m pip install -q --no-deps --no-build-isolation -e .
+      nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+      python3 -c 'import sys, torch, triton, transformers; print(sys.version.split()[0], torch.__version__, triton.__version__, transformers.__version__)' ;;
+    model-a)
+      cp .gguf/a/part_aa "$STASH/" ;;
+    model-b)
+      dst="$SPECDEC_CACHE/smollm2-135m-instruct"
+      mkdir -p "$dst"
+      cat "$STASH/part_aa" .gguf/b/part_ab > "$dst/model.gguf"
+      echo "$(cat .gguf/b/model.sha256)  $dst/model.gguf" | sha256sum -c
+      python3 -c 'from specdec.models.assets import default_model_dir; print(default_model_dir())' ;;
+    weights)
+      if [ -d .w/weights ]; then rm -rf drafters/weights && cp -r .w/weights drafters/weights; fi ;;
+    tests)
+      n=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
+      timeout 480 python3 -m pytest -m gpu $n -q -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
+    ab)
+      timeout 560 experiments/ab_trees.sh .ab/old . "$OUT/ab" 2 -- --num-prompts 10 --max-new-tokens 256 \
+        --data builtin:mt_bench.jsonl --drafters none ngram_tree eagle eagle3 medusa --hf \
+        --batch-sizes 16 --batch-prompts 48
+      python3 experiments/ab_report.py "$OUT/ab" --json "$OUT/ab_table.json" ;;
+    policy)
+      specs=(none)
+      for d in ngram_tree suffix eagle3 medusa hybrid; do
+        specs+=("fixed-$d:$d" "adaptive-$d:$d speculation=adaptive")
+      done
+      for data in mt_bench mix; do
+        timeout 280 python3 experiments/bench_e2e.py --num-prompts 8 --max-new-tokens 256 --data "builtin:$data.jsonl" \
+          --drafters "${specs[@]}" --hf --batch-sizes 16 64 --batch-prompts 64 --arrival-rates 0 40 \
+          --out "$OUT/policy_$data.json" | tail -30
+      done ;;
+    *)
+      echo "unknown stage $stage (deps, model-a, model-b, weights, tests, ab, policy)" >&2; exit 2 ;;
+  esac
+done
