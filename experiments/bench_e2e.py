@@ -280,6 +280,11 @@ def main() -> None:
             row["tau"] = acc["mean_accepted_length"]
             row["accepted_draft_tokens"] = acc["mean_accepted_draft_tokens"]
             row["profile"] = step_profile(run.engine)
+            row["policy"] = run.engine.policy.summary()
+            by_cat = {}  # the prompts ran in order, one sequence each
+            for prompt, seq in zip(prompts, run.seqs):
+                by_cat.setdefault(prompt.category or "-", []).append(seq)
+            row["tau_by_category"] = {c: acceptance(v)["mean_accepted_length"] for c, v in sorted(by_cat.items())}
             if "specdec_none" in outputs:
                 row["same_as_specdec_none"] = sum(a == b for a, b in zip(outputs[name], outputs["specdec_none"]))
         rows.append(row)
