@@ -5,9 +5,13 @@
 # results of each call are copied to $OUT.
 #
 # Prepare here, once (all git-excluded):
-#   ../shared/tools/gpu-wheels.sh   -> .whl   (hydra, omegaconf, gguf, ...; WANDB=1 adds W&B, 20 MB)
-#   ../shared/tools/gpu-model.sh    -> .gguf/a, .gguf/b (the default model's GGUF in two halves)
-#   cp -r ../shared/data .data && echo /.data/ >> .git/info/exclude   (../shared does not travel)
+#   .whl     wheels of the dependencies the GPU machine lacks (hydra-core, omegaconf, gguf, ...;
+#            W&B's add 20 MB), installed by the `deps` stage
+#   .gguf/a, .gguf/b   the default model's GGUF (specdec/models/assets.py) split in two halves
+#            (.gguf/a/part_aa, .gguf/b/part_ab) with its sha256 in .gguf/b/model.sha256
+#   .data    optional: train/ with the full GSM8K train and Code Alpaca files (sources in
+#            specdec/prompts/README.md) under the names of specdec/prompts/train/, which ships
+#            only the first 100 rows of each; without it the data stage uses the 375 shipped prompts
 # The shipped weights (drafters/weights/, ~45 MB) travel with every call as tracked files: move
 # them out of the checkout for the calls that carry a GGUF half (`mv drafters/weights /tmp/w`),
 # and back afterwards.
@@ -43,10 +47,9 @@ RUNS=${RUNS:-/tmp/specdec_runs}             # data, checkpoints, exports
 export SPECDEC_CACHE=${SPECDEC_CACHE:-/tmp/specdec_cache}
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false TQDM_MININTERVAL=20
 TRAIN_LIMIT=${TRAIN_LIMIT:-330}             # seconds of training per call
-for d in .data shared/data ../shared/data; do  # prompt sets: a carried copy, else the shared folder
-  if [ -d "$d" ] && [ ! -d "$STASH/data" ]; then mkdir -p "$STASH" && cp -r "$d" "$STASH/data"; fi
-done
-PROMPTS=${PROMPTS:-$STASH/data/train} MT_BENCH=${MT_BENCH:-$STASH/data/mt_bench.jsonl}
+if [ -d .data ] && [ ! -d "$STASH/data" ]; then mkdir -p "$STASH" && cp -r .data "$STASH/data"; fi  # carried once
+FULL_SETS=builtin:train; [ -d "$STASH/data/train" ] && FULL_SETS=$STASH/data/train
+PROMPTS=${PROMPTS:-$FULL_SETS} MT_BENCH=${MT_BENCH:-builtin:mt_bench.jsonl}
 DATA_PROMPTS=${DATA_PROMPTS:-3000} SELF_INSTRUCT=${SELF_INSTRUCT:-4500} MAGPIE=${MAGPIE:-10000}
 NEW_TOKENS=${NEW_TOKENS:-256} DATA_TIME=${DATA_TIME:-0}  # DATA_TIME: seconds the data stage may run (0: no limit)
 DEADLINE=${DEADLINE:-} EVAL_S=${EVAL_S:-120}  # DEADLINE set: training time = DEADLINE - elapsed - EVAL_S

@@ -262,6 +262,7 @@ def plot_acceptance(plt, runs):
     for i, (name, pts) in enumerate(series):
         ax.plot([d + dodge(i, len(series)) for d, _ in pts], [x for _, x in pts], label=name,
                 **style(i, len(series)))
+    ax.set_xticks(sorted({d for _, pts in series for d, _ in pts}))  # whole depths; points sit beside them
     ax.set(xlabel="draft depth", ylabel="acceptance rate (given the parent was accepted)",
            title="Acceptance rate per depth", ylim=(0, 1.05))
     return legend(ax, fig)
