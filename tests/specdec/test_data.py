@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -202,9 +203,11 @@ def test_shipped_sets_are_found_from_any_directory(tmp_path):
 
 
 def test_unknown_shipped_set_lists_the_shipped_ones():
-    with pytest.raises(DataError, match="builtin:mt_bench.json: no such prompt set shipped with specdec; "
-                                        "shipped: builtin:mt_bench.jsonl, builtin:train, "):
+    with pytest.raises(DataError, match="^builtin:mt_bench.json: no such prompt set shipped with specdec; "
+                                        "shipped: builtin:") as err:
         load_prompts("builtin:mt_bench.json")
+    shipped = str(err.value).split("shipped: ")[1].split(", ")
+    assert {"builtin:mt_bench.jsonl", "builtin:train", "builtin:train/gsm8k_train.jsonl"} <= set(shipped)
     with pytest.raises(DataError, match="no such prompt set"):
         builtin_path("builtin:../data.py")  # stays inside specdec/prompts/
 
@@ -223,10 +226,11 @@ def test_shipped_files_are_package_data_with_a_source_and_license():
     assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
     readme = (BUILTIN_DIR / "README.md").read_text()
     for f in files:
-        if not f.endswith("README.md"):
-            row = next(line for line in readme.splitlines() if f"`{f.split('/', 1)[1]}`" in line)
-            assert "github.com" in row and ("Apache-2.0" in row or "MIT" in row), row
-    assert sum(f.stat().st_size for f in BUILTIN_DIR.rglob("*") if f.is_file()) < 400_000  # small files
+        if not f.endswith("README.md"):  # its row: file | rows | what | source | license
+            row = next(line for line in readme.splitlines() if line.startswith(f"| `{f.split('/', 1)[1]}`"))
+            source, license = [c.strip() for c in row.strip("|").split("|")][3:5]
+            assert source and re.search(r"Apache-2.0|MIT", license), row
+    assert all(f.stat().st_size < 200_000 for f in BUILTIN_DIR.rglob("*") if f.is_file())  # small files
 
 
 def test_garbage_files_give_one_clear_error_and_no_library_log(tmp_path):

@@ -1,5 +1,5 @@
 """README's commands as a new user runs them: in a copy of the repository's files with nothing
-beside it (no ../shared), read from README.md itself, with small settings appended where a command
+beside it (no folder of data next to the clone), read from README.md itself, with small settings appended where a command
 allows (a tiny checkpoint the tests write, two prompts, a few tokens). The main job, the sweep
 preset, its report and the small training command each finish and write where README says.
 
@@ -136,7 +136,8 @@ def test_readme_commands_run_from_a_clone(clone, tiny_dir):
 
 
 def test_nothing_in_the_repository_reads_a_folder_beside_it():
-    """Sources, configs and tests name no ../shared (a user's clone has nothing beside it)."""
+    """Sources, configs, tests and README name no data folder beside the clone (a user's clone has
+    nothing beside it). This file holds the pattern, so it is left out."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "specdec",
                             "drafters", "verifiers", "kernels", "configs", "tests", "README.md",
                             "pyproject.toml", "experiments/train_smollm2.sh"],
