@@ -5,8 +5,9 @@
     python -m specdec.run -m drafter=none,ngram verifier.temperature=0,1   # a sweep
     python -m specdec.run -m experiment=drafter_table       # a paper preset (configs/experiment/)
 
-Writes ``summary.json`` and ``outputs.jsonl`` (streamed as requests finish) into Hydra's run
-directory and prints a short table. The speedup is measured against the autoregressive run of the
+Writes ``summary.json``, ``outputs.jsonl`` (streamed as requests finish) and ``run.log`` (the run's
+log, configs/hydra/job_logging/specdec.yaml) into Hydra's run directory and prints a short table. A
+mistake in the command ends with one ``error: ...`` line and exit code 2 (specdec/errors.py). The speedup is measured against the autoregressive run of the
 same model, data, engine, serving and sampling settings: a finished one is reused from the
 baseline store (``speedup.baseline_dir``), else it is run here. A run directory that already holds
 a finished summary of the same config is skipped (sweeps resume where they were stopped).
