@@ -78,8 +78,10 @@ class Engine:
         sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
                                 self.max_model_len, drafter.max_nodes, self.config.admit_count())
         self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
-        self.policy = policy if policy is not None else FixedPolicy()
-        self.scheduler.on_release = lambda seq: (drafter.release(seq), self.policy.release(seq))
+        self.policy = policy = policy if policy is not None else FixedPolicy()
+        # (no reference to the engine here: a cycle would keep its KV cache alive until the
+        # garbage collector's next full pass)
+        self.scheduler.on_release = lambda seq: (drafter.release(seq), policy.release(seq))
         self.runner = ModelRunner(self.model, verifier, self.blocks.num_blocks, self.config.block_size,
                                   self.device, self.dtype, self.max_model_len, ctx.capture_layers,
                                   mode, graph_batch, self.config.graph_prefills(mode is not None),
