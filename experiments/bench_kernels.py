@@ -6,7 +6,7 @@ for T > 1). For every point: our kernel's time, its effective bandwidth (KV byte
 fraction of a device-to-device copy measured in the same run, and two anchors on contiguous KV:
 torch SDPA with a dense boolean mask and FlexAttention with a block mask. Goals checked at the end.
 Times: device time of one CUDA-graph replay (`triton.testing.do_bench`, median, L2 flushed
-between runs as in ../shared/GPU.md); eager times (host launch included) are kept in the JSON.
+between runs); eager times (host launch included) are kept in the JSON.
 
     python experiments/bench_kernels.py                  # the table -> experiments/results/
     python experiments/bench_kernels.py --sweep          # tile/split variants at key points

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Train the drafters shipped for the embedded default target (SmolLM2-135M-Instruct) on one H100,
-# in device calls of under 10 minutes each. Every stage resumes where an interrupted call left it
+# Train the drafters shipped for the embedded default target (SmolLM2-135M-Instruct) on one GPU
+# (H100 or H200), in device calls of under 10 minutes each. Every stage resumes where an interrupted call left it
 # (data from its manifest, training from its checkpoint), as long as the machine stays warm; the
 # results of each call are copied to $OUT.
 #
 # Prepare here, once (all git-excluded):
 #   .whl     wheels of the dependencies the GPU machine lacks (hydra-core, omegaconf, gguf, ...;
-#            W&B's add 20 MB), installed by the `deps` stage
+#            W&B's add 20 MB), installed by the `deps` stage: experiments/gpu/wheels.sh
 #   .gguf/a, .gguf/b   the default model's GGUF (specdec/models/assets.py) split in two halves
-#            (.gguf/a/part_aa, .gguf/b/part_ab) with its sha256 in .gguf/b/model.sha256
+#            (.gguf/a/part_aa, .gguf/b/part_ab) with its sha256 in .gguf/b/model.sha256:
+#            experiments/gpu/model.sh
 #   .data    optional: train/ with the full GSM8K train and Code Alpaca files (sources in
 #            specdec/prompts/README.md) under the names of specdec/prompts/train/, which ships
 #            only the first 100 rows of each; without it the data stage uses the 375 shipped prompts

@@ -13,15 +13,15 @@
 #   policy    speculation=fixed vs adaptive per drafter, B = 1 / 16 / 64, all at once and Poisson,
 #             on MT-bench and the mix                                     -> $OUT/policy_*.json
 #
-# Prepare here: ../shared/tools/gpu-wheels.sh (.whl), ../shared/tools/gpu-model.sh (.gguf/a, .gguf/b),
+# Prepare here: experiments/gpu/wheels.sh (.whl), experiments/gpu/model.sh (.gguf/a, .gguf/b),
 # `git archive <old sha> | tar -x -C .ab/old --exclude=drafters/weights` (.ab/old), and for the GGUF
 # calls `mv drafters/weights .w/weights` (all four folders git-excluded). Then, back to back:
-#   1. carry [.whl, .gguf/a]  experiments/gpu_checks.sh deps model-a tests
-#   2. carry [.gguf/b]        experiments/gpu_checks.sh model-b
-#   3. carry [.w, .ab]        experiments/gpu_checks.sh weights ab
-#   4. carry [.w]             experiments/gpu_checks.sh weights policy
+#   1. carry [.whl, .gguf/a]  experiments/gpu/checks.sh deps model-a tests
+#   2. carry [.gguf/b]        experiments/gpu/checks.sh model-b
+#   3. carry [.w, .ab]        experiments/gpu/checks.sh weights ab
+#   4. carry [.w]             experiments/gpu/checks.sh weights policy
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 STASH=${STASH:-/tmp/specdec_stash}
 export SPECDEC_CACHE=${SPECDEC_CACHE:-/tmp/specdec_cache} PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 WANDB_MODE=offline
 mkdir -p "$STASH" "${OUT:-/tmp/out}"
