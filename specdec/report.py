@@ -9,8 +9,10 @@ and writes into OUT (default: DIR/report):
   method x temperature), and every run;
 - ``spec_bench.csv``, ``eagle.csv``, ``runs.csv``: the same numbers;
 - PNG plots: acceptance rate per depth, histogram of accepted lengths, tau vs tree budget,
-  throughput vs batch size, latency CDFs; each only when its x axis varies in the runs
-  (report.md says why one was left out).
+  throughput vs batch size (a series per method and speculation policy), latency CDFs, and the
+  adaptive policy's calibration (tokens per step it predicted vs emitted); each only when its x
+  axis varies in the runs (report.md says why one was left out);
+- the step costs the adaptive policy measured (ms per step, by batch bucket x node budget).
 
 Numbers are copied from the summaries (speedups were measured by the runs against their
 autoregressive baselines, see specdec/experiment.py); nothing is re-measured here.
@@ -220,7 +222,7 @@ def plots(runs: list[dict], out: Path) -> tuple[list[Path], dict[str, str]]:
     made, skipped = [], {}
     for name, draw in (("acceptance_per_depth", plot_acceptance), ("accepted_lengths", plot_histogram),
                        ("tau_vs_tree_budget", plot_tau_budget), ("throughput_vs_batch", plot_throughput),
-                       ("latency_cdf", plot_latency)):
+                       ("latency_cdf", plot_latency), ("calibration", plot_calibration)):
         fig = draw(plt, runs)
         if isinstance(fig, str):
             skipped[name] = fig
@@ -304,18 +306,49 @@ def plot_tau_budget(plt, runs):
     return legend(ax, fig)
 
 
+def policy(r: dict) -> str:
+    return (r.get("speculation") or {}).get("policy", "fixed")
+
+
 def plot_throughput(plt, runs):
-    series = by(runs, lambda r: (label(r), temperature(r), cfg(r, "serving.request_rate")))
+    series = by(runs, lambda r: (label(r), temperature(r), cfg(r, "serving.request_rate"), policy(r)))
     batch = lambda r: cfg(r, "engine.max_num_seqs") or 0  # noqa: E731
     if not _varies(series, batch):
         return "every run had one batch size (sweep engine.max_num_seqs, as experiment=batch_sweep does)"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, ((method, t, rate), rs) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
+    for i, ((method, t, rate, pol), rs) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
         pts = sorted((batch(r), r["tokens_per_s"]) for r in rs)
-        name = f"{method} T={t:g}" + (f" rate={rate}/s" if rate is not None else "")
+        name = f"{method} T={t:g} {pol}" + (f" rate={rate}/s" if rate is not None else "")
         ax.plot(*zip(*pts), label=name, **style(i, len(series)))
     ax.set(xlabel="batch size (engine.max_num_seqs)", ylabel="output tokens/s", title="Throughput vs batch size")
     return legend(ax, fig)
+
+
+def plot_calibration(plt, runs):
+    """Per adaptive run: the mean tokens a step emitted against what the policy predicted."""
+    cal = {run_name(r): (r.get("speculation") or {}).get("calibration") or [] for r in runs}
+    cal = {k: v for k, v in cal.items() if len(v) > 1}
+    if not cal:
+        return "no run used speculation=adaptive long enough to predict two different step sizes"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = max(c["predicted"] for v in cal.values() for c in v)
+    ax.plot([1, top], [1, top], color="0.7", linewidth=1, label="perfect")
+    for i, (name, v) in enumerate(sorted(cal.items())):
+        ax.plot([c["predicted"] for c in v], [c["emitted"] for c in v], label=name, **style(i, len(cal)))
+    ax.set(xlabel="tokens per step, predicted", ylabel="tokens per step, emitted (mean)",
+           title="Adaptive speculation: calibration")
+    return legend(ax, fig)
+
+
+def step_cost_table(runs: list[dict]) -> str:
+    """The step costs each adaptive run measured: ms per step, by batch bucket x node budget."""
+    rows = []
+    for r in runs:
+        costs = (r.get("speculation") or {}).get("step_costs_ms") or {}
+        rows += [[run_name(r), *key.split("x"), f"{ms:.2f}"] for key, ms in costs.items()]
+    if not rows:
+        return "No run used speculation=adaptive."
+    return markdown(["run", "batch bucket", "node budget", "ms per step"], rows)
 
 
 def plot_latency(plt, runs):
@@ -367,6 +400,7 @@ def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: b
                               fmt(r.get("tokens_per_s"), ".1f"), fmt(r.get("speedup"), ".2f", "x"),
                               fmt(r.get("mean_accepted_length")), str(r.get("baseline_source"))]
                              for r in runs_rec]),
+        "## Step costs measured by the adaptive policy", step_cost_table(runs),
         "## Plots", "\n".join([f"![{p.stem}]({p.name})" for p in pngs]
                               + [f"- {name}: not drawn, {why}" for name, why in skipped.items()])])
     (out / "report.md").write_text(text + "\n")

@@ -76,4 +76,5 @@ def summarize(engine, result: ServeResult, seed: int, role: str) -> dict:
             "num_requests_submitted": result.submitted, "num_requests_planned": result.planned,
             "interrupted": result.interrupted, "seed": seed, "git_sha": git_sha(),
             "versions": versions(), "device": str(engine.device),
-            "dtype": str(engine.dtype).replace("torch.", "")}
+            "dtype": str(engine.dtype).replace("torch.", ""),
+            "speculation": engine.policy.summary()}

@@ -28,6 +28,7 @@ def test_plots_whose_x_axis_does_not_vary_are_left_out_with_the_reason(tmp_path)
     runs = [summary("ngram", budget=9), summary("ngram_tree", budget=25)]  # one budget per method
     made, skipped = report.plots(runs, tmp_path)
     assert sorted(p.name for p in made) == ["acceptance_per_depth.png", "accepted_lengths.png", "latency_cdf.png"]
+    assert skipped.pop("calibration").startswith("no run used speculation=adaptive")
     assert skipped == {
         "tau_vs_tree_budget": "each method ran at one tree budget (sweep drafter.total_tokens, as "
                               "experiment=eagle_tree_sweep does)",
@@ -67,3 +68,21 @@ def test_coinciding_series_stay_visible():
     assert list(a.get_xydata().ravel()) == list(b.get_xydata().ravel())
     assert a.get_marker() != b.get_marker() and a.get_linestyle() != b.get_linestyle()
     assert a.get_markersize() > b.get_markersize() and a.get_markerfacecolor() == "none"
+
+
+def test_speculation_policies_calibration_and_step_costs():
+    """Throughput vs batch draws a series per policy; the adaptive runs' calibration (predicted
+    vs emitted tokens per step) is drawn, and their step costs go in a table."""
+    fixed = [summary("eagle", batch=b, tps=40.0 * b) for b in (1, 4)]
+    adaptive = [summary("eagle", batch=b, tps=50.0 * b) for b in (1, 4)]
+    for r in adaptive:
+        r["speculation"] = {"policy": "adaptive", "step_costs_ms": {"1x1": 2.0, "1x16": 3.5},
+                            "calibration": [{"predicted": 1.125, "emitted": 1.1, "steps": 9},
+                                            {"predicted": 2.375, "emitted": 2.2, "steps": 4}]}
+    lines = report.plot_throughput(plt, fixed + adaptive).axes[0].lines
+    assert sorted(line.get_label() for line in lines) == ["eagle T=0 adaptive", "eagle T=0 fixed"]
+    fig = report.plot_calibration(plt, adaptive)
+    assert [list(line.get_ydata()) for line in fig.axes[0].lines][1] == [1.1, 2.2]
+    table = report.step_cost_table(adaptive)
+    assert "| eagle T=0 | 1 | 16 | 3.50 |" in table
+    assert report.step_cost_table(fixed) == "No run used speculation=adaptive."
