@@ -43,9 +43,10 @@ class DraftModelDrafter(DrafterBase):
         check_model_path(path)  # a missing checkpoint fails here, before the target loads
         self.path, self.depth, self.top_k = path, num_tokens, top_k
         self.max_nodes = max_nodes if max_nodes is not None else num_tokens * top_k + 1
-        if not 2 <= self.max_nodes <= 64:
-            raise ValueError(f"draft_model: max_nodes (tree budget incl. root) must lie in [2, 64]; "
-                             f"got {self.max_nodes}")
+        if not 2 <= self.max_nodes <= min(64, num_tokens * top_k + 1):
+            raise ValueError(f"draft_model: max_nodes (tree budget incl. root) must lie in [2, "
+                             f"{min(64, num_tokens * top_k + 1)}] (at most num_tokens x top_k "
+                             f"candidates + the root); got {self.max_nodes}")
         self.chain = top_k == 1
         if not self.chain and 1 + top_k * (num_tokens - 1) > 64:
             raise ValueError(f"draft_model: a tree of depth {num_tokens} and top_k {top_k} forwards "

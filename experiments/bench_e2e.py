@@ -203,6 +203,9 @@ def main() -> None:
                     help="prompts of the throughput runs (default: --num-prompts)")
     ap.add_argument("--arrival-rates", type=float, nargs="*", default=[0.0],
                     help="throughput runs' arrivals: 0 = all at once, else Poisson requests/s")
+    ap.add_argument("--same-as", nargs="*", default=[],
+                    help="labels of specdec systems every row's outputs are also compared with "
+                         "(e.g. an exact-mode drafter none: \"exact-none:none engine.exact=true\")")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.arrival_rates = [None if r <= 0 else r for r in args.arrival_rates]
@@ -285,8 +288,11 @@ def main() -> None:
             for prompt, seq in zip(prompts, run.seqs):
                 by_cat.setdefault(prompt.category or "-", []).append(seq)
             row["tau_by_category"] = {c: acceptance(v)["mean_accepted_length"] for c, v in sorted(by_cat.items())}
-            if "specdec_none" in outputs:
-                row["same_as_specdec_none"] = sum(a == b for a, b in zip(outputs[name], outputs["specdec_none"]))
+            for other in ["none", *args.same_as]:
+                if f"specdec_{other}" in outputs:
+                    ref = outputs[f"specdec_{other}"]
+                    row[f"same_as_specdec_{other}"] = sum(a == b for a, b in zip(outputs[name], ref))
+                    row[f"prefix_match_specdec_{other}"] = prefix_match(outputs[name], ref)
         rows.append(row)
     base_tps = next(r["tokens_per_s"] for r in rows if r["system"] == base)
     for r in rows:

@@ -18,7 +18,10 @@ The API an engine calls (ARCHITECTURE.md "The step": ``result = verifier.verify(
   (SAMPLED i.i.d. from q, SAMPLED_NO_REPLACEMENT, DETERMINISTIC top-k picks). Greedy and sampled
   rows may share a batch.
 * `verify_tree_typical`: Medusa's typical acceptance (lossy by design, named so).
-* `LosslessVerifier()`, `TypicalVerifier(posterior_threshold, posterior_alpha)`: what Hydra
+* `verify_match`: exact match — each position's token is the target's own inverse-CDF draw with
+  that position's uniform, a node accepted when it equals the draw at its parent; the output is
+  autoregressive sampling's, draw for draw (``engine.exact=true``; `exact_verifier`).
+* `LosslessVerifier()`, `TypicalVerifier(posterior_threshold, posterior_alpha)`, `MatchVerifier()`: what Hydra
   instantiates; ``.verify(tree, logits, temperature, top_p, top_k, uniforms)``, ``.lossless``,
   ``.name``.
 * `processed_probs(logits, temperature, top_p, top_k)`: the target distribution every rule
@@ -38,7 +41,9 @@ tree built with ``validate=True`` (its one read happens when it is built) or, in
 ``DraftTree(tokens, parents, num_nodes, ..., validate=False, depth_bound=D, children_bound=R)``.
 Parameters given as Python numbers or CPU tensors need no plan.
 """
-from .api import LosslessVerifier, TypicalVerifier, verify_tree, verify_tree_typical
+from .api import (LosslessVerifier, MatchVerifier, TypicalVerifier, exact_verifier, verify_tree,
+                  verify_tree_typical)
+from .match import verify_match
 from .check import LosslessReport, check_lossless, chi_square_pvalue
 from .probs import SamplingPlan, processed_probs, sample, sample_from_probs
 from .result import VerifyResult
@@ -46,7 +51,8 @@ from .tree import MAX_NODES, CandidateKind, DraftTree, TreeChoices
 
 __all__ = [
     "CandidateKind", "DraftTree", "MAX_NODES", "TreeChoices", "VerifyResult",
-    "verify_tree", "verify_tree_typical", "LosslessVerifier", "TypicalVerifier",
+    "verify_tree", "verify_tree_typical", "verify_match", "LosslessVerifier", "TypicalVerifier",
+    "MatchVerifier", "exact_verifier",
     "processed_probs", "sample", "sample_from_probs", "SamplingPlan",
     "check_lossless", "chi_square_pvalue", "LosslessReport",
 ]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .greedy import verify_greedy
+from .match import verify_match
 from .probs import Param, RowParams, SamplingPlan, device_params, read_plan
 from .result import VerifyResult
 from .sampling import verify_lossless
@@ -72,6 +73,37 @@ class LosslessVerifier:
                plan: Optional[SamplingPlan] = None, check: Optional[bool] = None) -> VerifyResult:
         return verify_tree(tree, logits, temperature, top_p, top_k, uniforms, generator,
                            self.check if check is None else check, plan)
+
+
+class MatchVerifier:
+    """Exact-match verification (`verify_match`): every emitted token is the target's own draw
+    with that position's uniform, so sampled output equals autoregressive output draw for draw
+    (``engine.exact=true`` uses it in place of a lossless verifier; `exact_verifier`). Greedy at
+    temperature 0. ``uniforms[b, d]``: the draw after depth d."""
+    name = "match"
+    lossless = True
+
+    def __init__(self, check: bool = True):
+        self.check = check
+
+    def verify(self, tree: DraftTree, logits: Tensor, temperature: Param, top_p: Param, top_k: Param,
+               uniforms: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+               plan: Optional[SamplingPlan] = None, check: Optional[bool] = None) -> VerifyResult:
+        params, uniforms = prepare(tree, logits, temperature, top_p, top_k, uniforms, generator,
+                                   self.check if check is None else check, plan)
+        if params is None:
+            return verify_greedy(tree, logits)
+        return verify_match(tree, logits, params, uniforms)
+
+
+def exact_verifier(verifier) -> "MatchVerifier":
+    """The verifier ``engine.exact=true`` runs for ``verifier``: exact match, which emits the
+    autoregressive draws; a lossy rule has no exact counterpart."""
+    if not getattr(verifier, "lossless", False):
+        raise ValueError(f"engine.exact=true needs a lossless verifier (verifier=lossless); "
+                         f"{getattr(verifier, 'name', type(verifier).__name__)!r} changes the output "
+                         f"by design, so no output could equal autoregressive decoding's")
+    return verifier if isinstance(verifier, MatchVerifier) else MatchVerifier(check=getattr(verifier, "check", True))
 
 
 class TypicalVerifier:

@@ -33,6 +33,10 @@ class EngineConfig:
     # while sequences run, admit waiting ones this many at a time (scheduler.Scheduler._admit);
     # auto: a quarter of max_num_seqs (1 up to 7 sequences)
     admit_batch: Union[int, str] = 1
+    # batch-invariant numerics (kernels/batch_invariant.py): every row of the target's forward
+    # bitwise independent of the step's other rows, so speculative output equals autoregressive
+    # output in any dtype; the target's steps run eagerly (ARCHITECTURE.md, "Exact mode")
+    exact: bool = False
 
     def __post_init__(self) -> None:
         bs = self.block_size
@@ -47,6 +51,8 @@ class EngineConfig:
             raise ValueError(f"engine.num_blocks must be >= 1 or null; got {self.num_blocks}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"engine.max_model_len must be >= 2 or null; got {self.max_model_len}")
+        if self.exact not in (True, False):
+            raise ValueError(f"engine.exact must be true or false; got {self.exact!r}")
         if self.cuda_graphs not in (True, False, "emulate"):
             raise ValueError(f"engine.cuda_graphs must be true, false or emulate; got {self.cuda_graphs!r}")
         for name in ("split_mixed_steps", "prefill_graphs"):

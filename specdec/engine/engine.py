@@ -22,7 +22,7 @@ from typing import Iterable, Sequence as Seq
 import torch
 from tqdm.auto import tqdm
 
-from specdec.verifiers import MAX_NODES, DraftTree
+from specdec.verifiers import MAX_NODES, DraftTree, exact_verifier
 
 from .block_manager import BlockManager
 from .config import EngineConfig
@@ -58,6 +58,8 @@ class Engine:
         self.device = self.config.torch_device()
         self.dtype = self.config.torch_dtype(self.device)
         self.tokenizer = tokenizer
+        # exact mode: each token the target's own draw, which a drafted node must match
+        verifier = exact_verifier(verifier) if self.config.exact else verifier
         self.drafter, self.verifier = drafter, verifier
         self.stop_token_ids = set(stop_token_ids)
         if self.config.max_num_batched_tokens < drafter.max_nodes:
@@ -67,7 +69,8 @@ class Engine:
         limit = max_model_len or model.config.max_position_embeddings
         self.max_model_len = min(limit, self.config.max_model_len or limit)
         # tree nodes sit up to MAX_NODES past the last cached position
-        self.model = model.prepare(self.device, self.dtype, self.max_model_len + MAX_NODES)
+        exact = self.config.exact
+        self.model = model.prepare(self.device, self.dtype, self.max_model_len + MAX_NODES, exact=exact)
         self.blocks = BlockManager(self._num_blocks(drafter), self.config.block_size)
         mode = self.config.graph_mode(self.device)  # capture | emulate | None
         graph_batch = min(self.config.max_num_seqs, self.config.max_graph_batch) if mode else 0
@@ -82,11 +85,13 @@ class Engine:
         # (no reference to the engine here: a cycle would keep its KV cache alive until the
         # garbage collector's next full pass)
         self.scheduler.on_release = lambda seq: (drafter.release(seq), policy.release(seq))
+        steps = None if exact else mode  # an exact step reads its key lists' sizes: eager
         self.runner = ModelRunner(self.model, verifier, self.blocks.num_blocks, self.config.block_size,
                                   self.device, self.dtype, self.max_model_len, ctx.capture_layers,
-                                  mode, graph_batch, self.config.graph_prefills(mode is not None),
-                                  self.config.split_mixed(mode is not None),
-                                  self.config.max_num_batched_tokens)
+                                  steps, graph_batch if steps else 0,
+                                  self.config.graph_prefills(steps is not None),
+                                  self.config.split_mixed(steps is not None),
+                                  self.config.max_num_batched_tokens, exact=exact)
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
@@ -104,7 +109,7 @@ class Engine:
         target = hashlib.sha256(repr(sorted(vars(cfg).items())).encode()).hexdigest()[:12]
         drafter = {k: v for k, v in vars(self.drafter).items() if isinstance(v, (int, float, str, bool))}
         return {"device": device, "threads": torch.get_num_threads() if device == "cpu" else None,
-                "dtype": str(self.dtype), "target": target, "drafter": self.drafter.name,
+                "dtype": str(self.dtype), "exact": self.config.exact, "target": target, "drafter": self.drafter.name,
                 "drafter_settings": drafter, "graphs": self.runner.graphs.mode,
                 "max_num_seqs": self.config.max_num_seqs, "block_size": self.config.block_size}
 

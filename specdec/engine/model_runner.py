@@ -54,12 +54,12 @@ class ModelRunner:
                  max_model_len: int, capture_layers: tuple[int, ...] = (),
                  graph_mode: Optional[str] = None, graph_batch: int = 0,
                  prefill_graphs: bool = False, split_mixed: bool = False,
-                 max_tokens: int = TOKEN_BUCKETS[-1]) -> None:
+                 max_tokens: int = TOKEN_BUCKETS[-1], exact: bool = False) -> None:
         cfg = model.config
         shape = (cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
         k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [L, nb, bs, Hkv, D]
         self.target = Target(model, k_cache, torch.zeros_like(k_cache), block_size,
-                             tuple(capture_layers), verifier)
+                             tuple(capture_layers), verifier, exact)
         self.device, self.max_model_len = torch.device(device), max_model_len
         self.graphs = GraphRunner(device, graph_mode if graph_batch else None)
         self.batch_buckets = batch_buckets(graph_batch) if graph_batch else ()
@@ -97,7 +97,7 @@ class ModelRunner:
         kernels may still be running). Returns what `finish` reads."""
         trees = [i for i in items if not i.is_prefill]
         chunks = [i for i in items if i.is_prefill]
-        sampling = SamplingRows.of([i.seq for i in trees + chunks], num_uniforms)
+        sampling = SamplingRows.of([i.seq for i in trees + chunks], num_uniforms, self.target.exact)
         shape = self._bucket(trees, chunks, tree)
         kept = []
         if shape is None:  # eager: the trees packed, their node counts read first

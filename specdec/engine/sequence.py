@@ -92,12 +92,12 @@ class Sequence:
     def samples(self) -> bool:
         return self.params.temperature > 0
 
-    def generator(self, stream: int) -> torch.Generator:
-        """The randomness of one sampling event, keyed by (request seed, current length, stream):
-        the same whatever batch, schedule or preemption the request goes through (a counter-based
-        scheme: a stateful stream would shift when a preempted request recomputes its prefix).
-        Streams: 0 = the verifier's uniforms, 1 = the drafter's."""
-        key = hash((self.seed, len(self.tokens), stream)) % 2**63  # int-tuple hashes are stable
+    def generator(self, stream: int, ahead: int = 0) -> torch.Generator:
+        """The randomness of one sampling event, keyed by (request seed, current length + ``ahead``,
+        stream): the same whatever batch, schedule or preemption the request goes through (a
+        counter-based scheme: a stateful stream would shift when a preempted request recomputes
+        its prefix). Streams: 0 = the verifier's uniforms, 1 = the drafter's."""
+        key = hash((self.seed, len(self.tokens) + ahead, stream)) % 2**63  # int-tuple hashes are stable
         return torch.Generator().manual_seed(key)
 
     @property

@@ -73,6 +73,7 @@ class Target:
     block_size: int
     capture_layers: tuple[int, ...]
     verifier: Any
+    exact: bool = False  # batch-invariant forward and logits (engine.exact)
 
 
 def step_body(t: Target, v: dict[str, Tensor], shape: StepShape, bounds: tuple[int, int],
@@ -111,8 +112,8 @@ def step_body(t: Target, v: dict[str, Tensor], shape: StepShape, bounds: tuple[i
                         tree_mask=torch.cat(bits) if masked else None, use_tree_mask=use,
                         max_q_len=bounds[0], max_kv_len=bounds[1])
     out = t.model(torch.cat(ids), torch.cat(pos), meta, t.k_cache, t.v_cache,
-                  capture_layers=t.capture_layers)
-    logits = _sampling_logits(t.model, out.hidden, v, shape)  # [B_s, T_s, V]
+                  capture_layers=t.capture_layers, exact=t.exact)
+    logits = _sampling_logits(t.model, out.hidden, v, shape, t.exact)  # [B_s, T_s, V]
     result = t.verifier.verify(tree, logits, v["temp"], v["top_p"], v["top_k"], v["unif"],
                                plan=plan, check=False)
     if bt:  # the commit: each accepted node's K/V slides to num_cached + j
@@ -144,18 +145,19 @@ def _verified_trees(v: dict[str, Tensor], shape: StepShape, num, validate: bool)
     return DraftTree(tokens, parents, num, kind=kind, draft_probs=probs, validate=validate)
 
 
-def _sampling_logits(model, hidden: Tensor, v: dict[str, Tensor], shape: StepShape) -> Tensor:
+def _sampling_logits(model, hidden: Tensor, v: dict[str, Tensor], shape: StepShape,
+                     exact: bool) -> Tensor:
     """Logits ``[B_s, T_s, V]`` float32 of the sampling rows: every tree node, each chunk's last
     token (its other columns zero)."""
     parts = []
     if shape.trees:
         tree_rows = hidden[: shape.tree_rows]
-        logits = model.compute_logits(tree_rows)  # [N_t, V]
+        logits = model.compute_logits(tree_rows, exact=exact)  # [N_t, V]
         if shape.packed:
             logits = logits[v["row_of"].reshape(-1)]
         parts.append(logits.view(shape.trees, shape.nodes, -1))
     if shape.chunks:
-        last = model.compute_logits(hidden[shape.tree_rows + v["last"]])  # [B_c, V]
+        last = model.compute_logits(hidden[shape.tree_rows + v["last"]], exact=exact)  # [B_c, V]
         parts.append(F.pad(last[:, None], (0, 0, 0, shape.width - 1)))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 

@@ -39,13 +39,18 @@ class SamplingRows:
     unif: np.ndarray
 
     @classmethod
-    def of(cls, seqs: list[Sequence], num_uniforms: int) -> "SamplingRows":
+    def of(cls, seqs: list[Sequence], num_uniforms: int, per_position: bool = False) -> "SamplingRows":
         """Numpy (a few microseconds, where torch's small ops cost tens). The uniforms are a fixed
         number per sampling event from the request's own counter-based generator, so sampled
-        outputs do not depend on the batch or the schedule; greedy rows draw nothing."""
+        outputs do not depend on the batch or the schedule; greedy rows draw nothing.
+        ``per_position`` (exact mode, `verify_match`): column d is the first draw of the event at
+        position current + d, the uniform autoregressive decoding would draw that token with."""
         unif = np.zeros((len(seqs), num_uniforms), dtype=np.float32)
         for r, seq in enumerate(seqs):
-            if seq.samples:
+            if seq.samples and per_position:
+                unif[r] = [torch.rand(1, generator=seq.generator(0, ahead=d)).item()
+                           for d in range(num_uniforms)]
+            elif seq.samples:
                 unif[r] = torch.rand(num_uniforms, generator=seq.generator(stream=0)).numpy()
         return cls(np.array([s.params.temperature for s in seqs], dtype=np.float32),
                    np.array([s.params.top_p for s in seqs], dtype=np.float32),

@@ -4,14 +4,16 @@ the embedded default). transformers is imported only when a tokenizer or a GGUF 
 The model interface: what the engine and the drafters use of a model, and all they use.
 
     model.config                          # ModelConfig: vocab_size, hidden_size, layers, heads ...
-    model.prepare(device, dtype, max_positions)   # ready for an engine: moved, eval, and on CUDA
-                                          # the fused layer kernels and a rope table; idempotent
-    out = model(input_ids, positions, meta, k_cache, v_cache, capture_layers=(i, ...))
+    model.prepare(device, dtype, max_positions, exact=False)   # ready for an engine: moved,
+                                          # eval, and on CUDA the fused layer kernels and a rope
+                                          # table; idempotent
+    out = model(input_ids, positions, meta, k_cache, v_cache, capture_layers=(i, ...), exact=False)
         # a ragged batch: input_ids, positions [N]; meta: AttnMetadata (whose rows belong to which
-        # sequence, where their K/V go); caches [L, num_blocks, block_size, Hkv, D]
+        # sequence, where their K/V go); caches [L, num_blocks, block_size, Hkv, D]; exact:
+        # batch-invariant numerics (each row bitwise independent of the others, engine.exact)
         out.hidden                        # [N, H] after the final norm
         out.captured[i]                   # [N, H] the residual stream after layer i (layer features)
-    model.compute_logits(hidden, upcast=True, head=None)   # logits of chosen rows [M, H] -> [M, V]
+    model.compute_logits(hidden, upcast=True, head=None, exact=False)   # logits of chosen rows [M, H] -> [M, V]
     model.embed(input_ids)                # [N] -> [N, H]
     model.lm_head_rows(ids)               # [Vd, H] lm_head rows of a drafting vocabulary
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from specdec.kernels import TreeAttentionPlan, plan_tree_attention, store_kv, tree_attention
+from specdec.kernels.batch_invariant import KeyLists, attention_bi, key_lists
 from specdec.kernels.torch_paged import TorchPagedPlan, plan_torch_paged, tree_attention_torch
 
 
@@ -43,6 +44,14 @@ class AttnMetadata:
         return self.plans[key]
 
 
+    def exact_keys(self, block_size: int) -> KeyLists:
+        """Each row's visible keys in logical order (batch-invariant attention), for every layer."""
+        key = ("exact", block_size)
+        if key not in self.plans:
+            self.plans[key] = key_lists(self.qo_indptr, self.prefix_lens, self.block_tables,
+                                        block_size, self.tree_mask, self.use_tree_mask)
+        return self.plans[key]
+
     def cpu_plan(self, block_size: int) -> TorchPagedPlan:
         """The CPU fast path's plan (kernels/torch_paged.py), shared by every layer."""
         key = ("cpu", block_size)
@@ -60,9 +69,13 @@ def paged_attention(
     v_cache: Tensor,  # [num_blocks, block_size, Hkv, D]
     meta: AttnMetadata,
     sm_scale: Optional[float] = None,
+    exact: bool = False,
 ) -> Tensor:  # [N, Hq, D]
-    """Store this step's K/V at ``meta.slot_mapping``, then attend (prefix + allowed new tokens)."""
+    """Store this step's K/V at ``meta.slot_mapping``, then attend (prefix + allowed new tokens).
+    ``exact``: batch-invariant attention (kernels/batch_invariant.py), on any device."""
     store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    if exact:
+        return attention_bi(q, k_cache, v_cache, meta.exact_keys(k_cache.shape[1]), sm_scale)
     if not q.is_cuda:  # batched SDPA over a per-step plan; equals the reference (tested)
         return tree_attention_torch(q, k_cache, v_cache, meta.cpu_plan(k_cache.shape[1]), sm_scale)
     plan = meta.plan_for(q.shape[1], k.shape[1], q.shape[2])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specdec.kernels import add_rms_norm, rope_, silu_mul
+from specdec.kernels.batch_invariant import linear_bi
 
 from .attention import AttnMetadata, paged_attention
 from .config import ModelConfig
@@ -29,6 +30,11 @@ from .rope import RotaryEmbedding, apply_rope
 class ModelOutput:
     hidden: Tensor  # [N, H] after the final norm
     captured: dict[int, Tensor] = field(default_factory=dict)  # layer i -> [N, H] its residual output
+
+
+def project(linear: nn.Linear, x: Tensor, exact: bool) -> Tensor:  # [N, in] -> [N, out]
+    """``linear(x)``; batch-invariant (`linear_bi`) when ``exact``."""
+    return linear_bi(x, linear.weight, linear.bias) if exact else linear(x)
 
 
 class RMSNorm(nn.Module):
@@ -60,7 +66,7 @@ class Attention(nn.Module):
         self.qkv_bias: Tensor | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
-                meta: AttnMetadata, fused: bool = False) -> Tensor:  # x [N, H] -> [N, H]
+                meta: AttnMetadata, fused: bool = False, exact: bool = False) -> Tensor:  # x [N, H] -> [N, H]
         n = x.shape[0]
         if fused and self.qkv_weight is not None:  # Qwen3's q/k norms keep the plain path
             qkv = rope_(F.linear(x, self.qkv_weight, self.qkv_bias), cos, sin, self.hq + self.hkv)
@@ -70,14 +76,14 @@ class Attention(nn.Module):
             v = qkv[:, b:].view(n, self.hkv, self.d)
             o = paged_attention(q, k, v, k_cache, v_cache, meta)  # [N, Hq, D]
             return self.o_proj(o.reshape(n, self.hq * self.d))
-        q = self.q_proj(x).view(n, self.hq, self.d)  # [N, Hq, D]
-        k = self.k_proj(x).view(n, self.hkv, self.d)  # [N, Hkv, D]
-        v = self.v_proj(x).view(n, self.hkv, self.d)  # [N, Hkv, D]
+        q = project(self.q_proj, x, exact).view(n, self.hq, self.d)  # [N, Hq, D]
+        k = project(self.k_proj, x, exact).view(n, self.hkv, self.d)  # [N, Hkv, D]
+        v = project(self.v_proj, x, exact).view(n, self.hkv, self.d)  # [N, Hkv, D]
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = paged_attention(q, k, v, k_cache, v_cache, meta)  # [N, Hq, D]
-        return self.o_proj(o.reshape(n, self.hq * self.d))
+        o = paged_attention(q, k, v, k_cache, v_cache, meta, exact=exact)  # [N, Hq, D]
+        return project(self.o_proj, o.reshape(n, self.hq * self.d), exact)
 
 
 class MLP(nn.Module):
@@ -90,10 +96,11 @@ class MLP(nn.Module):
         self.gate_up_weight: Tensor | None = None  # [2I, H] set by fuse_projections
         self.gate_up_bias: Tensor | None = None
 
-    def forward(self, x: Tensor, fused: bool = False) -> Tensor:  # [N, H]
+    def forward(self, x: Tensor, fused: bool = False, exact: bool = False) -> Tensor:  # [N, H]
         if fused:
             return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight, self.gate_up_bias)))
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = F.silu(project(self.gate_proj, x, exact)) * project(self.up_proj, x, exact)
+        return project(self.down_proj, h, exact)
 
 
 class DecoderLayer(nn.Module):
@@ -105,9 +112,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
-                meta: AttnMetadata) -> Tensor:  # [N, H] residual stream in and out
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+                meta: AttnMetadata, exact: bool = False) -> Tensor:  # [N, H] residual stream
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta, exact=exact)
+        return x + self.mlp(self.post_attention_layernorm(x), exact=exact)
 
 
 class LlamaModel(nn.Module):
@@ -128,14 +135,18 @@ class LlamaForCausalLM(nn.Module):
         self.tie_weights()
         self._fused_for: tuple | None = None  # (device, dtype) that fuse_projections built for
 
-    def prepare(self, device, dtype: torch.dtype, max_positions: int) -> "LlamaForCausalLM":
+    def prepare(self, device, dtype: torch.dtype, max_positions: int,
+                exact: bool = False) -> "LlamaForCausalLM":
         """Ready for an engine on ``device`` in ``dtype`` for positions below ``max_positions``:
-        moved, in eval mode, and on CUDA the fused layers (`fuse_projections`) and a rope table.
-        Idempotent, so engines may share one model (their CUDA graphs hold its addresses)."""
+        moved, in eval mode, and on CUDA the fused layers (`fuse_projections`) and a rope table;
+        ``exact`` (forwards with ``exact=True`` to come): a rope table on every device, so that
+        every row reads its cos/sin from one tensor. Idempotent, so engines may share one model
+        (their CUDA graphs hold its addresses)."""
         device = torch.device(device)
         self.to(device, dtype).eval()
         if device.type == "cuda":
             fuse_projections(self)
+        if device.type == "cuda" or exact:
             self.model.rotary_emb.use_table(max_positions, device, dtype)
         return self
 
@@ -154,12 +165,14 @@ class LlamaForCausalLM(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:  # [N] -> [N, H]
         return self.model.embed_tokens(input_ids)
 
-    def compute_logits(self, hidden: Tensor, upcast: bool = True,
-                       head: Tensor | None = None) -> Tensor:  # [M, H] -> [M, V] (or [M, Vd])
+    def compute_logits(self, hidden: Tensor, upcast: bool = True, head: Tensor | None = None,
+                       exact: bool = False) -> Tensor:  # [M, H] -> [M, V] (or [M, Vd])
         """Logits in float32; ``upcast=False`` leaves them in the model dtype (for a caller whose
         next op computes in float32 anyway, e.g. ``log_softmax(dtype=float32)``: no copy).
-        ``head [Vd, H]``: rows of the lm_head (`lm_head_rows`), for the logits of those ids only."""
-        logits = self.lm_head(hidden) if head is None else F.linear(hidden, head)
+        ``head [Vd, H]``: rows of the lm_head (`lm_head_rows`), for the logits of those ids only.
+        ``exact``: each row's logits independent of the other rows (`linear_bi`)."""
+        weight = self.lm_head.weight if head is None else head
+        logits = linear_bi(hidden, weight) if exact else F.linear(hidden, weight)
         return logits.float() if upcast else logits
 
     def lm_head_rows(self, ids: Tensor) -> Tensor:  # [Vd] -> [Vd, H]
@@ -168,18 +181,20 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head.weight[ids.to(self.lm_head.weight.device)].contiguous()
 
     def forward(self, input_ids: Tensor, positions: Tensor, meta: AttnMetadata, k_cache: Tensor,
-                v_cache: Tensor, capture_layers: Sequence[int] = ()) -> ModelOutput:
+                v_cache: Tensor, capture_layers: Sequence[int] = (), exact: bool = False) -> ModelOutput:
         """input_ids, positions ``[N]`` int64; caches ``[L, num_blocks, block_size, Hkv, D]``.
         ``captured[i]`` is the residual stream after decoder layer i (HF's
-        ``output_hidden_states[i + 1]``, before the final norm)."""
+        ``output_hidden_states[i + 1]``, before the final norm). ``exact``: batch-invariant
+        numerics (kernels/batch_invariant.py): each row bitwise independent of the other rows, so
+        a tree node's hidden state equals a one-token decode's at its position."""
         self._check(input_ids, positions, k_cache, v_cache, capture_layers)
         h = self.model.embed_tokens(input_ids)  # [N, H]
         cos, sin = self.model.rotary_emb(positions, h.dtype)  # [N, D] each
-        if self._fused_for == (h.device, h.dtype):
+        if self._fused_for == (h.device, h.dtype) and not exact:
             return self._forward_fused(h, cos, sin, meta, k_cache, v_cache, capture_layers)
         wanted, captured = set(capture_layers), {}
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, k_cache[i], v_cache[i], meta)
+            h = layer(h, cos, sin, k_cache[i], v_cache[i], meta, exact=exact)
             if i in wanted:
                 captured[i] = h
         return ModelOutput(self.model.norm(h), captured)

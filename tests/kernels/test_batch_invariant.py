@@ -1,0 +1,77 @@
+"""Batch-invariant ops (kernels/batch_invariant.py): each row's result is bitwise the one it has
+computed alone, and the ops compute what the plain ones do (to rounding)."""
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specdec.kernels.batch_invariant import attention_bi, key_lists, linear_bi
+from specdec.kernels.reference import tree_attention_ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("out_in", [(1536, 576), (576, 1536)])
+def test_linear_rows_do_not_depend_on_the_batch(dtype, out_in):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(*out_in, generator=gen).to(dtype)
+    x = torch.randn(120, out_in[1], generator=gen).to(dtype)
+    alone = torch.cat([linear_bi(x[i:i + 1], w) for i in range(120)])
+    rng = random.Random(0)
+    for _ in range(12):
+        n = rng.choice([2, 3, 5, 16, 17, 33, 64, 100])
+        start = rng.randrange(0, 120 - n)
+        assert torch.equal(linear_bi(x[start:start + n], w), alone[start:start + n]), f"{n} rows at {start}"
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(linear_bi(x, w), F.linear(x, w), **tol)
+
+
+def ragged_batch(gen):
+    """Three sequences: two draft trees over prefixes (one crossing a key block), one causal
+    prefill chunk; GQA (9 query heads over 3 KV heads)."""
+    nb, bs, hkv, hq, d = 64, 16, 3, 9, 64
+    kc, vc = torch.randn(nb, bs, hkv, d, generator=gen), torch.randn(nb, bs, hkv, d, generator=gen)
+    prefix = torch.tensor([5, 70, 0], dtype=torch.int32)
+    counts = [4, 6, 20]
+    indptr = torch.tensor([0, 4, 10, 30], dtype=torch.int32)
+    tables = torch.randperm(nb, generator=gen)[:30].view(3, 10).int()
+    rng, bits = random.Random(1), []
+    for c in counts:
+        parents = [-1] + [rng.randrange(0, i) for i in range(1, c)]
+        for i in range(c):
+            b, p = 1 << i, parents[i]
+            while p >= 0:
+                b, p = b | (1 << p), parents[p]
+            bits.append(b)
+    use = torch.tensor([True, True, False])
+    q = torch.randn(30, hq, d, generator=gen)
+    return q, kc, vc, tables, prefix, indptr, torch.tensor(bits), use
+
+
+def test_attention_equals_the_reference():
+    q, kc, vc, tables, prefix, indptr, bits, use = ragged_batch(torch.Generator().manual_seed(0))
+    keys = key_lists(indptr, prefix, tables, kc.shape[1], bits, use)
+    ref = tree_attention_ref(q, kc, vc, tables, prefix, indptr, bits, use)
+    torch.testing.assert_close(attention_bi(q, kc, vc, keys), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_rows_do_not_depend_on_the_batch():
+    """Each sequence alone, and the batch cut differently (rows share nothing)."""
+    q, kc, vc, tables, prefix, indptr, bits, use = ragged_batch(torch.Generator().manual_seed(0))
+    whole = attention_bi(q, kc, vc, key_lists(indptr, prefix, tables, kc.shape[1], bits, use))
+    for b in range(3):
+        lo, hi = int(indptr[b]), int(indptr[b + 1])
+        keys = key_lists(torch.tensor([0, hi - lo], dtype=torch.int32), prefix[b:b + 1], tables[b:b + 1],
+                         kc.shape[1], bits[lo:hi], use[b:b + 1])
+        assert torch.equal(attention_bi(q[lo:hi], kc, vc, keys), whole[lo:hi]), f"sequence {b}"
+
+
+def test_key_lists_follow_logical_positions():
+    """A tree node sees the prefix, then its ancestors root first; a causal row its predecessors."""
+    tables = torch.arange(4, dtype=torch.int32)[None]
+    bits = torch.tensor([0b1, 0b11, 0b101, 0b1011])  # parents: -, 0, 0, 1
+    keys = key_lists(torch.tensor([0, 4], dtype=torch.int32), torch.tensor([3], dtype=torch.int32),
+                     tables, 4, bits)
+    assert keys.lengths.tolist() == [4, 5, 5, 6]
+    assert keys.slots[3].tolist() == [0, 1, 2, 3, 4, 6]  # prefix 0..2, node 0 (3), node 1 (4), itself (6)
+    assert keys.slots[2, :5].tolist() == [0, 1, 2, 3, 5]
