@@ -7,7 +7,8 @@ between a one-token decode (M = 1) and a 33-row verify (M = 33); attention sums 
 an order that depends on how the batch was padded and where the masked keys sit. In bf16 those
 bits flip argmax near-ties and the texts part (Thinking Machines, "Defeating Nondeterminism in
 LLM Inference", 2025, makes the same argument on GPUs). The remedy is the same here, in plain
-torch, on any device:
+torch, for the CPU (the engine refuses exact mode elsewhere: torch's CUDA reductions and scans
+pick their order by shape, so a GPU needs kernels with a fixed order, not built yet):
 
 * `linear_bi`: the rows go through the GEMM in fixed tiles of ``TILE_ROWS`` rows for the dtype
   (the last one padded), one call per tile, so the library sees one shape only and sums every

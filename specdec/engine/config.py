@@ -35,7 +35,7 @@ class EngineConfig:
     admit_batch: Union[int, str] = 1
     # batch-invariant numerics (kernels/batch_invariant.py): every row of the target's forward
     # bitwise independent of the step's other rows, so speculative output equals autoregressive
-    # output in any dtype; the target's steps run eagerly (ARCHITECTURE.md, "Exact mode")
+    # output in any dtype; the target's steps run eagerly; CPU only (ARCHITECTURE.md, "Exact mode")
     exact: bool = False
 
     def __post_init__(self) -> None:

@@ -58,6 +58,10 @@ class Engine:
         self.device = self.config.torch_device()
         self.dtype = self.config.torch_dtype(self.device)
         self.tokenizer = tokenizer
+        if self.config.exact and self.device.type != "cpu":
+            raise ValueError("engine.exact=true runs on the CPU only for now (engine.device=cpu): its "
+                             "batch-invariant ops are plain torch, and torch's CUDA reductions and "
+                             "scans choose their order by shape; fixed-order GPU kernels are not built yet")
         # exact mode: each token the target's own draw, which a drafted node must match
         verifier = exact_verifier(verifier) if self.config.exact else verifier
         self.drafter, self.verifier = drafter, verifier

@@ -72,7 +72,7 @@ def paged_attention(
     exact: bool = False,
 ) -> Tensor:  # [N, Hq, D]
     """Store this step's K/V at ``meta.slot_mapping``, then attend (prefix + allowed new tokens).
-    ``exact``: batch-invariant attention (kernels/batch_invariant.py), on any device."""
+    ``exact``: batch-invariant attention (kernels/batch_invariant.py; the CPU's)."""
     store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     if exact:
         return attention_bi(q, k_cache, v_cache, meta.exact_keys(k_cache.shape[1]), sm_scale)

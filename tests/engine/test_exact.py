@@ -158,6 +158,15 @@ def test_exact_mode_needs_a_lossless_verifier(tiny_dir):
         EngineConfig(exact="yes")
 
 
+@pytest.mark.gpu
+def test_exact_mode_says_it_runs_on_the_cpu_only(tiny_dir):
+    from specdec.models.loader import load_model
+
+    loaded = load_model(str(tiny_dir("llama")))
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        Engine(loaded.model, NoDrafter(), LosslessVerifier(), EngineConfig(device="cuda", exact=True))
+
+
 def test_exact_mode_runs_the_target_eagerly(tiny_dir):
     e = engine(tiny_dir("llama"), NoDrafter(), cuda_graphs="emulate")
     assert not e.runner.graphs.enabled
