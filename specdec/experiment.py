@@ -2,12 +2,10 @@
 baseline must share, a store of finished baselines keyed by them, per-question and per-category
 speed and acceptance, and whether a run directory already holds a finished run (sweep resume).
 
-Speedup conventions (stated in every summary):
-- ``speedup`` = the run's tokens/s over the baseline's (output tokens / serving wall time): the
-  throughput ratio, meaningful at any batch size or request rate.
-- per category, as Spec-Bench's evaluation/speed.py: a question's speed is its output tokens over
-  its requests' end-to-end time (all turns), a category's speed the mean over its questions, and
-  its speedup the ratio of that mean to the baseline's over the same category.
+Speedup (specdec/speedup.py measures it): per question, as Spec-Bench's evaluation/speed.py, a
+question's speed is its output tokens over its requests' end-to-end time (all turns); a set of
+questions' speedup is the ratio of its mean question speed to the baseline's on the same questions.
+A run folder holding ``FAILED`` (what ``failed`` reads) is a run that raised: nothing here reuses it.
 """
 from __future__ import annotations
 
@@ -53,6 +51,17 @@ def read_json(path: Path) -> Optional[dict]:
         return None
 
 
+FAILED = "FAILED"  # in a run folder: the run raised (JSON: the error, the config; specdec/rundirs.py)
+
+
+def failed(run_dir: Path) -> Optional[dict]:
+    """What a failed run recorded in its folder (its ``FAILED`` file); None when it did not fail."""
+    path = Path(run_dir) / FAILED
+    if not path.exists():
+        return None
+    return read_json(path) or {"status": "failed", "error": path.read_text(errors="replace")[:500]}
+
+
 def is_complete(summary: Optional[dict]) -> bool:
     return bool(summary) and summary.get("interrupted") is False and "tokens_per_s" in summary
 
@@ -67,13 +76,25 @@ class BaselineStore:
         return self.root / key
 
     def find(self, key: str) -> Optional[dict]:
-        summary = read_json(self.dir(key) / "summary.json")
-        return summary if is_complete(summary) else None
+        return self.find_checked(key)[0]
 
-    def register(self, key: str, summary: dict, run_dir: Path) -> None:
-        """Keep a copy of a finished autoregressive run (marked so that reports skip it)."""
+    def find_checked(self, key: str) -> tuple[Optional[dict], str]:
+        """(the finished baseline stored under ``key``, or None and why not)."""
+        summary = read_json(self.dir(key) / "summary.json")
+        if not is_complete(summary):
+            return None, f"no finished baseline of these settings in {self.root}"
+        for folder in (self.dir(key), summary.get("run_dir") or summary.get("registered_from")):
+            if folder and (why := failed(folder)) is not None:
+                return None, (f"the stored baseline's run {folder} failed ({why.get('error', '?')}): "
+                              f"not reused")
+        return summary, f"stored baseline {self.dir(key)}"
+
+    def register(self, key: str, summary: dict, run_dir: Path, source: Optional[Path] = None) -> None:
+        """Keep a copy of a finished autoregressive run (marked so that reports skip it): the run
+        of ``run_dir``, or the baseline it timed (``source``, a folder in it)."""
         write_json(self.dir(key) / "summary.json",
-                   {**summary, "role": "baseline_copy", "registered_from": str(run_dir)})
+                   {**summary, "role": "baseline_copy", "registered_from": str(source or run_dir),
+                    "run_dir": str(run_dir)})
 
 
 def comparable(config: dict) -> dict:
@@ -137,16 +158,3 @@ def _category(qs: list[dict], base: Optional[list[dict]]) -> dict:
             "mean_accepted_length": sum(q["step_tokens"] for q in qs) / steps if steps else 1.0,
             "baseline_tokens_per_s": base_speed,
             "speedup": speed / base_speed if base_speed and base_speed == base_speed else float("nan")}
-
-
-def speedup_fields(summary: dict, baseline: dict, source: str, key: str,
-                   baseline_path: Optional[Path]) -> dict:
-    """What summary.json records about its baseline and the speedup over it."""
-    base_q = baseline.get("questions") or {}
-    return {
-        "speedup": summary["tokens_per_s"] / baseline["tokens_per_s"] if baseline["tokens_per_s"] else float("nan"),
-        "baseline_tokens_per_s": baseline["tokens_per_s"],
-        "baseline": {"source": source, "key": key, "summary": str(baseline_path) if baseline_path else None,
-                     "git_sha": baseline.get("git_sha"), "questions": base_q},
-        "per_category": category_stats(summary["questions"], base_q),
-    }

@@ -14,8 +14,11 @@ and writes into OUT (default: DIR/report):
   axis varies in the runs (report.md says why one was left out);
 - the step costs the adaptive policy measured (ms per step, by batch bucket x node budget).
 
-Numbers are copied from the summaries (speedups were measured by the runs against their
-autoregressive baselines, see specdec/experiment.py); nothing is re-measured here.
+Speedup has one definition in every table (specdec/speedup.py, DEFINITION: Spec-Bench's mean
+question speed over the baseline's on the same questions), computed from the per-question numbers
+the runs recorded against the baselines they measured (each run's ``baseline`` column says how:
+interleaved with it, reused after a check, re-measured); nothing is re-measured here. Runs that
+failed (a ``FAILED`` file in their folder) are left out, and listed.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Iterable, Optional
 from tqdm.auto import tqdm
 
 from specdec import experiment as exp
+from specdec.speedup import DEFINITION, SHORT
 from specdec.data import MT_BENCH_CATEGORIES, SPEC_BENCH_CATEGORIES
 
 SPEC_BENCH_ONLY = set(SPEC_BENCH_CATEGORIES) - set(MT_BENCH_CATEGORIES)
@@ -37,16 +41,39 @@ COLUMN_ORDER = (MULTI_TURN,) + SPEC_BENCH_CATEGORIES
 
 # ---- collecting --------------------------------------------------------------------------------
 def collect(dirs: Iterable[str | Path], progress: bool = True) -> list[dict]:
-    """Finished runs under ``dirs``: copies kept by the baseline store are skipped, and an
-    in-process baseline only stands in for drafter none where the runs have no such row."""
+    """Finished runs under ``dirs``: failed runs, copies kept by the baseline store and a check's
+    sample are skipped, and a baseline timed with a run stands in for drafter none (one per
+    setting) only where the runs have no such row."""
     paths = sorted({p for d in dirs for p in Path(d).rglob("summary.json")})
     runs = []
     for path in tqdm(paths, desc="summaries", unit="file", disable=not progress):
-        s = exp.read_json(path)
-        if exp.is_complete(s) and s.get("role", "run") != "baseline_copy":
+        s = exp.read_json(path) or {}
+        run_dir = path.parent.parent if s.get("role") == "baseline" else path.parent
+        if exp.failed(run_dir) is not None:
+            continue  # a failed run (or the baseline of one): failures() lists them
+        if exp.is_complete(s) and s.get("role", "run") in ("run", "baseline"):
             runs.append({**s, "_path": str(path)})
-    own = {(r.get("baseline_key")) for r in runs if r.get("role", "run") == "run" and r["drafter"] == "none"}
-    return [r for r in runs if r.get("role", "run") == "run" or r.get("baseline_key") not in own]
+    own = {r.get("baseline_key") for r in runs if r.get("role", "run") == "run" and r["drafter"] == "none"}
+    stand_ins: dict = {}
+    for r in runs:
+        if r.get("role") == "baseline" and r.get("baseline_key") not in own:
+            stand_ins.setdefault(r.get("baseline_key"), r)
+    return [r for r in runs if r.get("role", "run") == "run" or stand_ins.get(r.get("baseline_key")) is r]
+
+
+def failures(dirs: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """Runs under ``dirs`` that failed: (folder, the error their FAILED file records)."""
+    found = sorted({p.parent for d in dirs for p in Path(d).rglob(exp.FAILED)})
+    return [(folder, (exp.failed(folder) or {}).get("error", "?")) for folder in found]
+
+
+def speedup(run: dict) -> Optional[float]:
+    """The run's speedup (specdec/speedup.py DEFINITION) from its per-question numbers and its
+    baseline's; None without them."""
+    base = (run.get("baseline") or {}).get("questions")
+    if not run.get("questions") or not base:
+        return None
+    return exp.category_stats(run["questions"], base)["overall"]["speedup"]
 
 
 def cfg(run: dict, dotted: str, default=None):
@@ -147,7 +174,7 @@ def spec_bench_tables(runs: list[dict]) -> tuple[str, list[dict]]:
                 rec[f"{c}_tau"] = st.get(c, {}).get("mean_accepted_length")
                 rec[f"{c}_tokens_per_s"] = st.get(c, {}).get("tokens_per_s")
             records.append(rec)
-        md.append(f"**{sett}, temperature {temp:g}** (cell: speedup / tau)\n\n"
+        md.append(f"**{sett}, temperature {temp:g}** (cell: speedup / tau; speedup: {SHORT})\n\n"
                   + markdown(["method"] + cats + ["mean tau", "overall"], table))
     return "\n\n".join(md), records
 
@@ -163,22 +190,23 @@ def eagle_tables(runs: list[dict]) -> tuple[str, list[dict]]:
             cells = []
             for t in temps:
                 r = at.get(t)
-                cells += [fmt(r.get("speedup") if r else None, ".2f", "x"),
+                cells += [fmt(speedup(r) if r else None, ".2f", "x"),
                           fmt(r["mean_accepted_length"] if r else None)]
                 if r:
                     records.append({"setting": sett, "method": method, "temperature": t,
-                                    "speedup": r.get("speedup"), "tau": r["mean_accepted_length"],
+                                    "speedup": speedup(r), "tau": r["mean_accepted_length"],
                                     "tokens_per_s": r["tokens_per_s"],
                                     "baseline_tokens_per_s": r.get("baseline_tokens_per_s")})
             table.append([method] + cells)
         header = ["method"] + [x for t in temps for x in (f"T={t:g} speedup", f"T={t:g} tau")]
-        md.append(f"**{sett}**\n\n" + markdown(header, table))
+        md.append(f"**{sett}** (speedup: {SHORT})\n\n" + markdown(header, table))
     return "\n\n".join(md), records
 
 
 RUN_COLUMNS = ["path", "method", "temperature", "drafter", "tree_budget", "max_num_seqs", "request_rate",
                "concurrency", "num_requests", "output_tokens", "tokens_per_s", "speedup",
-               "baseline_tokens_per_s", "baseline_source", "mean_accepted_length",
+               "baseline_tokens_per_s", "baseline_method", "baseline_source", "baseline_why",
+               "throughput_ratio", "mean_accepted_length",
                "mean_accepted_draft_tokens", "ttft_ms_p50", "itl_ms_p50", "e2e_ms_p50", "e2e_ms_p99",
                "draft_time_share", "reused"]
 
@@ -187,10 +215,12 @@ def run_records(runs: list[dict]) -> list[dict]:
     out = []
     for r in runs:
         rec = {k: r.get(k) for k in RUN_COLUMNS}
+        base = r.get("baseline") or {}
         rec.update(path=str(Path(r["_path"]).parent), method=label(r), temperature=temperature(r),
                    max_num_seqs=cfg(r, "engine.max_num_seqs"), request_rate=cfg(r, "serving.request_rate"),
-                   concurrency=cfg(r, "serving.concurrency"),
-                   baseline_source=(r.get("baseline") or {}).get("source"))
+                   concurrency=cfg(r, "serving.concurrency"), speedup=speedup(r),
+                   baseline_method=base.get("method"), baseline_source=base.get("source"),
+                   baseline_why=base.get("why"))
         out.append(rec)
     return out
 
@@ -389,23 +419,40 @@ def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: b
     for name, recs in files.items():
         write_csv(out / name, recs)
     pngs, skipped = plots(runs, out)
+    failed = failures(dirs)
+    for folder, error in failed:
+        print(f"left out {folder}: the run failed ({error}; its FAILED file has the traceback)")
     text = "\n\n".join([
-        f"# specdec report\n\n{len(runs)} runs from {', '.join(map(str, dirs))}. Speedup: over the "
-        "autoregressive run of the same settings (tokens/s ratio; per category the mean of "
-        "per-question speeds, as Spec-Bench). tau: tokens per decode step (accepted drafts + 1).",
-        "## Spec-Bench layout (speedup / tau per category)", sb_md,
-        "## EAGLE layout (speedup and tau per method x temperature)", ea_md,
-        "## Runs", markdown(["run", "method", "T", "tokens/s", "speedup", "tau", "baseline"],
-                            [[Path(r["path"]).name, r["method"], f"{r['temperature']:g}",
-                              fmt(r.get("tokens_per_s"), ".1f"), fmt(r.get("speedup"), ".2f", "x"),
-                              fmt(r.get("mean_accepted_length")), str(r.get("baseline_source"))]
-                             for r in runs_rec]),
+        f"# specdec report\n\n{len(runs)} runs from {', '.join(map(str, dirs))}. Speedup, in every table "
+        f"below: {DEFINITION}; the runs table says how each run's baseline was timed (interleaved with "
+        "the run, reused after a check, re-measured). tau: tokens per decode step (accepted drafts + 1)."
+        + "".join(f"\n\nLeft out (failed): {folder} ({error})" for folder, error in failed),
+        f"## Spec-Bench layout (speedup / tau per category; speedup: {SHORT})", sb_md,
+        f"## EAGLE layout (speedup and tau per method x temperature; speedup: {SHORT})", ea_md,
+        f"## Runs (speedup: {SHORT})",
+        markdown(["run", "method", "T", "tokens/s", "speedup", "tau", "baseline"],
+                 [[run_folder(r["path"]), r["method"], f"{r['temperature']:g}", fmt(r.get("tokens_per_s"), ".1f"),
+                   fmt(r.get("speedup"), ".2f", "x"), fmt(r.get("mean_accepted_length")),
+                   baseline_cell(r)] for r in runs_rec]),
         "## Step costs measured by the adaptive policy", step_cost_table(runs),
         "## Plots", "\n".join([f"![{p.stem}]({p.name})" for p in pngs]
                               + [f"- {name}: not drawn, {why}" for name, why in skipped.items()])])
     (out / "report.md").write_text(text + "\n")
     return {"runs": len(runs), "out": str(out), "files": [str(out / n) for n in files] + [str(p) for p in pngs],
-            "not_drawn": skipped}
+            "not_drawn": skipped, "failed": [str(folder) for folder, _ in failed]}
+
+
+def baseline_cell(rec: dict) -> str:
+    """How a run's baseline was timed, and where it is: ``interleaved: <run>/baseline``."""
+    source = str(rec.get("baseline_source") or "")
+    where = source.split(": ", 1)[1] if ": " in source else ""
+    return f"{rec.get('baseline_method')}: {where}" if where else str(rec.get("baseline_method"))
+
+
+def run_folder(path: str) -> str:
+    """A run's folder name; a baseline timed with a run: ``<run folder>/baseline``."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "baseline" else p.name
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -7,17 +7,18 @@
 
 Writes ``summary.json``, ``outputs.jsonl`` (streamed as requests finish) and ``run.log`` (the run's
 log, configs/hydra/job_logging/specdec.yaml) into Hydra's run directory and prints a short table. A
-mistake in the command ends with one ``error: ...`` line and exit code 2 (specdec/errors.py). The speedup is measured against the autoregressive run of the
-same model, data, engine, serving and sampling settings: a finished one is reused from the
-baseline store (``speedup.baseline_dir``), else it is run here. A run directory that already holds
-a finished summary of the same config is skipped (sweeps resume where they were stopped).
+mistake in the command ends with one ``error: ...`` line and exit code 2 (specdec/errors.py).
+
+The speedup is over the autoregressive baseline of the same model, data, engine, serving and
+sampling settings, timed in turns with the run on the same loaded target (its outputs and summary
+in ``<run dir>/baseline/``), or a stored one reused after a check (specdec/speedup.py says which
+and how). A job whose folder holds a finished run of the same config is skipped, and no run writes
+into another's folder; a run that raises leaves ``FAILED`` there (specdec/rundirs.py).
 """
 from __future__ import annotations
 
-import gc
 import logging
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -28,10 +29,10 @@ from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from specdec import baseline, errors, rundirs, speedup
 from specdec import data as data_mod
-from specdec import errors
 from specdec import experiment as exp
-from specdec.drafters.none import NoDrafter
+from specdec.clock import OwnClock
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
@@ -141,10 +142,10 @@ def renderer(cfg: DictConfig, tokenizer):
     return render
 
 
-def serve(engine: Engine, prompts: list[data_mod.Prompt], params: SamplingParams, cfg: DictConfig,
-          out_dir: Path, logger=None, progress: bool = True, desc: str = "requests"):
-    """Serve every prompt (every turn up to data.max_turns) and write outputs.jsonl as requests
-    finish; Ctrl-C stops early and keeps what finished. ``desc`` labels the progress bar."""
+def make_server(engine: Engine, cfg: DictConfig, params: SamplingParams, out_dir: Path, desc: str,
+                logger=None, clock=None, position: int = 0) -> Server:
+    """A server that writes outputs.jsonl into ``out_dir`` as requests finish (``server.writer``)
+    and, with a logger, per-step metrics. ``desc`` labels the progress bar."""
     writer = OutputWriter(out_dir / "outputs.jsonl", engine.tokenizer)
 
     def on_step(e: Engine) -> None:
@@ -154,15 +155,10 @@ def serve(engine: Engine, prompts: list[data_mod.Prompt], params: SamplingParams
 
     decode = (lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True)) if engine.tokenizer else str
     server = Server(engine, renderer(cfg, engine.tokenizer), decode, params, serve_config(cfg),
-                    on_finish=writer.write, on_step=on_step, progress=progress, desc=desc)
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        server.warmup(prompts)
-        result = server.run(prompts)
-    finally:
-        signal.signal(signal.SIGINT, old)
-        writer.close()
-    return result
+                    on_finish=writer.write, on_step=on_step, progress=cfg.progress, desc=desc, clock=clock,
+                    position=position)
+    server.writer = writer
+    return server
 
 
 def print_table(summary: dict) -> None:
@@ -173,86 +169,15 @@ def print_table(summary: dict) -> None:
             ("accepted draft tokens", f"{summary['mean_accepted_draft_tokens']:.2f}"),
             ("TTFT p50 ms", f"{summary['ttft_ms_p50']:.1f}"), ("ITL p50 ms", f"{summary['itl_ms_p50']:.1f}"),
             ("draft time share", f"{summary['draft_time_share']:.2f}")]
+    base = summary.get("baseline") or {}
     if summary.get("speedup") is not None:
-        rows.append(("speedup vs autoregressive", f"{summary['speedup']:.2f}x "
-                                                  f"({summary['baseline']['source']})"))
+        value = f"{summary['speedup']:.2f}x ({base['method']}; mean question speed, as Spec-Bench)"
+        rows.append(("speedup vs autoregressive", value))
+        rows.append(("baseline", base["why"]))
+    elif base.get("why"):
+        rows.append(("speedup vs autoregressive", f"none: {base['why']}"))
     width = max(len(k) for k, _ in rows)
     log.info("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-
-
-# ---- the autoregressive baseline ---------------------------------------------------------------
-def baseline_store(cfg: DictConfig, run_dir: Path) -> exp.BaselineStore:
-    """speedup.baseline_dir, else ``baselines/`` beside the run (in a sweep: in the sweep dir)."""
-    root = cfg.speedup.baseline_dir
-    return exp.BaselineStore(Path(root) if root else run_dir.parent / "baselines")
-
-
-def run_baseline(cfg: DictConfig, resolved: dict, loaded, verifier, engine_cfg: EngineConfig, prompts,
-                 params, out_dir: Path, key: str) -> dict:
-    """The autoregressive run of the same settings, here and now, on the already loaded target;
-    its summary reads like a drafter=none run's (config, speedup 1 over itself)."""
-    log.info(f"running the autoregressive baseline (drafter=none, the speedup's reference; "
-             f"speedup.baseline=off skips it) into {out_dir}")
-    base_verifier = verifier if getattr(verifier, "lossless", True) else instantiate(
-        {"_target_": "specdec.verifiers.LosslessVerifier"})
-    engine = make_engine(loaded, NoDrafter(), base_verifier, engine_cfg)
-    result = serve(engine, prompts, params, cfg, out_dir, progress=cfg.progress,
-                   desc="baseline (drafter=none) requests")
-    summary = {**summarize(engine, result, int(cfg.seed), role="baseline"), "method": "none", "overrides": [],
-               "sweep_name": resolved.get("sweep_name"), "reused": False, "baseline_key": key}
-    del engine
-    gc.collect()
-    if not summary["interrupted"]:
-        summary.update(exp.speedup_fields(summary, summary, "self", key, out_dir / "summary.json"))
-    config = {**resolved, "drafter": {"_target_": "specdec.drafters.none.NoDrafter"}}
-    if not getattr(verifier, "lossless", True):
-        config["verifier"] = {"_target_": "specdec.verifiers.LosslessVerifier",
-                              **{k: resolved["verifier"][k] for k in SAMPLING_KEYS}}
-    return {**summary, "config": config}
-
-
-def speedup_mode(cfg: DictConfig) -> str:
-    mode = str(cfg.speedup.baseline)
-    if mode not in ("auto", "reuse", "off"):
-        raise ValueError(f"speedup.baseline must be auto (reuse or run), reuse (only reuse) or off; "
-                         f"got {mode!r}")
-    return mode
-
-
-def shown(path) -> str:
-    """A path as summaries record it: relative to the working directory when under it (results
-    committed from a sweep then name no machine's folders), else absolute."""
-    p = Path(path).resolve()
-    try:
-        return str(p.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
-
-
-def attach_speedup(summary: dict, cfg: DictConfig, store: exp.BaselineStore, key: str, run_dir: Path,
-                   baseline_runner) -> dict:
-    """Add speedup fields: this run itself (drafter none), a stored baseline, or a fresh one."""
-    mode = speedup_mode(cfg)
-    summary["baseline_key"] = key
-    if mode == "off":
-        return summary
-    if summary["drafter"] == "none" and summary["lossless"]:
-        return {**summary, **exp.speedup_fields(summary, summary, "self", key, run_dir / "summary.json")}
-    found = store.find(key)
-    if found is not None:
-        source = f"reused: {shown(found.get('registered_from') or store.dir(key))}"
-        return {**summary, **exp.speedup_fields(summary, found, source, key, store.dir(key) / "summary.json")}
-    if mode == "reuse":
-        log.info(f"no finished autoregressive run with these settings in {store.root}: no speedup")
-        return summary
-    base = baseline_runner(store.dir(key))
-    base_path = store.dir(key) / "summary.json"
-    if base["interrupted"]:
-        exp.write_json(base_path, base)
-        summary["interrupted"] = True  # without its baseline the run is not finished
-        return summary
-    exp.write_json(base_path, base)
-    return {**summary, **exp.speedup_fields(summary, base, f"ran: {shown(store.dir(key))}", key, base_path)}
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -278,30 +203,38 @@ def make_logger(cfg: DictConfig, info: dict):
     return instantiate(cfg.logger)
 
 
-def reuse(run_dir: Path, summary: dict) -> dict:
-    """A finished run of the same config: skipped, and its summary says so."""
-    summary["reused"] = True
-    summary.setdefault("reused_at", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    exp.write_json(run_dir / "summary.json", summary)
-    log.info(f"skipped: {run_dir} already holds a finished run of this config (resume=false re-runs it)")
-    return summary
+def skipped(finished: Path) -> dict:
+    """A finished run of the same config: skipped, its folder left as it is."""
+    summary = exp.read_json(finished / "summary.json")
+    log.info(f"skipped: {finished} already holds a finished run of this config (resume=false runs it again "
+             f"in a new folder)")
+    return {**summary, "reused": True}
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 @errors.reported
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if (finished := rundirs.choice(run_dir).skip_of) is not None:
+        return skipped(finished)
+    rundirs.say(run_dir)
+    state: dict = {}
+    with rundirs.failures_marked(run_dir, list(HydraConfig.get().overrides.task), lambda: state.get("config")):
+        return run(cfg, run_dir, state)
+
+
+def run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
+    """The run: build, serve with its baseline, write summary.json (``state['config']``: the
+    resolved config, once it resolves, for a FAILED record)."""
     with errors.boundary():
         errors.check_required(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.resume and (done := exp.finished_run(run_dir, resolved)) is not None:
-        return reuse(run_dir, done)
+        resolved = state["config"] = OmegaConf.to_container(cfg, resolve=True)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     with errors.boundary():  # every setting is checked here, the cheap ones before any weights load
         params = sampling_params(cfg)
-        serve_config(cfg)
-        speedup_mode(cfg)
+        serve_cfg = serve_config(cfg)
+        mode = speedup.check_mode(str(cfg.speedup.baseline))
         engine_cfg = engine_config(cfg)
         info = sweep_info(cfg)
         logger = make_logger(cfg, info)
@@ -309,23 +242,45 @@ def main(cfg: DictConfig) -> dict:
         prompts = load_prompts(cfg)
         loaded = load_target(cfg, engine_cfg)
         engine = make_engine(loaded, drafter, verifier, engine_cfg, policy)
+    device, dtype = str(engine.device), str(engine.dtype).replace("torch.", "")
     log.info(f"run {info['method']} (T={params.temperature:g}): {len(prompts)} prompts of data={cfg.data.name}, "
-             f"model {loaded.source}, {engine.device} {str(engine.dtype).replace('torch.', '')} -> {run_dir}")
-    logger.start(resolved, run_dir)
-    result = serve(engine, prompts, params, cfg, run_dir, logger, progress=cfg.progress,
-                   desc=f"{info['method']} requests")
-    summary = {**summarize(engine, result, int(cfg.seed), role="run"), **info, "reused": False}
-    device, dtype = summary["device"], summary["dtype"]
-    del engine
-    gc.collect()
+             f"model {loaded.source}, {device} {dtype} -> {run_dir}")
     key = exp.settings_key(exp.baseline_settings(resolved, device, dtype))
-    store = baseline_store(cfg, run_dir)
-    if not result.interrupted:
-        summary = attach_speedup(summary, cfg, store, key, run_dir, lambda d: run_baseline(
-            cfg, resolved, loaded, verifier, engine_cfg, prompts, params, d, key))
+    store = baseline.store_for(cfg.speedup.baseline_dir, run_dir)
+    is_baseline = drafter.name == "none" and getattr(verifier, "lossless", True)
+    plan = speedup.plan(mode, is_baseline, store, key, serve_cfg, [p.id for p in prompts],
+                        float(cfg.speedup.get("check_fraction", speedup.CHECK_FRACTION)),
+                        float(cfg.speedup.get("check_tolerance", speedup.CHECK_TOLERANCE)))
+    if plan.method in ("interleaved", "check"):
+        log.info(f"speedup: the autoregressive baseline (drafter=none) runs in turns with this run "
+                 f"({'a sample, to check ' + plan.why if plan.method == 'check' else plan.why})")
+    logger.start(resolved, run_dir)
+    base_dir = run_dir / "baseline"
+
+    def make_base() -> Server:
+        in_flight = min(engine_cfg.max_num_seqs, serve_cfg.concurrency or len(prompts), len(prompts))
+        longest = baseline.longest_sequence(renderer(cfg, loaded.tokenizer), prompts, serve_cfg.num_turns,
+                                            int(cfg.max_new_tokens))
+        base = baseline.make_engine(make_engine, loaded, engine, verifier, engine_cfg, in_flight, longest)
+        return make_server(base, cfg, params, base_dir, "baseline (drafter=none) requests", clock=OwnClock(),
+                           position=1)
+
+    run_server = make_server(engine, cfg, params, run_dir, f"{info['method']} requests", logger,
+                             clock=OwnClock() if plan.method in ("interleaved", "check") else None)
+    result, base_server, base_result, measured = baseline.measure(plan, run_server, make_base, prompts)
+    summary = {**summarize(engine, result, int(cfg.seed), role="run"), **info, "reused": False}
+    base = None
+    if base_result is not None:
+        full = not measured.get("check", {}).get("passed")
+        base = baseline.summary(base_server.engine, base_result, int(cfg.seed), resolved, verifier, key,
+                                "baseline" if full else "baseline_check", base_dir)
+        exp.write_json(base_dir / "summary.json", base)
+        if full and not base["interrupted"] and speedup.one_at_a_time(serve_cfg):
+            store.register(key, base, run_dir, base_dir)
+    summary = baseline.attach_speedup(summary, plan, base, measured, key, run_dir)
     summary["config"] = resolved
     exp.write_json(run_dir / "summary.json", summary)
-    if summary["drafter"] == "none" and summary["lossless"] and not summary["interrupted"]:
+    if is_baseline and not summary["interrupted"]:
         store.register(key, summary, run_dir)
     logger.log_summary(summary)
     logger.finish()

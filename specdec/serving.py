@@ -8,16 +8,19 @@ answer in the chat. Ctrl-C stops early; everything that finished is kept.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
 import random
-import time
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
+from specdec.clock import Clock
 from specdec.data import Prompt
 from specdec.engine.engine import Engine, EngineStats
 from specdec.engine.sequence import SamplingParams, Sequence
@@ -79,63 +82,114 @@ Render = Callable[[Prompt, int, list[str]], list[int]]  # (prompt, turn, answers
 
 
 class Server:
-    """Feeds an Engine: submits requests at their arrival times, steps it, follows up turns."""
+    """Feeds an Engine: submits requests at their arrival times, steps it, follows up turns.
+
+    ``run`` serves prompts to the end; ``start``, ``advance`` (one step) and ``finish`` let two
+    servers take turns (specdec/interleave.py), each on its own ``clock`` (specdec/clock.py):
+    request times are then recorded on that clock."""
 
     def __init__(self, engine: Engine, render: Render, decode: Callable[[list[int]], str],
                  params: SamplingParams, config: ServeConfig,
                  on_finish: Callable[[Request], None] = lambda r: None,
                  on_step: Callable[[Engine], None] = lambda e: None, progress: bool = False,
-                 desc: str = "requests"):
+                 desc: str = "requests", clock: Optional[Clock] = None, position: int = 0):
         self.engine, self.render, self.decode = engine, render, decode
         self.params, self.config = params, config
         self.on_finish, self.on_step = on_finish, on_step
-        self.progress, self.desc = progress, desc  # the progress bar, and what it counts
+        self.progress, self.desc, self.position = progress, desc, position  # the progress bar
+        self.clock = clock or Clock()
         self.queue: list[tuple[float, int, Request]] = []  # heap by arrival time
         self.order = itertools.count()
         self.in_flight: dict[str, Request] = {}
         self.finished: list[Request] = []
         self.submitted = 0
+        self.planned = 0
+        self.emitted = 0  # output tokens of the finished requests
+        self.start_s = 0.0
+        self.bar = None
 
     def warmup(self, prompts: list[Prompt]) -> None:
         """Run the first turns of the first ``config.warmup`` prompts and forget their timing:
         lazy allocations and first-call costs stay out of the measurement."""
         ids = [self.render(p, 0, []) for p in prompts[: self.config.warmup]]
         if ids:
-            self.engine.generate(ids, self.params)
+            with self.clock.running():
+                self.engine.generate(ids, self.params)
             self.engine.stats = EngineStats()
 
+    def touch(self, prompt: Prompt) -> None:
+        """One prompt's prefill and a token, untimed: first-call costs of the process (weights
+        paged in, lazy allocations) do not land on whichever of two systems runs first."""
+        params = dataclasses.replace(self.params, max_new_tokens=1)
+        with self.clock.running():
+            self.engine.generate([self.render(prompt, 0, [])], params)
+        self.engine.stats = EngineStats()
+
     def run(self, prompts: list[Prompt]) -> ServeResult:
+        """Serve every prompt (every turn); Ctrl-C stops early and keeps what finished."""
+        with self.clock.running():
+            self.start(prompts)
+            interrupted = False
+            try:
+                while self.advance():
+                    pass
+            except KeyboardInterrupt:
+                interrupted = True
+            return self.finish(interrupted)
+
+    def start(self, prompts: list[Prompt]) -> None:
+        self.bar = tqdm(total=0, desc=self.desc, unit="req", disable=not self.progress, position=self.position)
+        self.start_s = self.clock.now()
         arrivals = poisson_arrivals(len(prompts), self.config.request_rate, self.config.seed)
         for prompt, at in zip(prompts, arrivals):
             self._push(Request(prompt, 0, [], at))
-        planned = sum(self.config.num_turns(p) for p in prompts)
-        bar = tqdm(total=planned, desc=self.desc, unit="req", disable=not self.progress)
-        start = time.perf_counter()
-        interrupted = False
-        try:
-            self._loop(start, bar)
-        except KeyboardInterrupt:
-            interrupted = True
-        wall = time.perf_counter() - start
-        bar.close()
+        self._plan(prompts)
+
+    def extend(self, prompts: list[Prompt]) -> None:
+        """More prompts, arriving now (a closed loop: one at a time or all at once)."""
+        now = self.clock.now() - self.start_s
+        for prompt in prompts:
+            self._push(Request(prompt, 0, [], now))
+        self._plan(prompts)
+
+    def _plan(self, prompts: list[Prompt]) -> None:
+        self.planned += sum(self.config.num_turns(p) for p in prompts)
+        self.bar.total = self.planned
+        self.bar.refresh()
+
+    def busy(self) -> bool:
+        return bool(self.queue) or self.engine.has_work()
+
+    @property
+    def progress_tokens(self) -> int:
+        """Output tokens so far, finished requests and those in flight."""
+        return self.emitted + sum(len(r.seq.output) for r in self.in_flight.values())
+
+    def advance(self) -> bool:
+        """Admit what has arrived and run one engine step (or wait for the next arrival);
+        returns whether work is left."""
+        if not self.busy():
+            return False
+        self._admit()
+        if not self.engine.has_work():
+            if self.queue:  # idle until the next arrival
+                self.clock.wait_until(self.start_s + self.queue[0][0])
+            return self.busy()
+        done = self.engine.step()
+        for seq in done:
+            self._finish(seq)
+        self.on_step(self.engine)
+        return self.busy()
+
+    def finish(self, interrupted: bool = False) -> ServeResult:
+        wall = self.clock.now() - self.start_s
+        self.bar.close()
         self.engine.close()  # the policy saves what it measured (step costs) for the next run
-        return ServeResult(self.finished, self.submitted, planned, wall, interrupted, self.engine.stats)
+        return ServeResult(self.finished, self.submitted, self.planned, wall, interrupted, self.engine.stats)
 
-    def _loop(self, start: float, bar) -> None:
-        while self.queue or self.engine.has_work():
-            self._admit(start, bar)
-            if not self.engine.has_work():
-                if self.queue:  # idle until the next arrival
-                    time.sleep(max(0.0, start + self.queue[0][0] - time.perf_counter()))
-                continue
-            done = self.engine.step()
-            for seq in done:
-                self._finish(seq, start, bar)
-            self.on_step(self.engine)
-
-    def _admit(self, start: float, bar) -> None:
+    def _admit(self) -> None:
         limit = self.config.concurrency or math.inf
-        now = time.perf_counter() - start
+        now = self.clock.now() - self.start_s
         while self.queue and self.queue[0][0] <= now and len(self.in_flight) < limit:
             _, _, req = heapq.heappop(self.queue)
             req.seq = self.engine.submit(self.render(req.prompt, req.turn, req.answers), self.params)
@@ -143,23 +197,43 @@ class Server:
                 # open loop: latency counts from the Poisson arrival, waits for a step (or for a
                 # free slot under a concurrency cap) included; closed loop (all at once, or a
                 # fixed concurrency): from the submission
-                req.seq.arrival_time = start + req.arrival_s
+                req.seq.arrival_time = self.start_s + req.arrival_s
+            else:
+                req.seq.arrival_time = self.clock.own(req.seq.arrival_time)
             self.submitted += 1
             self.in_flight[req.seq.request_id] = req
             if req.seq.finished:  # rejected on arrival: never reaches a step
-                self._finish(req.seq, start, bar)
+                self._finish(req.seq)
 
-    def _finish(self, seq: Sequence, start: float, bar) -> None:
+    def _finish(self, seq: Sequence) -> None:
         req = self.in_flight.pop(seq.request_id)
+        own = self.clock.own  # the engine's stamps onto this server's clock
+        if seq.first_token_time is not None:
+            seq.first_token_time = own(seq.first_token_time)
+        seq.token_times = [(own(t), n) for t, n in seq.token_times]
         self.finished.append(req)
+        self.emitted += len(seq.output)
         self.on_finish(req)
-        bar.update(1)
+        self.bar.update(1)
         rejected = (seq.finish_reason or "").startswith("rejected")
         if not rejected and req.turn + 1 < self.config.num_turns(req.prompt):
             answers = req.answers + [self.decode(seq.output)]
-            self._push(Request(req.prompt, req.turn + 1, answers, time.perf_counter() - start))
+            self._push(Request(req.prompt, req.turn + 1, answers, self.clock.now() - self.start_s))
         elif rejected:  # its later turns cannot be asked without this answer
-            bar.update(self.config.num_turns(req.prompt) - req.turn - 1)
+            self.bar.update(self.config.num_turns(req.prompt) - req.turn - 1)
 
     def _push(self, req: Request) -> None:
         heapq.heappush(self.queue, (req.arrival_s, next(self.order), req))
+
+
+@contextmanager
+def ctrl_c_stops(*files) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt inside (a server stops and keeps what finished), whatever
+    handler was set before; ``files`` (the outputs being written) are closed at the end."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        for f in files:
+            f.close()

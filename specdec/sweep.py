@@ -1,4 +1,5 @@
-"""A progress bar over a sweep's runs (Hydra callback, configs/config.yaml hydra.callbacks):
+"""A progress bar over a sweep's runs (Hydra callback, configs/config.yaml hydra.callbacks; it also
+chooses each run's folder, specdec/rundirs.RunFolders, the one callback the config names):
 ``sweep drafter_table (runs): 3/12 [05:10<15:30, reused=1, failed=1]``. A run that fails on a bug
 counts as failed (Hydra goes on with the others and raises the first failure at the end); a user's
 mistake stops the sweep at once (specdec/errors.py). With a remote launcher (submitit) the jobs end
@@ -8,9 +9,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from hydra.core.utils import JobStatus
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
+
+from specdec.rundirs import RunFolders
 
 
 def count_jobs(config: DictConfig) -> Optional[int]:
@@ -29,7 +31,7 @@ def count_jobs(config: DictConfig) -> Optional[int]:
     return sum(len(b) for b in batches)
 
 
-class SweepProgress(Callback):
+class SweepProgress(RunFolders):
     def __init__(self) -> None:
         self.bar: Any = None
         self.counts: dict[str, int] = {}  # reused / failed runs so far
@@ -38,10 +40,12 @@ class SweepProgress(Callback):
         return {"bar": None, "counts": {}}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        super().on_multirun_start(config, **kwargs)
         self.bar = tqdm(total=count_jobs(config), desc=f"sweep {config.get('sweep_name', '')} (runs)",
                         unit="run", disable=not config.get("progress", True))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        super().on_job_end(config, job_return, **kwargs)
         if self.bar is None:
             return
         value = getattr(job_return, "_return_value", None)

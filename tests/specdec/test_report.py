@@ -86,3 +86,21 @@ def test_speculation_policies_calibration_and_step_costs():
     table = report.step_cost_table(adaptive)
     assert "| eagle T=0 | 1 | 16 | 3.50 |" in table
     assert report.step_cost_table(fixed) == "No run used speculation=adaptive."
+
+
+def test_every_table_shows_one_speedup_and_names_it():
+    """The measured confusion: one report showed the same run at 0.78x (Spec-Bench layout) and
+    3.77x (EAGLE layout). A summary whose `speedup` holds another number (a throughput ratio, as
+    older summaries did) shows the one definition in every table, named in each caption."""
+    q = {"category": "writing", "decode_steps": 4, "step_tokens": 8.0}
+    run = {**summary("ngram"), "speedup": 3.77,
+           "questions": {"a": {**q, "output_tokens": 8, "time_s": 1.0}, "b": {**q, "output_tokens": 8, "time_s": 4.0}},
+           "baseline": {"method": "interleaved", "source": "interleaved: x/baseline",
+                        "questions": {"a": {**q, "output_tokens": 8, "time_s": 2.0},
+                                      "b": {**q, "output_tokens": 8, "time_s": 8.0}}}}
+    run["config"]["model"] = {"path": "m"}
+    sb_md, sb = report.spec_bench_tables([run])
+    ea_md, ea = report.eagle_tables([run])
+    (rec,) = report.run_records([{**run, "_path": "x/summary.json"}])
+    assert sb[0]["overall_speedup"] == ea[0]["speedup"] == rec["speedup"] == pytest.approx(2.0)  # (8 + 2) / (4 + 1)
+    assert report.SHORT in sb_md and report.SHORT in ea_md

@@ -38,9 +38,10 @@ def test_run_writes_summary_and_outputs(tiny_dir, tmp_path, drafter):
     assert f"run {drafter} (T=0): 3 prompts of data=default" in log
     assert "tau (accepted+1)" in log and f"summary: {out / 'summary.json'}" in log
     assert f"{drafter} requests: 100%" in proc.stderr  # the bar names what it counts
-    if drafter == "ngram":  # the baseline ran after it, under its own label and with a log line
+    if drafter == "ngram":  # the baseline ran in turns with it, under its own label and with a log line
         assert "baseline (drafter=none) requests: 100%" in proc.stderr
-        assert "running the autoregressive baseline (drafter=none" in log
+        assert "speedup: the autoregressive baseline (drafter=none) runs in turns with this run" in log
+        assert (out / "baseline" / "outputs.jsonl").read_text().count("\n") == 3
     assert "wandb" not in proc.stdout + proc.stderr
 
 

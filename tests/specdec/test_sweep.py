@@ -1,6 +1,7 @@
 """A 2 x 2 Hydra multirun (two drafters x two temperatures) on a tiny checkpoint: four summaries
-with speedups over in-process autoregressive baselines, the report's tables hold the summaries'
-numbers, its plots exist, and re-running the same sweep skips the four finished runs."""
+with speedups over autoregressive baselines timed in turns with them, the report's tables hold the
+summaries' numbers, its plots exist; re-running the same sweep skips the finished runs without
+writing into their folders, and a failing re-run with other settings leaves them as they were."""
 import csv
 import json
 import os
@@ -18,14 +19,14 @@ JOBS = {("ngram", 0.0): "0-ngram-t0", ("ngram", 1.0): "1-ngram-t1",
         ("ngram_tree", 0.0): "2-ngram_tree-t0", ("ngram_tree", 1.0): "3-ngram_tree-t1"}
 
 
-def sweep(tiny, out: Path):
+def sweep(tiny, out: Path, *extra: str, code: int = 0):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "specdec.run", "-m", f"model.path={tiny}",
                            "drafter=ngram,ngram_tree", "verifier.temperature=0,1", "logger=none",
                            "data.num_prompts=3", "max_new_tokens=8", "sweep_name=pytest",
-                           f"hydra.sweep.dir={out}"],
+                           f"hydra.sweep.dir={out}", *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -47,13 +48,14 @@ def test_four_summaries_with_speedups(swept):
         assert s["method"] == method and s["config"]["verifier"]["temperature"] == temp
         assert s["sweep_name"] == "pytest" and s["interrupted"] is False and s["reused"] is False
         assert s["num_requests"] == 3 and s["speedup"] > 0
-        assert s["speedup"] == pytest.approx(s["tokens_per_s"] / s["baseline_tokens_per_s"])
+        assert s["speedup"] == pytest.approx(s["per_category"]["overall"]["speedup"])  # one definition
+        assert s["throughput_ratio"] == pytest.approx(s["tokens_per_s"] / s["baseline_tokens_per_s"])
         base = json.loads(Path(s["baseline"]["summary"]).read_text())
         assert base["drafter"] == "none" and base["tokens_per_s"] == s["baseline_tokens_per_s"]
         assert base["config"]["verifier"]["temperature"] == temp  # same sampling settings
-    # the first drafter at each temperature ran the baseline, the second reused it
-    assert runs["ngram", 0.0]["baseline"]["source"].startswith("ran:")
-    assert runs["ngram_tree", 0.0]["baseline"]["source"].startswith("reused:")
+        # timed in turns with the run (batched serving: a stored baseline is never reused)
+        assert s["baseline"]["method"] == "interleaved"
+        assert s["baseline"]["summary"] == str(out / JOBS[method, temp] / "baseline" / "summary.json")
     assert runs["ngram", 0.0]["baseline"]["key"] == runs["ngram_tree", 0.0]["baseline"]["key"]
     assert runs["ngram", 0.0]["baseline"]["key"] != runs["ngram", 1.0]["baseline"]["key"]
     assert "sweep pytest (runs): 100%" in proc.stderr and "4/4" in proc.stderr  # the sweep's bar
@@ -93,24 +95,47 @@ def test_report_tables_hold_the_summaries_numbers(swept, tmp_path):
     assert result["runs"] == 6
 
 
+def files(folder: Path) -> dict:
+    """Every file under a run folder and its bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_rerunning_the_sweep_skips_finished_runs_and_redoes_interrupted_ones(swept, tiny_dir):
-    """The same command again: finished runs are skipped (their files untouched, `reused` in
-    their summaries); a run left interrupted (as Ctrl-C leaves it: summary with interrupted: true,
-    the finished requests' outputs; tests/specdec/test_run.py makes one) is run again."""
+    """The same command again: finished runs are skipped with a line each, their folders not
+    written at all (not .hydra/, not run.log, not the summary); a run left interrupted (as Ctrl-C
+    leaves it: summary with interrupted: true, the finished requests' outputs; tests/specdec/test_run.py
+    makes one) is run again in its folder."""
     out, _ = swept
     before = summaries(out)
     stopped = out / JOBS["ngram_tree", 1.0]
     exp.write_json(stopped / "summary.json", {**before["ngram_tree", 1.0], "interrupted": True})
-    kept = {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in list(JOBS.values())[:3]}
+    kept = {d: files(out / d) for d in list(JOBS.values())[:3]}
     proc = sweep(tiny_dir("llama"), out)
     assert proc.stdout.count("skipped:") == 3
-    after = summaries(out)
-    for key in list(JOBS)[:3]:
-        s = after[key]
-        assert s["reused"] is True and len(s["reused_at"]) == 1
-        assert s["wall_s"] == before[key]["wall_s"] and s["speedup"] == before[key]["speedup"]
-    assert kept == {d: (out / d / "outputs.jsonl").stat().st_mtime_ns for d in list(JOBS.values())[:3]}
-    redone = after["ngram_tree", 1.0]
+    assert kept == {d: files(out / d) for d in list(JOBS.values())[:3]}
+    assert not (out / ".skipped").exists()  # the skipped jobs' scratch folders are gone
+    redone = summaries(out)["ngram_tree", 1.0]
     assert redone["interrupted"] is False and redone["reused"] is False
     assert redone["wall_s"] != before["ngram_tree", 1.0]["wall_s"]
-    assert redone["baseline"]["source"].startswith("reused:")  # the stored T=1 baseline
+    assert redone["baseline"]["method"] == "interleaved"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(JOBS.values())
+
+
+def test_a_failing_rerun_with_other_settings_leaves_finished_runs_alone(swept, tiny_dir, tmp_path):
+    """The measured damage: a re-run with other settings that failed overwrote the finished runs'
+    .hydra/config.yaml. Now it writes into a new folder, which it marks FAILED; the report leaves
+    that folder out and says so."""
+    out, _ = swept
+    kept = {d: files(out / d) for d in JOBS.values()}
+    proc = sweep(tiny_dir("llama"), out, "max_new_tokens=6", "data=jsonl", f"data.path={tmp_path / 'no.jsonl'}",
+                 code=2)
+    assert "error: prompt file" in proc.stderr
+    assert kept == {d: files(out / d) for d in JOBS.values()}
+    failed = out / "0-ngram-t0-2"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("0-")) == ["0-ngram-t0", "0-ngram-t0-2"]
+    record = json.loads((failed / exp.FAILED).read_text())
+    assert record["error"].startswith("prompt file") and "max_new_tokens=6" in record["overrides"]
+    assert not (failed / "summary.json").exists()
+    result = report([out], tmp_path / "report", progress=False)
+    assert result["failed"] == [str(failed)] and result["runs"] == 6
+    assert f"Left out (failed): {failed} (prompt file" in (tmp_path / "report" / "report.md").read_text()
