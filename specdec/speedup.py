@@ -17,7 +17,7 @@ Methods (summary.json: ``baseline.method``, with ``baseline.why``):
   depend on the others), and only after a check: a sample of its questions (every k-th,
   ``speedup.check_fraction`` of them, at least 2) is served again now, interleaved with the run's
   first requests, and their tokens/s must lie within ``speedup.check_tolerance`` of what the
-  stored baseline measured on them (both optional keys: ``+speedup.check_tolerance=0.2``).
+  stored baseline measured on them (configs/config.yaml: ``speedup.check_tolerance=0.2``).
   ``baseline.check`` holds the numbers. A stored baseline whose run failed is not reused.
 - ``re-measured``: the check failed; the baseline goes on serving the other questions, still
   interleaved with the run, and the speedup is over that fresh baseline (``baseline.why`` says

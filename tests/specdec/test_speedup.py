@@ -129,7 +129,7 @@ def test_one_at_a_time_runs_reuse_a_stored_baseline_only_after_the_check(tiny_di
             "serving.concurrency=1", "progress=false", f"speedup.baseline_dir={store}"]
     ids = [f"default-{i}" for i in range(4)]
     store_baseline(store, args, ids, time_s=100.0)
-    run(*args, "drafter=ngram", "+speedup.check_tolerance=1e6", f"hydra.run.dir={tmp_path / 'reused'}")
+    run(*args, "drafter=ngram", "speedup.check_tolerance=1e6", f"hydra.run.dir={tmp_path / 'reused'}")
     s = summary_of(tmp_path / "reused")
     assert s["baseline"]["method"] == "reused-after-check" and s["baseline"]["check"]["passed"]
     assert s["baseline"]["check"]["questions"] == ["default-0", "default-3"]
