@@ -146,17 +146,37 @@ def test_step_costs_persist_and_corrupt_or_stale_files_are_rebuilt(tmp_path):
     costs.observe(4, 1, 0.005)
     costs.save(path)
     loaded = StepCosts.load(path, identity, log=pytest.fail)
-    assert loaded.table.keys() == costs.table.keys()
+    assert loaded.merged().keys() == costs.table.keys()
     assert loaded.estimate(4, 8) == pytest.approx(costs.estimate(4, 8))
     messages = []
-    assert StepCosts.load(path, {**identity, "drafter": "eagle"}, messages.append).table == {}
+    assert StepCosts.load(path, {**identity, "drafter": "eagle"}, messages.append).merged() == {}
     assert "another device, model, drafter" in messages[-1]
     for bad in ("{not json", json.dumps({"format": 1, "identity": identity, "table": [[4, 8, -1.0, 1]]}),
                 json.dumps({"format": 99})):
         path.write_text(bad)
-        assert StepCosts.load(path, identity, messages.append).table == {}
+        assert StepCosts.load(path, identity, messages.append).merged() == {}
         assert "unreadable" in messages[-1] and "measuring the costs again" in messages[-1]
-    assert StepCosts.load(tmp_path / "absent.json", identity, log=pytest.fail).table == {}
+    assert StepCosts.load(tmp_path / "absent.json", identity, log=pytest.fail).merged() == {}
+
+
+def test_saved_costs_follow_the_machine_of_this_run(tmp_path):
+    """Costs saved in a busy spell (10x slower) are scaled by what this run measures: a key it
+    has not measured yet takes its saved seconds times the drift, and the file it saves too."""
+    identity, path = {"device": "cpu"}, tmp_path / "costs.json"
+    busy = StepCosts(identity)
+    for key, s in (((1, 1), 0.4), ((1, 4), 0.8), ((4, 1), 1.0)):
+        for _ in range(3):
+            busy.observe(*key, s)
+    busy.save(path)
+    now = StepCosts.load(path, identity, log=pytest.fail)
+    assert now.known(1, 4) and now.estimate(1, 4) == pytest.approx(0.8)  # tuned from the start
+    for _ in range(3):
+        now.observe(1, 1, 0.04)
+    assert now.drift() == pytest.approx(0.1)
+    assert now.estimate(1, 4) == pytest.approx(0.08) and now.estimate(4, 1) == pytest.approx(0.1)
+    now.save(path)
+    again = StepCosts.load(path, identity, log=pytest.fail)
+    assert again.estimate(1, 4) == pytest.approx(0.08) and again.estimate(1, 1) == pytest.approx(0.04)
 
 
 def test_costs_borrow_the_ratio_other_batch_buckets_measured():

@@ -5,6 +5,11 @@ saved per device, model and drafter, so that a second run starts tuned.
 A key without enough samples borrows the ratio to the same batch bucket's autoregressive step that
 other batch buckets measured at its budget; a budget never measured anywhere is unknown (None),
 and the policy explores it.
+
+Saved costs are a prior, not the truth: the machine may be busier or idler now (a shared CPU ran
+2-4 s steps in one spell, 40 ms in the next). A saved key counts as known from the start, at its
+saved seconds times the drift — the median ratio, fresh over saved, of the keys this run has
+measured — until this run has measured it itself.
 """
 from __future__ import annotations
 
@@ -31,8 +36,9 @@ class StepCosts:
     """Seconds per step by ``(batch bucket, budget)``; ``identity`` names the device, model,
     drafter and engine settings the numbers belong to (a file of another identity is stale)."""
     identity: dict
-    table: dict[tuple[int, int], Cost] = field(default_factory=dict)
+    table: dict[tuple[int, int], Cost] = field(default_factory=dict)  # measured by this run
     min_samples: int = 3
+    prior: dict[tuple[int, int], Cost] = field(default_factory=dict)  # saved by earlier runs
 
     def observe(self, batch: int, budget: int, seconds: float) -> None:
         if not (seconds > 0 and math.isfinite(seconds)):
@@ -44,28 +50,47 @@ class StepCosts:
             w = max(ALPHA, 1.0 / (c.samples + 1))
             c.seconds, c.samples = (1 - w) * c.seconds + w * seconds, c.samples + 1
 
-    def known(self, batch: int, budget: int) -> bool:
+    def measured(self, batch: int, budget: int) -> bool:
         c = self.table.get((batch, budget))
         return c is not None and c.samples >= self.min_samples
 
+    def known(self, batch: int, budget: int) -> bool:
+        return self.measured(batch, budget) or (batch, budget) in self.prior
+
+    def drift(self) -> float:
+        """How much slower (> 1) or faster this run's steps are than the saved ones: the median
+        ratio over the keys both have; 1 before this run has measured any."""
+        ratios = sorted(c.seconds / self.prior[k].seconds for k, c in self.table.items() if k in self.prior)
+        return ratios[len(ratios) // 2] if ratios else 1.0
+
     def estimate(self, batch: int, budget: int) -> Optional[float]:
         """Seconds of a step of ``batch`` (a bucket) sequences at ``budget`` nodes each."""
-        if self.known(batch, budget):
+        if self.measured(batch, budget):
             return self.table[(batch, budget)].seconds
+        if (batch, budget) in self.prior:
+            return self.prior[(batch, budget)].seconds * self.drift()
         base = self.table.get((batch, 1))
         ratios = [c.seconds / self.table[(b, 1)].seconds for (b, n), c in self.table.items()
-                  if n == budget and c.samples >= self.min_samples and self.known(b, 1)]
+                  if n == budget and c.samples >= self.min_samples and self.measured(b, 1)]
         if base is not None and ratios:
             return base.seconds * sorted(ratios)[len(ratios) // 2]
         c = self.table.get((batch, budget))
         return c.seconds if c is not None else None
 
+    def merged(self) -> dict[tuple[int, int], Cost]:
+        """The costs as they stand: this run's where it measured them, else the saved ones
+        scaled by the drift."""
+        drift = self.drift()
+        out = {k: Cost(c.seconds * drift, c.samples) for k, c in self.prior.items()}
+        out.update({k: c for k, c in self.table.items() if c.samples >= self.min_samples or k not in out})
+        return out
+
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """Written atomically (a temporary file renamed), so a reader never sees half a file."""
+        """`merged`, written atomically (a temporary file renamed): a reader never sees half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "identity": self.identity,
-                "table": [[b, n, c.seconds, c.samples] for (b, n), c in sorted(self.table.items())]}
+                "table": [[b, n, c.seconds, c.samples] for (b, n), c in sorted(self.merged().items())]}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
@@ -93,7 +118,7 @@ class StepCosts:
             log(f"[specdec] step-cost file {path} belongs to another device, model, drafter or "
                 f"engine setting; measuring the costs again")
             return fresh
-        fresh.table = table
+        fresh.prior = table
         return fresh
 
 

@@ -175,11 +175,11 @@ class AdaptivePolicy:
         its calibration: per bin of predicted tokens per step, the mean emitted."""
         steps = self.calibration[:, 1]
         return {"policy": self.name, "budget_steps": dict(sorted(self.chosen.items())),
-                "step_costs_ms": {f"{b}x{n}": round(1e3 * c.seconds, 4) for (b, n), c in sorted(self.costs.table.items())},
+                "step_costs_ms": {f"{b}x{n}": round(1e3 * c.seconds, 4) for (b, n), c in sorted(self.costs.merged().items())},
                 "calibration": [{"predicted": (k + 0.5) * CALIBRATION_STEP, "emitted": e / n, "steps": int(n)}
                                 for k, (e, n) in enumerate(self.calibration) if n]}
 
     def close(self) -> None:
         """Save the step costs for the next run of this device, model and drafter."""
-        if self.persist and self.costs.table:
+        if self.persist and (self.costs.table or self.costs.prior):
             self.costs.save(self.path)
