@@ -111,25 +111,23 @@ def attention_bi(q: Tensor, k_cache: Tensor, v_cache: Tensor, keys: KeyLists,
 
 def _attend(q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor,
             scale: float) -> Tensor:  # q [n, Hq, D], slots [n, L] (L = nb * KB) -> [n, Hq, D]
-    """Every operand is made contiguous in one fixed layout before it is reduced, and every
-    reduction runs over the last axis: over D for a score, over the KB keys of one block for the
-    softmax's sums, then across blocks by `cumsum` (a sequential scan). Keys past a row's length
-    score -inf, weigh exactly 0 and add exactly 0, so the padding a batch needs changes nothing."""
+    """Every product is a batch of same-shape GEMMs, one per (row, KV head, key block): the
+    scores ``[G, D] @ [D, KB]`` and the weighted values ``[G, KB] @ [KB, D]``, so the library runs
+    one kernel on one shape whatever the batch; the blocks are then summed in order by `cumsum`
+    (a sequential scan). Keys past a row's length score -inf, weigh exactly 0 and add exactly 0,
+    so the padding a batch needs changes nothing; the softmax's max is exact in any order."""
     n, hq, d = q.shape
     hkv = k_cache.shape[2]
-    g, length = hq // hkv, slots.shape[1]
-    nb = length // KEY_BLOCK
-    k = k_cache.flatten(0, 1)[slots].float().permute(0, 2, 1, 3).contiguous()  # [n, Hkv, L, D]
-    v = v_cache.flatten(0, 1)[slots].float().view(n, nb, KEY_BLOCK, hkv, d)
-    v = v.permute(0, 3, 1, 4, 2).contiguous()  # [n, Hkv, nb, D, KB]
-    qf = q.float().view(n, hkv, g, 1, d)
-    prod = torch.empty(n, hkv, g, length, d, device=q.device)
-    s = torch.mul(qf, k[:, :, None], out=prod).sum(-1) * scale  # [n, Hkv, G, L]
-    valid = torch.arange(length, device=q.device)[None] < lengths[:, None]  # [n, L]
-    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-    p = torch.exp(s - s.amax(-1, keepdim=True)).view(n, hkv, g, nb, 1, KEY_BLOCK)  # max: exact
-    total = p.sum(-1).cumsum(3)[:, :, :, -1]  # [n, Hkv, G, 1]
-    prod = torch.empty(n, hkv, g, nb, d, KEY_BLOCK, device=q.device)
-    pv = torch.mul(p, v[:, :, None], out=prod).sum(-1)  # [n, Hkv, G, nb, D]
-    acc = pv.cumsum(3)[:, :, :, -1]  # [n, Hkv, G, D]
-    return (acc / total).reshape(n, hq, d).to(q.dtype)
+    g, nb = hq // hkv, slots.shape[1] // KEY_BLOCK
+    blocks = (n, nb, KEY_BLOCK, hkv, d)
+    k = k_cache.flatten(0, 1)[slots].float().view(blocks).permute(0, 3, 1, 4, 2).contiguous()  # [n, Hkv, nb, D, KB]
+    v = v_cache.flatten(0, 1)[slots].float().view(blocks).permute(0, 3, 1, 2, 4).contiguous()  # [n, Hkv, nb, KB, D]
+    qf = q.float().view(n, hkv, 1, g, d).expand(n, hkv, nb, g, d).contiguous()  # [n, Hkv, nb, G, D]
+    s = torch.matmul(qf, k) * scale  # [n, Hkv, nb, G, KB]
+    valid = torch.arange(nb * KEY_BLOCK, device=q.device)[None] < lengths[:, None]  # [n, L]
+    s = s.masked_fill(~valid.view(n, 1, nb, 1, KEY_BLOCK), float("-inf"))
+    top = s.amax(dim=(2, 4), keepdim=True)  # [n, Hkv, 1, G, 1]
+    p = torch.exp(s - top)  # [n, Hkv, nb, G, KB]
+    total = p.sum(-1).cumsum(2)[:, :, -1]  # [n, Hkv, G]
+    acc = torch.matmul(p, v).cumsum(2)[:, :, -1]  # [n, Hkv, G, D]
+    return (acc / total[..., None]).reshape(n, hq, d).to(q.dtype)
