@@ -111,9 +111,8 @@ def default_cache(tmp_path_factory):
     return cache, results
 
 
-@pytest.fixture(scope="session")
-def smollm2(default_cache):
-    """The default model loaded (fp32, CPU) from the session cache."""
+def load_default(default_cache, dtype=None):
+    """The default model loaded from the session cache (CPU; fp32 unless ``dtype``)."""
     from specdec.models import assets
     from specdec.models.loader import load_model
 
@@ -123,9 +122,15 @@ def smollm2(default_cache):
     old = os.environ.get(assets.CACHE_ENV)
     os.environ[assets.CACHE_ENV] = str(cache)
     try:
-        return load_model("default")
+        return load_model("default") if dtype is None else load_model("default", dtype=dtype)
     finally:
         if old is None:
             os.environ.pop(assets.CACHE_ENV)
         else:
             os.environ[assets.CACHE_ENV] = old
+
+
+@pytest.fixture(scope="session")
+def smollm2(default_cache):
+    """The default model loaded (fp32, CPU) from the session cache."""
+    return load_default(default_cache)

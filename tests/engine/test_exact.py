@@ -176,20 +176,9 @@ def test_exact_mode_runs_the_target_eagerly(tiny_dir):
 # ---- the default model in bfloat16, the shipped heads -------------------------------------------
 @pytest.fixture(scope="module")
 def smollm2_bf16(default_cache):
-    import os
+    from conftest import load_default
 
-    from specdec.models import assets
-    from specdec.models.loader import load_model
-
-    cache, results = default_cache
-    if any(rc != 0 for _, _, rc in results):
-        raise RuntimeError("fetching the default model failed:\n" + results[0][1][-3000:])
-    old = os.environ.get(assets.CACHE_ENV)
-    os.environ[assets.CACHE_ENV] = str(cache)
-    try:
-        return load_model("default", dtype=torch.bfloat16)
-    finally:
-        os.environ.pop(assets.CACHE_ENV) if old is None else os.environ.__setitem__(assets.CACHE_ENV, old)
+    return load_default(default_cache, torch.bfloat16)
 
 
 @pytest.mark.slow
