@@ -12,7 +12,6 @@ At temperature 0 it is the greedy walk.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .greedy import deepest_good

@@ -18,7 +18,7 @@ from specdec.engine.sequence import SamplingParams
 from specdec.models.config import ModelConfig
 from specdec.models.llama import LlamaForCausalLM
 from specdec.models.synthetic import SHAPES
-from specdec.verifiers import DraftTree, LosslessVerifier, TypicalVerifier
+from specdec.verifiers import LosslessVerifier, TypicalVerifier
 
 BS = 16  # block size
 REPO = Path(__file__).resolve().parents[2]

@@ -173,7 +173,6 @@ class AdaptivePolicy:
     def summary(self) -> dict:
         """What the policy chose, the step costs it measured (ms, by batch bucket x budget) and
         its calibration: per bin of predicted tokens per step, the mean emitted."""
-        steps = self.calibration[:, 1]
         return {"policy": self.name, "budget_steps": dict(sorted(self.chosen.items())),
                 "step_costs_ms": {f"{b}x{n}": round(1e3 * c.seconds, 4) for (b, n), c in sorted(self.costs.merged().items())},
                 "calibration": [{"predicted": (k + 0.5) * CALIBRATION_STEP, "emitted": e / n, "steps": int(n)}
