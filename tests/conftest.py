@@ -134,3 +134,9 @@ def load_default(default_cache, dtype=None):
 def smollm2(default_cache):
     """The default model loaded (fp32, CPU) from the session cache."""
     return load_default(default_cache)
+
+
+@pytest.fixture(scope="session")
+def smollm2_bf16(default_cache):
+    """The default model in bfloat16 (CPU), a copy of its own (engines cast the model they run)."""
+    return load_default(default_cache, torch.bfloat16)

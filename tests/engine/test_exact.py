@@ -174,13 +174,6 @@ def test_exact_mode_runs_the_target_eagerly(tiny_dir):
 
 
 # ---- the default model in bfloat16, the shipped heads -------------------------------------------
-@pytest.fixture(scope="module")
-def smollm2_bf16(default_cache):
-    from conftest import load_default
-
-    return load_default(default_cache, torch.bfloat16)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "T1"])
 def test_shipped_heads_reproduce_bf16_autoregressive_output(smollm2_bf16, temperature):
