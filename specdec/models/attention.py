@@ -43,21 +43,21 @@ class AttnMetadata:
                                                   head_dim=head_dim)
         return self.plans[key]
 
-
     def exact_keys(self, block_size: int) -> KeyLists:
         """Each row's visible keys in logical order (batch-invariant attention), for every layer."""
-        key = ("exact", block_size)
-        if key not in self.plans:
-            self.plans[key] = key_lists(self.qo_indptr, self.prefix_lens, self.block_tables,
-                                        block_size, self.tree_mask, self.use_tree_mask)
-        return self.plans[key]
+        return self._host_plan(key_lists, block_size)
 
     def cpu_plan(self, block_size: int) -> TorchPagedPlan:
         """The CPU fast path's plan (kernels/torch_paged.py), shared by every layer."""
-        key = ("cpu", block_size)
+        return self._host_plan(plan_torch_paged, block_size)
+
+    def _host_plan(self, build, block_size: int):
+        """``build(qo_indptr, prefix_lens, block_tables, block_size, tree_mask, use_tree_mask)``,
+        once per step and block size."""
+        key = (build.__name__, block_size)
         if key not in self.plans:
-            self.plans[key] = plan_torch_paged(self.qo_indptr, self.prefix_lens, self.block_tables,
-                                               block_size, self.tree_mask, self.use_tree_mask)
+            self.plans[key] = build(self.qo_indptr, self.prefix_lens, self.block_tables, block_size,
+                                    self.tree_mask, self.use_tree_mask)
         return self.plans[key]
 
 
