@@ -314,6 +314,20 @@ def main() -> None:
         print(f"floor: {floor}")
 
     throughput = []
+    result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
+              "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+              "dtype": str(dtype).replace("torch.", ""),
+              "threads": torch.get_num_threads(), "num_prompts": len(ids),
+              "max_new_tokens": args.max_new_tokens, "data": args.data, "model": loaded.source,
+              "cuda_graphs": bool(args.cuda_graphs), "versions": versions(), "git_sha": git_sha(),
+              "rows": rows, "failed": failed, "floor": floor, "throughput": throughput}
+
+    def save():  # after every measurement: a run stopped by a time limit keeps what it measured
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+
+    save()
     if args.batch_sizes:
         for name in [n for n in systems if n.startswith("specdec_")]:  # free their KV pools and graphs
             del systems[name]
@@ -349,6 +363,7 @@ def main() -> None:
                             stops, engine)
                 throughput.append({**row, "arrivals": "all at once" if rate is None else f"poisson {rate}/s",
                                    "speculation": policy.name})
+                save()
                 del engine
                 gc.collect()
                 if device.type == "cuda":
@@ -364,13 +379,6 @@ def main() -> None:
             if own_b:
                 t["x_specdec_none"] = t["tokens_per_s"] / own_b["tokens_per_s"]
 
-    result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-              "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "dtype": str(dtype).replace("torch.", ""),
-              "threads": torch.get_num_threads(), "num_prompts": len(ids),
-              "max_new_tokens": args.max_new_tokens, "data": args.data, "model": loaded.source,
-              "cuda_graphs": bool(args.cuda_graphs), "versions": versions(), "git_sha": git_sha(),
-              "rows": rows, "failed": failed, "floor": floor, "throughput": throughput}
     print(f"\n| system | tokens/s | x {base} | x specdec_none | tau | same output as {base} | prefix match | median step ms |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -387,9 +395,8 @@ def main() -> None:
             own_x = f"{t['x_specdec_none']:.2f}" if "x_specdec_none" in t else "-"  # no `none` at this B
             print(f"| {t['batch']} | {t.get('arrivals', '-')} | {t['system']} | {t.get('speculation', '-')} | "
                   f"{t['tokens_per_s']:.1f} | {own_x} | {tau} |")
+    save()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
 
 

@@ -120,3 +120,14 @@ def test_the_checks_see_a_cycle_and_a_private_import(tmp_path):
     assert found == [("specdec.engine.graphs", ["_Entry"]), ("specdec.models", []),
                      ("specdec.engine.step", ["x"])]
     assert node("specdec.engine.graphs") == "specdec.engine" and node("specdec.run") == "specdec.run"
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists packages by name: a subpackage missing there works in an editable
+    install and is absent from a real one (`pip install .`, a wheel), where importing it fails."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(init) for folder in FOLDERS for init in (REPO / folder).rglob("__init__.py")
+             if "weights" not in init.parts}
+    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
