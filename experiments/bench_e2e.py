@@ -379,13 +379,15 @@ def main() -> None:
             if own_b:
                 t["x_specdec_none"] = t["tokens_per_s"] / own_b["tokens_per_s"]
 
-    print(f"\n| system | tokens/s | x {base} | x specdec_none | tau | same output as {base} | prefix match | median step ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    own_col = base != "specdec_none"  # a second ratio column only when the base is HF
+    print(f"\n| system | tokens/s | x {base} |{' x specdec_none |' * own_col} tau | same output as {base} | "
+          f"prefix match | median step ms |")
+    print("|---|---|---|---|---|---|---|" + "---|" * own_col)
     for r in rows:
         tau = f"{r['tau']:.2f}" if "tau" in r else "-"
-        own_x = f"{r['speedup_vs_specdec_none']:.2f}" if "speedup_vs_specdec_none" in r else "-"
+        own_x = f" {r['speedup_vs_specdec_none']:.2f} |" if "speedup_vs_specdec_none" in r else " - |"
         step = f"{r['profile']['median_step_ms']:.2f}" if "profile" in r else "-"
-        print(f"| {r['system']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_' + base]:.2f} | {own_x} | {tau} | "
+        print(f"| {r['system']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_' + base]:.2f} |{own_x * own_col} {tau} | "
               f"{r['same_as_' + base]}/{len(ids)} | {r['prefix_match_' + base]:.2f} | {step} |")
     if throughput:
         print("\n| batch | arrivals | system | speculation | tokens/s | x specdec_none | tau |")
