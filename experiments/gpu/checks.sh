@@ -17,10 +17,11 @@
 # `git archive <old sha> | tar -x -C .ab/old --exclude=drafters/weights` (.ab/old), and for the GGUF
 # calls `mv drafters/weights .w/weights` (all four folders git-excluded). Then, back to back:
 #   1. carry [.whl, .gguf/a]  experiments/gpu/checks.sh deps model-a tests
-#   2. carry [.gguf/b, .w/weights/smollm2-135m-instruct/{medusa,eagle}] (what fits beside it)
-#        POLICY_DRAFTERS="ngram_tree suffix medusa" POLICY_TAG=lookup experiments/gpu/checks.sh model-b weights policy
-#   3. carry [.w, .ab]        experiments/gpu/checks.sh weights ab
-#   4. carry [.w]             POLICY_DRAFTERS="eagle3 hybrid" POLICY_TAG=eagle experiments/gpu/checks.sh weights policy
+#   2. carry [.gguf/b, .ab, .w/weights/smollm2-135m-instruct/{medusa,eagle}] (what fits beside it)
+#        AB_DRAFTERS="none ngram_tree eagle medusa" experiments/gpu/checks.sh model-b weights ab
+#   3. carry [.w, .ab]
+#        AB_DRAFTERS="none eagle3" AB_TAG=ab_eagle3 POLICY_DATA=mix POLICY_TIMEOUT=380 \
+#          experiments/gpu/checks.sh weights ab policy
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STASH=${STASH:-/tmp/specdec_stash}
@@ -52,10 +53,11 @@ for stage in "$@"; do
       n=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
       timeout 480 python3 -m pytest -m gpu $n -q -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     ab)
-      timeout 560 experiments/ab_trees.sh .ab/old . "$OUT/ab" 2 -- --num-prompts 10 --max-new-tokens 256 \
-        --data "$PWD/specdec/prompts/mt_bench.jsonl" --drafters none ngram_tree eagle eagle3 medusa \
-        --batch-sizes 16 --batch-prompts 48
-      python3 experiments/ab_report.py "$OUT/ab" --json "$OUT/ab_table.json" ;;
+      # AB_DRAFTERS picks the drafters (a call carries only their weights), AB_TAG the folder
+      timeout "${AB_TIMEOUT:-560}" experiments/ab_trees.sh .ab/old . "$OUT/${AB_TAG:-ab}" 2 -- --num-prompts 10 \
+        --max-new-tokens 256 --data "$PWD/specdec/prompts/mt_bench.jsonl" \
+        --drafters ${AB_DRAFTERS:-none ngram_tree eagle eagle3 medusa} --batch-sizes 16 --batch-prompts 48
+      python3 experiments/ab_report.py "$OUT/${AB_TAG:-ab}" --json "$OUT/${AB_TAG:-ab}_table.json" ;;
     policy)
       # POLICY_DRAFTERS picks the drafters (a call carries only their weights), POLICY_TAG names
       # the output files; each data set gets POLICY_TIMEOUT seconds, and the JSON is rewritten
@@ -64,7 +66,7 @@ for stage in "$@"; do
       for d in ${POLICY_DRAFTERS:-ngram_tree suffix eagle3 medusa hybrid}; do
         specs+=("fixed-$d:$d speculation=fixed" "adaptive-$d:$d speculation=adaptive")
       done
-      for data in mt_bench mix; do
+      for data in ${POLICY_DATA:-mt_bench mix}; do
         timeout "${POLICY_TIMEOUT:-280}" python3 experiments/bench_e2e.py --num-prompts 8 --max-new-tokens 256 \
           --data "builtin:$data.jsonl" --drafters "${specs[@]}" --batch-sizes 16 64 --batch-prompts 64 \
           --arrival-rates 0 40 --out "$OUT/policy_${data}_${POLICY_TAG:-all}.json" | tail -32 || true
