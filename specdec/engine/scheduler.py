@@ -20,7 +20,7 @@ from .sequence import Sequence, Status
 KvDemand = Callable[[Sequence, int], dict[str, int]]
 
 
-@dataclass
+@dataclass(slots=True)  # built for every sequence of every step
 class ScheduledSeq:
     seq: Sequence
     num_new: int  # prefill: chunk length; decode: tree node budget (>= 1)

@@ -117,6 +117,11 @@ def fake_policy(levels, seconds, tmp_path, curve):
     return policy
 
 
+def pick(policy, seq_ids, caps) -> int:
+    """The policy's budget for a step of these sequences, as `plan` asks for it."""
+    return policy.choose(len(seq_ids), np.asarray(caps), policy.acceptance.curves(seq_ids))
+
+
 def test_no_tree_when_trees_never_pay_and_the_largest_when_they_always_do(tmp_path):
     levels = (1, 2, 4, 8)
     flat = [1.0] * 8  # a drafter that never gets a token accepted
@@ -124,17 +129,17 @@ def test_no_tree_when_trees_never_pay_and_the_largest_when_they_always_do(tmp_pa
     slow_trees = {1: 1.0, 2: 1.5, 4: 2.0, 8: 3.0}
     never = fake_policy(levels, slow_trees, tmp_path, flat)
     never.interval = never.explore_every = 2  # every 2nd step drafts anyway, then every 4th ...
-    picks = [never.choose([1, 2, 3], [8, 8, 8]) for _ in range(14)]
+    picks = [pick(never, [1, 2, 3], [8, 8, 8]) for _ in range(14)]
     assert picks == [1, 2, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2]  # (the cheapest tree), to keep learning
     always = fake_policy(levels, {1: 1.0, 2: 1.01, 4: 1.02, 8: 1.03}, tmp_path, rising)
-    assert all(always.choose([1, 2], [8, 8]) == 8 for _ in range(20))
-    assert always.choose([1, 2], [4, 3]) == 4  # the scheduler's caps bound the choice
+    assert all(pick(always, [1, 2], [8, 8]) == 8 for _ in range(20))
+    assert pick(always, [1, 2], [4, 3]) == 4  # the scheduler's caps bound the choice
 
 
 def test_an_unmeasured_budget_is_explored_first(tmp_path):
     policy = fake_policy((1, 2, 4), {1: 1.0, 2: 2.0, 4: 4.0}, tmp_path, [1.0] * 4)
     del policy.costs.table[(2, 4)]
-    assert policy.choose([1, 2], [4, 4]) == 4  # batch bucket 2 has no cost for 4 nodes yet
+    assert pick(policy, [1, 2], [4, 4]) == 4  # batch bucket 2 has no cost for 4 nodes yet
 
 
 def test_step_costs_persist_and_corrupt_or_stale_files_are_rebuilt(tmp_path):

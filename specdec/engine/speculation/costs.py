@@ -39,10 +39,12 @@ class StepCosts:
     table: dict[tuple[int, int], Cost] = field(default_factory=dict)  # measured by this run
     min_samples: int = 3
     prior: dict[tuple[int, int], Cost] = field(default_factory=dict)  # saved by earlier runs
+    _drift: Optional[float] = field(default=None, repr=False)  # drift() until the next observe
 
     def observe(self, batch: int, budget: int, seconds: float) -> None:
         if not (seconds > 0 and math.isfinite(seconds)):
             return
+        self._drift = None
         c = self.table.get((batch, budget))
         if c is None:
             self.table[(batch, budget)] = Cost(seconds, 1)
@@ -60,8 +62,10 @@ class StepCosts:
     def drift(self) -> float:
         """How much slower (> 1) or faster this run's steps are than the saved ones: the median
         ratio over the keys both have; 1 before this run has measured any."""
-        ratios = sorted(c.seconds / self.prior[k].seconds for k, c in self.table.items() if k in self.prior)
-        return ratios[len(ratios) // 2] if ratios else 1.0
+        if self._drift is None:
+            ratios = sorted(c.seconds / self.prior[k].seconds for k, c in self.table.items() if k in self.prior)
+            self._drift = ratios[len(ratios) // 2] if ratios else 1.0
+        return self._drift
 
     def estimate(self, batch: int, budget: int) -> Optional[float]:
         """Seconds of a step of ``batch`` (a bucket) sequences at ``budget`` nodes each."""

@@ -22,7 +22,6 @@ exact on any tree (ARCHITECTURE.md, "Speculation policies").
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -117,26 +116,26 @@ class AdaptivePolicy:
         decode = [i for i in items if not i.is_prefill]
         if not decode or len(self.levels) == 1:
             return items
-        ids, caps = [i.seq.seq_id for i in decode], [i.num_new for i in decode]
-        budget = self.choose(ids, caps)
+        ids, caps = [i.seq.seq_id for i in decode], np.fromiter((i.num_new for i in decode), np.int64, len(decode))
+        curves = self.acceptance.curves(ids)  # [B, T]
+        budget = self.choose(len(ids), caps, curves)
         self.chosen[budget] = self.chosen.get(budget, 0) + 1
-        curves = self.acceptance.curves(ids)
-        at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1
-        self.predicted.append(dict(zip(ids, curves[np.arange(len(ids)), at].tolist())))
-        return [i if i.is_prefill else replace(i, num_new=min(i.num_new, budget)) for i in items]
+        at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
+        self.predicted.append((ids, curves[np.arange(len(ids)), at]))
+        return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False) for i in items]
 
-    def choose(self, seq_ids: list[int], caps: list[int]) -> int:
-        """The budget level for a step of these sequences (``caps``: the most nodes each may take)."""
+    def choose(self, batch: int, caps: np.ndarray, curves: np.ndarray) -> int:
+        """The budget level for a step of ``batch`` sequences (``caps [B]``: the most nodes each
+        may take; ``curves [B, T]``: their expected tokens at budgets 1..T)."""
         self.steps += 1
-        b = bucket(len(seq_ids), self.buckets) or len(seq_ids)
-        levels = [n for n in self.levels if n <= max(caps)] or [1]
+        b = bucket(batch, self.buckets) or batch
+        levels = [n for n in self.levels if n <= caps.max()] or [1]
         for n in levels:  # a level this batch bucket has not measured enough: measure it
             if not self.costs.known(b, n):
                 return n
-        curves = self.acceptance.curves(seq_ids)  # [B, T]
-        cap = np.minimum(np.asarray(caps), curves.shape[1])  # [B]
+        cap = np.minimum(caps, curves.shape[1])  # [B]
         at = np.minimum(np.asarray(levels)[:, None], cap[None, :]) - 1  # [L, B]
-        tokens = curves[np.arange(len(seq_ids))[None, :], at].sum(1)  # [L]
+        tokens = curves[np.arange(batch)[None, :], at].sum(1)  # [L]
         rate = [t / self.costs.estimate(b, n) for t, n in zip(tokens.tolist(), levels)]
         best = levels[int(np.argmax(rate))]
         if best > 1:
@@ -155,11 +154,12 @@ class AdaptivePolicy:
         decode = [i for i in items if not i.is_prefill]
         if not decode:
             return
-        predicted = self.predicted.popleft() if self.predicted else {}
-        for i, path in zip(decode, accepted or []):  # predicted vs emitted tokens
-            if i.seq.seq_id in predicted:
-                k = min(int(predicted[i.seq.seq_id] / CALIBRATION_STEP), CALIBRATION_BINS - 1)
-                self.calibration[k] += (len(path), 1)
+        ids, predicted = self.predicted.popleft() if self.predicted else ([], None)
+        if accepted and ids == [i.seq.seq_id for i in decode]:  # predicted vs emitted tokens
+            k = np.minimum((predicted / CALIBRATION_STEP).astype(np.int64), CALIBRATION_BINS - 1)
+            emitted = np.fromiter((len(path) for path in accepted), np.float64, len(accepted))
+            self.calibration[:, 0] += np.bincount(k, weights=emitted, minlength=CALIBRATION_BINS)
+            self.calibration[:, 1] += np.bincount(k, minlength=CALIBRATION_BINS)
         if len(decode) == len(items):  # a mixed forward's time is not a decode step's
             b = bucket(len(decode), self.buckets) or len(decode)
             self.costs.observe(b, max(i.num_new for i in decode), seconds)
