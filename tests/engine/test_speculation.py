@@ -210,6 +210,19 @@ def test_acceptance_learns_per_depth_and_per_request():
     assert acc.curve(3)[1] < curve[1] - 0.3
 
 
+def test_acceptance_serves_more_requests_than_its_first_table_holds():
+    """More requests in flight than the table's first 64 rows (a batch of 64 plus arrivals): the
+    table grows, and each request keeps its own curve."""
+    acc = Acceptance(4)
+    depth, score = np.array([[0, 1, 2, 3]] * 3), np.zeros((3, 4))
+    parents, num = np.array([[-1, 0, 1, 2]] * 3), np.array([4, 4, 4])
+    assert acc.curves(list(range(100))).shape == (100, 4)
+    for _ in range(20):  # requests 97..99 (rows past the first 64) accept everything
+        acc.observe([97, 98, 99], depth, score, parents, num, [[0, 1, 2, 3]] * 3)
+    curves = acc.curves(list(range(100)))
+    assert curves.shape == (100, 4) and (curves[97:, 3] > curves[:97, 3].max() + 0.5).all()
+
+
 def test_budget_levels():
     class D:
         max_nodes = 60

@@ -56,7 +56,8 @@ class Acceptance:
     def curves(self, seq_ids: list[int]) -> np.ndarray:
         """``[B, max_nodes]``: the tokens each request's next step is expected to emit at
         budgets 1..T."""
-        return self.table[self._rows(seq_ids)]
+        rows = self._rows(seq_ids)  # first: it may grow the table (``self.table[...]`` would
+        return self.table[rows]     # read the old one, evaluated before the index)
 
     def observe(self, seq_ids: list[int], depth: np.ndarray, score: np.ndarray,
                 parents: np.ndarray, num: np.ndarray, accepted: list[list[int]]) -> None:
