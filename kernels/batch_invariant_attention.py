@@ -38,14 +38,19 @@ Rows = Union[slice, Tensor]  # a contiguous run of rows, or [n] int64 row indice
 class RowChunk:
     """At most ``ROW_CHUNK`` rows of a group and the keys each gathers for itself."""
     rows: Rows
-    slots: Tensor  # [n * nb * KB] int64 flat cache slots of the rows' own blocks (padding: 0)
-    padding: Tensor  # [n, 1, nb, 1, KB] bool: own key positions past the row's length
+    index: Tensor  # [n * nb * KB] int64 the rows' own keys, blocks of KB (padding: 0): flat cache
+    # slots in a group without a shared part, else indices into the group's tail (see KeyGroup)
+    padding: Tensor  # [1, n, nb, 1, KB] bool: own key positions past the row's length
 
 
 @dataclass
 class KeyGroup:
-    """Rows whose first ``shared.numel() // KB`` key blocks are the same slots."""
-    shared: Tensor  # [S * KB] int64 flat cache slots of the shared blocks (S may be 0)
+    """Rows attended together. ``slots`` None: one-token decodes, each gathering all its keys
+    from the cache. Else the rows of one sequence: ``slots`` are its positions ``0 .. P + c - 1``
+    (prefix and new tokens), gathered once per layer; the first ``blocks`` whole key blocks are
+    shared by every row, the rest (the tail) is where each row's own keys come from."""
+    slots: Optional[Tensor]  # [P + c] int64 flat cache slots, or None
+    blocks: int  # S shared key blocks
     chunks: list[RowChunk]
 
 
@@ -67,14 +72,31 @@ def key_lists(qo_indptr: Tensor, prefix_lens: Tensor, block_tables: Tensor, bloc
     (``share=False``: every row gathers all its keys; the same numbers, slower)."""
     indptr = qo_indptr.long()
     counts = indptr[1:] - indptr[:-1]  # [B]
-    slots, lengths = visible_slots(indptr, prefix_lens, block_tables, block_size, tree_mask, use_tree_mask)
-    shared = prefix_lens.long() // KEY_BLOCK * (counts > 1) * share  # [B] whole blocks shared
-    return KeyLists(slots, lengths, group_rows(indptr.tolist(), shared.tolist(), slots, lengths))
+    position, lengths, seq = visible_positions(indptr, prefix_lens, tree_mask, use_tree_mask)
+    tables = block_tables.long()
+    valid = torch.arange(position.shape[1], device=position.device)[None] < lengths[:, None]
+    slots = torch.where(valid, flat_slots(tables[seq], position, block_size), 0)  # [N, L]
+    shared = (prefix_lens.long() // KEY_BLOCK * (counts > 1) * share).tolist()  # [B] whole blocks shared
+    bounds, ends = indptr.tolist(), (prefix_lens.long() + counts).tolist()
+    alone = [r for b, s in enumerate(shared) if not s for r in range(bounds[b], bounds[b + 1])]
+    groups = [key_group(alone, None, 0, slots, lengths)] if alone else []
+    for b, s in enumerate(shared):
+        if s:
+            mine = flat_slots(tables[b:b + 1], torch.arange(ends[b], device=slots.device)[None], block_size)[0]
+            tail = (position - s * KEY_BLOCK).clamp(min=0)  # [N, L] index into the tail
+            groups.append(key_group(list(range(bounds[b], bounds[b + 1])), mine, s, tail, lengths))
+    return KeyLists(slots, lengths, groups)
 
 
-def visible_slots(indptr: Tensor, prefix_lens: Tensor, block_tables: Tensor, block_size: int,
-                  tree_mask: Optional[Tensor], use_tree_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """``slots [N, L]`` and ``lengths [N]`` of `KeyLists`."""
+def flat_slots(tables: Tensor, position: Tensor, block_size: int) -> Tensor:
+    """``tables [R, max_blocks]``, ``position [R, L]`` -> flat cache slots ``[R, L]``."""
+    return tables.gather(1, position // block_size) * block_size + position % block_size
+
+
+def visible_positions(indptr: Tensor, prefix_lens: Tensor, tree_mask: Optional[Tensor],
+                      use_tree_mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``position [N, L]`` (logical position of each row's l-th visible key; padding 0),
+    ``lengths [N]`` and ``seq [N]`` (each row's sequence)."""
     dev = indptr.device
     counts = indptr[1:] - indptr[:-1]  # [B]
     n = int(indptr[-1])
@@ -97,38 +119,24 @@ def visible_slots(indptr: Tensor, prefix_lens: Tensor, block_tables: Tensor, blo
     new = (col - prefix[:, None]).clamp(0, max(width - 1, 0))
     position = torch.where(col < prefix[:, None], col,
                            prefix[:, None] + (order.gather(1, new) if width else new))
-    valid = col < lengths[:, None]
-    position = torch.where(valid, position, 0)
-    table = block_tables.long()[seq]  # [N, max_blocks]
-    slots = table.gather(1, position // block_size) * block_size + position % block_size
-    return torch.where(valid, slots, 0), lengths
+    return torch.where(col < lengths[:, None], position, 0), lengths, seq
 
 
-def group_rows(indptr: list[int], shared: list[int], slots: Tensor, lengths: Tensor) -> list[KeyGroup]:
-    """One group of the rows of every sequence with ``shared[b] == 0`` (no shared part), then one
-    group per sequence b with ``shared[b]`` shared blocks."""
-    alone = [r for b, s in enumerate(shared) if not s for r in range(indptr[b], indptr[b + 1])]
-    groups = [key_group(alone, 0, slots, lengths)] if alone else []
-    for b, s in enumerate(shared):
-        if s:
-            groups.append(key_group(list(range(indptr[b], indptr[b + 1])), s, slots, lengths))
-    return groups
-
-
-def key_group(rows: list[int], blocks: int, slots: Tensor, lengths: Tensor) -> KeyGroup:
-    """``rows`` (ascending) sharing their first ``blocks`` key blocks, in chunks of ``ROW_CHUNK``."""
+def key_group(rows: list[int], slots: Optional[Tensor], blocks: int, index: Tensor, lengths: Tensor) -> KeyGroup:
+    """``rows`` (ascending) sharing their first ``blocks`` key blocks, in chunks of ``ROW_CHUNK``;
+    ``index [N, L]``: where each row's l-th key comes from (see `RowChunk.index`)."""
     skip, chunks = blocks * KEY_BLOCK, []
     for c in range(0, len(rows), ROW_CHUNK):
         part = rows[c:c + ROW_CHUNK]
-        idx = torch.tensor(part, device=slots.device)
+        idx = torch.tensor(part, device=index.device)
         own = lengths[idx] - skip  # [n] keys after the shared blocks (>= 1: the row itself)
-        nb = -(-int(own.max()) // KEY_BLOCK)
-        mine = F.pad(slots[idx, skip:], (0, max(0, skip + nb * KEY_BLOCK - slots.shape[1])))[:, :nb * KEY_BLOCK]
-        padding = torch.arange(nb * KEY_BLOCK, device=slots.device)[None] >= own[:, None]  # [n, nb * KB]
+        width = -(-int(own.max()) // KEY_BLOCK) * KEY_BLOCK
+        mine = F.pad(index[idx, skip:], (0, max(0, skip + width - index.shape[1])))[:, :width]
+        padding = torch.arange(width, device=index.device)[None] >= own[:, None]  # [n, nb * KB]
         contiguous = part[-1] - part[0] == len(part) - 1
         chunks.append(RowChunk(slice(part[0], part[-1] + 1) if contiguous else idx, mine.flatten(),
-                               padding.view(len(part), 1, nb, 1, KEY_BLOCK)))
-    return KeyGroup(slots[rows[0], :skip], chunks)
+                               padding.view(1, len(part), -1, 1, KEY_BLOCK)))
+    return KeyGroup(slots, blocks, chunks)
 
 
 def attention_bi(q: Tensor, k_cache: Tensor, v_cache: Tensor, keys: KeyLists,
@@ -138,84 +146,91 @@ def attention_bi(q: Tensor, k_cache: Tensor, v_cache: Tensor, keys: KeyLists,
     at a time (the memory stays bounded; rows do not interact)."""
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[2])
     kf, vf = k_cache.flatten(0, 1), v_cache.flatten(0, 1)  # [slots, Hkv, D]
+    hkv, d = kf.shape[1], kf.shape[2]
     out = torch.empty_like(q)
     for group in keys.groups:
         shared = None
-        if group.shared.numel():
-            shared = gather_blocks(kf, group.shared, 1, True)[0], gather_blocks(vf, group.shared, 1, False)[0]
+        if group.slots is not None:
+            skip = group.blocks * KEY_BLOCK
+            ks, vs = gather_heads(kf, group.slots), gather_heads(vf, group.slots)  # [Hkv, P + c, D]
+            shared = (ks[:, :skip].reshape(hkv, group.blocks, KEY_BLOCK, d).transpose(2, 3).contiguous(),
+                      vs[:, :skip].reshape(hkv, group.blocks, KEY_BLOCK, d))  # [Hkv, S, D, KB], [Hkv, S, KB, D]
+            tail_k, tail_v = ks[:, skip:].contiguous(), vs[:, skip:].contiguous()  # [Hkv, P + c - S * KB, D]
         for chunk in group.chunks:
-            out[chunk.rows] = attend(q[chunk.rows], kf, vf, chunk, shared, scale)
+            if shared is None:
+                k, v = gather_heads(kf, chunk.index), gather_heads(vf, chunk.index)
+            else:
+                k, v = tail_k.index_select(1, chunk.index), tail_v.index_select(1, chunk.index)
+            out[chunk.rows] = attend(q[chunk.rows], k, v, chunk.padding, shared, scale)
     return out
 
 
-def gather_blocks(cache: Tensor, slots: Tensor, n: int, keys: bool) -> Tensor:
-    """``cache [slots, Hkv, D]``, ``slots [n * nb * KB]`` -> float32 ``[n, Hkv, nb, D, KB]``
-    (``keys``: transposed for the scores) or ``[n, Hkv, nb, KB, D]`` (values)."""
-    _, hkv, d = cache.shape
-    g = cache.index_select(0, slots).view(n, -1, KEY_BLOCK, hkv, d)  # [n, nb, KB, Hkv, D]
-    g = g.permute(0, 3, 1, 4, 2) if keys else g.permute(0, 3, 1, 2, 4)
-    return torch.empty(g.shape, dtype=torch.float32, device=g.device).copy_(g)  # one pass: cast + permute
+def gather_heads(cache: Tensor, slots: Tensor) -> Tensor:
+    """``cache [slots, Hkv, D]``, ``slots [m]`` -> float32 ``[Hkv, m, D]``."""
+    g = cache.index_select(0, slots).transpose(0, 1)  # [Hkv, m, D]
+    return torch.empty(g.shape, dtype=torch.float32, device=g.device).copy_(g)  # one pass: cast + transpose
 
 
-def attend(q: Tensor, kf: Tensor, vf: Tensor, chunk: RowChunk, shared: Optional[tuple[Tensor, Tensor]],
+def attend(q: Tensor, k: Tensor, v: Tensor, padding: Tensor, shared: Optional[tuple[Tensor, Tensor]],
            scale: float) -> Tensor:  # q [n, Hq, D] -> [n, Hq, D]
-    """The rows of ``chunk``: scores and weighted values of their own blocks (gathered per row)
-    and of the group's ``shared`` blocks (``[Hkv, S, D, KB]`` keys, ``[Hkv, S, KB, D]`` values),
-    blocks summed in logical order: shared ones first."""
+    """``n`` rows over their own key blocks (keys and values ``[Hkv, n * nb * KB, D]``, head
+    major) after the ``shared`` ones (keys ``[Hkv, S, D, KB]``, values ``[Hkv, S, KB, D]``; S
+    blocks first). A block's keys enter the scores' GEMM as ``[D, KB]``: a transposed view of
+    the own ``[KB, D]`` blocks (gathered per row: no copy to transpose them), a contiguous copy
+    of the shared ones (made once per group); the same operand values, the same GEMM."""
     n, hq, d = q.shape
-    hkv = kf.shape[1]
-    g, nb = hq // hkv, chunk.padding.shape[2]
-    qf = q.float().view(n, hkv, g, d)  # [n, Hkv, G, D]
-    qb = qf[:, :, None].expand(n, hkv, nb, g, d).reshape(n * hkv * nb, g, d)
-    k = gather_blocks(kf, chunk.slots, n, True).view(n * hkv * nb, d, KEY_BLOCK)
-    s = (torch.bmm(qb, k) * scale).view(n, hkv, nb, g, KEY_BLOCK)  # [n, Hkv, nb, G, KB]
-    s = s.masked_fill(chunk.padding, float("-inf"))
-    top = s.amax(dim=(2, 4), keepdim=True)  # [n, Hkv, 1, G, 1]
+    hkv = k.shape[0]
+    g, nb = hq // hkv, padding.shape[2]
+    qf = q.float().view(n, hkv, g, d).transpose(0, 1).contiguous()  # [Hkv, n, G, D]
+    qb = qf[:, :, None].expand(hkv, n, nb, g, d).reshape(hkv * n * nb, g, d)
+    kb = k.view(hkv * n * nb, KEY_BLOCK, d).transpose(1, 2)  # [., D, KB]: each block read transposed
+    s = (torch.bmm(qb, kb) * scale).view(hkv, n, nb, g, KEY_BLOCK)  # [Hkv, n, nb, G, KB]
+    s = s.masked_fill(padding, float("-inf"))
+    top = s.amax(dim=(2, 4), keepdim=True)  # [Hkv, n, 1, G, 1]
     if shared is not None:
-        s0 = shared_scores(qf, shared[0]) * scale  # [n, Hkv, S, G, KB]
+        s0 = shared_scores(qf, shared[0]) * scale  # [Hkv, n, S, G, KB]
         top = torch.maximum(top, s0.amax(dim=(2, 4), keepdim=True))
-    p = torch.exp(s - top)  # [n, Hkv, nb, G, KB]
-    v = gather_blocks(vf, chunk.slots, n, False).view(n * hkv * nb, KEY_BLOCK, d)
-    total = p.sum(-1)  # [n, Hkv, nb, G]
-    acc = torch.bmm(p.view(n * hkv * nb, g, KEY_BLOCK), v).view(n, hkv, nb, g, d)
+    p = torch.exp(s - top)  # [Hkv, n, nb, G, KB]
+    total = p.sum(-1)  # [Hkv, n, nb, G]
+    acc = torch.bmm(p.view(-1, g, KEY_BLOCK), v.view(-1, KEY_BLOCK, d)).view(hkv, n, nb, g, d)
     if shared is not None:
-        p0 = torch.exp(s0 - top)  # [n, Hkv, S, G, KB]
+        p0 = torch.exp(s0 - top)  # [Hkv, n, S, G, KB]
         total = torch.cat([p0.sum(-1), total], 2)
         acc = torch.cat([shared_values(p0, shared[1]), acc], 2)
-    total = total.cumsum(2)[:, :, -1]  # [n, Hkv, G]
-    acc = acc.cumsum(2)[:, :, -1]  # [n, Hkv, G, D]
-    return (acc / total[..., None]).reshape(n, hq, d).to(q.dtype)
+    total = total.cumsum(2)[:, :, -1]  # [Hkv, n, G] the blocks summed in order
+    acc = acc.cumsum(2)[:, :, -1]  # [Hkv, n, G, D]
+    return (acc / total[..., None]).transpose(0, 1).reshape(n, hq, d).to(q.dtype)
 
 
 def shared_scores(qf: Tensor, k: Tensor, by_row: Optional[bool] = None) -> Tensor:
-    """``qf [n, Hkv, G, D]``, ``k [Hkv, S, D, KB]`` -> ``[n, Hkv, S, G, KB]``: the GEMM of
-    every (row, head, block), in batches over (head, block) per row or over rows per (head,
+    """``qf [Hkv, n, G, D]``, ``k [Hkv, S, D, KB]`` -> ``[Hkv, n, S, G, KB]``: the GEMM of
+    every (head, row, block), in batches over (head, block) per row or over rows per (head,
     block), whichever takes fewer calls (``by_row`` forces one; the numbers are the same)."""
-    n, hkv, g, d = qf.shape
+    hkv, n, g, d = qf.shape
     nbs = k.shape[1]
     if by_row if by_row is not None else n <= hkv * nbs:
         kb = k.reshape(hkv * nbs, d, KEY_BLOCK)
-        q = qf[:, :, None].expand(n, hkv, nbs, g, d).reshape(n, hkv * nbs, g, d)
-        return torch.stack([torch.bmm(q[r], kb) for r in range(n)]).view(n, hkv, nbs, g, KEY_BLOCK)
-    out = qf.new_empty(n, hkv, nbs, g, KEY_BLOCK)
-    qh = qf.transpose(0, 1).contiguous()  # [Hkv, n, G, D]
+        q = qf[:, :, None].expand(hkv, n, nbs, g, d)
+        return torch.stack([torch.bmm(q[:, r].reshape(hkv * nbs, g, d), kb).view(hkv, nbs, g, KEY_BLOCK)
+                            for r in range(n)], 1)
+    out = qf.new_empty(hkv, n, nbs, g, KEY_BLOCK)
     for h in range(hkv):
         for b in range(nbs):
-            out[:, h, b] = torch.bmm(qh[h], k[h, b].expand(n, d, KEY_BLOCK))
+            out[h, :, b] = torch.bmm(qf[h], k[h, b].expand(n, d, KEY_BLOCK))
     return out
 
 
 def shared_values(p: Tensor, v: Tensor, by_row: Optional[bool] = None) -> Tensor:
-    """``p [n, Hkv, S, G, KB]``, ``v [Hkv, S, KB, D]`` -> ``[n, Hkv, S, G, D]`` (as `shared_scores`)."""
-    n, hkv, nbs, g, _ = p.shape
+    """``p [Hkv, n, S, G, KB]``, ``v [Hkv, S, KB, D]`` -> ``[Hkv, n, S, G, D]`` (as `shared_scores`)."""
+    hkv, n, nbs, g, _ = p.shape
     d = v.shape[-1]
     if by_row if by_row is not None else n <= hkv * nbs:
         vb = v.reshape(hkv * nbs, KEY_BLOCK, d)
-        return torch.stack([torch.bmm(p[r].reshape(hkv * nbs, g, KEY_BLOCK), vb) for r in range(n)]).view(
-            n, hkv, nbs, g, d)
-    out = p.new_empty(n, hkv, nbs, g, d)
-    ph = p.permute(1, 2, 0, 3, 4).contiguous()  # [Hkv, S, n, G, KB]
+        return torch.stack([torch.bmm(p[:, r].reshape(hkv * nbs, g, KEY_BLOCK), vb).view(hkv, nbs, g, d)
+                            for r in range(n)], 1)
+    out = p.new_empty(hkv, n, nbs, g, d)
+    ph = p.transpose(1, 2).contiguous()  # [Hkv, S, n, G, KB]
     for h in range(hkv):
         for b in range(nbs):
-            out[:, h, b] = torch.bmm(ph[h, b], v[h, b].expand(n, KEY_BLOCK, d))
+            out[h, :, b] = torch.bmm(ph[h, b], v[h, b].expand(n, KEY_BLOCK, d))
     return out

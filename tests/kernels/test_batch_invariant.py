@@ -130,13 +130,13 @@ def test_shared_prefix_blocks_change_no_bit(dtype):
     q, kc, vc, tables, prefix, indptr, bits, use = shared_batch(torch.Generator().manual_seed(0))
     q, kc, vc = q.to(dtype), kc.to(dtype), vc.to(dtype)
     keys = key_lists(indptr, prefix, tables, kc.shape[1], bits, use)
-    assert [g.shared.numel() // 64 for g in keys.groups] == [0, 3, 2, 2]  # decodes first, then S per sequence
+    assert [g.blocks for g in keys.groups] == [0, 3, 2, 2]  # decodes first, then S per sequence
     shared = attention_bi(q, kc, vc, keys)
     assert torch.equal(shared, attention_bi(q, kc, vc, key_lists(indptr, prefix, tables, kc.shape[1], bits, use,
                                                                  share=False)))
     for r in range(q.shape[0]):
-        one = KeyLists(keys.slots[r:r + 1], keys.lengths[r:r + 1], [key_group([0], 0, keys.slots[r:r + 1],
-                                                                              keys.lengths[r:r + 1])])
+        alone = key_group([0], None, 0, keys.slots[r:r + 1], keys.lengths[r:r + 1])  # a decode's gathers
+        one = KeyLists(keys.slots[r:r + 1], keys.lengths[r:r + 1], [alone])
         assert torch.equal(attention_bi(q[r:r + 1], kc, vc, one), shared[r:r + 1]), f"row {r}"
     ref = tree_attention_ref(q.float(), kc.float(), vc.float(), tables, prefix, indptr, bits, use)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
@@ -145,9 +145,9 @@ def test_shared_prefix_blocks_change_no_bit(dtype):
 
 def test_shared_gemm_loop_orders_agree():
     gen = torch.Generator().manual_seed(0)
-    q, k = torch.randn(7, 3, 3, 64, generator=gen), torch.randn(3, 4, 64, 64, generator=gen)
-    p, v = torch.rand(7, 3, 4, 3, 64, generator=gen), torch.randn(3, 4, 64, 64, generator=gen)
+    q, k = torch.randn(3, 7, 3, 64, generator=gen), torch.randn(3, 4, 64, 64, generator=gen)  # [Hkv, n, G, D], [Hkv, S, D, KB]
+    p, v = torch.rand(3, 7, 4, 3, 64, generator=gen), torch.randn(3, 4, 64, 64, generator=gen)
     assert torch.equal(shared_scores(q, k, by_row=True), shared_scores(q, k, by_row=False))
     assert torch.equal(shared_values(p, v, by_row=True), shared_values(p, v, by_row=False))
-    torch.testing.assert_close(shared_scores(q, k), torch.einsum("nhgd,hbdk->nhbgk", q, k), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(shared_values(p, v), torch.einsum("nhbgk,hbkd->nhbgd", p, v), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(shared_scores(q, k), torch.einsum("hngd,hbdk->hnbgk", q, k), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(shared_values(p, v), torch.einsum("hnbgk,hbkd->hnbgd", p, v), rtol=1e-5, atol=1e-4)
