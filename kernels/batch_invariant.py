@@ -12,12 +12,14 @@ pick their order by shape, so a GPU needs kernels with a fixed order, not built 
 
 * `linear_bi`: the rows go through the GEMM in fixed tiles of ``TILE_ROWS`` rows for the dtype
   (the last one padded), one call per tile, so the library sees one shape only and sums every
-  row alike;
-* `attention_bi`: each query attends over its visible keys gathered in *logical* order (the
+  row alike; in bf16 on a weight packed once for that tile (`pack_weight`, oneDNN's layout: the
+  GEMM no longer reorders the weight at every call, which was most of its cost);
+* `attention_bi` (kernels/batch_invariant_attention.py): each query attends over its visible keys gathered in *logical* order (the
   positions its sequence would have them at, ancestors of a tree node included, masked siblings
   excluded); the softmax's sums run over blocks of ``KEY_BLOCK`` positions fixed from position 0,
   then across blocks in order, so a query at position p reads bitwise the same numbers, summed
-  in the same order, as a one-token decode at p;
+  in the same order, as a one-token decode at p; the rows of one sequence run the blocks of
+  their common prefix through shared operands (gathered once, not once per row);
 * RMSNorm, rope and the elementwise ops are per row already (the model's plain formulas).
 
 Tested by tests/kernels/test_batch_invariant.py (each row against the same row computed alone)
@@ -34,7 +36,7 @@ from torch import Tensor
 
 # rows per GEMM call, per dtype: a tile costs about what one row costs (a decode pays little),
 # measured on a CPU: float32 GEMMs of 1 or 2 rows take one path, 4 rows already cost ~1.5x;
-# bf16 tiles of 16 rows cost about one row
+# bf16 tiles of 16 rows cost about one row, about half of it on a packed weight (`pack_weight`)
 TILE_ROWS = {torch.float32: 2, torch.float64: 2}
 DEFAULT_TILE_ROWS = 16
 
@@ -57,11 +59,15 @@ class PackedWeight:
 def pack_weight(weight: Tensor) -> Optional[PackedWeight]:
     """``weight [M, K]`` packed for `linear_bi` where that pays: bf16 on a CPU whose oneDNN runs
     bf16 GEMMs (float32 tiles of 2 rows run faster unpacked). None elsewhere."""
-    if (weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available()
-            or not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return None
-    with torch.no_grad():
-        data = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), DEFAULT_TILE_ROWS)
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return None
+        with torch.no_grad():
+            data = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), DEFAULT_TILE_ROWS)
+    except (AttributeError, RuntimeError):  # a torch build without these ops: unpacked tiles
+        return None
     return PackedWeight(data, weight.untyped_storage(), (weight.data_ptr(), weight._version, weight.shape, weight.stride()))
 
 
@@ -73,9 +79,7 @@ def linear_bi(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     n, rows = x.shape[0], TILE_ROWS.get(x.dtype, DEFAULT_TILE_ROWS)
     tiles = max(1, -(-n // rows))
     xp = F.pad(x, (0, 0, 0, tiles * rows - n)) if n != tiles * rows else x.contiguous()  # [tiles * rows, K]
-    use = packed is not None and x.dtype == weight.dtype and packed.packs(weight)
-    if use and rows != DEFAULT_TILE_ROWS:
-        raise ValueError(f"a packed weight serves tiles of {DEFAULT_TILE_ROWS} rows, not {rows} ({x.dtype})")
+    use = packed is not None and x.dtype == weight.dtype and packed.packs(weight)  # bf16: 16-row tiles
     wt = weight.t()
 
     def tile(a: Tensor) -> Tensor:  # [rows, K] -> [rows, M]

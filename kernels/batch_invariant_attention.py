@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KEY_BLOCK = 64  # key positions per attention block
-ROW_CHUNK = 32  # query rows per attention pass (bounds its memory)
+ROW_CHUNK = 64  # query rows per attention pass (bounds its memory)
 
 Rows = Union[slice, Tensor]  # a contiguous run of rows, or [n] int64 row indices
 
