@@ -64,15 +64,17 @@ def step(model, kv, seqs, exact=True):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_rows_do_not_depend_on_how_the_step_is_made(model, dtype):
+    """100 tokens in one prefill (two row chunks), one by one, or in chunks, some over a prefix of
+    whole key blocks that their rows share (a chunk over 64 or 73 cached tokens)."""
     model.prepare("cpu", dtype, 512, exact=True)
-    toks = torch.randint(0, 49152, (40,), generator=torch.Generator().manual_seed(1)).tolist()
-    table = list(range(4))
-    pos = list(range(40))
+    toks = torch.randint(0, 49152, (100,), generator=torch.Generator().manual_seed(1)).tolist()
+    table = list(range(7))
+    pos = list(range(100))
     whole = step(model, cache(model, dtype), [(table, 0, toks, pos, None)])[0]
-    for sizes in ([16, 16, 8], [1] * 40, [3, 1, 29, 7]):
+    for sizes in ([16, 48, 36], [1] * 100, [3, 1, 69, 27]):
         kv, start, rows = cache(model, dtype), 0, []
-        for n in sizes:  # beside another sequence's prefill, in blocks 8..11
-            other = ([8, 9, 10, 11], 0, toks[::-1][: 9 + n], list(range(9 + n)), None)
+        for n in sizes:  # beside another sequence's prefill, in blocks 8..13
+            other = (list(range(8, 14)), 0, toks[::-1][: 9 + n], list(range(9 + n)), None)
             rows.append(step(model, kv, [other, (table, start, toks[start:start + n], pos[start:start + n], None)])[1])
             start += n
         assert torch.equal(torch.cat(rows), whole), f"chunks {sizes}"

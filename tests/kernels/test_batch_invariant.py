@@ -102,23 +102,23 @@ def test_key_lists_follow_logical_positions():
 def shared_batch(gen):
     """Sequences whose rows share their prefix's whole key blocks (``S`` = prefix // 64): a
     4-node tree over 200 cached tokens (S = 3), a 20-node tree over 130 (S = 2), a causal chunk of
-    40 tokens over 130 (two row chunks), two one-token decodes (no shared part)."""
+    70 tokens over 130 (two row chunks), two one-token decodes (no shared part)."""
     nb, bs, hkv, hq, d = 96, 16, 3, 9, 64
     kc, vc = torch.randn(nb, bs, hkv, d, generator=gen), torch.randn(nb, bs, hkv, d, generator=gen)
     prefix = [200, 130, 130, 77, 150]
-    counts = [4, 20, 40, 1, 1]
+    counts = [4, 20, 70, 1, 1]
+    use = torch.tensor([True, True, False, False, False])
     tables = torch.randperm(nb, generator=gen)[:5 * 19].view(5, 19).int()
     rng, bits = random.Random(3), []
-    for c in counts:
+    for c, tree in zip(counts, use.tolist()):
         parents = [-1] + [rng.randrange(0, i) for i in range(1, c)]
         for i in range(c):
             b, p = 1 << i, parents[i]
             while p >= 0:
                 b, p = b | (1 << p), parents[p]
-            bits.append(b)
-    indptr = torch.tensor([0, 4, 24, 64, 65, 66], dtype=torch.int32)
-    use = torch.tensor([True, True, False, False, False])
-    q = torch.randn(66, hq, d, generator=gen)
+            bits.append(b if tree else 0)  # causal sequences: no mask bits
+    indptr = torch.tensor([0, 4, 24, 94, 95, 96], dtype=torch.int32)
+    q = torch.randn(96, hq, d, generator=gen)
     return q, kc, vc, tables, torch.tensor(prefix, dtype=torch.int32), indptr, torch.tensor(bits), use
 
 
@@ -131,6 +131,7 @@ def test_shared_prefix_blocks_change_no_bit(dtype):
     q, kc, vc = q.to(dtype), kc.to(dtype), vc.to(dtype)
     keys = key_lists(indptr, prefix, tables, kc.shape[1], bits, use)
     assert [g.blocks for g in keys.groups] == [0, 3, 2, 2]  # decodes first, then S per sequence
+    assert [len(g.chunks) for g in keys.groups] == [1, 1, 1, 2]  # ROW_CHUNK = 64
     shared = attention_bi(q, kc, vc, keys)
     assert torch.equal(shared, attention_bi(q, kc, vc, key_lists(indptr, prefix, tables, kc.shape[1], bits, use,
                                                                  share=False)))
