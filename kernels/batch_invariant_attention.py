@@ -209,15 +209,17 @@ def shared_scores(qf: Tensor, k: Tensor, by_row: Optional[bool] = None) -> Tenso
     hkv, n, g, d = qf.shape
     nbs = k.shape[1]
     if by_row if by_row is not None else n <= hkv * nbs:
-        kb = k.reshape(hkv * nbs, d, KEY_BLOCK)
-        q = qf[:, :, None].expand(hkv, n, nbs, g, d)
-        return torch.stack([torch.bmm(q[:, r].reshape(hkv * nbs, g, d), kb).view(hkv, nbs, g, KEY_BLOCK)
-                            for r in range(n)], 1)
-    out = qf.new_empty(hkv, n, nbs, g, KEY_BLOCK)
+        kb = k.view(hkv * nbs, d, KEY_BLOCK)
+        q = qf.transpose(0, 1)[:, :, None].expand(n, hkv, nbs, g, d).reshape(n, hkv * nbs, g, d)
+        out = qf.new_empty(n, hkv * nbs, g, KEY_BLOCK)
+        for r in range(n):
+            torch.bmm(q[r], kb, out=out[r])
+        return out.view(n, hkv, nbs, g, KEY_BLOCK).transpose(0, 1)
+    out = qf.new_empty(hkv, nbs, n, g, KEY_BLOCK)
     for h in range(hkv):
         for b in range(nbs):
-            out[h, :, b] = torch.bmm(qf[h], k[h, b].expand(n, d, KEY_BLOCK))
-    return out
+            torch.bmm(qf[h], k[h, b].expand(n, d, KEY_BLOCK), out=out[h, b])
+    return out.transpose(1, 2)
 
 
 def shared_values(p: Tensor, v: Tensor, by_row: Optional[bool] = None) -> Tensor:
@@ -226,11 +228,14 @@ def shared_values(p: Tensor, v: Tensor, by_row: Optional[bool] = None) -> Tensor
     d = v.shape[-1]
     if by_row if by_row is not None else n <= hkv * nbs:
         vb = v.reshape(hkv * nbs, KEY_BLOCK, d)
-        return torch.stack([torch.bmm(p[:, r].reshape(hkv * nbs, g, KEY_BLOCK), vb).view(hkv, nbs, g, d)
-                            for r in range(n)], 1)
-    out = p.new_empty(hkv, n, nbs, g, d)
+        pr = p.transpose(0, 1).reshape(n, hkv * nbs, g, KEY_BLOCK)
+        out = p.new_empty(n, hkv * nbs, g, d)
+        for r in range(n):
+            torch.bmm(pr[r], vb, out=out[r])
+        return out.view(n, hkv, nbs, g, d).transpose(0, 1)
+    out = p.new_empty(hkv, nbs, n, g, d)
     ph = p.transpose(1, 2).contiguous()  # [Hkv, S, n, G, KB]
     for h in range(hkv):
         for b in range(nbs):
-            out[h, :, b] = torch.bmm(ph[h, b], v[h, b].expand(n, KEY_BLOCK, d))
-    return out
+            torch.bmm(ph[h, b], v[h, b].expand(n, KEY_BLOCK, d), out=out[h, b])
+    return out.transpose(1, 2)
