@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .batch_invariant_attention import KEY_BLOCK, ROW_CHUNK, KeyLists, attention_bi, key_lists  # noqa: F401 re-exported
+
 # rows per GEMM call, per dtype: a tile costs about what one row costs (a decode pays little),
 # measured on a CPU: float32 GEMMs of 1 or 2 rows take one path, 4 rows already cost ~1.5x;
 # bf16 tiles of 16 rows cost about one row, about half of it on a packed weight (`pack_weight`)
@@ -96,6 +98,3 @@ def linear_bi(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                 torch.mm(xp[i:i + rows], wt, out=out[i:i + rows])
     out = out[:n] if n != tiles * rows else out
     return out if bias is None else out + bias
-
-
-from .batch_invariant_attention import KEY_BLOCK, ROW_CHUNK, KeyLists, attention_bi, key_lists  # noqa: E402,F401
