@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specdec.kernels import add_rms_norm, rope_, silu_mul
-from specdec.kernels.batch_invariant import linear_bi
+from specdec.kernels.batch_invariant import linear_bi, pack_weight
 
 from .attention import AttnMetadata, paged_attention
 from .config import ModelConfig
@@ -33,8 +33,8 @@ class ModelOutput:
 
 
 def project(linear: nn.Linear, x: Tensor, exact: bool) -> Tensor:  # [N, in] -> [N, out]
-    """``linear(x)``; batch-invariant (`linear_bi`) when ``exact``."""
-    return linear_bi(x, linear.weight, linear.bias) if exact else linear(x)
+    """``linear(x)``; batch-invariant (`linear_bi`, with the weight `pack_exact` packed) when ``exact``."""
+    return linear_bi(x, linear.weight, linear.bias, getattr(linear, "bi_packed", None)) if exact else linear(x)
 
 
 class RMSNorm(nn.Module):
@@ -148,6 +148,8 @@ class LlamaForCausalLM(nn.Module):
             fuse_projections(self)
         if device.type == "cuda" or exact:
             self.model.rotary_emb.use_table(max_positions, device, dtype)
+        if exact:
+            pack_exact(self)
         return self
 
     def tie_weights(self) -> None:
@@ -172,7 +174,8 @@ class LlamaForCausalLM(nn.Module):
         ``head [Vd, H]``: rows of the lm_head (`lm_head_rows`), for the logits of those ids only.
         ``exact``: each row's logits independent of the other rows (`linear_bi`)."""
         weight = self.lm_head.weight if head is None else head
-        logits = linear_bi(hidden, weight) if exact else F.linear(hidden, weight)
+        packed = getattr(self.lm_head, "bi_packed", None) if head is None else None
+        logits = linear_bi(hidden, weight, packed=packed) if exact else F.linear(hidden, weight)
         return logits.float() if upcast else logits
 
     def lm_head_rows(self, ids: Tensor) -> Tensor:  # [Vd] -> [Vd, H]
@@ -231,6 +234,17 @@ class LlamaForCausalLM(nn.Module):
         if bad:
             raise ValueError(f"capture_layers {bad} out of range: the model has "
                              f"{cfg.num_hidden_layers} layers (0-based)")
+
+
+def pack_exact(model: nn.Module) -> None:
+    """Every linear's weight packed for exact mode's GEMM tiles (`pack_weight`; none where that
+    does not pay), as ``linear.bi_packed``; a packing that still matches its weight is kept (engines
+    may share a model). The packed copies take as much memory again as the weights."""
+    for lin in model.modules():
+        if isinstance(lin, nn.Linear):
+            old = getattr(lin, "bi_packed", None)
+            if old is None or not old.packs(lin.weight):
+                lin.bi_packed = pack_weight(lin.weight)
 
 
 @torch.no_grad()

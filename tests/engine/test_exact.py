@@ -64,46 +64,51 @@ def step(model, kv, seqs, exact=True):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_rows_do_not_depend_on_how_the_step_is_made(model, dtype):
+    """100 tokens in one prefill (two row chunks), one by one, or in chunks, some over a prefix of
+    whole key blocks that their rows share (a chunk over 64 or 73 cached tokens)."""
     model.prepare("cpu", dtype, 512, exact=True)
-    toks = torch.randint(0, 49152, (40,), generator=torch.Generator().manual_seed(1)).tolist()
-    table = list(range(4))
-    pos = list(range(40))
+    toks = torch.randint(0, 49152, (100,), generator=torch.Generator().manual_seed(1)).tolist()
+    table = list(range(7))
+    pos = list(range(100))
     whole = step(model, cache(model, dtype), [(table, 0, toks, pos, None)])[0]
-    for sizes in ([16, 16, 8], [1] * 40, [3, 1, 29, 7]):
+    for sizes in ([16, 48, 36], [1] * 100, [3, 1, 69, 27]):
         kv, start, rows = cache(model, dtype), 0, []
-        for n in sizes:  # beside another sequence's prefill, in blocks 8..11
-            other = ([8, 9, 10, 11], 0, toks[::-1][: 9 + n], list(range(9 + n)), None)
+        for n in sizes:  # beside another sequence's prefill, in blocks 8..13
+            other = (list(range(8, 14)), 0, toks[::-1][: 9 + n], list(range(9 + n)), None)
             rows.append(step(model, kv, [other, (table, start, toks[start:start + n], pos[start:start + n], None)])[1])
             start += n
         assert torch.equal(torch.cat(rows), whole), f"chunks {sizes}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_a_tree_node_equals_a_decode_at_its_position(model, dtype):
+@pytest.mark.parametrize("cached", [60, 149])
+def test_a_tree_node_equals_a_decode_at_its_position(model, dtype, cached):
     """Nodes of a draft tree (random parents, siblings masked) against the one-token decodes of
-    the path to each node, on a cache that holds only that path."""
+    the path to each node, on a cache that holds only that path. Over 60 cached tokens deep nodes
+    cross key block 64; over 149 the tree's rows share the prefix's two whole key blocks (the
+    decodes gather theirs)."""
     model.prepare("cpu", dtype, 512, exact=True)
     gen = torch.Generator().manual_seed(2)
-    prefix = torch.randint(0, 49152, (61,), generator=gen).tolist()  # deep nodes cross key block 64
+    prefix = torch.randint(0, 49152, (cached + 1,), generator=gen).tolist()
     parents = [-1, 0, 0, 1, 1, 2, 3, 3, 4, 6, 9, 5]
     tokens = [prefix[-1]] + torch.randint(0, 49152, (len(parents) - 1,), generator=gen).tolist()
     depth, bits = [], []
     for i, p in enumerate(parents):
         depth.append(0 if p < 0 else depth[p] + 1)
         bits.append((1 << i) | (0 if p < 0 else bits[p]))
-    table = list(range(6))
+    table = list(range(-(-(cached + len(parents)) // BS)))
     kv = cache(model, dtype)
-    step(model, kv, [(table, 0, prefix[:-1], list(range(60)), None)])
-    tree = step(model, kv, [(table, 60, tokens, [60 + d for d in depth], bits)])[0]
+    step(model, kv, [(table, 0, prefix[:-1], list(range(cached)), None)])
+    tree = step(model, kv, [(table, cached, tokens, [cached + d for d in depth], bits)])[0]
     for node in range(len(parents)):
         path, i = [], node
         while i >= 0:
             path.insert(0, tokens[i])
             i = parents[i]
         kv = cache(model, dtype)
-        step(model, kv, [(table, 0, prefix[:-1], list(range(60)), None)])
+        step(model, kv, [(table, 0, prefix[:-1], list(range(cached)), None)])
         for j, t in enumerate(path):
-            row = step(model, kv, [(table, 60 + j, [t], [60 + j], None)])[0]
+            row = step(model, kv, [(table, cached + j, [t], [cached + j], None)])[0]
         assert torch.equal(row[0], tree[node]), f"node {node} (depth {depth[node]})"
 
 
