@@ -85,7 +85,8 @@ def model(tiny_dir):
 def two_ranks(model, data_dir, tmp_path_factory):
     """The uninterrupted 2-rank run: data (waited for), train, export."""
     work = tmp_path_factory.mktemp("dp-two")
-    proc, took = launch([*COMMON, f"model.path={model}", f"work_dir={work}", f"data.dir={data_dir}",
+    # work_dir left to its default, Hydra's run dir (rank 1's differs; it takes rank 0's)
+    proc, took = launch([*COMMON, f"model.path={model}", f"hydra.run.dir={work}", f"data.dir={data_dir}",
                          "stages=[data,train,export]"], 2)
     return work, ok(proc), took
 
@@ -98,7 +99,7 @@ def weights(work: Path) -> dict:
 
 def test_two_ranks_follow_one_ranks_loss_curve(two_ranks, model, data_dir, tmp_path):
     work2, out2, took2 = two_ranks
-    proc, took1 = launch([*COMMON, f"model.path={model}", f"work_dir={tmp_path}", f"data.dir={data_dir}",
+    proc, took1 = launch([*COMMON, f"model.path={model}", f"work_dir={tmp_path}", f"hydra.run.dir={tmp_path}", f"data.dir={data_dir}",
                           "stages=[train]"], 1)
     ok(proc)
     one = json.loads((tmp_path / "summary.json").read_text())
@@ -124,7 +125,9 @@ def test_rank_zero_alone_writes_and_the_export_is_made(two_ranks):
     assert not any("[rank 1]" in s for s in saves)
     assert "[rank 1] [specdec.train] data-parallel: 2 ranks (gloo), this is rank 1 of 2" in out
     assert checkpoint.info(work / "checkpoint")["step"] == STEPS
-    assert {p.name for p in work.iterdir()} == {"checkpoint", "export", "summary.json"}  # nothing of rank 1's
+    # rank 0's Hydra files and log; nothing of rank 1's (no train.rank1.log: it logged no error)
+    assert {p.name for p in work.iterdir()} == {".hydra", "train.log", "checkpoint", "export", "summary.json"}
+    assert "checkpoint: step 6" in (work / "train.log").read_text()
     card = (work / "export" / "README.md").read_text()
     assert "2 ranks (cpu on rank 0; data-parallel)" in card
 
@@ -133,7 +136,7 @@ def test_a_cut_run_resumes_under_two_ranks(two_ranks, model, data_dir, tmp_path)
     """time_limit_s=0: both ranks stop after the first step (the slowest rank's clock decides) and
     rank 0 checkpoints; the next launch resumes every rank from it (weights, AdamW, step) and
     ends where the uninterrupted run did."""
-    args = [*COMMON, f"model.path={model}", f"work_dir={tmp_path}", f"data.dir={data_dir}", "stages=[train]"]
+    args = [*COMMON, f"model.path={model}", f"work_dir={tmp_path}", f"hydra.run.dir={tmp_path}", f"data.dir={data_dir}", "stages=[train]"]
     proc, _ = launch([*args, "train.time_limit_s=0.0"], 2)
     ok(proc)
     cut = json.loads((tmp_path / "summary.json").read_text())["train"]
@@ -154,7 +157,7 @@ def test_a_failing_rank_ends_the_run_naming_it(fault, model, data_dir, tmp_path)
     """Rank 1 raises (or hangs) before step 3: the run exits non-zero within the collective
     timeout, the error names rank 1, the checkpoint of step 2 is kept, no process is left."""
     timeout_s = 5
-    args = [*COMMON, f"model.path={model}", f"work_dir={tmp_path}", f"data.dir={data_dir}", "stages=[train]",
+    args = [*COMMON, f"model.path={model}", f"work_dir={tmp_path}", f"hydra.run.dir={tmp_path}", f"data.dir={data_dir}", "stages=[train]",
             f"train.dist_timeout_s={timeout_s}"]
     proc, took = launch(args, 2, timeout=90, SPECDEC_TRAIN_FAULT=f"1:2:{fault}")
     out = proc.stdout + proc.stderr
