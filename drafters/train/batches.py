@@ -1,5 +1,8 @@
 """Padded training batches from self-distillation examples, in a seeded order that depends only
-on the step (so a resumed run sees the batches an uninterrupted one would have)."""
+on the step (so a resumed run sees the batches an uninterrupted one would have). Under
+data-parallel training each rank builds only its slice of the step's global batch
+(``part=(rank, world)``: rows ``rank * B / world`` up to ``(rank + 1) * B / world``), so the
+ranks together see what one process would."""
 from __future__ import annotations
 
 import random
@@ -24,11 +27,18 @@ class Batch:
 
 class BatchSource:
     def __init__(self, examples: Sequence[Example], batch_size: int, max_len: int, seed: int,
-                 target, layers: Sequence[int] = (), device="cpu", stored_layers: Sequence[int] = ()) -> None:
+                 target, layers: Sequence[int] = (), device="cpu", stored_layers: Sequence[int] = (),
+                 part: tuple[int, int] = (0, 1)) -> None:
         """``stored_layers``: the target layers the examples' stored ``aux`` holds (features are
-        recomputed with the target when they are not the ``layers`` asked for)."""
+        recomputed with the target when they are not the ``layers`` asked for). ``part``: (rank,
+        world size); ``batch_size`` is the global batch, a multiple of the world size."""
         if not examples:
             raise ValueError("no training examples")
+        rank, world = part
+        if batch_size % world or not 0 <= rank < world:
+            raise ValueError(f"a global batch of {batch_size} does not split into {world} equal parts "
+                             f"(rank {rank}): train.batch_size must be a multiple of the world size")
+        self.part = (rank, world)
         self.examples, self.batch_size, self.max_len = list(examples), batch_size, max_len
         self.seed, self.target, self.layers, self.device = seed, target, tuple(layers), device
         self.use_stored = examples[0].hidden is not None and (not self.layers or tuple(stored_layers) == self.layers)
@@ -45,8 +55,14 @@ class BatchSource:
             self._epoch, self._order = epoch, perm
         return self._order
 
+    def local_indices(self, step: int) -> list[int]:
+        """This rank's slice of ``indices(step)`` (all of it on one process)."""
+        rank, world = self.part
+        per = self.batch_size // world
+        return self.indices(step)[rank * per: (rank + 1) * per]
+
     def batch(self, step: int) -> Batch:
-        exs = [self.examples[i] for i in self.indices(step)]
+        exs = [self.examples[i] for i in self.local_indices(step)]
         toks = [e.tokens[: self.max_len] for e in exs]
         b, s = len(toks), max(len(t) for t in toks)
         tokens = torch.zeros(b, s, dtype=torch.long)

@@ -1,5 +1,10 @@
 """The training pipeline as plain functions over dataclasses (specdec/train.py is its Hydra
-front): data -> train -> export -> eval, each stage resumable or skippable."""
+front): data -> train -> export -> eval, each stage resumable or skippable.
+
+With ``dist`` (torchrun, distributed.py) rank 0 runs the data stage while the other ranks wait
+for it, every rank trains on its slice of each global batch, and rank 0 alone exports,
+evaluates and writes the card; the other ranks return after training (their summary holds only
+the training result)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +17,7 @@ import torch
 from specdec.data import default_prompts, load_prompt_file, resolve_path, select
 from specdec.engine.config import EngineConfig
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .batches import BatchSource
 from .card import write_card
 from .evaluate import baseline_outputs, evaluate
@@ -61,24 +66,34 @@ class Plan:
         return self.work_dir / "checkpoint"
 
 
-def run(loaded, plan: Plan, logger=None, log=print) -> dict:
-    """Run the plan's stages with ``loaded`` (a `LoadedModel`: the target); returns the summary."""
+def run(loaded, plan: Plan, logger=None, log=print, dist: Optional[distributed.DistContext] = None) -> dict:
+    """Run the plan's stages with ``loaded`` (a `LoadedModel`: the target); returns the summary.
+    ``dist``: this process's rank of a data-parallel run (None: one process)."""
     from specdec.loggers import NullLogger
 
     logger = logger or NullLogger()
+    main = dist is None or dist.main
     summary: dict = {"kind": plan.kind, "target": loaded.source}
     if "data" in plan.stages:
-        generate(loaded, plan.data_dir, _data_cfg(plan, loaded), plan.engine, log)
+        if main:
+            generate(loaded, plan.data_dir, _data_cfg(plan, loaded), plan.engine, log)
+        if dist is not None:
+            distributed.wait_for_main(dist, plan.train.data_wait_s, "self-distillation data")
     objective, examples = _objective(loaded, plan)
     device = plan.engine.torch_device()
     if "train" in plan.stages:
+        distributed.check_split(dist, plan.train.batch_size, len(examples))
         stored = (Manifest.load(plan.data_dir).info.get("config") or {}).get("layers") or ()
+        part = (dist.rank, dist.world) if dist is not None else (0, 1)
         source = BatchSource(examples, plan.train.batch_size, plan.train.max_len, plan.train.seed,
-                             loaded.model, objective.layers, device, stored_layers=tuple(stored))
-        result = Trainer(objective, source, plan.train, plan.ckpt_dir, logger, device).run()
+                             loaded.model, objective.layers, device, stored_layers=tuple(stored), part=part)
+        result = Trainer(objective, source, plan.train, plan.ckpt_dir, logger, device, dist).run()
         summary["train"] = {k: v for k, v in result.items() if k != "loss_history"}
         summary["loss_history"] = result["loss_history"]
-    elif checkpoint.load(plan.ckpt_dir, objective.module, None) is None and plan.stages != ("data",):
+    if not main:  # export, evaluation and the card are rank 0's
+        return summary
+    if "train" not in plan.stages and checkpoint.load(plan.ckpt_dir, objective.module, None) is None \
+            and plan.stages != ("data",):
         raise FileNotFoundError(f"no training checkpoint in {plan.ckpt_dir}: run the train stage first")
     if "export" in plan.stages:
         objective.module.to(device)
@@ -140,8 +155,9 @@ def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
         src = manifest.info.get("sources", {})
         data = {"examples": manifest.num_examples, "tokens": manifest.num_tokens,
                 "sources": ", ".join(f"{k}: {v}" for k, v in src.items())}
+    world = summary.get("train", {}).get("world_size", 1)
     train = {**summary.get("train", {}), "batch_size": plan.train.batch_size, "lr": plan.train.lr,
-             "device": device}
+             "device": device if world == 1 else f"{world} ranks ({device} on rank 0; data-parallel)"}
     train.setdefault("steps", plan.train.steps)
     train.setdefault("train_s", float("nan"))
     write_card(plan.export_dir, plan.kind, loaded.source, data, train, summary.get("eval", {}), plan.command,

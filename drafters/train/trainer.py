@@ -4,7 +4,12 @@ that saves and stops cleanly (so one GPU call of bounded length can resume the n
 ``fit_to_time`` the schedule itself is fitted to that limit: after a few timed steps the step
 count shrinks to what the remaining time allows, so the cosine decays to its end instead of
 being cut at a high learning rate; it is fitted again at each doubling of the steps run, while
-less than half of the schedule has run, as the pace settles."""
+less than half of the schedule has run, as the pace settles.
+
+Data-parallel (``dist``, a `distributed.DistContext`: torchrun): the head is wrapped in DDP,
+each rank trains on its slice of every global batch, and the loss, metrics and clock the loop
+acts on are the ranks' common ones (`distributed.StepStats`), so every rank logs, fits, stops and
+checkpoints at the same step; rank 0 alone writes the checkpoints and logs (distributed.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +23,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .batches import BatchSource
 
 log = logging.getLogger("specdec.train")
@@ -39,12 +44,17 @@ class TrainConfig:
     save_optimizer: bool = True  # False keeps checkpoints small (weights only; AdamW restarts)
     time_limit_s: Optional[float] = None  # stop and checkpoint after this much training time
     fit_to_time: bool = False  # shrink ``steps`` to what time_limit_s allows at the measured pace
+    dist_timeout_s: float = 600.0  # torchrun: a collective waiting longer ends the run (a rank died or stalled)
+    data_wait_s: float = 86400.0  # torchrun: how long ranks > 0 wait for rank 0's self-distillation data
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.fit_to_time and not self.time_limit_s:
             raise ValueError("train.fit_to_time needs train.time_limit_s (the seconds to fit the "
                              "schedule into); set both or neither")
+        for key in ("dist_timeout_s", "data_wait_s"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be > 0 seconds; got {getattr(self, key)}")
 
 
 FIT_SKIP, FIT_TIMED = 10, 40  # steps left untimed (compilation, allocator warm-up), then timed
@@ -70,33 +80,43 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class Trainer:
-    def __init__(self, objective, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path, logger, device) -> None:
+    def __init__(self, objective, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path, logger, device,
+                 dist: Optional[distributed.DistContext] = None) -> None:
         self.objective, self.source, self.cfg, self.ckpt_dir = objective, source, cfg, ckpt_dir
-        self.logger, self.device = logger, torch.device(device)
+        self.logger, self.device, self.dist = logger, torch.device(device), dist
+        self.main = dist is None or dist.main  # writes checkpoints
         self._asked = cfg.steps
         self.module = objective.module.to(self.device).float().train().requires_grad_(True)
         self.opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                      weight_decay=cfg.weight_decay)
+        self.stats = distributed.StepStats(dist)
 
     def run(self) -> dict:
-        step = checkpoint.load(self.ckpt_dir, self.module, self.opt) or 0
+        step = checkpoint.load(self.ckpt_dir, self.module, self.opt) or 0  # every rank, the same one
+        self.loss_fn = distributed.wrap(self.objective, self.dist, self.device)
+        if self.dist is not None:  # independent input noise per rank (uniform_noise draws per row)
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank + 1)
         fitted = checkpoint.info(self.ckpt_dir).get("fitted_steps") if step else None
         if self.cfg.fit_to_time and fitted:  # a resumed fitted run keeps its schedule
             self.cfg = dataclasses.replace(self.cfg, steps=int(fitted))
         self._fitted = fitted if self.cfg.fit_to_time else None
         self._fit_at = FIT_SKIP + FIT_TIMED if self.cfg.fit_to_time and not fitted else None
         cfg = self.cfg
-        start_step, start, history = step, time.perf_counter(), []
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {self.objective.kind}", unit="step")
+        start_step, start, history, tokens = step, time.perf_counter(), [], 0.0
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {self.objective.kind}", unit="step",
+                   disable=not self.main)
         while step < cfg.steps:
-            loss, metrics = self._step(step)
+            distributed.inject_fault(self.dist, step)
+            loss, metrics = distributed.collective_step(self.dist, step, lambda: self._step(step))
+            # the ranks' mean loss and metrics, the slowest rank's clock: the same on every rank
+            loss, metrics, now = self.stats.reduce(step, loss, metrics, time.perf_counter() - start)
             step += 1
             history.append(loss)
+            tokens += metrics["tokens"]
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 self.logger.log_step(step, {"loss": loss, "lr": lr_at(step - 1, cfg), **metrics})
-            now = time.perf_counter() - start
             if self._fit_at is not None:
                 self._fit(step - start_step, step, now)
                 cfg = self.cfg
@@ -107,8 +127,11 @@ class Trainer:
             if out_of_time:
                 break
         bar.close()
+        train_s = time.perf_counter() - start
         return {"steps": step, "steps_this_run": step - start_step, "finished": step >= cfg.steps,
-                "schedule_steps": cfg.steps, "train_s": time.perf_counter() - start, "loss_history": history,
+                "schedule_steps": cfg.steps, "train_s": train_s, "loss_history": history,
+                "world_size": self.dist.world if self.dist is not None else 1, "tokens": int(tokens),
+                "tokens_per_s": tokens / train_s if train_s > 0 else None,
                 "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}
 
     def _fit(self, done: int, step: int, elapsed_s: float) -> None:
@@ -132,16 +155,20 @@ class Trainer:
             group["lr"] = lr_at(step, self.cfg)
         batch = self.source.batch(step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss, metrics = self.objective.loss(batch)
+            loss, metrics = self.loss_fn(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip))
         self.opt.step()
+        metrics["tokens"] = float(batch.valid.sum())  # this rank's real tokens (summed over ranks)
         return float(loss.detach()), metrics
 
     def save(self, step: int) -> None:
+        if not self.main:
+            return
         info = {"kind": self.objective.kind}
         if getattr(self, "_fitted", None):
             info["fitted_steps"] = self._fitted
         checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step, info)
+        log.info(f"[specdec.train] checkpoint: step {step} in {self.ckpt_dir}")
