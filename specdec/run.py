@@ -17,8 +17,11 @@ into another's folder; a run that raises leaves ``FAILED`` there (specdec/rundir
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -90,16 +93,24 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
 
 
 def load_target(cfg: DictConfig, engine_cfg: EngineConfig):
+    """The target on the engine's device; with ``engine.tensor_parallel_size`` N > 1 rank 0's
+    share of it, the other ranks started (under torchrun, ranks above 0 serve from here)."""
     from specdec.models.loader import load_model
 
     device = engine_cfg.torch_device()
-    return load_model(str(cfg.model.path), dtype=engine_cfg.torch_dtype(device), device=device)
+    load = functools.partial(load_model, str(cfg.model.path), engine_cfg.torch_dtype(device))
+    if engine_cfg.tensor_parallel_size == 1:
+        return load(device)
+    from specdec.engine import tensor_parallel
+
+    log.info(f"tensor parallelism: the target on {engine_cfg.tensor_parallel_size} ranks")
+    return tensor_parallel.start(engine_cfg.tensor_parallel_size, load, device, engine_cfg.tp_timeout_s)
 
 
 def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig, policy=None) -> Engine:
     engine = Engine(loaded.model, drafter, verifier, engine_cfg, tokenizer=loaded.tokenizer,
                     stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len,
-                    policy=policy)
+                    policy=policy, ranks=loaded.ranks)
     if engine.runner.graphs.mode == "capture":
         t = time.perf_counter()
         n = engine.warm_up_graphs()
@@ -293,5 +304,24 @@ def run(cfg: DictConfig, run_dir: Path, state: dict) -> dict:
     return summary
 
 
+def serve_rank(argv: list[str]) -> None:
+    """A torchrun rank above 0 (`torchrun --nproc-per-node N -m specdec.run ...
+    engine.tensor_parallel_size=N`): the run's config composed from the same command line, its
+    share of the target loaded, then rank 0's steps served until rank 0 ends; no run folder, log,
+    logger or data of its own (those are rank 0's). Exits the process."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "--", "-"))]
+    with initialize_config_dir(str(Path(__file__).resolve().parent.parent / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    engine_cfg = engine_config(cfg)
+    if engine_cfg.tensor_parallel_size == 1:
+        raise SystemExit("error: torchrun started several processes but engine.tensor_parallel_size is 1; "
+                         "set engine.tensor_parallel_size to torchrun's --nproc-per-node")
+    load_target(cfg, engine_cfg)  # a rank above 0 serves in there and exits
+
+
 if __name__ == "__main__":
+    if int(os.environ.get("RANK", "0")) > 0 and "WORLD_SIZE" in os.environ:
+        serve_rank(sys.argv[1:])
     errors.cli(main, "specdec.run")

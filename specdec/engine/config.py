@@ -37,6 +37,11 @@ class EngineConfig:
     # bitwise independent of the step's other rows, so speculative output equals autoregressive
     # output in any dtype; the target's steps run eagerly; CPU only (ARCHITECTURE.md, "Exact mode")
     exact: bool = False
+    # tensor parallelism (engine/tensor_parallel.py): the target split over this many ranks, one
+    # process (and on CUDA one GPU) each; the drafter runs on rank 0. A rank silent for
+    # tp_timeout_s seconds ends the run with an error naming it.
+    tensor_parallel_size: int = 1
+    tp_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         bs = self.block_size
@@ -53,6 +58,13 @@ class EngineConfig:
             raise ValueError(f"engine.max_model_len must be >= 2 or null; got {self.max_model_len}")
         if self.exact not in (True, False):
             raise ValueError(f"engine.exact must be true or false; got {self.exact!r}")
+        if type(self.tensor_parallel_size) is not int or self.tensor_parallel_size < 1:
+            raise ValueError(f"engine.tensor_parallel_size must be an int >= 1; got {self.tensor_parallel_size!r}")
+        if not (isinstance(self.tp_timeout_s, (int, float)) and self.tp_timeout_s > 0):
+            raise ValueError(f"engine.tp_timeout_s must be > 0 seconds; got {self.tp_timeout_s!r}")
+        if self.exact and self.tensor_parallel_size > 1:
+            raise ValueError("engine.exact=true runs on one device: a tensor-parallel all-reduce sums "
+                             "the ranks' partial rows in another order than one device's GEMM")
         if self.cuda_graphs not in (True, False, "emulate"):
             raise ValueError(f"engine.cuda_graphs must be true, false or emulate; got {self.cuda_graphs!r}")
         for name in ("split_mixed_steps", "prefill_graphs"):

@@ -51,9 +51,10 @@ class EngineStats:
 class Engine:
     def __init__(self, model, drafter, verifier, config: EngineConfig | None = None,
                  tokenizer=None, stop_token_ids: Iterable[int] = (), max_model_len: int | None = None,
-                 policy=None):
+                 policy=None, ranks=None):
         """``policy``: the speculation policy (specdec.engine.speculation); None: `FixedPolicy`,
-        every decoding sequence drafts the drafter's whole budget."""
+        every decoding sequence drafts the drafter's whole budget. ``ranks``: a tensor-parallel
+        target's other ranks (`tensor_parallel.start`, which shards ``model``)."""
         self.config = config or EngineConfig()
         self.device = self.config.torch_device()
         self.dtype = self.config.torch_dtype(self.device)
@@ -70,6 +71,11 @@ class Engine:
             raise ValueError(f"engine.max_num_batched_tokens ({self.config.max_num_batched_tokens}) "
                              f"must be >= the drafter's tree budget ({drafter.max_nodes} nodes): a "
                              f"draft tree is never cut to fit a step")
+        if (ranks.size if ranks is not None else 1) != model.tp_size:
+            raise ValueError(f"the model is split over {model.tp_size} ranks but the engine got "
+                             f"{'no ranks' if ranks is None else f'{ranks.size} ranks'}: start a "
+                             f"tensor-parallel target with specdec.engine.tensor_parallel.start")
+        self.ranks = ranks
         limit = max_model_len or model.config.max_position_embeddings
         self.max_model_len = min(limit, self.config.max_model_len or limit)
         # tree nodes sit up to MAX_NODES past the last cached position
@@ -90,12 +96,17 @@ class Engine:
         # garbage collector's next full pass)
         self.scheduler.on_release = lambda seq: (drafter.release(seq), policy.release(seq))
         steps = None if exact else mode  # an exact step reads its key lists' sizes: eager
-        self.runner = ModelRunner(self.model, verifier, self.blocks.num_blocks, self.config.block_size,
-                                  self.device, self.dtype, self.max_model_len, ctx.capture_layers,
-                                  steps, graph_batch if steps else 0,
-                                  self.config.graph_prefills(steps is not None),
-                                  self.config.split_mixed(steps is not None),
-                                  self.config.max_num_batched_tokens, exact=exact)
+        runner = dict(num_blocks=self.blocks.num_blocks, block_size=self.config.block_size, dtype=self.dtype,
+                      max_model_len=self.max_model_len, capture_layers=ctx.capture_layers, graph_mode=steps,
+                      graph_batch=graph_batch if steps else 0,
+                      prefill_graphs=self.config.graph_prefills(steps is not None),
+                      split_mixed=self.config.split_mixed(steps is not None),
+                      max_tokens=self.config.max_num_batched_tokens, exact=exact)
+        self.runner = ModelRunner(self.model, verifier, device=self.device, **runner,
+                                  mirror=ranks.send if ranks is not None else None)
+        if ranks is not None:  # the other ranks build the same runner on their shares
+            self.runner.id = ranks.new_id()
+            ranks.send(("runner", self.runner.id, verifier, (self.dtype, self.max_model_len + MAX_NODES), runner))
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
@@ -115,7 +126,8 @@ class Engine:
         return {"device": device, "threads": torch.get_num_threads() if device == "cpu" else None,
                 "dtype": str(self.dtype), "exact": self.config.exact, "target": target, "drafter": self.drafter.name,
                 "drafter_settings": drafter, "graphs": self.runner.graphs.mode,
-                "max_num_seqs": self.config.max_num_seqs, "block_size": self.config.block_size}
+                "max_num_seqs": self.config.max_num_seqs, "block_size": self.config.block_size,
+                "tensor_parallel_size": self.model.tp_size}
 
     def warm_up_graphs(self) -> int:
         """Capture the greedy graphs of every decode and prefill bucket and the drafter's, now
@@ -125,9 +137,8 @@ class Engine:
     def _num_blocks(self, drafter) -> int:
         """The target's KV pool: K and V of every layer per token (drafters' own caches, which
         index the same block ids, come on top)."""
-        cfg = self.model.config
-        per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
-        per_token *= torch.finfo(self.dtype).bits // 8
+        layers, _, _, heads, dim = self.model.kv_cache_shape(0, 0)  # this rank's share
+        per_token = 2 * layers * heads * dim * torch.finfo(self.dtype).bits // 8
         # the most one sequence holds: max_model_len positions in the target's table, and what
         # the drafter's tables need for it (kv_demand reads the drafter's settings, not its load)
         longest = Sequence([0] * (self.max_model_len - 1), SamplingParams(), request_id="sizing")

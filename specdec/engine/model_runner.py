@@ -12,7 +12,7 @@ not change either way: each sequence's step is the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -54,9 +54,11 @@ class ModelRunner:
                  max_model_len: int, capture_layers: tuple[int, ...] = (),
                  graph_mode: Optional[str] = None, graph_batch: int = 0,
                  prefill_graphs: bool = False, split_mixed: bool = False,
-                 max_tokens: int = TOKEN_BUCKETS[-1], exact: bool = False) -> None:
-        cfg = model.config
-        shape = (cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
+                 max_tokens: int = TOKEN_BUCKETS[-1], exact: bool = False,
+                 mirror: Optional[Callable[[tuple], None]] = None) -> None:
+        """``mirror``: tensor parallelism on rank 0 (tensor_parallel.py): sends each step's staged
+        inputs to the other ranks, which run the same body on their shares of the model."""
+        shape = model.kv_cache_shape(num_blocks, block_size)
         k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [L, nb, bs, Hkv, D]
         self.target = Target(model, k_cache, torch.zeros_like(k_cache), block_size,
                              tuple(capture_layers), verifier, exact)
@@ -70,6 +72,7 @@ class ModelRunner:
         self.split_mixed = split_mixed
         self.tree_table_width = ragged.table_width(max_model_len + NODE_BUCKETS[-1], block_size)
         self.chunk_table_width = ragged.table_width(max_model_len, block_size)
+        self.mirror, self.id = mirror, None  # id: this runner's on the other ranks
 
     @property
     def k_cache(self):
@@ -106,9 +109,15 @@ class ModelRunner:
             shape = exact_shape(trees, chunks, tree, kept)
         host, dev = stage(trees, chunks, tree, shape, self.target.block_size, sampling, kept)
         plan = sampling_plan(host)
+        if self.mirror is not None:
+            self.mirror(("step", self.id, shape, plan, host, {k: (t.cpu(), s) for k, (t, s) in dev.items()}))
+        return trees, chunks, shape, host, self.execute(shape, plan, host, dev)
+
+    def execute(self, shape: StepShape, plan: SamplingPlan, host: dict[str, np.ndarray],
+                dev: dict[str, tuple[torch.Tensor, tuple]]) -> StepOutputs:
+        """The step body on staged inputs: the bucket's graph, or eagerly for a packed step."""
         key = None if shape.packed else (shape, plan, "probs" in dev)
-        out = self.graphs.run(key, host, self._body(shape, plan, host), dev)
-        return trees, chunks, shape, host, out
+        return self.graphs.run(key, host, self._body(shape, plan, host), dev)
 
     def _bucket(self, trees, chunks, tree) -> Optional[StepShape]:
         """The graph bucket of a step, None when it has none (it then runs eagerly)."""
@@ -157,6 +166,8 @@ class ModelRunner:
         every prefill bucket a step can reach (at least one token per sequence), on padding only
         (no rows stored), so that no step pays a capture or a Triton compilation later (seconds
         each on a cold cache). Returns the number of graphs captured."""
+        if self.mirror is not None:
+            self.mirror(("warm_up", self.id, max_nodes))
         top = bucket(max_nodes, NODE_BUCKETS) or NODE_BUCKETS[-1]
         shapes = [StepShape(bg, tg, 0, 0, bg * tg, self.tree_table_width, False)
                   for bg in self.batch_buckets for tg in NODE_BUCKETS if tg <= top]

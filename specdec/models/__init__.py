@@ -16,6 +16,8 @@ The model interface: what the engine and the drafters use of a model, and all th
     model.compute_logits(hidden, upcast=True, head=None, exact=False)   # logits of chosen rows [M, H] -> [M, V]
     model.embed(input_ids)                # [N] -> [N, H]
     model.lm_head_rows(ids)               # [Vd, H] lm_head rows of a drafting vocabulary
+    model.kv_cache_shape(num_blocks, block_size)   # the caches' shape (this rank's KV heads)
+    model.tp_rank, model.tp_size          # tensor parallelism: this rank's share (1 rank: 0, 1)
 
 A new model family is one module here with a class that implements this, and one entry in
 `registry.py`.

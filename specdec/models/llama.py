@@ -12,7 +12,7 @@ go. Numerics follow HF (RMSNorm in fp32, rope cos/sin in fp32) so fp32 logits ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,9 @@ class Attention(nn.Module):
         self.qk_norm = cfg.qk_norm
         self.qkv_weight: Tensor | None = None  # [(Hq + 2 Hkv) D, H] set by fuse_projections
         self.qkv_bias: Tensor | None = None
+        # tensor parallelism (tensor_parallel.py): this rank's heads' share of o_proj's output,
+        # summed over the ranks; None on one device
+        self.reduce: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
                 meta: AttnMetadata, fused: bool = False, exact: bool = False) -> Tensor:  # x [N, H] -> [N, H]
@@ -75,7 +78,7 @@ class Attention(nn.Module):
             k = qkv[:, a:b].view(n, self.hkv, self.d)
             v = qkv[:, b:].view(n, self.hkv, self.d)
             o = paged_attention(q, k, v, k_cache, v_cache, meta)  # [N, Hq, D]
-            return self.o_proj(o.reshape(n, self.hq * self.d))
+            return _reduced(self.o_proj(o.reshape(n, self.hq * self.d)), self.reduce)
         q = project(self.q_proj, x, exact).view(n, self.hq, self.d)  # [N, Hq, D]
         k = project(self.k_proj, x, exact).view(n, self.hkv, self.d)  # [N, Hkv, D]
         v = project(self.v_proj, x, exact).view(n, self.hkv, self.d)  # [N, Hkv, D]
@@ -83,7 +86,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = paged_attention(q, k, v, k_cache, v_cache, meta, exact=exact)  # [N, Hq, D]
-        return project(self.o_proj, o.reshape(n, self.hq * self.d), exact)
+        return _reduced(project(self.o_proj, o.reshape(n, self.hq * self.d), exact), self.reduce)
 
 
 class MLP(nn.Module):
@@ -95,12 +98,19 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=b)
         self.gate_up_weight: Tensor | None = None  # [2I, H] set by fuse_projections
         self.gate_up_bias: Tensor | None = None
+        self.reduce: Callable[[Tensor], Tensor] | None = None  # as Attention.reduce
 
     def forward(self, x: Tensor, fused: bool = False, exact: bool = False) -> Tensor:  # [N, H]
         if fused:
-            return self.down_proj(silu_mul(F.linear(x, self.gate_up_weight, self.gate_up_bias)))
+            return _reduced(self.down_proj(silu_mul(F.linear(x, self.gate_up_weight, self.gate_up_bias))),
+                            self.reduce)
         h = F.silu(project(self.gate_proj, x, exact)) * project(self.up_proj, x, exact)
-        return project(self.down_proj, h, exact)
+        return _reduced(project(self.down_proj, h, exact), self.reduce)
+
+
+def _reduced(x: Tensor, reduce: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """A row-parallel layer's output summed over the tensor-parallel ranks (as it is alone)."""
+    return x if reduce is None else reduce(x)
 
 
 class DecoderLayer(nn.Module):
@@ -134,6 +144,14 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
         self._fused_for: tuple | None = None  # (device, dtype) that fuse_projections built for
+        self.tp_rank, self.tp_size = 0, 1  # tensor parallelism: this rank's share (tensor_parallel.py)
+
+    def kv_cache_shape(self, num_blocks: int, block_size: int) -> tuple[int, ...]:
+        """``[L, num_blocks, block_size, Hkv, D]``: the paged K (and V) cache this model's forward
+        takes; under tensor parallelism, Hkv is this rank's share of the KV heads."""
+        cfg = self.config
+        return (cfg.num_hidden_layers, num_blocks, block_size, cfg.num_key_value_heads // self.tp_size,
+                cfg.head_dim)
 
     def prepare(self, device, dtype: torch.dtype, max_positions: int,
                 exact: bool = False) -> "LlamaForCausalLM":
@@ -221,19 +239,17 @@ class LlamaForCausalLM(nn.Module):
         return ModelOutput(x, captured)
 
     def _check(self, input_ids, positions, k_cache, v_cache, capture_layers) -> None:
-        cfg = self.config
         if input_ids.dim() != 1 or positions.shape != input_ids.shape:
             raise ValueError(f"input_ids and positions must both be [N]; got {tuple(input_ids.shape)}"
                              f" and {tuple(positions.shape)}")
-        want = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        layers, _, _, hkv, d = self.kv_cache_shape(0, 0)
         for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-            if c.dim() != 5 or (c.shape[0], c.shape[3], c.shape[4]) != want:
-                raise ValueError(f"{name} must be [L={want[0]}, num_blocks, block_size, Hkv={want[1]}, "
-                                 f"D={want[2]}]; got {tuple(c.shape)}")
-        bad = [i for i in capture_layers if not 0 <= i < cfg.num_hidden_layers]
+            if c.dim() != 5 or (c.shape[0], c.shape[3], c.shape[4]) != (layers, hkv, d):
+                raise ValueError(f"{name} must be [L={layers}, num_blocks, block_size, Hkv={hkv}, "
+                                 f"D={d}]; got {tuple(c.shape)}")
+        bad = [i for i in capture_layers if not 0 <= i < layers]
         if bad:
-            raise ValueError(f"capture_layers {bad} out of range: the model has "
-                             f"{cfg.num_hidden_layers} layers (0-based)")
+            raise ValueError(f"capture_layers {bad} out of range: the model has {layers} layers (0-based)")
 
 
 def pack_exact(model: nn.Module) -> None:

@@ -41,6 +41,7 @@ class LoadedModel:
     max_model_len: int  # longest context this model runs exactly (see ModelConfig.max_model_len)
     source: str  # where the weights came from, for logs and summaries
     stop_token_ids: tuple[int, ...] = ()  # config eos ids + generation_config eos + tokenizer eos
+    ranks: Any = None  # tensor parallelism: rank 0's handle on the other ranks (engine/tensor_parallel.py)
 
 
 def load_model(path_or_id: Optional[str] = None, dtype: torch.dtype = torch.float32,

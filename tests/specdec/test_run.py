@@ -110,3 +110,18 @@ def test_sigint_keeps_finished_outputs_and_a_summary(tiny_dir, tmp_path):
     assert len(rows) == summary["num_requests"]
     assert all(json.loads(r)["finish_reason"] in ("stop", "length") for r in rows)
     assert "interrupted:" in stdout
+
+
+def test_tensor_parallel_run_writes_what_one_rank_writes(tiny_dir, tmp_path):
+    """`engine.tensor_parallel_size=2` starts rank 1 itself (gloo on the CPU) and serves the run
+    and its interleaved baseline on the same two ranks; outputs equal one rank's (fp32, greedy)."""
+    outputs = {}
+    for tp in (1, 2):
+        out = tmp_path / f"tp{tp}"
+        run(f"model.path={tiny_dir('llama')}", "drafter=ngram_tree", "logger=none", "data.num_prompts=3",
+            "max_new_tokens=12", f"engine.tensor_parallel_size={tp}", f"hydra.run.dir={out}")
+        rows = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
+        outputs[tp] = [r["output_ids"] for r in rows]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["config"]["engine"]["tensor_parallel_size"] == tp and "speedup" in summary
+    assert outputs[2] == outputs[1]

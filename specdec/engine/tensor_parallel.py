@@ -1,0 +1,269 @@
+"""The ranks of a tensor-parallel engine (``engine.tensor_parallel_size=N``), on torch.distributed:
+NCCL between GPUs (rank r on cuda:r), gloo on the CPU.
+
+Rank 0 runs the whole engine: scheduler, drafter (at TP = 1, as vLLM's
+``draft_tensor_parallel_size=1``), policy and the host side of every step. Ranks 1..N-1 hold their
+share of the target (specdec/models/tensor_parallel.py) and its KV cache and run only the step
+body, in lockstep: for each forward rank 0 broadcasts what it staged (the step's shape, sampling
+plan, host arrays and device inputs, draft trees included), then every rank runs the same body
+(forward with its all-reduces, logits from the replicated lm_head, the verifier on the same
+uniforms, the KV commit into its own heads). The verifier is deterministic given its inputs, so
+every rank accepts the same nodes without another message; only rank 0 reads the step back.
+
+Processes: `start` spawns ranks 1..N-1 itself (one process per rank, as nano-vllm), or, under
+`torchrun`, joins the ranks torchrun started (``RANK`` / ``WORLD_SIZE`` in the environment),
+where ranks above 0 serve here and exit when rank 0 closes. Faults: a rank that exits or stalls
+makes rank 0's next message or all-reduce fail within ``engine.tp_timeout_s`` with a `RankError`
+naming the rank; spawned ranks are daemons that rank 0 stops (and, if need be, kills) when it
+ends, and a rank whose peer vanished leaves its loop with an error: no process outlives the run.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from specdec.models.tensor_parallel import check_divisible, shard_
+
+FAULT_ENV = "SPECDEC_TP_FAULT"  # tests: "exit:<rank>:<step>" or "stall:<rank>:<step>"
+
+
+class RankError(RuntimeError):
+    """A tensor-parallel rank died, stalled or failed; the message names it."""
+
+
+@dataclass
+class Ranks:
+    """Rank 0's handle on the ranks of one process group."""
+    size: int
+    timeout_s: float
+    procs: list = field(default_factory=list)  # spawned ranks 1..N-1 ([] under torchrun)
+    next_id: int = 0  # runner ids: several engines (a run and its baseline) share the ranks
+    closed: bool = False
+    failed: bool = False  # a collective failed: close without waiting on the ranks
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def send(self, msg: tuple) -> None:
+        """Broadcast ``msg`` to ranks 1..N-1 (each runs it; see `serve`)."""
+        self.check()
+        try:
+            dist.broadcast_object_list([msg], src=0)
+        except Exception as e:  # a peer gone or silent past the timeout
+            self.failed = True
+            raise RankError(self.explain(e)) from e
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The row-parallel layers' sum over the ranks (in place)."""
+        try:
+            dist.all_reduce(x)
+        except Exception as e:
+            self.failed = True
+            raise RankError(self.explain(e)) from e
+        return x
+
+    def check(self) -> None:
+        dead = [(r, p.exitcode) for r, p in enumerate(self.procs, 1) if p.exitcode is not None]
+        if dead:
+            raise RankError(_dead(dead))
+
+    def explain(self, error: Exception) -> str:
+        """What went wrong, naming the rank: one that exited, else the collective's own words."""
+        deadline = time.monotonic() + 2.0  # a rank that just died: give its exit a moment to show
+        while time.monotonic() < deadline:
+            dead = [(r, p.exitcode) for r, p in enumerate(self.procs, 1) if p.exitcode is not None]
+            if dead or not self.procs:
+                break
+            time.sleep(0.05)
+        if dead:
+            return _dead(dead)
+        return (f"tensor-parallel ranks 1..{self.size - 1} did not answer rank 0 within "
+                f"engine.tp_timeout_s={self.timeout_s:g} s (a rank stalled or died): "
+                f"{type(error).__name__}: {str(error)[:300]}")
+
+    def close(self) -> None:
+        """Stop the other ranks (they leave `serve`), then end the process group."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if not self.failed and all(p.exitcode is None for p in self.procs):
+                dist.broadcast_object_list([("stop",)], src=0)
+                dist.barrier()  # every rank has it: none tears its connections down under another
+        except Exception:
+            self.failed = True  # a rank already gone: the rest end on their own error
+        for p in self.procs:
+            p.join(timeout=1 if self.failed else 10)
+            if p.exitcode is None:
+                p.kill()
+                p.join(timeout=5)
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def _dead(dead: list[tuple[int, int]]) -> str:
+    return "; ".join(f"tensor-parallel rank {r} exited with code {c} (its error, if any, is printed "
+                     f"above)" for r, c in dead)
+
+
+def rank_device(device: torch.device, rank: int) -> torch.device:
+    """Rank r's device: cuda:r on GPUs (one GPU per rank), the CPU otherwise."""
+    return torch.device("cuda", rank) if device.type == "cuda" else torch.device("cpu")
+
+
+def start(size: int, load: Callable[[torch.device], Any], device: torch.device, timeout_s: float):
+    """The loaded target of rank 0, sharded, and its `Ranks`. ``load(device)`` loads the whole
+    model on a device (each rank loads its own copy, then keeps its share). Under torchrun a
+    rank above 0 serves here and the process exits when rank 0 closes."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if world != size:
+            raise ValueError(f"engine.tensor_parallel_size={size} but torchrun started {world} "
+                             f"processes (--nproc-per-node); make them equal")
+        _init(backend, rank, world, timeout, None)
+        if rank != 0:
+            _exit(serve_rank(rank, size, load, device, timeout_s))
+        ranks = Ranks(size, timeout_s)
+    else:
+        if device.type == "cuda" and torch.cuda.device_count() < size:
+            raise ValueError(f"engine.tensor_parallel_size={size} needs {size} GPUs; this machine "
+                             f"has {torch.cuda.device_count()}")
+        port = _free_port()
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_spawned, args=(r, size, port, load, device, timeout_s), daemon=True,
+                             name=f"specdec-tp-rank{r}") for r in range(1, size)]
+        for p in procs:
+            p.start()
+        ranks = Ranks(size, timeout_s, procs)
+        try:
+            _init(backend, 0, size, timeout, port)
+        except Exception as e:
+            ranks.close()
+            raise RankError(ranks.explain(e)) from e
+    atexit.register(ranks.close)
+    loaded = load(rank_device(device, 0))
+    check_divisible(loaded.model.config, size)
+    shard_(loaded.model, 0, size, ranks.reduce)
+    loaded.ranks = ranks
+    return loaded
+
+
+def _init(backend: str, rank: int, world: int, timeout, port: Optional[int]) -> None:
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    init = None if port is None else f"tcp://127.0.0.1:{port}"
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(rank: int, size: int, port: int, load, device: torch.device, timeout_s: float) -> None:
+    """A spawned rank's process."""
+    try:
+        _init("nccl" if device.type == "cuda" else "gloo", rank, size,
+              datetime.timedelta(seconds=timeout_s), port)
+    except Exception:
+        traceback.print_exc()
+        _exit(3)
+    _exit(serve_rank(rank, size, load, device, timeout_s))
+
+
+def _exit(code: int) -> None:
+    """End a serving rank's process now: it owns no outputs, and the interpreter's teardown of
+    the communication library's threads has aborted processes ("terminate called without an
+    active exception") after a clean stop."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def serve_rank(rank: int, size: int, load, device: torch.device, timeout_s: float) -> int:
+    """Load and shard the target, then `serve` rank 0 until it stops; the exit code."""
+    try:
+        if device.type == "cpu":  # the ranks share the cores
+            torch.set_num_threads(max(1, torch.get_num_threads() // size))
+        mine = rank_device(device, rank)
+        model = load(mine).model
+        shard_(model, rank, size, lambda x: (dist.all_reduce(x), x)[1])
+        serve(model, mine, rank)
+        return 0
+    except Exception:
+        print(f"[specdec] tensor-parallel rank {rank} failed:", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def serve(model, device: torch.device, rank: int) -> None:
+    """Run what rank 0 broadcasts, until it says stop: build a runner for each of its engines,
+    run their step bodies, warm their graphs up."""
+    from .model_runner import ModelRunner
+
+    fault = _fault(rank)
+    runners: dict[int, ModelRunner] = {}
+    steps = 0
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        kind, *args = box[0]
+        if kind == "stop":
+            dist.barrier()
+            return
+        if kind == "runner":  # (id, verifier, prepare arguments, ModelRunner arguments)
+            rid, verifier, (dtype, positions), kwargs = args
+            model.prepare(device, dtype, positions)
+            runners[rid] = ModelRunner(model, verifier, device=device, **kwargs)
+        elif kind == "step":  # (id, shape, plan, host arrays, device inputs)
+            rid, shape, plan, host, dev = args
+            steps += 1
+            if fault and steps == fault[1]:
+                _inject(fault[0], rank)
+            with torch.inference_mode():
+                runners[rid].execute(shape, plan, host, {k: (t.to(device), s) for k, (t, s) in dev.items()})
+        elif kind == "warm_up":
+            rid, max_nodes = args
+            runners[rid].warm_up(max_nodes)
+        else:
+            raise RankError(f"tensor-parallel rank {rank}: unknown message {kind!r} from rank 0")
+
+
+def _fault(rank: int) -> Optional[tuple[str, int]]:
+    """The fault a test asks this rank to play (``SPECDEC_TP_FAULT=exit|stall:<rank>:<step>``)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return None
+    what, r, step = spec.split(":")
+    return (what, int(step)) if int(r) == rank else None
+
+
+def _inject(what: str, rank: int) -> None:
+    print(f"[specdec] tensor-parallel rank {rank}: {FAULT_ENV} asks for a fault: {what}", file=sys.stderr)
+    if what == "exit":
+        os._exit(7)
+    time.sleep(10**6)  # stall
