@@ -11,8 +11,8 @@ inputs and run through `GraphRunner.run`:
     shapes);
   * a key (whatever fixes the shapes: a batch bucket, a node bucket, a sampling plan): the inputs
     are staged into that key's static buffers, host arrays through pinned memory (one copy per
-    dtype), device tensors copied device to device into the leading corner of theirs; the graph
-    is captured the first time the key is seen and replayed after that.
+    dtype), tensors (the drafter's, on the device or the host) copied into the leading corner of
+    theirs; the graph is captured the first time the key is seen and replayed after that.
 
 A body must read nothing back to the host (no ``.item()``, ``.tolist()``, data-dependent shapes)
 and must derive everything from its inputs. Outputs are the graph's static tensors, valid until
@@ -140,7 +140,7 @@ class GraphRunner:
         dev = dev or {}
         if key is None or self.mode is None:
             inputs = {k: torch.from_numpy(a).to(self.device) for k, a in host.items()}
-            inputs.update({k: t for k, (t, _) in dev.items()})
+            inputs.update({k: t.to(self.device) for k, (t, _) in dev.items()})  # a host tree too
             return body(inputs)
         entry = self.entries.get(key)
         if entry is None:

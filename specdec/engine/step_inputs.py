@@ -8,8 +8,9 @@ greedy sampling rows that nobody reads.
 Inputs (host arrays unless noted; shapes per `StepShape`):
   prefix [B_s] int32 (num_cached), tables [B_s, W] int32, indptr [B_s + 1] int32 (rows of each
   slot), temp, top_p [B_s] float32, top_k [B_s] int64, unif [B_s, T_s + 1] float32;
-  trees: budget [B_t] int64 (nodes the scheduler reserved), on the device tok, par [B_t, T]
-  int64, kind [B_t, T] int8, num [B_t] int64 and, for a drafter that samples, probs [B_t, T, V];
+  trees: budget [B_t] int64 (nodes the scheduler reserved); as the drafter made them (on the
+  device; root-only trees on the host) tok, par [B_t, T] int64, kind [B_t, T] int8, num [B_t]
+  int64 and, for a drafter that samples, probs [B_t, T, V];
   packed trees: src [N_t] int64 (flat b * T + i of each row), row_of [B_t, T] int64;
   chunks: ids, pos, slots [N_c] int64 (padding: slot -1), last [B_c] int64 (each chunk's last row).
 """

@@ -11,6 +11,7 @@ from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.none import NoDrafter
 from specdec.engine.config import EngineConfig
+from specdec.engine.scheduler import ScheduledSeq
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
 from specdec.engine.speculation import AdaptivePolicy, FixedPolicy, budget_levels
@@ -134,6 +135,23 @@ def test_no_tree_when_trees_never_pay_and_the_largest_when_they_always_do(tmp_pa
     always = fake_policy(levels, {1: 1.0, 2: 1.01, 4: 1.02, 8: 1.03}, tmp_path, rising)
     assert all(pick(always, [1, 2], [8, 8]) == 8 for _ in range(20))
     assert pick(always, [1, 2], [4, 3]) == 4  # the scheduler's caps bound the choice
+
+
+def test_steps_that_beat_the_predicted_drafts_raise_the_budget(tmp_path):
+    """An acceptance model that predicts too few drafts (curve: 0.1 per node) while the steps
+    accept 4: the step-level correction grows and the policy moves from plain decoding to trees."""
+    from types import SimpleNamespace
+
+    levels = (1, 2, 4, 8)
+    policy = fake_policy(levels, {1: 1.0, 2: 1.3, 4: 1.6, 8: 2.0}, tmp_path, [1.0 + 0.1 * i for i in range(8)])
+    items = [ScheduledSeq(SimpleNamespace(seq_id=i), 8, False) for i in range(2)]
+    assert pick(policy, [0, 1], [8, 8]) == 1 and policy.correction() == 1.0
+    for _ in range(200):
+        planned = policy.plan(items)
+        policy.observe(planned, 1.0, None, [[0, 1, 2, 3, 4]] * 2)  # 4 drafts accepted each
+    assert policy.correction() == 2.0  # capped: the model's drafts are off by more than 2x
+    assert pick(policy, [0, 1], [8, 8]) == 8
+    assert policy.summary()["correction"] == 2.0
 
 
 def test_an_unmeasured_budget_is_explored_first(tmp_path):

@@ -30,10 +30,12 @@ def test_sizes_that_do_not_split_the_model_are_refused(tiny_dir):
         EngineConfig(tensor_parallel_size=0)
     with pytest.raises(ValueError, match="engine.exact=true runs on one device"):
         EngineConfig(tensor_parallel_size=2, exact=True)
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 but the model is split over 1"):
+        Engine(model, NoDrafter(), LosslessVerifier(), EngineConfig(device="cpu", tensor_parallel_size=2))
     shard_(model, 0, 2, lambda x: x)  # rank 0's half, with no other rank to sum with
     assert model.model.layers[0].self_attn.q_proj.weight.shape[0] == 2 * model.config.head_dim
     with pytest.raises(ValueError, match="split over 2 ranks but the engine got no ranks"):
-        Engine(model, NoDrafter(), LosslessVerifier(), EngineConfig(device="cpu"))
+        Engine(model, NoDrafter(), LosslessVerifier(), EngineConfig(device="cpu", tensor_parallel_size=2))
 
 
 def start(path, timeout_s):
