@@ -6,8 +6,10 @@
 #   experiments/ab_trees.sh OLD_TREE NEW_TREE OUT_DIR ROUNDS -- <bench_e2e.py arguments>
 #
 # A tree is a checkout or an export of one commit (`git archive <sha> | tar -x -C old`). A tree
-# without drafters/weights/ gets NEW_TREE's (the shipped heads are package data). Writes
-# OUT_DIR/{a,b}_<round>.json; experiments/ab_report.py turns them into a table of ratios.
+# without drafters/weights/ gets NEW_TREE's (the shipped heads are package data); the trees given
+# are copied, never written. Writes OUT_DIR/{a,b}_<round>.json; experiments/ab_report.py turns
+# them into a table of ratios. Pass `--hf` with no names: bench_e2e before 2026-12-05 timed HF
+# `generate` (at ~30 tokens/s) when the flag was left out.
 set -euo pipefail
 [ $# -ge 5 ] && [ "$5" = "--" ] || { echo "usage: $0 OLD_TREE NEW_TREE OUT_DIR ROUNDS -- bench args" >&2; exit 2; }
 old=$(realpath "$1") new=$(realpath "$2") out=$3 rounds=$4
@@ -16,11 +18,15 @@ work=${AB_WORK:-/tmp/specdec_ab}
 mkdir -p "$out" "$work"
 for side in a b; do
   src=$([ $side = a ] && echo "$old" || echo "$new")
-  if [ ! -d "$src/drafters/weights" ] && [ -d "$new/drafters/weights" ]; then
-    cp -r "$new/drafters/weights" "$src/drafters/weights"
-  fi
   rm -rf "$work/$side" && mkdir -p "$work/$side/run"
-  python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$work/$side/site" "$src"
+  # installed from a copy: pip's build/ and the borrowed weights stay out of the trees given
+  mkdir -p "$work/$side/src"
+  tar -C "$src" --exclude=./.git --exclude=./build --exclude='*.egg-info' --exclude=./.gguf --exclude=./.w \
+    --exclude=./.ab --exclude=./.whl -cf - . | tar -C "$work/$side/src" -xf -
+  if [ ! -d "$work/$side/src/drafters/weights" ] && [ -d "$new/drafters/weights" ]; then
+    cp -r "$new/drafters/weights" "$work/$side/src/drafters/weights"
+  fi
+  python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$work/$side/site" "$work/$side/src"
   # the scripts and configs run from a folder with no package sources beside them, so that the
   # installed package is the one imported
   cp -r "$src/experiments" "$src/configs" "$work/$side/run/"

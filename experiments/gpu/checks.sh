@@ -56,7 +56,7 @@ for stage in "$@"; do
       # AB_DRAFTERS picks the drafters (a call carries only their weights), AB_TAG the folder
       timeout "${AB_TIMEOUT:-560}" experiments/ab_trees.sh .ab/old . "$OUT/${AB_TAG:-ab}" 2 -- --num-prompts 10 \
         --max-new-tokens 256 --data "$PWD/specdec/prompts/mt_bench.jsonl" \
-        --drafters ${AB_DRAFTERS:-none ngram_tree eagle eagle3 medusa} --batch-sizes 16 --batch-prompts 48
+        --hf --drafters ${AB_DRAFTERS:-none ngram_tree eagle eagle3 medusa} --batch-sizes 16 --batch-prompts 48
       python3 experiments/ab_report.py "$OUT/${AB_TAG:-ab}" --json "$OUT/${AB_TAG:-ab}_table.json" ;;
     policy)
       # POLICY_DRAFTERS picks the drafters (a call carries only their weights), POLICY_TAG names
@@ -68,7 +68,7 @@ for stage in "$@"; do
       done
       for data in ${POLICY_DATA:-mt_bench mix}; do
         timeout "${POLICY_TIMEOUT:-280}" python3 experiments/bench_e2e.py --num-prompts 8 --max-new-tokens 256 \
-          --data "builtin:$data.jsonl" --drafters "${specs[@]}" --batch-sizes 16 64 --batch-prompts 64 \
+          --data "builtin:$data.jsonl" --hf --drafters "${specs[@]}" --batch-sizes 16 64 --batch-prompts 64 \
           --arrival-rates 0 40 --out "$OUT/policy_${data}_${POLICY_TAG:-all}.json" | tail -32 || true
       done ;;
     *)
