@@ -38,17 +38,17 @@ class TokenWindows:
         self.lengths[seq.seq_id] = total
         return arr[:total]
 
-    def batch(self, seqs) -> Tensor:
-        """``[B, W']`` int64 on the device: the last W' tokens of each sequence, right-aligned,
-        -1 before the start; W' is ``width``, or less when every sequence is shorter (a multiple
-        of 128, so that shapes repeat)."""
+    def batch(self, seqs, device=None) -> Tensor:
+        """``[B, W']`` int64 on ``device`` (default: the windows' device): the last W' tokens of
+        each sequence, right-aligned, -1 before the start; W' is ``width``, or less when every
+        sequence is shorter (a multiple of 128, so that shapes repeat)."""
         arrays = [self._array(seq) for seq in seqs]
         width = min(self.width, -(-max(len(a) for a in arrays) // 128) * 128)
         out = np.full((len(seqs), width), -1, dtype=np.int64)
         for b, arr in enumerate(arrays):
             tail = arr[-width:]
             out[b, width - len(tail):] = tail
-        return torch.from_numpy(out).to(self.device, non_blocking=True)
+        return torch.from_numpy(out).to(device or self.device, non_blocking=True)
 
     def release(self, seq) -> None:
         self.arrays.pop(seq.seq_id, None)

@@ -19,6 +19,8 @@ from specdec.verifiers import CandidateKind, DraftTree
 from . import lookup
 from .base import DrafterBase
 
+HOST_BATCH = 4  # up to this many sequences, the lookup runs on the host
+
 
 def match_starts(ctx: np.ndarray, n: int) -> np.ndarray:
     """Start indices i < len - n of every earlier occurrence of the length-n suffix of ``ctx``,
@@ -96,8 +98,12 @@ class NgramDrafter(DrafterBase):
 
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
-        """The trie of each sequence's continuations, best node first, cut to its budget."""
-        ctx = self.windows.batch(seqs)  # [B, W]
+        """The trie of each sequence's continuations, best node first, cut to its budget. A few
+        sequences are matched on the host: on a GPU the lookup's few dozen small kernels cost
+        ~2 ms a step at B = 1 (H200), more than the host's whole lookup; the engine stages a host
+        tree with the step's inputs."""
+        small = len(seqs) <= HOST_BATCH
+        ctx = self.windows.batch(seqs, "cpu" if small else None)  # [B, W]
         conts, _ = lookup.continuations(ctx, self.n_min, self.n_max, self.k, self.max_matches)
         tokens, parents, num, scores = lookup.trie(ctx[:, -1], conts, self.max_nodes)  # [B, T]
         budget = torch.tensor(budgets, device=ctx.device)

@@ -188,6 +188,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--data", default="default", help="'default' or an MT-bench-format jsonl")
+    ap.add_argument("--round-robin", action="store_true",
+                    help="take prompts category by category in turn (a mixed set's first N are "
+                         "otherwise often all of its first category)")
     ap.add_argument("--num-prompts", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--drafters", nargs="*", default=["none", "ngram", "ngram_tree"])
@@ -217,6 +220,8 @@ def main() -> None:
     dtype = cfg.torch_dtype(device)
     loaded = load_model(args.model, dtype=dtype, device=device)
     all_prompts = data_mod.default_prompts() if args.data == "default" else data_mod.load_prompt_file(args.data)
+    if args.round_robin:
+        all_prompts = data_mod.round_robin(all_prompts)
     prompts = data_mod.select(all_prompts, args.num_prompts)
     ids = [data_mod.render(p, loaded.tokenizer, chat_template=True) for p in prompts]
 

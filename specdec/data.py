@@ -262,6 +262,17 @@ def _record_prompt(rec, where: str, no: int, field_name: str, id_field: Optional
     return Prompt(pid, list(turns), str(cat) if cat is not None else default_category)
 
 
+def round_robin(prompts: list[Prompt]) -> list[Prompt]:
+    """The prompts reordered category by category in turn (the first of each category in order of
+    first appearance, then the second of each ...), so that the first N of a mixed set cover its
+    categories instead of being its first category."""
+    groups: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        groups.setdefault(p.category, []).append(p)
+    longest = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(longest) for g in groups.values() if i < len(g)]
+
+
 def select(prompts: list[Prompt], num_prompts: Optional[int],
            per_category: Optional[int] = None) -> list[Prompt]:
     """The first ``per_category`` prompts of each category (in file order; a small subset that

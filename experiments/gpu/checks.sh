@@ -67,7 +67,7 @@ for stage in "$@"; do
         specs+=("fixed-$d:$d speculation=fixed" "adaptive-$d:$d speculation=adaptive")
       done
       for data in ${POLICY_DATA:-mt_bench mix}; do
-        timeout "${POLICY_TIMEOUT:-280}" python3 experiments/bench_e2e.py --num-prompts 8 --max-new-tokens 256 \
+        timeout "${POLICY_TIMEOUT:-280}" python3 experiments/bench_e2e.py --num-prompts 16 --round-robin --max-new-tokens 256 \
           --data "builtin:$data.jsonl" --hf --drafters "${specs[@]}" --batch-sizes 16 64 --batch-prompts 64 \
           --arrival-rates 0 40 --out "$OUT/policy_${data}_${POLICY_TAG:-all}.json" | tail -32 || true
       done ;;

@@ -249,3 +249,12 @@ def test_garbage_files_give_one_clear_error_and_no_library_log(tmp_path):
                                         f"DataError: {csv_bad}: not a readable csv file "
                                         + proc.stdout.splitlines()[1].split("not a readable csv file ", 1)[1]]
     assert proc.stderr == ""
+
+
+def test_round_robin_takes_each_category_in_turn():
+    from specdec.data import Prompt, round_robin
+
+    prompts = [Prompt(id=f"{c}{i}", category=c, turns=["q"]) for c, n in (("a", 3), ("b", 1), ("c", 2))
+               for i in range(n)]
+    assert [p.id for p in round_robin(prompts)] == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    assert round_robin([]) == []
