@@ -13,8 +13,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from specdec.engine.graphs import batch_buckets
 from specdec.engine.scheduler import ScheduledSeq
-from specdec.engine.speculation import AdaptivePolicy
+from specdec.engine.speculation import AdaptivePolicy, budget_levels
+from specdec.engine.speculation.acceptance import Acceptance
+from specdec.engine.speculation.costs import StepCosts
 
 
 def synthetic_tree(rng, b: int, t: int, max_depth: int):
@@ -30,10 +33,10 @@ def synthetic_tree(rng, b: int, t: int, max_depth: int):
 
 def host_us(batch: int, nodes: int, max_depth: int, steps: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    policy = AdaptivePolicy(persist=False, log=lambda *_: None)
-    engine = SimpleNamespace(drafter=SimpleNamespace(max_nodes=nodes, budget_levels=None),
-                             config=SimpleNamespace(max_num_seqs=batch), identity=lambda: {"bench": 1})
-    policy.attach(engine)
+    policy = AdaptivePolicy(persist=False, log=lambda *_: None)  # what `attach` sets, without an engine
+    policy.levels = budget_levels(SimpleNamespace(max_nodes=nodes, budget_levels=None))
+    policy.buckets, policy.acceptance = batch_buckets(batch), Acceptance(nodes)
+    policy.costs = StepCosts({"bench": 1}, min_samples=policy.min_samples)
     for b in policy.buckets:  # every level measured: the policy decides instead of exploring
         for n in policy.levels:
             for _ in range(policy.min_samples):

@@ -32,6 +32,7 @@ from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
 from .speculation import FixedPolicy
 from .speculation.policy import tree_statistics
+from .tensor_parallel import check_split
 
 
 class RequestError(ValueError):
@@ -71,14 +72,7 @@ class Engine:
             raise ValueError(f"engine.max_num_batched_tokens ({self.config.max_num_batched_tokens}) "
                              f"must be >= the drafter's tree budget ({drafter.max_nodes} nodes): a "
                              f"draft tree is never cut to fit a step")
-        if self.config.tensor_parallel_size != model.tp_size:
-            raise ValueError(f"engine.tensor_parallel_size={self.config.tensor_parallel_size} but the "
-                             f"model is split over {model.tp_size} rank(s): load it with "
-                             f"specdec.engine.tensor_parallel.start (python -m specdec.run does)")
-        if (ranks.size if ranks is not None else 1) != model.tp_size:
-            raise ValueError(f"the model is split over {model.tp_size} ranks but the engine got "
-                             f"{'no ranks' if ranks is None else f'{ranks.size} ranks'}: start a "
-                             f"tensor-parallel target with specdec.engine.tensor_parallel.start")
+        check_split(self.config.tensor_parallel_size, model, ranks)
         self.ranks = ranks
         limit = max_model_len or model.config.max_position_embeddings
         self.max_model_len = min(limit, self.config.max_model_len or limit)
@@ -106,32 +100,15 @@ class Engine:
                       prefill_graphs=self.config.graph_prefills(steps is not None),
                       split_mixed=self.config.split_mixed(steps is not None),
                       max_tokens=self.config.max_num_batched_tokens, exact=exact)
-        self.runner = ModelRunner(self.model, verifier, device=self.device, **runner,
-                                  mirror=ranks.send if ranks is not None else None)
+        self.runner = ModelRunner(self.model, verifier, device=self.device, **runner)
         if ranks is not None:  # the other ranks build the same runner on their shares
-            self.runner.id = ranks.new_id()
-            ranks.send(("runner", self.runner.id, verifier, (self.dtype, self.max_model_len + MAX_NODES), runner))
+            ranks.mirror(self.runner, verifier, (self.dtype, self.max_model_len + MAX_NODES), runner)
         self.num_uniforms = drafter.max_nodes + 1  # per sampling event, fixed per request
         self.stats = EngineStats()
         self.sequences: dict[str, Sequence] = {}
         self.observation = None  # a forward's outcome, for the policy once the next one is launched
         self.policy.attach(self)
         ctx.budget_levels = tuple(getattr(self.policy, "levels", ()))
-
-    def identity(self) -> dict:
-        """What a step's cost depends on: the device, the target, the drafter, the engine's
-        shapes (speculation policies keep measured costs per identity)."""
-        import hashlib
-
-        cfg = self.model.config
-        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        target = hashlib.sha256(repr(sorted(vars(cfg).items())).encode()).hexdigest()[:12]
-        drafter = {k: v for k, v in vars(self.drafter).items() if isinstance(v, (int, float, str, bool))}
-        return {"device": device, "threads": torch.get_num_threads() if device == "cpu" else None,
-                "dtype": str(self.dtype), "exact": self.config.exact, "target": target, "drafter": self.drafter.name,
-                "drafter_settings": drafter, "graphs": self.runner.graphs.mode,
-                "max_num_seqs": self.config.max_num_seqs, "block_size": self.config.block_size,
-                "tensor_parallel_size": self.model.tp_size}
 
     def warm_up_graphs(self) -> int:
         """Capture the greedy graphs of every decode and prefill bucket and the drafter's, now
@@ -233,8 +210,7 @@ class Engine:
         finished = self._postprocess(run, t4)
         t5 = time.perf_counter()
         # the policy weighs what the whole forward cost: the drafter's update and the bookkeeping
-        # grow with the budget too (a cost table of plan-to-read-back alone put 32-node EAGLE-3
-        # steps at 2.4 ms where they took ~3 ms)
+        # grow with the budget as the forward does
         self.observation = (run.items, t5 - t1, stats, run.read.accepted[: len(decode)])
         self.stats.draft_s += (t2 - t1) + (t4 - t3)
         self.stats.verify_s += t3 - t2

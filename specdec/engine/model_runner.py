@@ -54,10 +54,7 @@ class ModelRunner:
                  max_model_len: int, capture_layers: tuple[int, ...] = (),
                  graph_mode: Optional[str] = None, graph_batch: int = 0,
                  prefill_graphs: bool = False, split_mixed: bool = False,
-                 max_tokens: int = TOKEN_BUCKETS[-1], exact: bool = False,
-                 mirror: Optional[Callable[[tuple], None]] = None) -> None:
-        """``mirror``: tensor parallelism on rank 0 (tensor_parallel.py): sends each step's staged
-        inputs to the other ranks, which run the same body on their shares of the model."""
+                 max_tokens: int = TOKEN_BUCKETS[-1], exact: bool = False) -> None:
         shape = model.kv_cache_shape(num_blocks, block_size)
         k_cache = torch.zeros(shape, dtype=dtype, device=device)  # [L, nb, bs, Hkv, D]
         self.target = Target(model, k_cache, torch.zeros_like(k_cache), block_size,
@@ -72,7 +69,10 @@ class ModelRunner:
         self.split_mixed = split_mixed
         self.tree_table_width = ragged.table_width(max_model_len + NODE_BUCKETS[-1], block_size)
         self.chunk_table_width = ragged.table_width(max_model_len, block_size)
-        self.mirror, self.id = mirror, None  # id: this runner's on the other ranks
+        # tensor parallelism on rank 0 (`Ranks.mirror`): sends each staged step to the other
+        # ranks, which run the same body on their shares of the model; id: this runner's there
+        self.mirror: Optional[Callable[[tuple], None]] = None
+        self.id: Optional[int] = None
 
     @property
     def k_cache(self):

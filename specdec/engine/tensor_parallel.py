@@ -56,6 +56,13 @@ class Ranks:
         self.next_id += 1
         return self.next_id
 
+    def mirror(self, runner, verifier, prepare: tuple, kwargs: dict) -> None:
+        """Have the other ranks build ``runner``'s twin on their shares (``prepare``: the model's
+        dtype and positions; ``kwargs``: the runner's settings), and ``runner`` send them each
+        step it stages."""
+        runner.id, runner.mirror = self.new_id(), self.send
+        self.send(("runner", runner.id, verifier, prepare, kwargs))
+
     def send(self, msg: tuple) -> None:
         """Broadcast ``msg`` to ranks 1..N-1 (each runs it; see `serve`)."""
         self.check()
@@ -114,6 +121,18 @@ class Ranks:
                 dist.destroy_process_group()
             except Exception:
                 pass
+
+
+def check_split(size: int, model, ranks: Optional[Ranks]) -> None:
+    """An engine's ``engine.tensor_parallel_size``, its model's split and its ranks agree."""
+    if size != model.tp_size:
+        raise ValueError(f"engine.tensor_parallel_size={size} but the model is split over {model.tp_size} "
+                         f"rank(s): load it with specdec.engine.tensor_parallel.start (python -m "
+                         f"specdec.run does)")
+    if (ranks.size if ranks is not None else 1) != model.tp_size:
+        raise ValueError(f"the model is split over {model.tp_size} ranks but the engine got "
+                         f"{'no ranks' if ranks is None else f'{ranks.size} ranks'}: start a "
+                         f"tensor-parallel target with specdec.engine.tensor_parallel.start")
 
 
 def _dead(dead: list[tuple[int, int]]) -> str:

@@ -14,6 +14,7 @@ from specdec.drafters.none import NoDrafter
 from specdec.engine import ragged
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
+from specdec.engine.speculation.costs import engine_identity
 from specdec.engine.sequence import SamplingParams
 from specdec.models.config import ModelConfig
 from specdec.models.llama import LlamaForCausalLM
@@ -175,7 +176,7 @@ def test_exact_mode_says_it_runs_on_the_cpu_only(tiny_dir):
 def test_exact_mode_runs_the_target_eagerly(tiny_dir):
     e = engine(tiny_dir("llama"), NoDrafter(), cuda_graphs="emulate")
     assert not e.runner.graphs.enabled
-    assert e.identity()["exact"] is True
+    assert engine_identity(e)["exact"] is True
 
 
 # ---- the default model in bfloat16, the shipped heads -------------------------------------------

@@ -126,6 +126,24 @@ class StepCosts:
         return fresh
 
 
+def engine_identity(engine) -> dict:
+    """What an engine's step cost depends on: the device, the target, the drafter, the engine's
+    shapes (the costs are kept per identity)."""
+    import hashlib
+
+    import torch
+
+    cfg, config = engine.model.config, engine.config
+    device = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu"
+    target = hashlib.sha256(repr(sorted(vars(cfg).items())).encode()).hexdigest()[:12]
+    drafter = {k: v for k, v in vars(engine.drafter).items() if isinstance(v, (int, float, str, bool))}
+    return {"device": device, "threads": torch.get_num_threads() if device == "cpu" else None,
+            "dtype": str(engine.dtype), "exact": config.exact, "target": target, "drafter": engine.drafter.name,
+            "drafter_settings": drafter, "graphs": engine.runner.graphs.mode,
+            "max_num_seqs": config.max_num_seqs, "block_size": config.block_size,
+            "tensor_parallel_size": engine.model.tp_size}
+
+
 def cost_file(identity: dict, directory: Optional[str] = None) -> Path:
     """Where the costs of ``identity`` live: one file per identity under ``directory``
     (default: the specdec cache, $SPECDEC_CACHE or ~/.cache/specdec, in step_costs/)."""

@@ -31,7 +31,7 @@ import numpy as np
 from ..graphs import batch_buckets, bucket
 from ..scheduler import ScheduledSeq
 from .acceptance import Acceptance
-from .costs import StepCosts, cost_file
+from .costs import StepCosts, cost_file, engine_identity
 
 NODE_LEVELS = (2, 4, 8, 16, 24, 32, 48, 64)  # default budget levels (capped by the drafter's)
 CALIBRATION_STEP, CALIBRATION_BINS = 0.25, 32  # bins of predicted tokens per step: 0.25 wide
@@ -110,7 +110,7 @@ class AdaptivePolicy:
         self.levels = budget_levels(drafter)
         self.buckets = batch_buckets(max(engine.config.max_num_seqs, 1))
         self.acceptance = Acceptance(drafter.max_nodes)
-        self.identity = engine.identity()
+        self.identity = engine_identity(engine)
         self.path = cost_file(self.identity, self.cost_dir)
         self.costs = (StepCosts.load(self.path, self.identity, self.log) if self.persist
                       else StepCosts(self.identity))
