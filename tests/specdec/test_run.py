@@ -121,7 +121,7 @@ def test_tensor_parallel_run_writes_what_one_rank_writes(tiny_dir, tmp_path):
         run(f"model.path={tiny_dir('llama')}", "drafter=ngram_tree", "logger=none", "data.num_prompts=3",
             "max_new_tokens=12", f"engine.tensor_parallel_size={tp}", f"hydra.run.dir={out}")
         rows = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
-        outputs[tp] = [r["output_ids"] for r in rows]
+        outputs[tp] = {(r["id"], r["turn"]): r["output_ids"] for r in rows}  # rows: in finishing order
         summary = json.loads((out / "summary.json").read_text())
         assert summary["config"]["engine"]["tensor_parallel_size"] == tp and "speedup" in summary
     assert outputs[2] == outputs[1]
