@@ -81,19 +81,21 @@ class Ranks:
             raise RankError(self.explain(e)) from e
         return x
 
+    def exited(self) -> list[tuple[int, int]]:
+        """(rank, exit code) of each spawned rank that has ended."""
+        return [(r, p.exitcode) for r, p in enumerate(self.procs, 1) if p.exitcode is not None]
+
     def check(self) -> None:
-        dead = [(r, p.exitcode) for r, p in enumerate(self.procs, 1) if p.exitcode is not None]
-        if dead:
+        if dead := self.exited():
             raise RankError(_dead(dead))
 
     def explain(self, error: Exception) -> str:
         """What went wrong, naming the rank: one that exited, else the collective's own words."""
         deadline = time.monotonic() + 2.0  # a rank that just died: give its exit a moment to show
-        while time.monotonic() < deadline:
-            dead = [(r, p.exitcode) for r, p in enumerate(self.procs, 1) if p.exitcode is not None]
-            if dead or not self.procs:
-                break
+        dead = self.exited()
+        while not dead and self.procs and time.monotonic() < deadline:
             time.sleep(0.05)
+            dead = self.exited()
         if dead:
             return _dead(dead)
         return (f"tensor-parallel ranks 1..{self.size - 1} did not answer rank 0 within "
@@ -106,7 +108,7 @@ class Ranks:
             return
         self.closed = True
         try:
-            if not self.failed and all(p.exitcode is None for p in self.procs):
+            if not self.failed and not self.exited():
                 dist.broadcast_object_list([("stop",)], src=0)
                 dist.barrier()  # every rank has it: none tears its connections down under another
         except Exception:
