@@ -98,7 +98,7 @@ class AdaptivePolicy:
         self.interval, self.since = explore_every, 0  # steps between explorations, and since the last
         self.steps = 0
         self.chosen: dict[int, int] = {}  # budget -> steps it was chosen (statistics)
-        self.predicted: deque = deque()  # per planned decode forward: {seq_id: expected tokens}
+        self.predicted: deque = deque()  # per planned decode forward: (seq ids, expected tokens [B])
         self.calibration = np.zeros((CALIBRATION_BINS, 2))  # per predicted bin: emitted, steps
         # the acceptance model's bias at the step level: accepted drafts over predicted drafts,
         # decayed sums (a prior of PRIOR_DRAFTS each, so 1.0 until steps say otherwise)
