@@ -56,7 +56,8 @@ def host_us(batch: int, nodes: int, max_depth: int, steps: int, seed: int = 0) -
         plan_s.append(t1 - t0)
         observe_s.append(t3 - t2)
     return {"batch": batch, "nodes": nodes, "max_depth": max_depth, "steps": steps,
-            "plan_us_median": 1e6 * float(np.median(plan_s)), "observe_us_median": 1e6 * float(np.median(observe_s))}
+            "plan_us_median": 1e6 * float(np.median(plan_s)),
+            "observe_us_median": 1e6 * float(np.median(observe_s))}
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ def check_divisible(config, size: int) -> None:
     """Refuse a tensor-parallel size that does not split the model evenly, saying what would."""
     if size < 1:
         raise ValueError(f"engine.tensor_parallel_size must be >= 1; got {size}")
-    sizes = {"num_key_value_heads": config.num_key_value_heads, "num_attention_heads": config.num_attention_heads,
-             "intermediate_size": config.intermediate_size}
+    sizes = {"num_key_value_heads": config.num_key_value_heads,
+             "num_attention_heads": config.num_attention_heads, "intermediate_size": config.intermediate_size}
     bad = {k: v for k, v in sizes.items() if v % size}
     if bad:
         fits = [n for n in range(1, config.num_key_value_heads + 1)

@@ -122,13 +122,15 @@ class AdaptivePolicy:
         decode = [i for i in items if not i.is_prefill]
         if not decode or len(self.levels) == 1:
             return items
-        ids, caps = [i.seq.seq_id for i in decode], np.fromiter((i.num_new for i in decode), np.int64, len(decode))
+        ids = [i.seq.seq_id for i in decode]
+        caps = np.fromiter((i.num_new for i in decode), np.int64, len(decode))  # [B]
         curves = self.acceptance.curves(ids)  # [B, T]
         budget = self.choose(len(ids), caps, curves)
         self.chosen[budget] = self.chosen.get(budget, 0) + 1
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
         self.predicted.append((ids, curves[np.arange(len(ids)), at]))
-        return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False) for i in items]
+        return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False)
+                for i in items]
 
     def choose(self, batch: int, caps: np.ndarray, curves: np.ndarray) -> int:
         """The budget level for a step of ``batch`` sequences (``caps [B]``: the most nodes each
@@ -167,7 +169,8 @@ class AdaptivePolicy:
             emitted = np.fromiter((len(path) for path in accepted), np.float64, len(accepted))
             self.calibration[:, 0] += np.bincount(k, weights=emitted, minlength=CALIBRATION_BINS)
             self.calibration[:, 1] += np.bincount(k, minlength=CALIBRATION_BINS)
-            self.drafts = DRAFTS_DECAY * self.drafts + [emitted.sum() - len(emitted), predicted.sum() - len(predicted)]
+            drafts = [emitted.sum() - len(emitted), predicted.sum() - len(predicted)]
+            self.drafts = DRAFTS_DECAY * self.drafts + drafts
         if len(decode) == len(items):  # a mixed forward's time is not a decode step's
             b = bucket(len(decode), self.buckets) or len(decode)
             self.costs.observe(b, max(i.num_new for i in decode), seconds)
