@@ -73,7 +73,6 @@ class Engine:
                              f"must be >= the drafter's tree budget ({drafter.max_nodes} nodes): a "
                              f"draft tree is never cut to fit a step")
         check_split(self.config.tensor_parallel_size, model, ranks)
-        self.ranks = ranks
         limit = max_model_len or model.config.max_position_embeddings
         self.max_model_len = min(limit, self.config.max_model_len or limit)
         # tree nodes sit up to MAX_NODES past the last cached position

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from specdec.models.tensor_parallel import check_divisible, shard_
+from specdec.models.tensor_parallel import shard_
 
 FAULT_ENV = "SPECDEC_TP_FAULT"  # tests: "exit:<rank>:<step>" or "stall:<rank>:<step>"
 
@@ -180,8 +180,7 @@ def start(size: int, load: Callable[[torch.device], Any], device: torch.device, 
             raise RankError(ranks.explain(e)) from e
     atexit.register(ranks.close)
     loaded = load(rank_device(device, 0))
-    check_divisible(loaded.model.config, size)
-    shard_(loaded.model, 0, size, ranks.reduce)
+    shard_(loaded.model, 0, size, ranks.reduce)  # (it refuses a size that does not split the model)
     loaded.ranks = ranks
     return loaded
 
@@ -226,7 +225,7 @@ def serve_rank(rank: int, size: int, load, device: torch.device, timeout_s: floa
             torch.set_num_threads(max(1, torch.get_num_threads() // size))
         mine = rank_device(device, rank)
         model = load(mine).model
-        shard_(model, rank, size, lambda x: (dist.all_reduce(x), x)[1])
+        shard_(model, rank, size, _all_reduce)
         serve(model, mine, rank)
         return 0
     except Exception:
@@ -239,6 +238,12 @@ def serve_rank(rank: int, size: int, load, device: torch.device, timeout_s: floa
                 dist.destroy_process_group()
             except Exception:
                 pass
+
+
+def _all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """A serving rank's sum over the ranks (in place); its errors end `serve_rank`."""
+    dist.all_reduce(x)
+    return x
 
 
 def serve(model, device: torch.device, rank: int) -> None:
