@@ -22,12 +22,12 @@ from typing import Iterable, Sequence as Seq
 import torch
 from tqdm.auto import tqdm
 
-from specdec.verifiers import MAX_NODES, DraftTree, exact_verifier
+from specdec.verifiers import MAX_NODES, exact_verifier
 
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner, StepRun
-from .protocol import TargetContext, last_tokens
+from .protocol import TargetContext
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
 from .speculation import FixedPolicy
@@ -192,11 +192,9 @@ class Engine:
         part = self.policy.plan(part)  # decode items get their node budgets
         decode = [i for i in part if not i.is_prefill]
         drafts = any(i.num_new > 1 for i in decode)
-        seqs = [i.seq for i in decode]
-        # no one drafts: root-only trees, built on the host (a few microseconds) and staged with
-        # the step's other inputs, not as ~8 tiny device allocations before the launch
-        tree = (self.drafter.propose(seqs, [i.num_new for i in decode]) if drafts
-                else DraftTree.roots(last_tokens(seqs)) if decode else None)
+        # no one drafts: no tree; the runner stages root-only trees (each sequence's last token)
+        # with the step's other host inputs
+        tree = self.drafter.propose([i.seq for i in decode], [i.num_new for i in decode]) if drafts else None
         t2 = time.perf_counter()
         launched = self.runner.launch(part, tree, self.num_uniforms)
         self._observed()  # the previous forward's outcome, while this one runs on the device

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 _DTYPES = {np.dtype(np.int64): torch.long, np.dtype(np.int32): torch.int32,
-           np.dtype(np.float32): torch.float32}
+           np.dtype(np.float32): torch.float32, np.dtype(np.int8): torch.int8}
 MODES = ("capture", "emulate")
 
 Body = Callable[[dict[str, Tensor]], Any]
@@ -85,7 +85,8 @@ class _Entry:
         sizes: dict[np.dtype, int] = {}
         for name, arr in host.items():
             if arr.dtype not in _DTYPES:
-                raise TypeError(f"staged input {name!r} has dtype {arr.dtype}; use int64, int32 or float32")
+                raise TypeError(f"staged input {name!r} has dtype {arr.dtype}; use int64, int32, "
+                                f"float32 or int8")
             at = sizes.get(arr.dtype, 0)
             self.fields[name] = (arr.dtype, at, at + arr.size, arr.shape)
             sizes[arr.dtype] = at + arr.size
@@ -101,7 +102,14 @@ class _Entry:
         self.replays = 0
 
     def stage(self, host: dict[str, np.ndarray], dev: dict[str, tuple[Tensor, tuple]]) -> None:
+        """An input may come from the host one run and from the device another (a step's tree:
+        root-only trees are made on the host, drafted ones on the device): a field the key first
+        saw as a tensor is then copied like one, and the other way round."""
+        late = []
         for name, arr in host.items():
+            if name not in self.fields:
+                late.append((name, torch.from_numpy(arr)))
+                continue
             dt, a, b, shape = self.fields[name]
             if arr.shape != shape or arr.dtype != dt:
                 raise ValueError(f"staged input {name!r}: {arr.dtype}{list(arr.shape)} given for a "
@@ -109,7 +117,12 @@ class _Entry:
             self.pinned_np[dt][a:b] = arr.reshape(-1)
         for dt, buf in self.buffers.items():
             buf.copy_(self.pinned[dt], non_blocking=True)
-        for name, (t, _) in dev.items():  # the leading corner; the rest keeps stale values
+        # the leading corner; the rest keeps stale values (after the upload: a field staged
+        # through the host buffers may come as a tensor)
+        for name, t in [(name, t) for name, (t, _) in dev.items()] + late:
+            if name not in self.views:
+                raise KeyError(f"staged input {name!r} is not an input of this graph (its key "
+                               f"must fix the set of inputs)")
             self.views[name][tuple(slice(0, n) for n in t.shape)].copy_(t, non_blocking=True)
 
 

@@ -91,7 +91,8 @@ class ModelRunner:
 
     def run(self, items: list[ScheduledSeq], tree: Optional[DraftTree], num_uniforms: int) -> StepRun:
         """The step body for ``items`` (``tree``: the drafter's, rows in the order of the decode
-        items), from the graph of its bucket when there is one, else eagerly; then its read."""
+        items; None: root-only trees, no one drafts), from the graph of its bucket when there is
+        one, else eagerly; then its read."""
         return self.finish(*self.launch(items, tree, num_uniforms))
 
     @torch.inference_mode()
@@ -105,7 +106,8 @@ class ModelRunner:
         kept = []
         if shape is None:  # eager: the trees packed, their node counts read first
             if trees:
-                kept = np.minimum(tree.num_nodes[: len(trees)].tolist(), [i.num_new for i in trees]).tolist()
+                kept = (np.minimum(tree.num_nodes[: len(trees)].tolist(), [i.num_new for i in trees]).tolist()
+                        if tree is not None else [1] * len(trees))
             shape = exact_shape(trees, chunks, tree, kept)
         host, dev = stage(trees, chunks, tree, shape, self.target.block_size, sampling, kept)
         plan = sampling_plan(host)
@@ -126,7 +128,8 @@ class ModelRunner:
         n = len(trees) + len(chunks)
         bg = bucket(n, self.batch_buckets)
         if trees:  # the tree's columns past every budget are never verified: not staged
-            tg = bucket(min(tree.max_nodes, max(i.num_new for i in trees)), NODE_BUCKETS)
+            width = tree.max_nodes if tree is not None else 1
+            tg = bucket(min(width, max(i.num_new for i in trees)), NODE_BUCKETS)
             width = self.tree_table_width
             shape = None if bg is None or tg is None else StepShape(bg, tg, 0, 0, bg * tg, width, False)
         else:
@@ -177,8 +180,9 @@ class ModelRunner:
 
     def _case(self, shape: StepShape):
         """A padding-only step of ``shape`` (a warm-up case of `GraphRunner.warm_up`)."""
+        # one node: root-only trees (tree None), staged from the host as the steps of no draft are
         z = torch.zeros(0, shape.nodes, dtype=torch.long, device=self.device)
-        tree = DraftTree(z, z - 1, z[:, 0] + 1, validate=False) if shape.trees else None
+        tree = DraftTree(z, z - 1, z[:, 0] + 1, validate=False) if shape.trees and shape.nodes > 1 else None
         none = SamplingRows.of([], 1)
         host, dev = stage([], [], tree, shape, self.target.block_size, none)
         plan = sampling_plan(host)

@@ -84,65 +84,75 @@ def step_body(t: Target, v: dict[str, Tensor], shape: StepShape, bounds: tuple[i
     bt, t_, bc = shape.trees, shape.nodes, shape.chunks
     dev = v["prefix"].device
     prefix = v["prefix"].long()  # [B_s]
-    node = torch.arange(t_, device=dev)
-    num = torch.minimum(v["num"], v["budget"]) if bt else None  # [B_t] nodes stored and verified
-    tree = _verified_trees(v, shape, num, validate)  # [B_s, T_s]
+    masked = bt > 0 and t_ > 1  # tree rows attend through ancestor masks (one node: causal)
+    valid = num = None
+    if bt:
+        num = torch.minimum(v["num"], v["budget"])  # [B_t] nodes stored and verified
+        node = torch.arange(t_, device=dev)
+        valid = node < num[:, None]  # [B_t, T] (padding slots: none)
+    tree = _verified_trees(v, shape, num, valid, validate)  # [B_s, T_s]
     ids, pos, slots, bits = [], [], [], []
     if bt:
-        valid = node < num[:, None]  # [B_t, T] (padding slots: none)
         stored = torch.where(valid, prefix[:bt, None] + node, 0)  # [B_t, T] node i's position
         bs = t.block_size
         tree_slots = v["tables"][:bt].gather(1, stored // bs).long() * bs + stored % bs
         tree_slots = tree_slots.masked_fill(~valid, -1)
-        own_bit = torch.ones((), dtype=torch.long, device=dev) << node
-        rows = [tree.tokens[:bt], prefix[:bt, None] + tree.depth[:bt], tree_slots,
-                torch.where(valid, tree.ancestor_mask[:bt], own_bit)]
-        for out, x in zip((ids, pos, slots, bits), rows):
+        rows = [(ids, tree.tokens[:bt]), (pos, prefix[:bt, None] + tree.depth[:bt]), (slots, tree_slots)]
+        if masked:  # a node past the budget sees only itself
+            own_bit = torch.ones((), dtype=torch.long, device=dev) << node
+            rows.append((bits, torch.where(valid, tree.ancestor_mask[:bt], own_bit)))
+        for out, x in rows:
             out.append(x.reshape(-1)[v["src"]] if shape.packed else x.reshape(-1))
     if bc:
         ids.append(v["ids"])
         pos.append(v["pos"])
         slots.append(v["slots"])
-        bits.append(torch.zeros_like(v["ids"]))
-    masked = bt > 0 and t_ > 1
+        if masked:
+            bits.append(torch.zeros_like(v["ids"]))
     use = None
     if masked and bc:
         use = torch.arange(shape.slots, device=dev) < bt  # [B_s] trees masked, chunks causal
-    meta = AttnMetadata(v["indptr"], v["prefix"], v["tables"], torch.cat(slots),
-                        tree_mask=torch.cat(bits) if masked else None, use_tree_mask=use,
+    meta = AttnMetadata(v["indptr"], v["prefix"], v["tables"], _cat(slots),
+                        tree_mask=_cat(bits) if masked else None, use_tree_mask=use,
                         max_q_len=bounds[0], max_kv_len=bounds[1])
-    out = t.model(torch.cat(ids), torch.cat(pos), meta, t.k_cache, t.v_cache,
+    out = t.model(_cat(ids), _cat(pos), meta, t.k_cache, t.v_cache,
                   capture_layers=t.capture_layers, exact=t.exact)
     logits = _sampling_logits(t.model, out.hidden, v, shape, t.exact)  # [B_s, T_s, V]
     result = t.verifier.verify(tree, logits, v["temp"], v["top_p"], v["top_k"], v["unif"],
                                plan=plan, check=False)
     if bt:  # the commit: each accepted node's K/V slides to num_cached + j
         compact_kv(t.k_cache, t.v_cache, *accepted_moves(tree_slots, result.accepted_nodes[:bt]))
-    drafted = torch.cat([v["num"], torch.ones(bc, dtype=torch.long, device=dev)]) if bt else tree.num_nodes
+    drafted = (_cat([v["num"], torch.ones(bc, dtype=torch.long, device=dev)] if bc else [v["num"]])
+               if bt else tree.num_nodes)
     readout = torch.cat([result.accepted_nodes, result.num_accepted[:, None],  # [B_s, A + 2]
                          result.bonus_token[:, None], result.accepted_tokens,  # + A - 1
                          drafted[:, None], tree.tokens[:, :1], tree.depth.amax(1, keepdim=True)], 1)  # + 3
     return StepOutputs(out.hidden, out.captured, result, tree, readout, meta)
 
 
-def _verified_trees(v: dict[str, Tensor], shape: StepShape, num, validate: bool) -> DraftTree:
-    """The verifier's batch ``[B_s, T_s]``: each tree cut to ``num [B_t]`` nodes, its budget (the
-    nodes past it are neither stored nor verified), then a root-only tree per chunk slot."""
+def _verified_trees(v: dict[str, Tensor], shape: StepShape, num, valid, validate: bool) -> DraftTree:
+    """The verifier's batch ``[B_s, T_s]``: each tree cut to ``num [B_t]`` nodes (``valid [B_t,
+    T]``), its budget (the nodes past it are neither stored nor verified), then a root-only tree
+    per chunk slot."""
     bt, bc, width = shape.trees, shape.chunks, shape.width
     parts = []
     if bt:
-        valid = torch.arange(shape.nodes, device=num.device) < num[:, None]
         parts.append((v["tok"].masked_fill(~valid, 0), v["par"].masked_fill(~valid, -1),
                       num.clamp(min=1), v["kind"].masked_fill(~valid, 0)))
     if bc:
         roots = F.pad(v["ids"][v["last"]][:, None], (0, width - 1))  # [B_c, T_s]
         parts.append((roots, torch.full_like(roots, -1), torch.ones_like(v["last"]),
                       torch.zeros_like(roots, dtype=torch.int8)))
-    tokens, parents, num, kind = (torch.cat(x) for x in zip(*parts))
+    tokens, parents, num, kind = (_cat(list(x)) for x in zip(*parts))
     probs = v.get("probs")
     if probs is not None and bc:
         probs = torch.cat([probs, probs.new_zeros(bc, *probs.shape[1:])])
     return DraftTree(tokens, parents, num, kind=kind, draft_probs=probs, validate=validate)
+
+
+def _cat(xs: list[Tensor]) -> Tensor:
+    """``torch.cat``, without the copy (a kernel in every replay) when there is one part."""
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
 
 
 def _sampling_logits(model, hidden: Tensor, v: dict[str, Tensor], shape: StepShape,

@@ -9,8 +9,8 @@ Inputs (host arrays unless noted; shapes per `StepShape`):
   prefix [B_s] int32 (num_cached), tables [B_s, W] int32, indptr [B_s + 1] int32 (rows of each
   slot), temp, top_p [B_s] float32, top_k [B_s] int64, unif [B_s, T_s + 1] float32;
   trees: budget [B_t] int64 (nodes the scheduler reserved); as the drafter made them (on the
-  device; root-only trees on the host) tok, par [B_t, T] int64, kind [B_t, T] int8, num [B_t]
-  int64 and, for a drafter that samples, probs [B_t, T, V];
+  device) or, when no one drafts, root-only trees made here on the host: tok, par [B_t, T]
+  int64, kind [B_t, T] int8, num [B_t] int64 and, for a drafter that samples, probs [B_t, T, V];
   packed trees: src [N_t] int64 (flat b * T + i of each row), row_of [B_t, T] int64;
   chunks: ids, pos, slots [N_c] int64 (padding: slot -1), last [B_c] int64 (each chunk's last row).
 """
@@ -62,7 +62,8 @@ def exact_shape(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Opt
                 kept: list[int]) -> StepShape:
     """An eager step's shape: packed trees of ``kept[b]`` nodes, the chunks as they are."""
     tables = [len(i.seq.block_table) for i in trees + chunks]
-    nodes = min(tree.max_nodes, max(i.num_new for i in trees)) if trees else 0
+    width = tree.max_nodes if tree is not None else 1
+    nodes = min(width, max(i.num_new for i in trees)) if trees else 0
     return StepShape(trees=len(trees), nodes=nodes, chunks=len(chunks),
                      tokens=sum(i.num_new for i in chunks), tree_rows=sum(kept),
                      table_width=max(tables, default=1) or 1, packed=True)
@@ -75,41 +76,47 @@ def stage(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Optional[
     shape)}`` (`GraphRunner.run`). ``sampling``: rows of ``trees + chunks``; ``kept``: packed
     layout only, the nodes each tree keeps (its node count cut to its budget)."""
     bt, t, bc, s = shape.trees, shape.nodes, shape.chunks, shape.slots
-    width = shape.width
-    slot_items = list(enumerate(trees)) + [(bt + c, item) for c, item in enumerate(chunks)]
-    prefix = np.zeros(s, np.int32)
-    for slot, item in slot_items:
-        prefix[slot] = item.seq.num_cached
-    tables = ragged.table_array([], s, shape.table_width)
-    for slot, item in slot_items:
+    nt, items = len(trees), trees + chunks
+    slot_of = list(range(nt)) + list(range(bt, bt + len(chunks)))  # slot of each item
+
+    def place(out: np.ndarray, values) -> np.ndarray:  # per-item values into their slots
+        out[:nt], out[bt: bt + len(chunks)] = values[:nt], values[nt:]
+        return out
+
+    prefix = place(np.zeros(s, np.int32), [i.seq.num_cached for i in items])
+    tables = np.zeros((s, shape.table_width), np.int32)
+    for slot, item in zip(slot_of, items):
         tables[slot, : len(item.seq.block_table)] = item.seq.block_table
-    counts = np.zeros(s, np.int32)  # rows per slot
-    counts[: len(trees)] = kept if shape.packed else t
-    counts[bt: bt + len(chunks)] = [i.num_new for i in chunks]
+    counts = place(np.zeros(s, np.int32), (list(kept) if shape.packed else [t] * nt)
+                   + [i.num_new for i in chunks])  # rows per slot
     indptr = np.zeros(s + 1, np.int32)
     np.cumsum(counts, out=indptr[1:])
-    temp, top_p = np.zeros(s, np.float32), np.ones(s, np.float32)  # padding: greedy rows
-    top_k, unif = np.zeros(s, np.int64), np.zeros((s, width + 1), np.float32)
-    rows = [slot for slot, _ in slot_items]
-    u = min(width + 1, sampling.unif.shape[1])
-    temp[rows], top_p[rows], top_k[rows] = sampling.temp, sampling.top_p, sampling.top_k
-    unif[rows, :u] = sampling.unif[:, :u]
-    host = {"prefix": prefix, "tables": tables, "indptr": indptr, "temp": temp, "top_p": top_p,
-            "top_k": top_k, "unif": unif}
+    u = min(shape.width + 1, sampling.unif.shape[1])
+    unif = np.zeros((s, shape.width + 1), np.float32)
+    unif[:nt, :u], unif[bt: bt + len(chunks), :u] = sampling.unif[:nt, :u], sampling.unif[nt:, :u]
+    host = {"prefix": prefix, "tables": tables, "indptr": indptr, "unif": unif,  # padding: greedy
+            "temp": place(np.zeros(s, np.float32), sampling.temp),
+            "top_p": place(np.ones(s, np.float32), sampling.top_p),
+            "top_k": place(np.zeros(s, np.int64), sampling.top_k)}
     dev = {}
     if bt:
-        n = len(trees)
         host["budget"] = np.zeros(bt, np.int64)
-        host["budget"][:n] = [min(i.num_new, t) for i in trees]
-        cols = min(t, tree.max_nodes) if n else 0
-        for name, x in (("tok", tree.tokens), ("par", tree.parents), ("kind", tree.kind)):
-            dev[name] = (x[:n, :cols], (bt, t))
-        dev["num"] = (tree.num_nodes[:n], (bt,))
-        if tree.draft_probs is not None:
-            dev["probs"] = (tree.draft_probs[:n, :cols], (bt, t, tree.draft_probs.shape[-1]))
+        host["budget"][:nt] = [min(i.num_new, t) for i in trees]
+        if tree is None:  # no one drafts: each sequence's last token (padding slots: no node)
+            host["tok"], host["par"] = np.zeros((bt, t), np.int64), np.full((bt, t), -1, np.int64)
+            host["tok"][:nt, 0] = [i.seq.tokens[-1] for i in trees]
+            host["kind"], host["num"] = np.zeros((bt, t), np.int8), np.zeros(bt, np.int64)
+            host["num"][:nt] = 1
+        else:
+            cols = min(t, tree.max_nodes) if nt else 0
+            for name, x in (("tok", tree.tokens), ("par", tree.parents), ("kind", tree.kind)):
+                dev[name] = (x[:nt, :cols], (bt, t))
+            dev["num"] = (tree.num_nodes[:nt], (bt,))
+            if tree.draft_probs is not None:
+                dev["probs"] = (tree.draft_probs[:nt, :cols], (bt, t, tree.draft_probs.shape[-1]))
         if shape.packed:
             host["src"] = np.concatenate([b * t + np.arange(k) for b, k in enumerate(kept)])
-            start = indptr[:n, None].astype(np.int64)
+            start = indptr[:nt, None].astype(np.int64)
             host["row_of"] = start + np.minimum(np.arange(t), np.asarray(kept)[:, None] - 1)
     if bc:
         ids, pos = np.zeros(shape.tokens, np.int64), np.zeros(shape.tokens, np.int64)
@@ -128,7 +135,12 @@ def stage(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Optional[
 
 def sampling_plan(host: dict[str, np.ndarray]) -> SamplingPlan:
     """The verifier's plan for the staged rows, padding included (host facts: no device read)."""
+    if not host["temp"].any():  # greedy rows only (the common case: ~1 us instead of ~5)
+        return GREEDY
     return SamplingPlan.of(host["temp"], host["top_p"], host["top_k"])
+
+
+GREEDY = SamplingPlan(all_greedy=True, any_greedy=True, filter_cap=0)
 
 
 @dataclass

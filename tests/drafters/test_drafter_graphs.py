@@ -171,6 +171,23 @@ def test_a_staged_shape_must_match_its_key():
         EngineConfig(cuda_graphs="yes")
 
 
+def test_an_input_may_come_from_the_host_or_the_device():
+    """A step's tree is staged from the host (root-only trees) or copied from the drafter's
+    tensors: one key's graph takes either, into the same static input."""
+    graphs, body = GraphRunner("cpu", "emulate"), lambda v: v["tok"].clone()
+    host = {"tok": np.array([[1, 2], [3, 4]], np.int64), "kind": np.zeros((2, 2), np.int8)}
+    assert graphs.run(("k",), host, body).tolist() == [[1, 2], [3, 4]]
+    # the drafter's tensor fills the leading corner of the field the key first saw from the host
+    out = graphs.run(("k",), {"kind": host["kind"]}, body, {"tok": (torch.tensor([[7, 8]]), (2, 2))})
+    assert out.tolist() == [[7, 8], [3, 4]]
+    # and the other way round
+    dev = {"tok": (torch.tensor([[5]]), (2, 2))}
+    assert graphs.run(("d",), {}, body, dev).tolist() == [[5, 0], [0, 0]]
+    assert graphs.run(("d",), {"tok": np.full((2, 2), 9, np.int64)}, body).tolist() == [[9, 9], [9, 9]]
+    with pytest.raises(KeyError, match="not an input of this graph"):
+        graphs.run(("d",), {"other": np.zeros(2, np.int64)}, body)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", ["eagle2", "eagle2_vocab", "eagle1", "eagle3", "medusa", "draft_chain", "draft_tree"])
