@@ -23,7 +23,9 @@ class TokenWindows:
         self.arrays: dict[int, np.ndarray] = {}  # seq_id -> tokens (capacity doubles)
         self.lengths: dict[int, int] = {}
 
-    def _array(self, seq) -> np.ndarray:
+    def array(self, seq) -> np.ndarray:
+        """The sequence's tokens, ``[len(seq.tokens)]`` int64 (a view: read it before the next
+        call)."""
         arr, n = self.arrays.get(seq.seq_id), self.lengths.get(seq.seq_id, 0)
         total = len(seq.tokens)
         if n > total:  # recomputed after preemption: the tokens are the same, only fewer
@@ -42,7 +44,7 @@ class TokenWindows:
         """``[B, W']`` int64 on ``device`` (default: the windows' device): the last W' tokens of
         each sequence, right-aligned, -1 before the start; W' is ``width``, or less when every
         sequence is shorter (a multiple of 128, so that shapes repeat)."""
-        arrays = [self._array(seq) for seq in seqs]
+        arrays = [self.array(seq) for seq in seqs]
         width = min(self.width, -(-max(len(a) for a in arrays) // 128) * 128)
         out = np.full((len(seqs), width), -1, dtype=np.int64)
         for b, arr in enumerate(arrays):

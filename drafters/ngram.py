@@ -10,9 +10,10 @@ candidate for the verifier.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 from specdec.verifiers import CandidateKind, DraftTree
 
@@ -27,9 +28,11 @@ def match_starts(ctx: np.ndarray, n: int) -> np.ndarray:
     most recent first (the suffix itself excluded). ``ctx`` [L] int64."""
     if n < 1 or len(ctx) <= n:
         return np.empty(0, dtype=np.int64)
-    windows = sliding_window_view(ctx[:-1], n)  # [L - n, n]: window i = ctx[i : i + n]
-    hits = np.flatnonzero((windows == ctx[-n:]).all(axis=1))
-    return hits[::-1]
+    m = len(ctx) - n  # candidate starts 0 .. m - 1: the windows of ctx[:-1]
+    hit = ctx[:m] == ctx[m]
+    for j in range(1, n):  # one shifted comparison per suffix token (n is small)
+        hit &= ctx[j: m + j] == ctx[m + j]
+    return np.flatnonzero(hit)[::-1]
 
 
 def continuations(ctx: np.ndarray, n_min: int, n_max: int, k: int, max_matches: int) -> list[np.ndarray]:
@@ -46,24 +49,31 @@ def continuations(ctx: np.ndarray, n_min: int, n_max: int, k: int, max_matches: 
     return found
 
 
-def trie(root: int, conts: list[np.ndarray], max_nodes: int) -> tuple[list[int], list[int]]:
-    """Merge continuations into a trie under ``root``: (tokens, parents), at most ``max_nodes``
-    nodes, earlier continuations taking precedence; nodes are appended in topological order."""
-    tokens, parents = [root], [-1]
+def trie(root: int, conts: list[np.ndarray], max_nodes: int, k: int) -> tuple[list[int], list[int], list[float]]:
+    """`lookup.trie` for one sequence, on the host: the continuations (each at most ``k`` tokens)
+    merged into a trie under ``root``, cut to the root and the ``max_nodes - 1`` nodes the most
+    continuations pass through (ties: earlier continuation, shallower first). Returns tokens,
+    parents and scores (log of the share of continuations through a node), best node first, so
+    every prefix is a subtree and the best of its size."""
     children: dict[tuple[int, int], int] = {}
-    for cont in conts:
-        node = 0
-        for tok in cont.tolist():
+    count, first, parent, token = [], [], [], []  # per trie node, in creation order
+    for m, cont in enumerate(conts):
+        node = -1
+        for j, tok in enumerate(cont.tolist()):
             child = children.get((node, tok))
             if child is None:
-                if len(tokens) >= max_nodes:
-                    break
-                child = len(tokens)
-                children[(node, tok)] = child
-                tokens.append(tok)
-                parents.append(node)
+                child = children[(node, tok)] = len(count)
+                count.append(0)
+                first.append(m * k + j)  # where the first continuation through it has it
+                parent.append(node)
+                token.append(tok)
+            count[child] += 1
             node = child
-    return tokens, parents
+    order = sorted(range(len(count)), key=lambda i: (-count[i], first[i]))[: max_nodes - 1]
+    index = {node: at + 1 for at, node in enumerate(order)}  # a parent ranks before its children
+    total = max(len(conts), 1)
+    return ([root] + [token[i] for i in order], [-1] + [index.get(parent[i], 0) for i in order],
+            [0.0] + [math.log(max(count[i] / total, 1e-6)) for i in order])
 
 
 class NgramDrafter(DrafterBase):
@@ -99,16 +109,37 @@ class NgramDrafter(DrafterBase):
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
         """The trie of each sequence's continuations, best node first, cut to its budget. A few
-        sequences are matched on the host: on a GPU the lookup's few dozen small kernels cost
-        ~2 ms a step at B = 1 (H200), more than the host's whole lookup; the engine stages a host
-        tree with the step's inputs."""
-        small = len(seqs) <= HOST_BATCH
-        ctx = self.windows.batch(seqs, "cpu" if small else None)  # [B, W]
+        sequences are matched on the host, one at a time (~30 us each, where the batched lookup's
+        few dozen small ops cost ~0.3 ms on a CPU and ~2 ms of kernels on a GPU at B = 1); the
+        engine stages a host tree with the step's other host inputs."""
+        if len(seqs) <= HOST_BATCH:
+            return self._host_trees(seqs, budgets)
+        ctx = self.windows.batch(seqs)  # [B, W]
         conts, _ = lookup.continuations(ctx, self.n_min, self.n_max, self.k, self.max_matches)
         tokens, parents, num, scores = lookup.trie(ctx[:, -1], conts, self.max_nodes)  # [B, T]
         budget = torch.tensor(budgets, device=ctx.device)
         num = torch.minimum(num, budget)
         parents = parents.masked_fill(torch.arange(tokens.shape[1], device=ctx.device) >= num[:, None], -1)
+        return self._tree(tokens, parents, num, scores)
+
+    def _host_trees(self, seqs, budgets) -> DraftTree:
+        """`propose` on the host: ``[B, T]`` tensors on the CPU, T the largest tree (so a step's
+        graph bucket fits the trees found, not the drafter's maximum)."""
+        found = []
+        for seq, budget in zip(seqs, budgets):
+            ctx = self.windows.array(seq)[-self.window:]
+            conts = continuations(ctx, self.n_min, self.n_max, self.k, self.max_matches)
+            tok, par, score = trie(int(ctx[-1]), conts, min(budget, self.max_nodes), self.k)
+            found.append((tok, par, score))
+        width = max(len(tok) for tok, _, _ in found)
+        tokens, parents = np.zeros((len(seqs), width), np.int64), np.full((len(seqs), width), -1, np.int64)
+        scores = np.full((len(seqs), width), -np.inf, np.float32)
+        for b, (tok, par, score) in enumerate(found):
+            tokens[b, : len(tok)], parents[b, : len(tok)], scores[b, : len(tok)] = tok, par, score
+        num = torch.tensor([len(tok) for tok, _, _ in found])
+        return self._tree(*(torch.from_numpy(x) for x in (tokens, parents)), num, torch.from_numpy(scores))
+
+    def _tree(self, tokens, parents, num, scores) -> DraftTree:
         kind = torch.full_like(tokens, int(CandidateKind.DETERMINISTIC), dtype=torch.int8)
         return DraftTree(tokens, parents, num, kind=kind, scores=scores, validate=False,
                          depth_bound=self.k, children_bound=self.max_matches)

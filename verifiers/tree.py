@@ -70,10 +70,6 @@ class DraftTree:
         if self.kind is None:
             self.kind = torch.zeros_like(self.tokens, dtype=torch.int8)
         _validate_extras(self.tokens, self.kind, self.draft_probs, self.scores)
-        # Derived on the device from sanitised parents, so that even a bad tree indexes in range.
-        derive = _cuda_tree_structure() if self.parents.is_cuda else tree_structure
-        self.parent_index, self.num_children, self.depth, self.ancestor_mask = derive(
-            self.parents, self.num_nodes)  # [B, T] each
         loose = max(self.max_nodes - 1, 0)
         if validate:
             depth, children, top_kind, per_depth = _read_facts(self)
@@ -87,6 +83,30 @@ class DraftTree:
             self.max_children = loose if children_bound is None else int(children_bound)
             self.children_at_depth = [self.max_children] * (self.max_depth + 1)
             self.has_sampled = self.has_no_replacement = self.draft_probs is not None
+
+    # The structure, derived on the tree's device from sanitised parents (so that even a bad tree
+    # indexes in range) when first read: a tree that is only staged into a step (whose body builds
+    # its own from the same tensors) never pays for it.
+    @cached_property
+    def _structure(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        derive = _cuda_tree_structure() if self.parents.is_cuda else tree_structure
+        return derive(self.parents, self.num_nodes)
+
+    @cached_property
+    def parent_index(self) -> Tensor:  # [B, T] int64
+        return self._structure[0]
+
+    @cached_property
+    def num_children(self) -> Tensor:  # [B, T] int64
+        return self._structure[1]
+
+    @cached_property
+    def depth(self) -> Tensor:  # [B, T] int64
+        return self._structure[2]
+
+    @cached_property
+    def ancestor_mask(self) -> Tensor:  # [B, T] int64
+        return self._structure[3]
 
     @property
     def batch_size(self) -> int:

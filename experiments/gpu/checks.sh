@@ -53,8 +53,9 @@ for stage in "$@"; do
       n=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "")
       timeout 480 python3 -m pytest -m gpu $n -q -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 ;;
     ab)
-      # AB_DRAFTERS picks the drafters (a call carries only their weights), AB_TAG the folder
-      timeout "${AB_TIMEOUT:-560}" experiments/ab_trees.sh .ab/old . "$OUT/${AB_TAG:-ab}" 2 -- --num-prompts 10 \
+      # AB_DRAFTERS picks the drafters (a call carries only their weights), AB_TAG the folder,
+      # AB_ROUNDS the A B rounds
+      timeout "${AB_TIMEOUT:-560}" experiments/ab_trees.sh .ab/old . "$OUT/${AB_TAG:-ab}" "${AB_ROUNDS:-2}" -- --num-prompts 10 \
         --max-new-tokens 256 --data "$PWD/specdec/prompts/mt_bench.jsonl" \
         --hf --drafters ${AB_DRAFTERS:-none ngram_tree eagle eagle3 medusa} --batch-sizes 16 --batch-prompts 48
       python3 experiments/ab_report.py "$OUT/${AB_TAG:-ab}" --json "$OUT/${AB_TAG:-ab}_table.json" ;;

@@ -9,8 +9,9 @@ Inputs (host arrays unless noted; shapes per `StepShape`):
   prefix [B_s] int32 (num_cached), tables [B_s, W] int32, indptr [B_s + 1] int32 (rows of each
   slot), temp, top_p [B_s] float32, top_k [B_s] int64, unif [B_s, T_s + 1] float32;
   trees: budget [B_t] int64 (nodes the scheduler reserved); as the drafter made them (on the
-  device) or, when no one drafts, root-only trees made here on the host: tok, par [B_t, T]
-  int64, kind [B_t, T] int8, num [B_t] int64 and, for a drafter that samples, probs [B_t, T, V];
+  device, or on the host: staged with the host inputs) or, when no one drafts, root-only trees
+  made here: tok, par [B_t, T] int64, kind [B_t, T] int8, num [B_t] int64 and, for a drafter
+  that samples, probs [B_t, T, V];
   packed trees: src [N_t] int64 (flat b * T + i of each row), row_of [B_t, T] int64;
   chunks: ids, pos, slots [N_c] int64 (padding: slot -1), last [B_c] int64 (each chunk's last row).
 """
@@ -102,18 +103,23 @@ def stage(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Optional[
     if bt:
         host["budget"] = np.zeros(bt, np.int64)
         host["budget"][:nt] = [min(i.num_new, t) for i in trees]
-        if tree is None:  # no one drafts: each sequence's last token (padding slots: no node)
-            host["tok"], host["par"] = np.zeros((bt, t), np.int64), np.full((bt, t), -1, np.int64)
-            host["tok"][:nt, 0] = [i.seq.tokens[-1] for i in trees]
-            host["kind"], host["num"] = np.zeros((bt, t), np.int8), np.zeros(bt, np.int64)
-            host["num"][:nt] = 1
-        else:
-            cols = min(t, tree.max_nodes) if nt else 0
+        cols = min(t, tree.max_nodes) if tree is not None and nt else 1
+        fields = {"tok": np.zeros((bt, t), np.int64), "par": np.full((bt, t), -1, np.int64),
+                  "kind": np.zeros((bt, t), np.int8), "num": np.zeros(bt, np.int64)}  # padding: no node
+        if tree is None:  # no one drafts: root-only trees of each sequence's last token
+            fields["tok"][:nt, 0], fields["num"][:nt] = [i.seq.tokens[-1] for i in trees], 1
+            host.update(fields)
+        elif tree.tokens.device.type == "cpu":  # a host tree (lookups at small batches)
+            for name, x in (("tok", tree.tokens), ("par", tree.parents), ("kind", tree.kind)):
+                fields[name][:nt, :cols] = x[:nt, :cols].numpy()
+            fields["num"][:nt] = tree.num_nodes[:nt].numpy()
+            host.update(fields)
+        else:  # the drafter's tensors, copied on the device: the host never waits for them
             for name, x in (("tok", tree.tokens), ("par", tree.parents), ("kind", tree.kind)):
                 dev[name] = (x[:nt, :cols], (bt, t))
             dev["num"] = (tree.num_nodes[:nt], (bt,))
-            if tree.draft_probs is not None:
-                dev["probs"] = (tree.draft_probs[:nt, :cols], (bt, t, tree.draft_probs.shape[-1]))
+        if tree is not None and tree.draft_probs is not None:
+            dev["probs"] = (tree.draft_probs[:nt, :cols], (bt, t, tree.draft_probs.shape[-1]))
         if shape.packed:
             host["src"] = np.concatenate([b * t + np.arange(k) for b, k in enumerate(kept)])
             start = indptr[:nt, None].astype(np.int64)

@@ -35,10 +35,11 @@ def test_no_match_gives_nothing():
 
 
 def test_trie_merges_shared_prefixes_and_respects_budget():
-    tokens, parents = trie(9, [arr(1, 2, 3), arr(1, 2, 4), arr(5)], max_nodes=10)
+    tokens, parents, scores = trie(9, [arr(1, 2, 3), arr(1, 2, 4), arr(5)], max_nodes=10, k=3)
     assert tokens == [9, 1, 2, 3, 4, 5]
     assert parents == [-1, 0, 1, 2, 2, 0]
-    tokens, parents = trie(9, [arr(1, 2, 3), arr(5, 6)], max_nodes=4)
+    assert np.allclose(np.exp(scores), [1, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3])
+    tokens, parents, _ = trie(9, [arr(1, 2, 3), arr(5, 6)], max_nodes=4, k=3)
     assert tokens == [9, 1, 2, 3] and parents == [-1, 0, 1, 2]
 
 
@@ -57,8 +58,8 @@ def paths(tokens, parents, num):
 @pytest.mark.parametrize("seed", range(12))
 def test_batched_lookup_equals_the_per_sequence_reference(seed):
     """lookup.continuations / lookup.trie (the whole batch in tensor ops) find the reference's
-    continuations in its order, and the same trie; the batched trie lists its nodes best first
-    (most continuations through them), so every prefix is a subtree."""
+    continuations in its order, and the same trie, node for node: best first (most
+    continuations through a node), so every prefix is a subtree."""
     import torch
 
     from specdec.drafters import lookup
@@ -70,16 +71,45 @@ def test_batched_lookup_equals_the_per_sequence_reference(seed):
     for b, s in enumerate(seqs):
         ctx[b, width - len(s):] = torch.from_numpy(s)
     conts, found = lookup.continuations(ctx, 1, 3, k, m)
-    tokens, parents, num, scores = lookup.trie(ctx[:, -1], conts, 64)
-    for b, s in enumerate(seqs):
-        ref = continuations(s, 1, 3, k, m)
-        got = [[t for t in c if t >= 0] for c, f in zip(conts[b].tolist(), found[b].tolist()) if f]
-        assert got == [c.tolist() for c in ref]
-        ref_tok, ref_par = trie(int(s[-1]), ref, 64)
-        n = int(num[b])
-        tok, par, sc = tokens[b, :n].tolist(), parents[b, :n].tolist(), scores[b, :n].tolist()
-        assert sorted(paths(tok, par, n)) == sorted(paths(ref_tok, ref_par, len(ref_tok)))
-        assert all(0 <= p < i for i, p in enumerate(par) if i) and sc == sorted(sc, reverse=True)
+    for max_nodes in (64, 6):
+        tokens, parents, num, scores = lookup.trie(ctx[:, -1], conts, max_nodes)
+        for b, s in enumerate(seqs):
+            ref = continuations(s, 1, 3, k, m)
+            got = [[t for t in c if t >= 0] for c, f in zip(conts[b].tolist(), found[b].tolist()) if f]
+            assert got == [c.tolist() for c in ref]
+            ref_tok, ref_par, ref_score = trie(int(s[-1]), ref, max_nodes, k)
+            n = int(num[b])
+            assert (tokens[b, :n].tolist(), parents[b, :n].tolist()) == (ref_tok, ref_par)
+            assert np.allclose(scores[b, :n].numpy(), ref_score)
+            assert all(0 <= p < i for i, p in enumerate(ref_par) if i) and ref_score == sorted(ref_score, reverse=True)
+
+
+@pytest.mark.parametrize("max_matches", [1, 4])
+def test_host_and_batched_proposals_are_the_same_trees(max_matches, monkeypatch):
+    """A few sequences are matched on the host (numpy, one at a time), a batch with the tensor
+    lookup: the same trees, cut to the same budgets."""
+    import types
+
+    import torch
+
+    from specdec.drafters import lookup, ngram
+
+    rng = np.random.default_rng(0)
+    seqs = [types.SimpleNamespace(tokens=rng.integers(0, 6, size=int(rng.integers(3, 300))).tolist(),
+                                  seq_id=i) for i in range(4)]
+    budgets = [32, 5, 1, 17]
+    drafter = ngram.NgramDrafter(num_tokens=8, max_matches=max_matches, max_nodes=32 if max_matches > 1 else None,
+                                 window=128)
+    drafter.windows = lookup.TokenWindows(drafter.window, "cpu")
+    host = drafter.propose(seqs, budgets)
+    monkeypatch.setattr(ngram, "HOST_BATCH", 0)
+    batched = drafter.propose(seqs, budgets)
+    assert host.num_nodes.tolist() == batched.num_nodes.tolist()
+    assert host.num_nodes.tolist()[2] == 1 and host.max_nodes == max(host.num_nodes.tolist())  # no padding column
+    for b, n in enumerate(host.num_nodes.tolist()):
+        for name in ("tokens", "parents"):
+            assert getattr(host, name)[b, :n].tolist() == getattr(batched, name)[b, :n].tolist()
+        assert torch.allclose(host.scores[b, :n], batched.scores[b, :n])
 
 
 def test_the_trie_keeps_the_nodes_most_continuations_share():
