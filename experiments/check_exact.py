@@ -69,6 +69,16 @@ def main() -> None:
     prompts = data_mod.select(data_mod.load_prompt_file(args.data), args.num_prompts)
     ids = [data_mod.render(p, loaded.tokenizer, chat_template=True) for p in prompts]
     rows = []
+    head = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
+            "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+            "num_prompts": len(ids), "max_new_tokens": args.max_new_tokens, "data": args.data,
+            "versions": versions(), "git_sha": git_sha()}
+
+    def save() -> None:  # after every run: a long check stopped early keeps what it measured
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({**head, "rows": rows}, indent=2))
+
     for temp in args.temperatures:
         params = SamplingParams(temperature=temp, max_new_tokens=args.max_new_tokens, seed=args.seed)
         ref, ref_stats = generate(loaded, "none", ids, params, 1, True, args.dtype)
@@ -82,20 +92,16 @@ def main() -> None:
                            **stats, "equal": sum(a == b for a, b in zip(out, ref)),
                            "prefix_match": prefix_match(out, ref)}
                     rows.append(row)
+                    save()
                     print(f"T={temp} {spec} B={batch} exact={exact}: {row['equal']}/{len(ids)} equal, "
                           f"prefix {row['prefix_match']:.3f}, {row['tokens_per_s']:.1f} tok/s", flush=True)
-    result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-              "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-              "num_prompts": len(ids), "max_new_tokens": args.max_new_tokens, "data": args.data,
-              "versions": versions(), "git_sha": git_sha(), "rows": rows}
     print("\n| T | drafter | B | exact | equal to AR | prefix match | tokens/s | tau |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['temperature']:g} | {r['drafter']} | {r['batch']} | {r['exact']} | {r['equal']}/{len(ids)} "
               f"| {r['prefix_match']:.3f} | {r['tokens_per_s']:.1f} | {r['tau']:.2f} |")
+    save()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
 
 
