@@ -112,7 +112,7 @@ class ModelRunner:
         host, dev = stage(trees, chunks, tree, shape, self.target.block_size, sampling, kept)
         plan = sampling_plan(host)
         if self.mirror is not None:
-            self.mirror(("step", self.id, shape, plan, host, {k: (t.cpu(), s) for k, (t, s) in dev.items()}))
+            self.mirror(("step", self.id, shape, plan, host, dev))
         return trees, chunks, shape, host, self.execute(shape, plan, host, dev)
 
     def execute(self, shape: StepShape, plan: SamplingPlan, host: dict[str, np.ndarray],

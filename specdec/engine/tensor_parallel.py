@@ -5,7 +5,8 @@ Rank 0 runs the whole engine: scheduler, drafter (at TP = 1, as vLLM's
 ``draft_tensor_parallel_size=1``), policy and the host side of every step. Ranks 1..N-1 hold their
 share of the target (specdec/models/tensor_parallel.py) and its KV cache and run only the step
 body, in lockstep: for each forward rank 0 broadcasts what it staged (the step's shape, sampling
-plan, host arrays and device inputs, draft trees included), then every rank runs the same body
+plan and host arrays as one message, then its device inputs, draft trees included, tensor by
+tensor from device to device: rank 0 never waits for the drafter), then every rank runs the same body
 (forward with its all-reduces, logits from the replicated lm_head, the verifier on the same
 uniforms, the KV commit into its own heads). The verifier is deterministic given its inputs, so
 every rank accepts the same nodes without another message; only rank 0 reads the step back.
@@ -47,6 +48,7 @@ class Ranks:
     """Rank 0's handle on the ranks of one process group."""
     size: int
     timeout_s: float
+    device: torch.device  # rank 0's: where a collective's tensors must be (NCCL: its GPU)
     procs: list = field(default_factory=list)  # spawned ranks 1..N-1 ([] under torchrun)
     next_id: int = 0  # runner ids: several engines (a run and its baseline) share the ranks
     closed: bool = False
@@ -64,10 +66,19 @@ class Ranks:
         self.send(("runner", runner.id, verifier, prepare, kwargs))
 
     def send(self, msg: tuple) -> None:
-        """Broadcast ``msg`` to ranks 1..N-1 (each runs it; see `serve`)."""
+        """Broadcast ``msg`` to ranks 1..N-1 (each runs it; see `serve`). A step's device inputs
+        ``{name: (tensor, static shape)}`` go as tensors after the message, which carries their
+        dtypes and shapes."""
         self.check()
+        tensors = []
+        if msg[0] == "step":
+            *head, dev = msg
+            tensors = [t.to(self.device).contiguous() for t, _ in dev.values()]
+            msg = (*head, {k: (t.dtype, tuple(t.shape), s) for k, (t, s) in dev.items()})
         try:
             dist.broadcast_object_list([msg], src=0)
+            for t in tensors:
+                dist.broadcast(t, src=0)
         except Exception as e:  # a peer gone or silent past the timeout
             self.failed = True
             raise RankError(self.explain(e)) from e
@@ -161,7 +172,7 @@ def start(size: int, load: Callable[[torch.device], Any], device: torch.device, 
         _init(backend, rank, world, timeout, None)
         if rank != 0:
             _exit(serve_rank(rank, size, load, device, timeout_s))
-        ranks = Ranks(size, timeout_s)
+        ranks = Ranks(size, timeout_s, rank_device(device, 0))
     else:
         if device.type == "cuda" and torch.cuda.device_count() < size:
             raise ValueError(f"engine.tensor_parallel_size={size} needs {size} GPUs; this machine "
@@ -172,7 +183,7 @@ def start(size: int, load: Callable[[torch.device], Any], device: torch.device, 
                              name=f"specdec-tp-rank{r}") for r in range(1, size)]
         for p in procs:
             p.start()
-        ranks = Ranks(size, timeout_s, procs)
+        ranks = Ranks(size, timeout_s, rank_device(device, 0), procs)
         try:
             _init(backend, 0, size, timeout, port)
         except Exception as e:
@@ -265,13 +276,17 @@ def serve(model, device: torch.device, rank: int) -> None:
             rid, verifier, (dtype, positions), kwargs = args
             model.prepare(device, dtype, positions)
             runners[rid] = ModelRunner(model, verifier, device=device, **kwargs)
-        elif kind == "step":  # (id, shape, plan, host arrays, device inputs)
-            rid, shape, plan, host, dev = args
+        elif kind == "step":  # (id, shape, plan, host arrays, device inputs' dtypes and shapes)
+            rid, shape, plan, host, meta = args
             steps += 1
             if fault and steps == fault[1]:
                 _inject(fault[0], rank)
+            dev = {}
+            for name, (dtype, size, static) in meta.items():  # then the tensors, in that order
+                dev[name] = (torch.empty(size, dtype=dtype, device=device), static)
+                dist.broadcast(dev[name][0], src=0)
             with torch.inference_mode():
-                runners[rid].execute(shape, plan, host, {k: (t.to(device), s) for k, (t, s) in dev.items()})
+                runners[rid].execute(shape, plan, host, dev)
         elif kind == "warm_up":
             rid, max_nodes = args
             runners[rid].warm_up(max_nodes)
