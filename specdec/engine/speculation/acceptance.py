@@ -42,8 +42,13 @@ class Acceptance:
 
     def _rows(self, seq_ids: list[int]) -> np.ndarray:
         """The table rows of these requests; a new one gets a row holding the mean curve."""
+        row = self.row
+        try:  # every request known (all steps but a request's first): one pass
+            return np.array([row[sid] for sid in seq_ids], dtype=np.int64)
+        except KeyError:
+            pass
         for sid in seq_ids:
-            if sid not in self.row:
+            if sid not in row:
                 if not self.free:  # grow the table
                     n = len(self.table)
                     self.table = np.concatenate([self.table, np.ones((n, self.max_nodes))])
@@ -51,7 +56,7 @@ class Acceptance:
                     self.free = list(range(2 * n - 1, n - 1, -1))
                 r = self.row[sid] = self.free.pop()
                 self.table[r], self.ratios[r] = self.mean_curve, 1.0
-        return np.fromiter((self.row[sid] for sid in seq_ids), dtype=np.int64, count=len(seq_ids))
+        return np.array([row[sid] for sid in seq_ids], dtype=np.int64)
 
     def curves(self, seq_ids: list[int]) -> np.ndarray:
         """``[B, max_nodes]``: the tokens each request's next step is expected to emit at

@@ -123,12 +123,14 @@ class AdaptivePolicy:
         if not decode or len(self.levels) == 1:
             return items
         ids = [i.seq.seq_id for i in decode]
-        caps = np.fromiter((i.num_new for i in decode), np.int64, len(decode))  # [B]
+        caps = np.array([i.num_new for i in decode], dtype=np.int64)  # [B]
         curves = self.acceptance.curves(ids)  # [B, T]
         budget = self.choose(len(ids), caps, curves)
         self.chosen[budget] = self.chosen.get(budget, 0) + 1
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
         self.predicted.append((ids, curves[np.arange(len(ids)), at]))
+        if budget >= caps.max():  # no one's budget changes
+            return items
         return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False)
                 for i in items]
 
@@ -137,7 +139,8 @@ class AdaptivePolicy:
         may take; ``curves [B, T]``: their expected tokens at budgets 1..T)."""
         self.steps += 1
         b = bucket(batch, self.buckets) or batch
-        levels = [n for n in self.levels if n <= caps.max()] or [1]
+        top = caps.max()
+        levels = [n for n in self.levels if n <= top] or [1]
         for n in levels:  # a level this batch bucket has not measured enough: measure it
             if not self.costs.known(b, n):
                 return n
@@ -146,14 +149,14 @@ class AdaptivePolicy:
         tokens = curves[np.arange(batch)[None, :], at].sum(1)  # [L]
         tokens = batch + self.correction() * (tokens - batch)  # the drafts, as steps bear them out
         rate = [t / self.costs.estimate(b, n) for t, n in zip(tokens.tolist(), levels)]
-        best = levels[int(np.argmax(rate))]
+        best = levels[max(range(len(rate)), key=rate.__getitem__)]  # the first of equals
         if best > 1:
             self.interval, self.since = self.explore_every, 0
             return best
         self.since += 1
         if len(levels) > 1 and self.since >= self.interval:  # keep the acceptance curves current
             self.since, self.interval = 0, min(2 * self.interval, self.max_explore_every)
-            best = levels[1 + int(np.argmax(rate[1:]))]
+            best = levels[max(range(1, len(rate)), key=rate.__getitem__)]
         return best
 
     # ---- learning -------------------------------------------------------------------------
@@ -183,8 +186,8 @@ class AdaptivePolicy:
         curves, calibrated per node and per request, can still be off at the step level (on the
         H200, EAGLE-3 steps predicted at 1.6-2.4 tokens emitted 2.5-3.2), and the budget choice
         then leans toward too small or too large trees."""
-        emitted, predicted = self.drafts
-        return float(np.clip(emitted / predicted, 0.5, 2.0))
+        emitted, predicted = self.drafts.tolist()
+        return min(max(emitted / predicted, 0.5), 2.0)
 
     def release(self, seq) -> None:
         self.acceptance.release(seq.seq_id)
