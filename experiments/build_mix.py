@@ -22,17 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from pathlib import Path
 
+from specdec.drafters.train.prompts import TRAIN_ROWS, clean_answer as clean
+
 PER_CATEGORY = 8
-SKIP = 4000  # rows the shipped drafters' training prompts came from (the first ones of each file)
-
-
-def clean(answer: str) -> str:
-    """A GSM8K worked answer as prose: calculator annotations and the final ``####`` line removed."""
-    text = re.sub(r"<<[^>]*>>", "", answer)
-    return re.sub(r"\n####.*$", "", text).strip()
+SKIP = TRAIN_ROWS  # the rows training reads (the first ones of each file): the mix takes the rest
 
 
 def build(source: Path) -> list[dict]:

@@ -35,7 +35,9 @@
 #
 # Sizes: 3000 public prompts (GSM8K and Code Alpaca interleaved, the Alpaca seeds) + 4500
 # self-instruct asks + 10000 Magpie samples (user turns the target writes from its own chat
-# template), greedy answers of <= 256 tokens. The first rounds (2026-11-24) had no Magpie prompts;
+# template) + 3000 copy-heavy tasks over the public text (summarize, extract, translate, passage QA,
+# documents, rewrite, code), greedy answers of <= 256 tokens; 4000 of the conversations go on for a
+# second turn (a template's follow-up or one the target writes, alternately). The first rounds (2026-11-24) had no Magpie prompts;
 # a round with 4000 public prompts and 300 self-instruct gave heads that knew math and code (top-10
 # coverage 0.94 on 8 of their training answers) but not MT-bench's writing and roleplay (0.47-0.75
 # on 4 MT-bench answers): the self-instruct and Magpie shares are for breadth. EAGLE with 2
@@ -52,6 +54,7 @@ if [ -d .data ] && [ ! -d "$STASH/data" ]; then mkdir -p "$STASH" && cp -r .data
 FULL_SETS=builtin:train; [ -d "$STASH/data/train" ] && FULL_SETS=$STASH/data/train
 PROMPTS=${PROMPTS:-$FULL_SETS} MT_BENCH=${MT_BENCH:-builtin:mt_bench.jsonl}
 DATA_PROMPTS=${DATA_PROMPTS:-3000} SELF_INSTRUCT=${SELF_INSTRUCT:-4500} MAGPIE=${MAGPIE:-10000}
+COPY_TASKS=${COPY_TASKS:-3000} FOLLOW_UPS=${FOLLOW_UPS:-4000}  # copy-heavy prompts; conversations given a second turn
 NEW_TOKENS=${NEW_TOKENS:-256} DATA_TIME=${DATA_TIME:-0}  # DATA_TIME: seconds the data stage may run (0: no limit)
 DEADLINE=${DEADLINE:-} EVAL_S=${EVAL_S:-120}  # DEADLINE set: training time = DEADLINE - elapsed - EVAL_S
 EVAL_PROMPTS=${EVAL_PROMPTS:-null} DEVICE=${DEVICE:-auto}  # EVAL_PROMPTS: null = all 80
@@ -110,7 +113,7 @@ for stage in "$@"; do
       rc=0
       timeout -s TERM "$DATA_TIME" python3 -m specdec.train train/method=eagle logger=none "work_dir=$RUNS/data-run" "data.dir=$RUNS/data" \
         "stages=[data]" "data.prompts_dir=$PROMPTS" "data.max_prompts=$DATA_PROMPTS" "data.self_instruct=$SELF_INSTRUCT" \
-        "data.magpie=$MAGPIE" "data.max_new_tokens=$NEW_TOKENS" data.max_len=1024 data.shard_size=256 \
+        "data.magpie=$MAGPIE" "data.copy_tasks=$COPY_TASKS" "data.follow_ups=$FOLLOW_UPS" "data.max_new_tokens=$NEW_TOKENS" data.max_len=1024 data.shard_size=256 \
         "engine.max_num_seqs=$DATA_SEQS" "engine.max_graph_batch=$DATA_SEQS" engine.prefill_graphs=false \
         "engine.device=$DEVICE" 2>&1 || rc=$?
       if [ "$rc" = 124 ]; then echo "data stage stopped at DATA_TIME=${DATA_TIME}s: training uses the shards written"

@@ -152,7 +152,8 @@ def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
     manifest = Manifest.load(plan.data_dir)
     data = {}
     if manifest:
-        src = manifest.info.get("sources", {})
+        src = {**manifest.info.get("sources", {}),
+               **{f"second turns, {k}": v for k, v in manifest.info.get("second turns", {}).items() if v}}
         data = {"examples": manifest.num_examples, "tokens": manifest.num_tokens,
                 "sources": ", ".join(f"{k}: {v}" for k, v in src.items())}
     world = summary.get("train", {}).get("world_size", 1)

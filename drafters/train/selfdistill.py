@@ -1,6 +1,10 @@
 """Self-distillation data: the target answers the training prompts through the engine; shards of
 prompt + answer tokens (and, with ``store_hidden``, the target's hidden states) are written with
-a manifest, so an interrupted run resumes where it stopped."""
+a manifest, so an interrupted run resumes where it stopped. ``follow_ups`` of the conversations
+go on for a second turn: a follow-up (from a template list, or a user turn the target writes
+after its own answer, Magpie-style) and the target's answer to it, an example whose prompt is the
+whole conversation so far (a head learns the second turn with the first in context, as MT-bench
+and chat serving ask it)."""
 from __future__ import annotations
 
 import json
@@ -17,8 +21,8 @@ from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
 
 from .features import target_features
-from .prompts import (magpie_prefix, parse_instruction, parse_query, seed_tasks, self_instruct_prompt,
-                      training_prompts)
+from .prompts import (FOLLOW_UPS, copy_tasks, magpie_prefix, parse_instruction, parse_query, seed_tasks,
+                      self_instruct_prompt, training_prompts)
 from .shards import Example, Manifest, write_shard
 
 PROMPTS_FILE = "prompts.json"
@@ -30,6 +34,9 @@ class DataConfig:
     max_prompts: int = 2000  # from the public sets
     self_instruct: int = 0  # extra prompts the target writes from the seed tasks
     magpie: int = 0  # user turns the target samples from its chat template's empty user turn
+    copy_tasks: int = 0  # copy-heavy prompts over the public sets' text (summarize, translate, ...)
+    follow_ups: int = 0  # conversations that go on for a second turn
+    follow_up_source: str = "mix"  # template | target (writes the follow-up) | mix (alternately)
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: the target's greedy answers (what T=0 serving drafts against)
     max_len: int = 1024  # prompt + answer tokens kept per example
@@ -53,6 +60,7 @@ def collect_prompts(loaded, cfg: DataConfig, engine_cfg: EngineConfig, log=print
     written = self_instruct(loaded, seed_tasks(cfg.prompts_dir), cfg.self_instruct, engine_cfg,
                             cfg.seed) if cfg.self_instruct else []
     sampled = magpie(loaded, cfg.magpie, engine_cfg, cfg.seed) if cfg.magpie else []
+    copies = copy_tasks(cfg.prompts_dir, cfg.copy_tasks, cfg.seed)
     if not public and not written and not sampled:
         raise ValueError("no training prompts: data.prompts_dir is null and data.self_instruct=0 and "
                          "data.magpie=0; set one of them (data.prompts_dir=builtin:train: the shipped "
@@ -61,7 +69,9 @@ def collect_prompts(loaded, cfg: DataConfig, engine_cfg: EngineConfig, log=print
                "self-instruct prompts": len(written)}
     if cfg.magpie:
         sources["magpie prompts"] = len(sampled)
-    prompts = public + written + sampled
+    if cfg.copy_tasks:
+        sources["copy-heavy task prompts (summarize, extract, translate, passage QA, documents, rewrite, code)"] = len(copies)
+    prompts = public + written + sampled + copies
     random.Random(cfg.seed).shuffle(prompts)  # any prefix of the shards (a cut run) mixes the sources
     return prompts, sources
 
@@ -102,22 +112,33 @@ def magpie_turns(seqs, tokenizer) -> list[str]:
 
 def generate(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig, log=print) -> Manifest:
     """Write (or finish writing) the shards of ``directory``; returns the manifest."""
+    if cfg.follow_up_source not in FOLLOW_UP_SOURCES:
+        raise ValueError(f"data.follow_up_source must be one of {', '.join(FOLLOW_UP_SOURCES)}; got "
+                         f"{cfg.follow_up_source!r}")
+    if cfg.follow_ups and cfg.follow_up_source != "template" and getattr(loaded.tokenizer, "chat_template", None) is None:
+        raise ValueError(f"data.follow_up_source={cfg.follow_up_source} has the target write follow-ups from "
+                         f"its chat template, and this tokenizer has none: set data.follow_up_source=template")
     directory.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(directory) or Manifest(target=str(getattr(loaded, "source", "")),
                                                     info={"config": _jsonable(cfg)})
     prompts, sources = _prompts(loaded, directory, cfg, engine_cfg, log)
     manifest.info.setdefault("sources", sources)
+    turns = manifest.info.setdefault("second turns", {"template follow-ups": 0, "target-written follow-ups": 0})
+    second = set(random.Random(cfg.seed).sample(range(len(prompts)), min(cfg.follow_ups, len(prompts))))
     engine = build_engine(loaded, engine_cfg)
     bar = tqdm(total=len(prompts), initial=manifest.prompts_done, desc="self-distillation", unit="prompt")
     while manifest.prompts_done < len(prompts):
         chunk = prompts[manifest.prompts_done: manifest.prompts_done + cfg.shard_size]
-        examples = answer(engine, loaded, chunk, cfg, manifest.prompts_done)
+        examples, made = answer(engine, loaded, chunk, cfg, manifest.prompts_done, second)
         manifest.shards.append(write_shard(directory, len(manifest.shards), examples))
         manifest.prompts_done += len(chunk)
+        for kind, n in made.items():
+            turns[kind] += n
         manifest.save(directory)
         bar.update(len(chunk))
     bar.close()
-    log(f"[specdec.train] data: {manifest.num_examples} examples, {manifest.num_tokens} tokens in {directory}")
+    log(f"[specdec.train] data: {manifest.num_examples} examples ({sum(turns.values())} second turns), "
+        f"{manifest.num_tokens} tokens in {directory}")
     return manifest
 
 
@@ -132,18 +153,65 @@ def _prompts(loaded, directory: Path, cfg: DataConfig, engine_cfg: EngineConfig,
     return prompts, sources
 
 
-def answer(engine: Engine, loaded, prompts: list[str], cfg: DataConfig, first: int) -> list[Example]:
+def answer(engine: Engine, loaded, prompts: list[str], cfg: DataConfig, first: int,
+           second: set = frozenset()) -> tuple[list[Example], dict]:
+    """The examples of prompts ``first ..`` (and of the second turns of those in ``second``), and
+    how many second turns of each kind were made."""
     ids = [render(Prompt(str(first + i), [p]), loaded.tokenizer) for i, p in enumerate(prompts)]
     params = [SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                              seed=cfg.seed + first + i) for i in range(len(prompts))]
     seqs = engine.generate(ids, params)
     examples = [Example(s.tokens[: cfg.max_len], len(s.prompt)) for s in seqs
                 if s.output and len(s.prompt) < cfg.max_len - 1]
+    go_on = [(first + i, p, s) for i, (p, s) in enumerate(zip(prompts, seqs)) if first + i in second and s.output]
+    more, made = second_turns(engine, loaded, go_on, cfg)
+    examples += more
     if cfg.store_hidden and examples:
         hidden, aux = target_features(loaded.model, [e.tokens for e in examples], tuple(cfg.layers))
         for e, h, a in zip(examples, hidden, aux):
             e.hidden, e.aux = h, a
-    return examples
+    return examples, made
+
+
+FOLLOW_UP_SOURCES = ("template", "target", "mix")
+SECOND_SEED = 1_000_003  # second answers' seeds: apart from the first answers' (seed + index)
+
+
+def second_turns(engine: Engine, loaded, turns: list, cfg: DataConfig) -> tuple[list[Example], dict]:
+    """For each ``(index, prompt, first answer's sequence)``: a follow-up question, from the
+    template list or written by the target after its answer (temperature 1; a template when its
+    turn is unusable), and the target's answer to it, with the whole conversation as the prompt."""
+    made = {"template follow-ups": 0, "target-written follow-ups": 0}
+    if not turns:
+        return [], made
+    tok = loaded.tokenizer
+    answers = [tok.decode(s.output, skip_special_tokens=True).strip() for _, _, s in turns]
+    asks = [FOLLOW_UPS[random.Random(f"{cfg.seed}-{g}").randrange(len(FOLLOW_UPS))] for g, _, _ in turns]
+    by_target = [k for k, (g, _, _) in enumerate(turns)
+                 if cfg.follow_up_source == "target" or (cfg.follow_up_source == "mix" and g % 2)]
+    if by_target:
+        history = [[{"role": "user", "content": turns[k][1]}, {"role": "assistant", "content": answers[k]}]
+                   for k in by_target]
+        params = [SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=128, seed=cfg.seed + turns[k][0])
+                  for k in by_target]
+        written = engine.generate([magpie_prefix(tok, h) for h in history], params)
+        for k, s in zip(by_target, written):
+            ask = parse_query(tok.decode(s.output, skip_special_tokens=True)) if s.finish_reason == "stop" else None
+            if ask:
+                asks[k] = ask
+            else:
+                by_target = [j for j in by_target if j != k]
+    ids = [render(Prompt(str(g), [p, ask]), tok, turn=1, answers=[a])
+           for (g, p, _), a, ask in zip(turns, answers, asks)]
+    params = [SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                             seed=cfg.seed + SECOND_SEED + g) for g, _, _ in turns]
+    seqs = engine.generate(ids, params)
+    examples = []
+    for k, s in enumerate(seqs):
+        if s.output and len(s.prompt) < cfg.max_len - 1:
+            examples.append(Example(s.tokens[: cfg.max_len], len(s.prompt)))
+            made["target-written follow-ups" if k in by_target else "template follow-ups"] += 1
+    return examples, made
 
 
 def _jsonable(cfg: DataConfig) -> dict:

@@ -8,8 +8,10 @@ import pytest
 
 from specdec.data import DataError
 from specdec.drafters.train.pipeline import EvalConfig, Plan, run
-from specdec.drafters.train.prompts import magpie_prefix, parse_instruction, parse_query, training_prompts
-from specdec.drafters.train.selfdistill import DataConfig, magpie_turns
+from specdec.drafters.train import prompts as prompt_sets
+from specdec.drafters.train.prompts import (FOLLOW_UPS, copy_tasks, magpie_prefix, parse_instruction, parse_query,
+                                            training_prompts)
+from specdec.drafters.train.selfdistill import DataConfig, generate, magpie_turns
 from specdec.drafters.train.shards import Manifest, read_shards
 from specdec.drafters.train.trainer import TrainConfig
 from specdec.engine.config import EngineConfig
@@ -72,6 +74,50 @@ def test_a_prompt_folder_that_is_not_there_is_an_error(tmp_path):
     with pytest.raises(DataError, match="holds none of gsm8k_train.jsonl"):
         training_prompts(tmp_path / "empty", 10)
     assert training_prompts(None, 10) == []
+
+
+def test_copy_tasks_read_the_training_rows_only(tmp_path, monkeypatch):
+    """Copy-heavy prompts wrap the folder's text in task templates, every kind in turn, each
+    prompt over its own passage; rows past TRAIN_ROWS (the evaluation mix's) are never read."""
+    folder = write_prompts(tmp_path / "prompts")
+    code = [{"instruction": "fix it", "input": "def f(x):\n    return (x + 1) * 2  # a comment; y = f(3)"}]
+    (folder / "code_alpaca.json").write_text(json.dumps(code))
+    tasks = copy_tasks(str(folder), 14, seed=1)
+    assert len(tasks) == 14 and tasks == copy_tasks(str(folder), 14, seed=1)
+    assert sum("def f(x)" in t for t in tasks) == 2  # the code kind, every seventh prompt
+    assert any(t.startswith(("Translate into", "Please give a", "How would you say")) for t in tasks)
+    assert all("what is" in t or "def f(x)" in t for t in tasks)  # every one carries a passage
+    monkeypatch.setattr(prompt_sets, "TRAIN_ROWS", 2)
+    assert not any("what is 2 plus" in t or "what is 3 plus" in t for t in copy_tasks(str(folder), 14))
+    assert training_prompts(str(folder), 100) and "what is 3 plus 3?" not in training_prompts(str(folder), 100)
+    assert copy_tasks(None, 5) == [] and copy_tasks(str(folder), 0) == []
+
+
+def test_conversations_go_on_for_a_second_turn(tiny_dir, tmp_path):
+    """data.follow_ups conversations get a second turn (a template's follow-up, or one the
+    target writes after its answer): an example whose prompt holds the first question, the
+    target's first answer and the follow-up. The manifest counts them; a rerun resumes."""
+    loaded = load_model(str(tiny_dir("llama", num_hidden_layers=4)))
+    cfg = DataConfig(prompts_dir=str(write_prompts(tmp_path / "prompts")), max_prompts=4, copy_tasks=3,
+                     follow_ups=5, follow_up_source="mix", max_new_tokens=6, max_len=512, shard_size=3)
+    manifest = generate(loaded, tmp_path / "data", cfg, EngineConfig(device="cpu"), log=lambda *_: None)
+    made = manifest.info["second turns"]
+    assert manifest.info["sources"]["copy-heavy task prompts (summarize, extract, translate, passage QA, "
+                                    "documents, rewrite, code)"] == 3
+    examples = read_shards(tmp_path / "data")
+    seconds = [e for e in examples if loaded.tokenizer.decode(e.tokens).count("<|im_start|>user") == 2]
+    assert len(seconds) == sum(made.values()) == 5 == len(examples) - 7 and made["template follow-ups"] >= 2
+    texts = [loaded.tokenizer.decode(e.tokens[: e.prompt_len]) for e in seconds]
+    # (the tiny tokenizer has no capitals: a capital decodes as <unk>)
+    assert sum(any(f[1:12] in t for f in FOLLOW_UPS) for t in texts) >= made["template follow-ups"]
+    assert all(t.count("<|im_start|>assistant") == 2 for t in texts)  # the first answer, then the prompt for the second
+    again = generate(loaded, tmp_path / "data", cfg, EngineConfig(device="cpu"), log=lambda *_: None)
+    assert again.shards == manifest.shards and again.info["second turns"] == made
+    with pytest.raises(ValueError, match="data.follow_up_source must be one of template, target, mix"):
+        generate(loaded, tmp_path / "other", DataConfig(follow_ups=1, follow_up_source="user"), EngineConfig(device="cpu"))
+    loaded.tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="set data.follow_up_source=template"):
+        generate(loaded, tmp_path / "other", DataConfig(follow_ups=1), EngineConfig(device="cpu"))
 
 
 @pytest.mark.parametrize("text, want", [("1. Write a haiku about rain.\nmore", "Write a haiku about rain."),
