@@ -12,7 +12,10 @@ and writes into OUT (default: DIR/report):
   throughput vs batch size (a series per method and speculation policy), latency CDFs, and the
   adaptive policy's calibration (tokens per step it predicted vs emitted); each only when its x
   axis varies in the runs (report.md says why one was left out);
-- the step costs the adaptive policy measured (ms per step, by batch bucket x node budget).
+- the step costs the adaptive policy measured (ms per step, by batch bucket x node budget);
+- learning curves: every trained head's ``curve.json`` under the directories (tau against training
+  tokens, one point per round, drafters/train/curve.py), as a table and ``learning_curves.png``;
+  ``python -m specdec.report drafters/weights`` reports the shipped heads' alone.
 
 Speedup has one definition in every table (specdec/speedup.py, DEFINITION: Spec-Bench's mean
 question speed over the baseline's on the same questions), computed from the per-question numbers
@@ -405,13 +408,51 @@ def legend(ax, fig):
 
 
 # ---- entry -------------------------------------------------------------------------------------
+def collect_curves(dirs: Iterable[str | Path]) -> list[tuple[str, list[dict]]]:
+    """(head folder, its points) of every learning curve (``curve.json``) under ``dirs``."""
+    from specdec.drafters.train import curve
+
+    found = sorted({p.parent for d in dirs for p in Path(d).rglob(curve.FILE)})
+    return [(f"{p.parent.name}/{p.name}", points) for p in found if (points := curve.load(p))]
+
+
+def curve_section(curves: list[tuple[str, list[dict]]], out: Path) -> tuple[str, list[Path]]:
+    """The learning curves' table and plot (tau against training tokens)."""
+    rows = [[name, str(p["tokens"]), fmt(p.get("tau"), ".3f"), f"{p.get('num_prompts')} {p.get('prompts')}",
+             str(p.get("date", ""))] for name, points in curves for p in points]
+    table = markdown(["head", "training tokens", "tau", "measured on", "date"], rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, points) in enumerate(curves):
+        measured = [p for p in points if p.get("tau") is not None]
+        ax.plot([p["tokens"] for p in measured], [p["tau"] for p in measured], label=name, **style(i, len(curves)))
+    ax.set_xlabel("training tokens (from the curve's first point)")
+    ax.set_ylabel("tau (T = 0)")
+    ax.set_title("learning curves")
+    legend(ax, fig)
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return table, [path]
+
+
 def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: bool = True) -> dict:
     """Write the tables and plots; returns {'runs': n, 'files': [...]}."""
     runs = sorted(collect(dirs, progress), key=lambda r: (setting(r), label(r), temperature(r)))
-    if not runs:
-        raise SystemExit(f"no finished summary.json under {', '.join(map(str, dirs))}")
+    curves = collect_curves(dirs)
+    if not runs and not curves:
+        raise SystemExit(f"no finished summary.json (and no curve.json) under {', '.join(map(str, dirs))}")
     out = Path(out) if out else Path(dirs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    if not runs:  # trained heads only: their learning curves
+        table, pngs = curve_section(curves, out)
+        text = f"# specdec report\n\n## Learning curves\n\n{table}\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
+        (out / "report.md").write_text(text + "\n")
+        return {"runs": 0, "out": str(out), "files": [str(p) for p in pngs], "not_drawn": {}, "failed": []}
     sb_md, sb_rec = spec_bench_tables(runs)
     ea_md, ea_rec = eagle_tables(runs)
     runs_rec = run_records(runs)
@@ -419,6 +460,10 @@ def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: b
     for name, recs in files.items():
         write_csv(out / name, recs)
     pngs, skipped = plots(runs, out)
+    curve_table = ""
+    if curves:
+        curve_table, curve_pngs = curve_section(curves, out)
+        pngs += curve_pngs
     failed = failures(dirs)
     for folder, error in failed:
         print(f"left out {folder}: the run failed ({error}; its FAILED file has the traceback)")
@@ -434,9 +479,10 @@ def report(dirs: list[str | Path], out: Optional[str | Path] = None, progress: b
                  [[run_folder(r["path"]), r["method"], f"{r['temperature']:g}", fmt(r.get("tokens_per_s"), ".1f"),
                    fmt(r.get("speedup"), ".2f", "x"), fmt(r.get("mean_accepted_length")),
                    baseline_cell(r)] for r in runs_rec]),
-        "## Step costs measured by the adaptive policy", step_cost_table(runs),
-        "## Plots", "\n".join([f"![{p.stem}]({p.name})" for p in pngs]
-                              + [f"- {name}: not drawn, {why}" for name, why in skipped.items()])])
+        "## Step costs measured by the adaptive policy", step_cost_table(runs)]
+        + (["## Learning curves", curve_table] if curves else [])
+        + ["## Plots", "\n".join([f"![{p.stem}]({p.name})" for p in pngs]
+                                 + [f"- {name}: not drawn, {why}" for name, why in skipped.items()])])
     (out / "report.md").write_text(text + "\n")
     return {"runs": len(runs), "out": str(out), "files": [str(out / n) for n in files] + [str(p) for p in pngs],
             "not_drawn": skipped, "failed": [str(folder) for folder, _ in failed]}

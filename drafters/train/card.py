@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import curve
+
 USE = {"eagle": "python -m specdec.run drafter=eagle drafter.path={path}",
        "eagle3": "python -m specdec.run drafter=eagle3 drafter.path={path}",
        "medusa": "python -m specdec.run drafter=medusa drafter.path={path}",
@@ -16,9 +18,10 @@ WHAT = {"eagle": "EAGLE-1/2 draft head (one decoder layer; official EAGLE format
 
 
 def write_card(directory: Path, kind: str, target: str, data: dict, train: dict, evaluation: dict,
-               command: str, started_from: str | None = None) -> Path:
+               command: str, started_from: str | None = None, points: list[dict] = ()) -> Path:
     """``evaluation`` empty: the run had no eval stage, and the card says tau was not measured.
-    ``started_from``: the head the training went on from (method.options.init_from)."""
+    ``started_from``: the head the training went on from (method.options.init_from); ``points``:
+    its learning curve (curve.py)."""
     files = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".json"))
     tau = evaluation.get("mean_accepted_length")
     sources = f" (answers to a prompt list of {data['sources']})" if data.get("sources") else ""
@@ -53,6 +56,7 @@ def write_card(directory: Path, kind: str, target: str, data: dict, train: dict,
     if tau is not None:
         lines += ["Acceptance per depth: "
                   + json.dumps([round(x, 3) for x in evaluation.get('accept_rate_per_depth', [])]), ""]
+    lines += curve.markdown(list(points))
     path = directory / "README.md"
     path.write_text("\n".join(lines))
     return path

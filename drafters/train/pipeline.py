@@ -8,6 +8,7 @@ the training result)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,7 +18,9 @@ import torch
 from specdec.data import default_prompts, load_prompt_file, resolve_path, select
 from specdec.engine.config import EngineConfig
 
-from . import checkpoint, distributed
+from specdec.drafters import formats
+
+from . import checkpoint, curve, distributed
 from .batches import BatchSource
 from .card import write_card
 from .evaluate import baseline_outputs, evaluate
@@ -161,5 +164,23 @@ def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
              "device": device if world == 1 else f"{world} ranks ({device} on rank 0; data-parallel)"}
     train.setdefault("steps", plan.train.steps)
     train.setdefault("train_s", float("nan"))
+    points = _curve(plan, summary.get("eval", {}))
     write_card(plan.export_dir, plan.kind, loaded.source, data, train, summary.get("eval", {}), plan.command,
-               plan.options.get("init_from"))
+               plan.options.get("init_from"), points)
+
+
+def _curve(plan: Plan, evaluation: dict) -> list[dict]:
+    """The exported head's learning curve: the curve of the head this round went on from (read
+    once per work dir, so exporting over that head's own folder cannot count a round twice), then
+    this round's point (its tokens over every run of its checkpoint)."""
+    saved = plan.work_dir / "curve_prior.json"
+    if saved.is_file():
+        prior = json.loads(saved.read_text())
+    else:
+        init = plan.options.get("init_from")
+        prior = curve.load(formats.expand_default(str(init), plan.kind)) if init else []
+        saved.write_text(json.dumps(prior))
+    meta = checkpoint.info(plan.ckpt_dir)
+    points = curve.extend(prior, meta.get("tokens", 0), meta.get("step", 0), evaluation)
+    curve.write(plan.export_dir, points)
+    return points

@@ -96,7 +96,9 @@ class Trainer:
         self.loss_fn = distributed.wrap(self.objective, self.dist, self.device)
         if self.dist is not None:  # independent input noise per rank (uniform_noise draws per row)
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank + 1)
-        fitted = checkpoint.info(self.ckpt_dir).get("fitted_steps") if step else None
+        saved = checkpoint.info(self.ckpt_dir) if step else {}
+        fitted = saved.get("fitted_steps")
+        self._tokens_before = int(saved.get("tokens", 0))  # this round's tokens in earlier runs
         if self.cfg.fit_to_time and fitted:  # a resumed fitted run keeps its schedule
             self.cfg = dataclasses.replace(self.cfg, steps=int(fitted))
         self._fitted = fitted if self.cfg.fit_to_time else None
@@ -113,6 +115,7 @@ class Trainer:
             step += 1
             history.append(loss)
             tokens += metrics["tokens"]
+            self._tokens = self._tokens_before + int(tokens)
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -131,6 +134,7 @@ class Trainer:
         return {"steps": step, "steps_this_run": step - start_step, "finished": step >= cfg.steps,
                 "schedule_steps": cfg.steps, "train_s": train_s, "loss_history": history,
                 "world_size": self.dist.world if self.dist is not None else 1, "tokens": int(tokens),
+                "round_tokens": self._tokens_before + int(tokens),  # this checkpoint's, over its runs
                 "tokens_per_s": tokens / train_s if train_s > 0 else None,
                 "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}
 
@@ -167,7 +171,7 @@ class Trainer:
     def save(self, step: int) -> None:
         if not self.main:
             return
-        info = {"kind": self.objective.kind}
+        info = {"kind": self.objective.kind, "tokens": getattr(self, "_tokens", 0)}
         if getattr(self, "_fitted", None):
             info["fitted_steps"] = self._fitted
         checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step, info)

@@ -56,6 +56,46 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     assert Manifest.load(plan.data_dir).shards == manifest.shards and again["train"]["steps_this_run"] == 0
 
 
+def test_rounds_add_to_one_learning_curve(tiny_dir, tmp_path):
+    """Each round's export holds the curve (tau against training tokens) of the head it went on
+    from plus its own point; re-exporting a round does not count it twice; the card lists the
+    curve and the report plots it."""
+    from specdec.drafters.train import curve
+    from specdec.report import report
+
+    loaded = load_model(str(tiny_dir("llama", num_hidden_layers=4)))
+    prompts_dir = write_prompts(tmp_path / "prompts")
+
+    def round_(name, **options):
+        plan = Plan(kind="eagle3", work_dir=tmp_path / name,
+                    options={"steps": 2, "draft_vocab_size": 40, "feature_layers": (0, 1, 3), **options},
+                    drafter_options={"total_tokens": 10, "depth": 3, "top_k": 3}, data_dir=tmp_path / "data",
+                    data=DataConfig(prompts_dir=str(prompts_dir), max_prompts=6, max_new_tokens=12,
+                                    max_len=256, shard_size=4),
+                    train=TrainConfig(steps=4, batch_size=2, max_len=128, warmup=1, save_every=2),
+                    engine=EngineConfig(device="cpu"), eval=EvalConfig(num_prompts=2, max_new_tokens=8))
+        return plan, run(loaded, plan, log=lambda *_: None)
+
+    first, s1 = round_("r1")
+    points = curve.load(first.export_dir)
+    assert len(points) == 1 and points[0]["tokens"] == s1["train"]["round_tokens"] > 0
+    assert points[0]["tau"] == round(s1["eval"]["mean_accepted_length"], 4)
+    second, s2 = round_("r2", init_from=str(first.export_dir))
+    points = curve.load(second.export_dir)
+    assert [p["tokens"] for p in points] == [s1["train"]["round_tokens"],
+                                             s1["train"]["round_tokens"] + s2["train"]["round_tokens"]]
+    run(loaded, Plan(**{**second.__dict__, "stages": ("export", "eval")}), log=lambda *_: None)
+    assert len(curve.load(second.export_dir)) == 2  # the same round, exported again
+    assert "Learning curve" in (second.export_dir / "README.md").read_text()
+    out = report([tmp_path / "r1" / "export", tmp_path / "r2" / "export"], tmp_path / "report", progress=False)
+    assert (tmp_path / "report" / "learning_curves.png").is_file() and out["runs"] == 0
+    assert "r2/export | " in (tmp_path / "report" / "report.md").read_text()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / curve.FILE).write_text("{}")
+    with pytest.raises(ValueError, match="is not a learning curve"):
+        curve.load(tmp_path / "bad")
+
+
 def test_shipped_training_prompts_interleave_the_three_sets():
     prompts = training_prompts("builtin:train", 2000)
     assert len(prompts) == 375 == len(set(prompts))  # 100 GSM8K + 100 Code Alpaca + 175 seed tasks
