@@ -12,6 +12,8 @@
 #             B = 16, drafters none, ngram_tree, eagle, eagle3, medusa -> $OUT/ab/
 #   policy    speculation=fixed vs adaptive per drafter, B = 1 / 16 / 64, all at once and Poisson,
 #             on MT-bench and the mix                                     -> $OUT/policy_*.json
+#   host      the host timeline of a decode step at B = 1 (experiments/profile/step_host.py)
+#                                                                         -> $OUT/step_host.json
 #
 # Prepare here: experiments/gpu/wheels.sh (.whl), experiments/gpu/model.sh (.gguf/a, .gguf/b),
 # `git archive <old sha> | tar -x -C .ab/old --exclude=drafters/weights` (.ab/old), and for the GGUF
@@ -72,7 +74,10 @@ for stage in "$@"; do
           --data "builtin:$data.jsonl" --hf --drafters "${specs[@]}" --batch-sizes 16 64 --batch-prompts 64 \
           --arrival-rates 0 40 --out "$OUT/policy_${data}_${POLICY_TAG:-all}.json" | tail -32 || true
       done ;;
+    host)
+      python3 experiments/profile/step_host.py --drafters ${HOST_DRAFTERS:-none ngram_tree eagle3 medusa} \
+        --batch 1 --max-new-tokens 256 --out "$OUT/step_host.json" | tail -20 ;;
     *)
-      echo "unknown stage $stage (deps, model-a, model-b, weights, tests, ab, policy)" >&2; exit 2 ;;
+      echo "unknown stage $stage (deps, model-a, model-b, weights, tests, ab, policy, host)" >&2; exit 2 ;;
   esac
 done
