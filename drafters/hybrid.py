@@ -57,7 +57,9 @@ class HybridDrafter(DrafterBase):
     # ---- drafting ---------------------------------------------------------------------------
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
-        trees = [d.propose(seqs, [min(b, d.max_nodes) for b in budgets]) for d in self.drafters]
+        # (a lookup drafter's tree of a small batch is made on the host: merged on the device)
+        trees = [d.propose(seqs, [min(b, d.max_nodes) for b in budgets]).to(self.target.device)
+                 for d in self.drafters]
         if any(t.draft_probs is not None for t in trees):
             raise ValueError("drafter=hybrid merges deterministic candidates only; a sub-drafter "
                              "sampled its tree (use its greedy setting, or leave it out)")

@@ -8,6 +8,8 @@ M matches, k continuation tokens.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -44,13 +46,18 @@ class TokenWindows:
         """``[B, W']`` int64 on ``device`` (default: the windows' device): the last W' tokens of
         each sequence, right-aligned, -1 before the start; W' is ``width``, or less when every
         sequence is shorter (a multiple of 128, so that shapes repeat)."""
+        return torch.from_numpy(self.rows(seqs)).to(device or self.device, non_blocking=True)
+
+    def rows(self, seqs, num_rows: Optional[int] = None, full: bool = False) -> np.ndarray:
+        """`batch` on the host, ``[num_rows, W']`` (rows past the sequences: all -1); ``full``:
+        W' = ``width`` always (one shape per batch size: a CUDA graph's input)."""
         arrays = [self.array(seq) for seq in seqs]
-        width = min(self.width, -(-max(len(a) for a in arrays) // 128) * 128)
-        out = np.full((len(seqs), width), -1, dtype=np.int64)
+        width = self.width if full or not arrays else min(self.width, -(-max(len(a) for a in arrays) // 128) * 128)
+        out = np.full((num_rows or len(seqs), width), -1, dtype=np.int64)
         for b, arr in enumerate(arrays):
             tail = arr[-width:]
             out[b, width - len(tail):] = tail
-        return torch.from_numpy(out).to(device or self.device, non_blocking=True)
+        return out
 
     def release(self, seq) -> None:
         self.arrays.pop(seq.seq_id, None)

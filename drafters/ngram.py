@@ -15,12 +15,13 @@ import math
 import numpy as np
 import torch
 
+from specdec.engine.graphs import batch_buckets, bucket
 from specdec.verifiers import CandidateKind, DraftTree
 
 from . import lookup
 from .base import DrafterBase
 
-HOST_BATCH = 4  # up to this many sequences, the lookup runs on the host
+HOST_BATCH = 4  # up to this many sequences (by default), the lookup runs on the host
 
 
 def match_starts(ctx: np.ndarray, n: int) -> np.ndarray:
@@ -82,7 +83,7 @@ class NgramDrafter(DrafterBase):
     name = "ngram"
 
     def __init__(self, num_tokens: int = 8, n_min: int = 1, n_max: int = 3, max_matches: int = 1,
-                 max_nodes: int | None = None, window: int = 2048) -> None:
+                 max_nodes: int | None = None, window: int = 2048, host_batch: int = HOST_BATCH) -> None:
         if not 1 <= n_min <= n_max:
             raise ValueError(f"ngram drafter needs 1 <= n_min <= n_max; got n_min={n_min}, n_max={n_max}")
         if num_tokens < 1:
@@ -91,8 +92,10 @@ class NgramDrafter(DrafterBase):
             raise ValueError(f"ngram drafter: max_matches must be >= 1; got {max_matches}")
         if window <= n_max:
             raise ValueError(f"ngram drafter: window must exceed n_max={n_max}; got {window}")
+        if host_batch < 0:
+            raise ValueError(f"ngram drafter: host_batch must be >= 0; got {host_batch}")
         self.k, self.n_min, self.n_max, self.max_matches = num_tokens, n_min, n_max, max_matches
-        self.window = window
+        self.window, self.host_batch = window, host_batch
         self.max_nodes = max_nodes if max_nodes is not None else num_tokens * max_matches + 1
         if not 2 <= self.max_nodes <= 64:
             raise ValueError(f"ngram drafter: max_nodes must lie in [2, 64]; got {self.max_nodes}")
@@ -102,23 +105,44 @@ class NgramDrafter(DrafterBase):
     def load(self, target) -> None:
         super().load(target)
         self.windows = lookup.TokenWindows(self.window, target.device)
+        self.graphs = target.graph_runner()
+        self.buckets = batch_buckets(target.graph_batch) if target.graph_batch else ()
+
+    @torch.inference_mode()
+    def warm_up(self) -> int:
+        """Capture the batched lookup's graph of every batch bucket above ``host_batch`` now."""
+        return self.graphs.warm_up(self._inputs(bg, [], []) for bg in self.buckets if bg > self.host_batch)
 
     def release(self, seq) -> None:
         self.windows.release(seq)
 
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
-        """The trie of each sequence's continuations, best node first, cut to its budget. A few
-        sequences are matched on the host, one at a time (~30 us each, where the batched lookup's
-        few dozen small ops cost ~0.3 ms on a CPU and ~2 ms of kernels on a GPU at B = 1); the
-        engine stages a host tree with the step's other host inputs."""
-        if len(seqs) <= HOST_BATCH:
+        """The trie of each sequence's continuations, best node first, cut to its budget. Up to
+        ``host_batch`` sequences are matched on the host, one at a time (~30 us each, where the
+        batched lookup's few dozen small ops cost ~0.3 ms on a CPU and ~2 ms of launches on a GPU
+        at B = 1; the engine stages a host tree with the step's other host inputs); a larger batch
+        at once in tensor ops (lookup.py), replayed from a CUDA graph per batch bucket when the
+        engine allows graphs (each row the last ``window`` tokens: one shape per bucket)."""
+        if len(seqs) <= self.host_batch:
             return self._host_trees(seqs, budgets)
-        ctx = self.windows.batch(seqs)  # [B, W]
+        return self.graphs.run(*self._inputs(bucket(len(seqs), self.buckets), seqs, budgets))
+
+    def _inputs(self, bg: int | None, seqs, budgets):
+        """``(key, host, body, dev)`` of a `GraphRunner.run`: ``bg`` sequence slots (None:
+        eagerly, exactly ``len(seqs)``); padding rows hold no token (no match, root -1: a tree
+        nobody reads)."""
+        n = bg or len(seqs)
+        host = {"ctx": self.windows.rows(seqs, n, full=bg is not None), "budget": np.ones(n, np.int64)}
+        host["budget"][: len(seqs)] = budgets
+        return (None if bg is None else (bg,)), host, self._lookup, {}
+
+    def _lookup(self, v: dict) -> DraftTree:
+        """``ctx [B, W]``, ``budget [B]`` -> the batch's tries (tensor ops only: graph-safe)."""
+        ctx = v["ctx"]
         conts, _ = lookup.continuations(ctx, self.n_min, self.n_max, self.k, self.max_matches)
         tokens, parents, num, scores = lookup.trie(ctx[:, -1], conts, self.max_nodes)  # [B, T]
-        budget = torch.tensor(budgets, device=ctx.device)
-        num = torch.minimum(num, budget)
+        num = torch.minimum(num, v["budget"])
         parents = parents.masked_fill(torch.arange(tokens.shape[1], device=ctx.device) >= num[:, None], -1)
         return self._tree(tokens, parents, num, scores)
 

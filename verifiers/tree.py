@@ -150,12 +150,18 @@ class DraftTree:
         return self.inner & ~(self.earlier_siblings & same).any(-1)
 
     def to(self, device) -> "DraftTree":
-        """The same trees on ``device`` (same host facts)."""
+        """The same trees on ``device``, with the same host facts (nothing is read back); this
+        tree itself when it is there already."""
+        if self.tokens.device == torch.device(device):
+            return self
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
-        return DraftTree(move(self.tokens), move(self.parents), move(self.num_nodes),
+        tree = DraftTree(move(self.tokens), move(self.parents), move(self.num_nodes),
                          kind=move(self.kind), draft_probs=move(self.draft_probs),
                          scores=move(self.scores), depth_bound=self.max_depth,
-                         children_bound=self.max_children)
+                         children_bound=self.max_children, validate=False)
+        tree.children_at_depth = list(self.children_at_depth)
+        tree.has_sampled, tree.has_no_replacement = self.has_sampled, self.has_no_replacement
+        return tree
 
     def positions(self, context_lens: Tensor) -> Tensor:  # [B, T] int64
         """Position ids of the nodes; ``context_lens`` [B] counts the root."""

@@ -16,6 +16,7 @@ from specdec.drafters import draft_vocab
 from specdec.drafters.eagle.eagle2 import EagleDrafter
 from specdec.drafters.eagle.eagle3 import Eagle3Drafter
 from specdec.drafters.medusa import MedusaDrafter
+from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.small_draft import SmallDraftDrafter, save_small_draft
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
@@ -63,6 +64,8 @@ DRAFTERS = {
     "medusa": lambda p: MedusaDrafter(p["medusa"], MEDUSA_63),
     "draft_chain": lambda p: SmallDraftDrafter(p["draft"], num_tokens=4),  # samples its chain at T > 0
     "draft_tree": lambda p: SmallDraftDrafter(p["draft"], num_tokens=3, top_k=3, max_nodes=8),
+    # the batched lookup at every batch size (host_batch=0: no host matching), rows of 64 tokens
+    "ngram_tree": lambda p: NgramDrafter(num_tokens=4, max_matches=3, max_nodes=10, window=64, host_batch=0),
 }
 
 
