@@ -4,6 +4,10 @@ the same model and cache, alternating (median of --reps each).
 
     python experiments/bench_exact_step.py --dtype bfloat16 --prefix 300 --nodes 1 8 60 \\
         --threads 1 --out experiments/results/exact_step_cpu_bf16.json
+
+``--shape llama3_8b --layers 2``: a synthetic target of that shape (random weights, the first
+``--layers`` layers: each layer, the vocabulary and the lm_head at their real sizes) instead of
+``--model``; the ratio is then that of a step of those layers and the logits.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ BLOCK = 16
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
+    ap.add_argument("--shape", default=None, help="a synthetic shape (specdec/models/synthetic.py) instead of --model")
+    ap.add_argument("--layers", type=int, default=None, help="with --shape: its first N layers only")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--prefix", type=int, default=300, help="tokens cached before the step")
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 8, 60])
@@ -36,7 +42,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    model = load_model(args.model, dtype=dtype).model
+    if args.shape:
+        from specdec.models.synthetic import random_model
+
+        model = random_model(args.shape, "cpu", dtype, num_layers=args.layers)
+    else:
+        model = load_model(args.model, dtype=dtype).model
     model.prepare("cpu", dtype, args.prefix + max(args.nodes) + 1, exact=True)
     cfg = model.config
     blocks = -(-(args.prefix + max(args.nodes)) // BLOCK)
@@ -63,6 +74,7 @@ def main() -> None:
             rows.append({"nodes": t, "plain_ms": plain, "exact_ms": exact, "ratio": exact / plain})
             print(f"T={t}: plain {plain:.1f} ms, exact {exact:.1f} ms, x{exact / plain:.2f}", flush=True)
     result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv), "dtype": args.dtype,
+              "model": f"{args.shape} (first {cfg.num_hidden_layers} layers, random weights)" if args.shape else args.model,
               "threads": torch.get_num_threads(), "prefix": p, "versions": versions(), "git_sha": git_sha(),
               "rows": rows}
     if args.out:

@@ -2,6 +2,8 @@
 knowledge: step latencies, kernel counts, graph timings (experiments/)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .config import ModelConfig
@@ -21,12 +23,13 @@ SHAPES = {
 
 
 def random_model(shape: str, device="cuda", dtype: torch.dtype = torch.bfloat16,
-                 seed: int = 0) -> LlamaForCausalLM:
+                 seed: int = 0, num_layers: Optional[int] = None) -> LlamaForCausalLM:
     """``SHAPES[shape]`` with N(0, 0.02) weights (norms 1), built on ``device`` directly (an 8B
-    model is not initialised on the host first)."""
+    model is not initialised on the host first); ``num_layers``: only the first so many layers
+    (the shape's per-layer and vocabulary costs, in the memory of a few layers)."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
-    cfg = ModelConfig(**SHAPES[shape])
+    cfg = ModelConfig(**{**SHAPES[shape], **({"num_hidden_layers": num_layers} if num_layers else {})})
     before = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
