@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import sys
@@ -136,7 +137,7 @@ def hf_batched(model, prompts: list[list[int]], n: int, batch: int, pad: int) ->
 def engine_system(loaded, drafter, cfg: EngineConfig, policy=None):
     engine = Engine(loaded.model, drafter, __import__("specdec.verifiers", fromlist=["x"]).LosslessVerifier(),
                     cfg, tokenizer=loaded.tokenizer, stop_token_ids=loaded.stop_token_ids,
-                    max_model_len=loaded.max_model_len, policy=policy)
+                    max_model_len=loaded.max_model_len, policy=policy, ranks=loaded.ranks)
     engine.warm_up_graphs()
 
     def run(ids: list[int], n: int) -> list[int]:
@@ -199,6 +200,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--cuda-graphs", type=int, default=1, help="0: specdec without CUDA graphs")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1,
+                    help="the target on N ranks (engine.tensor_parallel_size; started here, one process each)")
     ap.add_argument("--floor", action="store_true", help="CUDA: time the one-graph decode floor")
     ap.add_argument("--batch-sizes", type=int, nargs="*", default=[],
                     help="throughput runs at these batch sizes (continuous batching)")
@@ -212,13 +215,25 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.arrival_rates = [None if r <= 0 else r for r in args.arrival_rates]
+    if args.floor and args.tensor_parallel_size > 1:
+        raise SystemExit("--floor times one unsplit model on one device; leave it out with --tensor-parallel-size > 1")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = EngineConfig(device=args.device, dtype=args.dtype, max_num_seqs=1, cuda_graphs=bool(args.cuda_graphs))
+    def engine_config(**kw) -> EngineConfig:  # the settings every specdec system of this run shares
+        return EngineConfig(device=args.device, dtype=args.dtype, cuda_graphs=bool(args.cuda_graphs),
+                            tensor_parallel_size=args.tensor_parallel_size, **kw)
+
+    cfg = engine_config(max_num_seqs=1)
     device = cfg.torch_device()
     dtype = cfg.torch_dtype(device)
-    loaded = load_model(args.model, dtype=dtype, device=device)
+    if args.tensor_parallel_size > 1:
+        from specdec.engine import tensor_parallel
+
+        load = functools.partial(load_model, args.model, dtype)
+        loaded = tensor_parallel.start(args.tensor_parallel_size, load, device, cfg.tp_timeout_s)
+    else:
+        loaded = load_model(args.model, dtype=dtype, device=device)
     all_prompts = data_mod.default_prompts() if args.data == "default" else data_mod.load_prompt_file(args.data)
     if args.round_robin:
         all_prompts = data_mod.round_robin(all_prompts)
@@ -324,7 +339,8 @@ def main() -> None:
               "dtype": str(dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "num_prompts": len(ids),
               "max_new_tokens": args.max_new_tokens, "data": args.data, "model": loaded.source,
-              "cuda_graphs": bool(args.cuda_graphs), "versions": versions(), "git_sha": git_sha(),
+              "cuda_graphs": bool(args.cuda_graphs), "tensor_parallel_size": args.tensor_parallel_size,
+              "versions": versions(), "git_sha": git_sha(),
               "rows": rows, "failed": failed, "floor": floor, "throughput": throughput}
 
     def save():  # after every measurement: a run stopped by a time limit keeps what it measured
@@ -346,16 +362,13 @@ def main() -> None:
         if args.batch_sizes:  # an untimed pass first: kernels Triton compiles for the batch phase's
             # prefill mixes (per length class) would otherwise be charged to the first system timed
             name, drafter, _, _ = make_drafter("none")
-            engine = engine_system(loaded, drafter, EngineConfig(
-                device=args.device, dtype=args.dtype, max_num_seqs=max(args.batch_sizes),
-                cuda_graphs=bool(args.cuda_graphs))).engine
+            engine = engine_system(loaded, drafter, engine_config(max_num_seqs=max(args.batch_sizes))).engine
             for b in args.batch_sizes:
                 engine.scheduler.config.max_num_seqs = b
                 engine.generate(bids, SamplingParams(max_new_tokens=args.max_new_tokens))
             del engine, drafter
         for b, rate in [(b, r) for b in args.batch_sizes for r in args.arrival_rates]:
-            bcfg = EngineConfig(device=args.device, dtype=args.dtype, max_num_seqs=b,
-                                cuda_graphs=bool(args.cuda_graphs))
+            bcfg = engine_config(max_num_seqs=b)
             params = SamplingParams(max_new_tokens=args.max_new_tokens)
             for spec in args.drafters:
                 name, drafter, engine_over, policy = make_drafter(spec)  # a fresh drafter per engine

@@ -35,3 +35,21 @@ def test_two_systems_with_one_label_are_refused(tiny_dir, tmp_path):
            "--threads", "1", "--num-prompts", "1", "--drafters", "ngram", "ngram drafter.num_tokens=4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "the same label" in done.stderr
+
+
+def test_a_tensor_parallel_target_gives_the_tokens_of_one_rank(tiny_dir, tmp_path):
+    """--tensor-parallel-size 2 (gloo on the CPU, the ranks started by the script): every system's
+    outputs are those of one rank, fp32, one at a time and in the batch phase."""
+    rows = {}
+    for tp in (1, 2):
+        out = tmp_path / f"tp{tp}.json"
+        cmd = [sys.executable, str(REPO / "experiments" / "bench_e2e.py"), "--model", str(tiny_dir("llama")),
+               "--threads", "1", "--num-prompts", "2", "--max-new-tokens", "6", "--hf",
+               "--drafters", "none", "ngram_tree", "--batch-sizes", "2", "--tensor-parallel-size", str(tp),
+               "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(out.read_text())
+        assert result["tensor_parallel_size"] == tp and not result["failed"]
+        rows[tp] = {r["system"]: r["first_tokens"] for r in result["rows"]}
+    assert rows[2] == rows[1] and set(rows[1]) == {"specdec_none", "specdec_ngram_tree"}
