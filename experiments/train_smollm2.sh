@@ -24,6 +24,12 @@
 #   3. experiments/train_smollm2.sh medusa draft   -> $OUT/medusa/, $OUT/draft/
 #      (each: the *.safetensors weights, and meta.tar with config, README.md, summary.json, log)
 # (with W&B: carry the WANDB=1 .whl in call 2 and run `deps` first).
+# A round longer than one machine's 30 minutes goes on from its checkpoint on the next machine
+# (optimizer and schedule state included; files of at most 15 MB, train.checkpoint_mb): after
+# the last training call, `CKPT=eagle3 experiments/train_smollm2.sh ckpt-out` returns up to 8 of
+# its files per call (call again for the rest; copy them into .ckpt/eagle3/ here); on the next
+# machine, `ckpt-in` with .ckpt carried (64 MiB a call: several calls if need be) puts them back,
+# then `eagle3` resumes (same data: carry it back too, data.tar.gz).
 # DEADLINE (seconds from the script's start) bounds a call: the data stage stops at DATA_TIME
 # (training then uses the shards written so far: the prompt list is shuffled, so they mix every
 # source) and each training gets what is left before DEADLINE minus EVAL_S for export and
@@ -75,7 +81,7 @@ train() {  # train() <method> [overrides...]: train, export, evaluate; results t
   local kind=$1 rc=0; shift
   python3 -m specdec.train "train/method=$kind" "$(logger)" "work_dir=$RUNS/$kind" "data.dir=$RUNS/data" \
     "stages=[$STAGES]" "data.prompts_dir=$PROMPTS" "eval.prompts_path=$MT_BENCH" \
-    "train.time_limit_s=$(limit)" train.fit_to_time=true train.save_every=250 engine.max_num_seqs=64 \
+    "train.time_limit_s=$(limit)" train.fit_to_time=true train.save_every=250 train.checkpoint_mb=15 engine.max_num_seqs=64 \
     "engine.device=$DEVICE" "eval.num_prompts=$EVAL_PROMPTS" "eval.max_new_tokens=$NEW_TOKENS" "$@" > "$RUNS/$kind.log" 2>&1 || rc=$?
   tail -n 5 "$RUNS/$kind.log"
   if [ -n "${OUT:-}" ] && [ "$rc" = 0 ]; then
@@ -133,7 +139,21 @@ for stage in "$@"; do
       train medusa "train.steps=${STEPS:-2000}" "train.batch_size=${BATCH:-8}" train.max_len=768 train.lr=1e-3 ;;
     draft)
       train draft "train.steps=${STEPS:-2000}" "train.batch_size=${BATCH:-16}" train.max_len=768 train.lr=3e-4 ;;
+    ckpt-out)  # CKPT=<kind>: its checkpoint's files to $OUT/ckpt-<kind>/, 8 a call (call again for the rest)
+      src="$RUNS/$CKPT/checkpoint" sent="$STASH/ckpt-sent-$CKPT" n=0
+      touch "$sent" && mkdir -p "$OUT/ckpt-$CKPT"
+      for f in "$src"/*; do
+        grep -qxF "$(basename "$f")" "$sent" && continue
+        [ "$n" -lt 8 ] || break
+        cp "$f" "$OUT/ckpt-$CKPT/" && basename "$f" >> "$sent" && n=$((n + 1))
+      done
+      echo "ckpt-out: $n files of $CKPT's checkpoint; $(ls "$src" | grep -cvxFf "$sent" || true) left" ;;
+    ckpt-in)  # the pieces carried as .ckpt/<kind>/ into <kind>'s checkpoint (a call at a time)
+      for d in .ckpt/*/; do
+        k=$(basename "$d") && mkdir -p "$RUNS/$k/checkpoint" && cp "$d"* "$RUNS/$k/checkpoint/"
+        echo "ckpt-in: $k has $(ls "$RUNS/$k/checkpoint" | wc -l) files"
+      done ;;
     *)
-      echo "unknown stage $stage (deps, model-a, model-b, data, eagle, eagle3, eagles, medusa, draft)" >&2; exit 2 ;;
+      echo "unknown stage $stage (deps, model-a, model-b, data, eagle, eagle3, eagles, medusa, draft, ckpt-out, ckpt-in)" >&2; exit 2 ;;
   esac
 done

@@ -42,6 +42,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 200
     save_optimizer: bool = True  # False keeps checkpoints small (weights only; AdamW restarts)
+    checkpoint_mb: float = 1024.0  # largest checkpoint file: pieces that fit a transfer limit (e.g. 15)
     time_limit_s: Optional[float] = None  # stop and checkpoint after this much training time
     fit_to_time: bool = False  # shrink ``steps`` to what time_limit_s allows at the measured pace
     dist_timeout_s: float = 600.0  # torchrun: a collective waiting longer ends the run (a rank died or stalled)
@@ -52,7 +53,7 @@ class TrainConfig:
         if self.fit_to_time and not self.time_limit_s:
             raise ValueError("train.fit_to_time needs train.time_limit_s (the seconds to fit the "
                              "schedule into); set both or neither")
-        for key in ("dist_timeout_s", "data_wait_s"):
+        for key in ("dist_timeout_s", "data_wait_s", "checkpoint_mb"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be > 0 seconds; got {getattr(self, key)}")
 
@@ -174,5 +175,6 @@ class Trainer:
         info = {"kind": self.objective.kind, "tokens": getattr(self, "_tokens", 0)}
         if getattr(self, "_fitted", None):
             info["fitted_steps"] = self._fitted
-        checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step, info)
+        checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step, info,
+                        max_bytes=int(self.cfg.checkpoint_mb * 2**20))
         log.info(f"[specdec.train] checkpoint: step {step} in {self.ckpt_dir}")

@@ -1,6 +1,7 @@
 """Drafter training on CPU with a tiny target: the dense training forward equals the paged
 serving forward, each objective's loss falls within a few steps, a resumed run equals an
 uninterrupted one, and the Hydra configs build a valid plan."""
+import json
 import random
 from pathlib import Path
 
@@ -53,11 +54,11 @@ def test_dense_forward_equals_the_paged_forward(target, examples):
         torch.testing.assert_close(dense[r, : len(t)], paged[r], atol=1e-5, rtol=1e-5)
 
 
-def train(target, examples, kind, num_steps, ckpt, lr=3e-3, time_limit_s=None, **options):
+def train(target, examples, kind, num_steps, ckpt, lr=3e-3, time_limit_s=None, checkpoint_mb=1024.0, **options):
     objective = make_objective(kind, target, examples, **options)
     source = BatchSource(examples, 4, 64, 0, target, objective.layers)
     cfg = TrainConfig(steps=num_steps, batch_size=4, lr=lr, warmup=2, log_every=5, save_every=5,
-                      time_limit_s=time_limit_s)
+                      time_limit_s=time_limit_s, checkpoint_mb=checkpoint_mb)
     return objective, Trainer(objective, source, cfg, ckpt, NullLogger(), "cpu").run()
 
 
@@ -85,6 +86,41 @@ def test_resumed_training_equals_uninterrupted(target, examples, tmp_path):
     for (k, a), b in zip(full.module.state_dict().items(), resumed.module.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
     assert checkpoint.load(tmp_path / "b", resumed.module, None) == 10
+
+
+def test_checkpoint_row_blocks_rejoin_and_a_missing_one_is_named():
+    t = {"a": torch.arange(30.0).view(10, 3), "b": torch.ones(2), "s": torch.tensor(1.0)}
+    split = checkpoint._split(t, 3 * 4 * 4)  # four rows of a
+    assert sorted(split) == ["a@part0", "a@part1", "a@part2", "b", "s"]
+    assert all(torch.equal(checkpoint._joined(split)[k], v) for k, v in t.items())
+    del split["a@part1"]
+    with pytest.raises(ValueError, match="tensor a is missing row blocks"):
+        checkpoint._joined(split)
+
+
+def test_a_checkpoint_in_pieces_resumes_elsewhere(target, examples, tmp_path):
+    """train.checkpoint_mb: a checkpoint written in small files (optimizer and schedule state
+    included), carried file by file to another folder, resumes there as if never cut."""
+    import shutil
+
+    torch.manual_seed(0)
+    full, _ = train(target, examples, "eagle", 6, tmp_path / "a", noise=0.0)
+    torch.manual_seed(0)
+    train(target, examples, "eagle", 6, tmp_path / "b", time_limit_s=0.0, noise=0.0, checkpoint_mb=0.01)
+    pieces = sorted((tmp_path / "b").iterdir())
+    assert sum(p.suffix == ".safetensors" for p in pieces) > 2
+    # every file fits, the embedding-sized tensors (and their AdamW moments) cut in row blocks
+    assert max(p.stat().st_size for p in pieces) <= 0.01 * 2**20 + 2**14  # (a shard's header on top)
+    index = json.loads(next(p for p in pieces if p.name.endswith("index.json")).read_text())
+    assert any(checkpoint.PART in name for name in index["weight_map"])
+    (tmp_path / "c").mkdir()
+    for p in pieces:  # one at a time, as a transfer limit allows
+        shutil.copy(p, tmp_path / "c" / p.name)
+    torch.manual_seed(1)
+    resumed, result = train(target, examples, "eagle", 6, tmp_path / "c", noise=0.0)
+    assert result["steps_this_run"] == 5
+    for (k, a), b in zip(full.module.state_dict().items(), resumed.module.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
 
 
 def test_eagle3_draft_vocabulary_holds_the_frequent_tokens(target, examples):
