@@ -7,8 +7,9 @@ between a one-token decode (M = 1) and a 33-row verify (M = 33); attention sums 
 an order that depends on how the batch was padded and where the masked keys sit. In bf16 those
 bits flip argmax near-ties and the texts part (Thinking Machines, "Defeating Nondeterminism in
 LLM Inference", 2025, makes the same argument on GPUs). The remedy is the same here, in plain
-torch, for the CPU (the engine refuses exact mode elsewhere: torch's CUDA reductions and scans
-pick their order by shape, so a GPU needs kernels with a fixed order, not built yet):
+torch, for the CPU (on a GPU, torch's CUDA GEMMs, reductions and scans pick their order by shape:
+kernels/batch_invariant_triton.py has Triton kernels with a fixed order for the GEMMs, RMSNorm
+and attention, which these functions dispatch to for CUDA tensors):
 
 * `linear_bi`: the rows go through the GEMM in fixed tiles of ``TILE_ROWS`` rows for the dtype
   (the last one padded), one call per tile, so the library sees one shape only and sums every
@@ -78,6 +79,10 @@ def linear_bi(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     """``x [N, K] @ weight [M, K]^T (+ bias)`` -> ``[N, M]``, row i's result independent of N.
     ``packed``: `pack_weight(weight)`, used while it still `packs` the weight (a caller passes it
     always or never for one weight: the two ways may round differently on another CPU)."""
+    if x.is_cuda:  # a Triton GEMM whose order is fixed by its code (batch_invariant_triton.py)
+        from .batch_invariant_triton import linear_bi_cuda
+
+        return linear_bi_cuda(x, weight, bias)
     n, rows = x.shape[0], TILE_ROWS.get(x.dtype, DEFAULT_TILE_ROWS)
     tiles = max(1, -(-n // rows))
     xp = F.pad(x, (0, 0, 0, tiles * rows - n)) if n != tiles * rows else x.contiguous()  # [tiles * rows, K]

@@ -35,7 +35,8 @@ class EngineConfig:
     admit_batch: Union[int, str] = 1
     # batch-invariant numerics (kernels/batch_invariant.py): every row of the target's forward
     # bitwise independent of the step's other rows, so speculative output equals autoregressive
-    # output in any dtype; the target's steps run eagerly; CPU only (ARCHITECTURE.md, "Exact mode")
+    # output in any dtype; the target's steps run eagerly; CPU, or a GPU for greedy requests
+    # (Triton kernels: kernels/batch_invariant_triton.py; ARCHITECTURE.md, "Exact mode")
     exact: bool = False
     # tensor parallelism (engine/tensor_parallel.py): the target split over this many ranks, one
     # process (and on CUDA one GPU) each; the drafter runs on rank 0. A rank silent for

@@ -60,10 +60,8 @@ class Engine:
         self.device = self.config.torch_device()
         self.dtype = self.config.torch_dtype(self.device)
         self.tokenizer = tokenizer
-        if self.config.exact and self.device.type != "cpu":
-            raise ValueError("engine.exact=true runs on the CPU only for now (engine.device=cpu): its "
-                             "batch-invariant ops are plain torch, and torch's CUDA reductions and "
-                             "scans choose their order by shape; fixed-order GPU kernels are not built yet")
+        if self.config.exact and self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"engine.exact=true runs on the CPU or a CUDA GPU; got {self.device}")
         # exact mode: each token the target's own draw, which a drafted node must match
         verifier = exact_verifier(verifier) if self.config.exact else verifier
         self.drafter, self.verifier = drafter, verifier
@@ -140,6 +138,10 @@ class Engine:
         if len(ids) >= self.max_model_len:
             raise RequestError(f"request {rid}: prompt of {len(ids)} tokens leaves no room to "
                                f"generate within max_model_len={self.max_model_len}")
+        if self.config.exact and self.device.type == "cuda" and params.temperature > 0:
+            raise RequestError(f"request {rid}: engine.exact=true on a GPU serves greedy requests only "
+                               f"(temperature 0): its sampling's softmax and scan run in torch's "
+                               f"shape-dependent order; sample exactly on the CPU (engine.device=cpu)")
         vocab = self.model.config.vocab_size
         if min(ids) < 0 or max(ids) >= vocab:
             raise RequestError(f"request {rid}: token ids must lie in [0, {vocab}); got "

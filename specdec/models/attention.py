@@ -72,10 +72,16 @@ def paged_attention(
     exact: bool = False,
 ) -> Tensor:  # [N, Hq, D]
     """Store this step's K/V at ``meta.slot_mapping``, then attend (prefix + allowed new tokens).
-    ``exact``: batch-invariant attention (kernels/batch_invariant.py; the CPU's)."""
+    ``exact``: batch-invariant attention (kernels/batch_invariant.py on the CPU,
+    kernels/batch_invariant_triton.py on a GPU)."""
     store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     if exact:
-        return attention_bi(q, k_cache, v_cache, meta.exact_keys(k_cache.shape[1]), sm_scale)
+        keys = meta.exact_keys(k_cache.shape[1])
+        if q.is_cuda:  # one Triton program per (row, KV head), keys in logical order
+            from specdec.kernels.batch_invariant_triton import attention_bi_cuda
+
+            return attention_bi_cuda(q, k_cache, v_cache, keys.slots, keys.lengths, sm_scale)
+        return attention_bi(q, k_cache, v_cache, keys, sm_scale)
     if not q.is_cuda:  # batched SDPA over a per-step plan; equals the reference (tested)
         return tree_attention_torch(q, k_cache, v_cache, meta.cpu_plan(k_cache.shape[1]), sm_scale)
     plan = meta.plan_for(q.shape[1], k.shape[1], q.shape[2])

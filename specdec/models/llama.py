@@ -43,7 +43,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: Tensor) -> Tensor:  # [..., dim]
+    def forward(self, x: Tensor, exact: bool = False) -> Tensor:  # [..., dim]
+        if exact and x.is_cuda:  # torch's CUDA mean picks its order by shape: one program per row
+            from specdec.kernels.batch_invariant_triton import rms_norm_bi_cuda
+
+            return rms_norm_bi_cuda(x, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -83,7 +87,7 @@ class Attention(nn.Module):
         k = project(self.k_proj, x, exact).view(n, self.hkv, self.d)  # [N, Hkv, D]
         v = project(self.v_proj, x, exact).view(n, self.hkv, self.d)  # [N, Hkv, D]
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm(q, exact), self.k_norm(k, exact)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = paged_attention(q, k, v, k_cache, v_cache, meta, exact=exact)  # [N, Hq, D]
         return _reduced(project(self.o_proj, o.reshape(n, self.hq * self.d), exact), self.reduce)
@@ -123,8 +127,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
                 meta: AttnMetadata, exact: bool = False) -> Tensor:  # [N, H] residual stream
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta, exact=exact)
-        return x + self.mlp(self.post_attention_layernorm(x), exact=exact)
+        x = x + self.self_attn(self.input_layernorm(x, exact), cos, sin, k_cache, v_cache, meta, exact=exact)
+        return x + self.mlp(self.post_attention_layernorm(x, exact), exact=exact)
 
 
 class LlamaModel(nn.Module):
@@ -166,7 +170,7 @@ class LlamaForCausalLM(nn.Module):
             fuse_projections(self)
         if device.type == "cuda" or exact:
             self.model.rotary_emb.use_table(max_positions, device, dtype)
-        if exact:
+        if exact and device.type == "cpu":  # (oneDNN's layout; a GPU's exact GEMM is Triton's)
             pack_exact(self)
         return self
 
@@ -218,7 +222,7 @@ class LlamaForCausalLM(nn.Module):
             h = layer(h, cos, sin, k_cache[i], v_cache[i], meta, exact=exact)
             if i in wanted:
                 captured[i] = h
-        return ModelOutput(self.model.norm(h), captured)
+        return ModelOutput(self.model.norm(h, exact), captured)
 
     def _forward_fused(self, h: Tensor, cos: Tensor, sin: Tensor, meta: AttnMetadata,
                        k_cache: Tensor, v_cache: Tensor, capture_layers: Sequence[int]) -> ModelOutput:

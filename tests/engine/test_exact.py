@@ -37,10 +37,14 @@ def model():
     return m
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # on a GPU: the Triton kernels
+
+
 def cache(model, dtype):
     cfg = model.config
     shape = (cfg.num_hidden_layers, 32, BS, cfg.num_key_value_heads, cfg.head_dim)
-    return torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+    return (torch.zeros(shape, dtype=dtype, device=model.device),
+            torch.zeros(shape, dtype=dtype, device=model.device))
 
 
 @torch.inference_mode()
@@ -56,18 +60,20 @@ def step(model, kv, seqs, exact=True):
         use.append(b is not None)
         ids += toks
         pos += p
-    meta = ragged.attn_metadata(tables, prefix, counts, slots, "cpu", bits if any(use) else None,
+    dev = model.device
+    meta = ragged.attn_metadata(tables, prefix, counts, slots, dev, bits if any(use) else None,
                                 use if any(use) else None)
-    out = model(torch.tensor(ids), torch.tensor(pos), meta, *kv, exact=exact)
+    out = model(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, *kv, exact=exact)
     logits = model.compute_logits(out.hidden, exact=exact)
     return logits.split(counts)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_rows_do_not_depend_on_how_the_step_is_made(model, dtype):
+def test_rows_do_not_depend_on_how_the_step_is_made(model, dtype, device):
     """100 tokens in one prefill (two row chunks), one by one, or in chunks, some over a prefix of
     whole key blocks that their rows share (a chunk over 64 or 73 cached tokens)."""
-    model.prepare("cpu", dtype, 512, exact=True)
+    model.prepare(device, dtype, 512, exact=True)
     toks = torch.randint(0, 49152, (100,), generator=torch.Generator().manual_seed(1)).tolist()
     table = list(range(7))
     pos = list(range(100))
@@ -81,14 +87,15 @@ def test_rows_do_not_depend_on_how_the_step_is_made(model, dtype):
         assert torch.equal(torch.cat(rows), whole), f"chunks {sizes}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cached", [60, 149])
-def test_a_tree_node_equals_a_decode_at_its_position(model, dtype, cached):
+def test_a_tree_node_equals_a_decode_at_its_position(model, dtype, cached, device):
     """Nodes of a draft tree (random parents, siblings masked) against the one-token decodes of
     the path to each node, on a cache that holds only that path. Over 60 cached tokens deep nodes
     cross key block 64; over 149 the tree's rows share the prefix's two whole key blocks (the
     decodes gather theirs)."""
-    model.prepare("cpu", dtype, 512, exact=True)
+    model.prepare(device, dtype, 512, exact=True)
     gen = torch.Generator().manual_seed(2)
     prefix = torch.randint(0, 49152, (cached + 1,), generator=gen).tolist()
     parents = [-1, 0, 0, 1, 1, 2, 3, 3, 4, 6, 9, 5]
@@ -128,27 +135,29 @@ def test_the_plain_path_is_what_exact_mode_fixes(model):
 
 
 # ---- the engine: speculative output equals autoregressive output --------------------------------
-def engine(directory_or_model, drafter, dtype="bfloat16", **cfg):
+def engine(directory_or_model, drafter, dtype="bfloat16", device="cpu", **cfg):
     from specdec.models.loader import load_model
 
     loaded = load_model(str(directory_or_model))
-    config = EngineConfig(device="cpu", dtype=dtype, block_size=4, exact=True, **cfg)
+    config = EngineConfig(device=device, dtype=dtype, block_size=4, exact=True, **cfg)
     return Engine(loaded.model, drafter, LosslessVerifier(), config, max_model_len=loaded.max_model_len)
 
 
 PROMPTS = [[3, 17, 42, 9, 11, 3, 17, 42], [5, 6, 5, 6, 5], [60, 61, 62, 63, 64, 60, 61, 62, 63], [7, 8]]
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "T1"])
-def test_speculative_output_equals_autoregressive_output(tiny_dir, temperature):
+@pytest.mark.parametrize("device, temperature", [("cpu", 0.0), ("cpu", 1.0),
+                                                 pytest.param("cuda", 0.0, marks=pytest.mark.gpu)],
+                         ids=["greedy", "T1", "cuda-greedy"])
+def test_speculative_output_equals_autoregressive_output(tiny_dir, device, temperature):
     directory = tiny_dir("llama")
     params = SamplingParams(temperature=temperature, max_new_tokens=24, ignore_eos=True, seed=5)
-    ar = [s.output for s in engine(directory, NoDrafter(), max_num_seqs=1).generate(PROMPTS, params)]
+    ar = [s.output for s in engine(directory, NoDrafter(), device=device, max_num_seqs=1).generate(PROMPTS, params)]
     accepted = []
     drafters = (NgramDrafter(num_tokens=4), NgramDrafter(num_tokens=4, max_matches=4, max_nodes=12),
                 DraftModelDrafter(str(directory), num_tokens=3, top_k=2, max_nodes=6))  # itself: a tree
     for drafter in drafters:
-        seqs = engine(directory, drafter, max_num_seqs=4).generate(PROMPTS, params)
+        seqs = engine(directory, drafter, device=device, max_num_seqs=4).generate(PROMPTS, params)
         assert [s.output for s in seqs] == ar
         accepted.append(sum(a for s in seqs for a in s.accept_lengths))
     assert accepted[-1] > 5  # the drafts did get accepted (11 at T = 1, 60 greedy, on this model)
@@ -165,12 +174,11 @@ def test_exact_mode_needs_a_lossless_verifier(tiny_dir):
 
 
 @pytest.mark.gpu
-def test_exact_mode_says_it_runs_on_the_cpu_only(tiny_dir):
-    from specdec.models.loader import load_model
-
-    loaded = load_model(str(tiny_dir("llama")))
-    with pytest.raises(ValueError, match="runs on the CPU only"):
-        Engine(loaded.model, NoDrafter(), LosslessVerifier(), EngineConfig(device="cuda", exact=True))
+def test_exact_mode_on_a_gpu_refuses_sampled_requests(tiny_dir):
+    """Its sampling (softmax, scan) still runs in torch's shape-dependent order on a GPU."""
+    e = engine(tiny_dir("llama"), NoDrafter(), device="cuda")
+    seq = e.submit([3, 4, 5], SamplingParams(temperature=1.0, max_new_tokens=4))
+    assert seq.finished and "greedy requests only" in seq.finish_reason
 
 
 def test_exact_mode_runs_the_target_eagerly(tiny_dir):
