@@ -14,6 +14,9 @@
 #             on MT-bench and the mix                                     -> $OUT/policy_*.json
 #   host      the host timeline of a decode step at B = 1 (experiments/profile/step_host.py)
 #                                                                         -> $OUT/step_host.json
+#   exact     exact mode on the GPU: its step cost (SmolLM2, and the 8B shape's first 4 layers at
+#             L = 4k) and greedy outputs equal to plain decoding's on 80 MT-bench prompts
+#                                                                         -> $OUT/exact_*.json
 #
 # Prepare here: experiments/gpu/wheels.sh (.whl), experiments/gpu/model.sh (.gguf/a, .gguf/b),
 # `git archive <old sha> | tar -x -C .ab/old --exclude=drafters/weights` (.ab/old), and for the GGUF
@@ -77,7 +80,14 @@ for stage in "$@"; do
     host)
       python3 experiments/profile/step_host.py --drafters ${HOST_DRAFTERS:-none ngram_tree eagle3 medusa} \
         --batch 1 --max-new-tokens 256 --out "$OUT/step_host.json" | tail -20 ;;
+    exact)
+      python3 experiments/bench_exact_step.py --device cuda --prefix 300 --nodes 1 8 60 --out "$OUT/exact_step.json"
+      python3 experiments/bench_exact_step.py --device cuda --shape llama3_8b --layers 4 --prefix 4000 \
+        --nodes 1 8 60 --out "$OUT/exact_step_8b.json"
+      timeout "${EXACT_TIMEOUT:-300}" python3 experiments/check_exact.py --num-prompts 80 --max-new-tokens 64 \
+        --drafters eagle3 ngram_tree medusa --batch-sizes 1 64 --temperatures 0 --control \
+        --out "$OUT/exact_check.json" | tail -12 || true ;;
     *)
-      echo "unknown stage $stage (deps, model-a, model-b, weights, tests, ab, policy, host)" >&2; exit 2 ;;
+      echo "unknown stage $stage (deps, model-a, model-b, weights, tests, ab, policy, host, exact)" >&2; exit 2 ;;
   esac
 done
