@@ -4,7 +4,7 @@ NCCL between GPUs (rank r on cuda:r), gloo on the CPU.
 Rank 0 runs the whole engine: scheduler, drafter (at TP = 1, as vLLM's
 ``draft_tensor_parallel_size=1``), policy and the host side of every step. Ranks 1..N-1 hold their
 share of the target (specdec/models/tensor_parallel.py) and its KV cache and run only the step
-body, in lockstep: for each forward rank 0 broadcasts what it staged (the step's shape, sampling
+body (engine/tp_serve.py), in lockstep: for each forward rank 0 broadcasts what it staged (the step's shape, sampling
 plan and host arrays as one message, then its device inputs, draft trees included, tensor by
 tensor from device to device: rank 0 never waits for the drafter), then every rank runs the same body
 (forward with its all-reduces, logits from the replicated lm_head, the verifier on the same
@@ -15,7 +15,8 @@ Processes: `start` spawns ranks 1..N-1 itself (one process per rank, as nano-vll
 `torchrun`, joins the ranks torchrun started (``RANK`` / ``WORLD_SIZE`` in the environment),
 where ranks above 0 serve here and exit when rank 0 closes. Faults: a rank that exits or stalls
 makes rank 0's next message or all-reduce fail within ``engine.tp_timeout_s`` with a `RankError`
-naming the rank; spawned ranks are daemons that rank 0 stops (and, if need be, kills) when it
+naming the rank (loading is waited for apart, up to `tp_serve.LOAD_TIMEOUT_S`: a slow load is
+no stall); spawned ranks are daemons that rank 0 stops (and, if need be, kills) when it
 ends, and a rank whose peer vanished leaves its loop with an error: no process outlives the run.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ import atexit
 import datetime
 import os
 import socket
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -36,11 +36,9 @@ import torch.multiprocessing as mp
 
 from specdec.models.tensor_parallel import shard_
 
-FAULT_ENV = "SPECDEC_TP_FAULT"  # tests: "exit:<rank>:<step>" or "stall:<rank>:<step>"
+# (FAULT_ENV and RankError: re-exported, the names callers know)
+from .tp_serve import FAULT_ENV, RankError, exit_rank, loading_group, rank_device, serve_rank  # noqa: F401
 
-
-class RankError(RuntimeError):
-    """A tensor-parallel rank died, stalled or failed; the message names it."""
 
 
 @dataclass
@@ -153,11 +151,6 @@ def _dead(dead: list[tuple[int, int]]) -> str:
                      f"above)" for r, c in dead)
 
 
-def rank_device(device: torch.device, rank: int) -> torch.device:
-    """Rank r's device: cuda:r on GPUs (one GPU per rank), the CPU otherwise."""
-    return torch.device("cuda", rank) if device.type == "cuda" else torch.device("cpu")
-
-
 def start(size: int, load: Callable[[torch.device], Any], device: torch.device, timeout_s: float):
     """The loaded target of rank 0, sharded, and its `Ranks`. ``load(device)`` loads the whole
     model on a device (each rank loads its own copy, then keeps its share). Under torchrun a
@@ -171,8 +164,9 @@ def start(size: int, load: Callable[[torch.device], Any], device: torch.device, 
                              f"processes (--nproc-per-node); make them equal")
         _init(backend, rank, world, timeout, None)
         if rank != 0:
-            _exit(serve_rank(rank, size, load, device, timeout_s))
+            exit_rank(serve_rank(rank, size, load, device, timeout_s))
         ranks = Ranks(size, timeout_s, rank_device(device, 0))
+        loading = loading_group(timeout_s)
     else:
         if device.type == "cuda" and torch.cuda.device_count() < size:
             raise ValueError(f"engine.tensor_parallel_size={size} needs {size} GPUs; this machine "
@@ -186,12 +180,18 @@ def start(size: int, load: Callable[[torch.device], Any], device: torch.device, 
         ranks = Ranks(size, timeout_s, rank_device(device, 0), procs)
         try:
             _init(backend, 0, size, timeout, port)
+            loading = loading_group(timeout_s)
         except Exception as e:
             ranks.close()
             raise RankError(ranks.explain(e)) from e
     atexit.register(ranks.close)
     loaded = load(rank_device(device, 0))
     shard_(loaded.model, 0, size, ranks.reduce)  # (it refuses a size that does not split the model)
+    try:  # every rank has its share before the first step's message
+        dist.barrier(group=loading)
+    except Exception as e:
+        ranks.failed = True
+        raise RankError(ranks.explain(e)) from e
     loaded.ranks = ranks
     return loaded
 
@@ -216,95 +216,7 @@ def _spawned(rank: int, size: int, port: int, load, device: torch.device, timeou
               datetime.timedelta(seconds=timeout_s), port)
     except Exception:
         traceback.print_exc()
-        _exit(3)
-    _exit(serve_rank(rank, size, load, device, timeout_s))
+        exit_rank(3)
+    exit_rank(serve_rank(rank, size, load, device, timeout_s))
 
 
-def _exit(code: int) -> None:
-    """End a serving rank's process now: it owns no outputs, and the interpreter's teardown of
-    the communication library's threads has aborted processes ("terminate called without an
-    active exception") after a clean stop."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def serve_rank(rank: int, size: int, load, device: torch.device, timeout_s: float) -> int:
-    """Load and shard the target, then `serve` rank 0 until it stops; the exit code."""
-    try:
-        if device.type == "cpu":  # the ranks share the cores
-            torch.set_num_threads(max(1, torch.get_num_threads() // size))
-        mine = rank_device(device, rank)
-        model = load(mine).model
-        shard_(model, rank, size, _all_reduce)
-        serve(model, mine, rank)
-        return 0
-    except Exception:
-        print(f"[specdec] tensor-parallel rank {rank} failed:", file=sys.stderr)
-        traceback.print_exc()
-        return 1
-    finally:
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:
-                pass
-
-
-def _all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """A serving rank's sum over the ranks (in place); its errors end `serve_rank`."""
-    dist.all_reduce(x)
-    return x
-
-
-def serve(model, device: torch.device, rank: int) -> None:
-    """Run what rank 0 broadcasts, until it says stop: build a runner for each of its engines,
-    run their step bodies, warm their graphs up."""
-    from .model_runner import ModelRunner
-
-    fault = _fault(rank)
-    runners: dict[int, ModelRunner] = {}
-    steps = 0
-    while True:
-        box = [None]
-        dist.broadcast_object_list(box, src=0)
-        kind, *args = box[0]
-        if kind == "stop":
-            dist.barrier()
-            return
-        if kind == "runner":  # (id, verifier, prepare arguments, ModelRunner arguments)
-            rid, verifier, (dtype, positions), kwargs = args
-            model.prepare(device, dtype, positions)
-            runners[rid] = ModelRunner(model, verifier, device=device, **kwargs)
-        elif kind == "step":  # (id, shape, plan, host arrays, device inputs' dtypes and shapes)
-            rid, shape, plan, host, meta = args
-            steps += 1
-            if fault and steps == fault[1]:
-                _inject(fault[0], rank)
-            dev = {}
-            for name, (dtype, size, static) in meta.items():  # then the tensors, in that order
-                dev[name] = (torch.empty(size, dtype=dtype, device=device), static)
-                dist.broadcast(dev[name][0], src=0)
-            with torch.inference_mode():
-                runners[rid].execute(shape, plan, host, dev)
-        elif kind == "warm_up":
-            rid, max_nodes = args
-            runners[rid].warm_up(max_nodes)
-        else:
-            raise RankError(f"tensor-parallel rank {rank}: unknown message {kind!r} from rank 0")
-
-
-def _fault(rank: int) -> Optional[tuple[str, int]]:
-    """The fault a test asks this rank to play (``SPECDEC_TP_FAULT=exit|stall:<rank>:<step>``)."""
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return None
-    what, r, step = spec.split(":")
-    return (what, int(step)) if int(r) == rank else None
-
-
-def _inject(what: str, rank: int) -> None:
-    print(f"[specdec] tensor-parallel rank {rank}: {FAULT_ENV} asks for a fault: {what}", file=sys.stderr)
-    if what == "exit":
-        os._exit(7)
-    time.sleep(10**6)  # stall
