@@ -5,7 +5,7 @@ one curve; the model card lists it and ``python -m specdec.report`` plots every 
 
 A point: ``{"tokens": cumulative training tokens, "tau": tau or null (not measured), "prompts":
 what tau was measured on, "num_prompts", "steps": this round's steps, "round_tokens", "date",
-"note"}``.
+"round": the round's id (its checkpoint's), "note"}``.
 """
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ def load(directory) -> list[dict]:
 
 
 def extend(prior: list[dict], round_tokens: int, steps: int, evaluation: dict,
-           date: Optional[str] = None) -> list[dict]:
+           date: Optional[str] = None, round_id: Optional[str] = None) -> list[dict]:
     """``prior`` and this round's point: its tokens on top of the prior's last."""
     base = prior[-1]["tokens"] if prior else 0
     tau = evaluation.get("mean_accepted_length")
     return prior + [{"tokens": base + int(round_tokens), "round_tokens": int(round_tokens), "steps": int(steps),
                      "tau": None if tau is None else round(float(tau), 4),
                      "prompts": evaluation.get("prompts"), "num_prompts": evaluation.get("num_prompts"),
-                     "date": date or datetime.date.today().isoformat()}]
+                     "date": date or datetime.date.today().isoformat(), "round": round_id}]
 
 
 def write(directory, points: list[dict]) -> Path:

@@ -8,7 +8,6 @@ the training result)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -170,17 +169,13 @@ def _card(plan: Plan, summary: dict, loaded, device: str) -> None:
 
 
 def _curve(plan: Plan, evaluation: dict) -> list[dict]:
-    """The exported head's learning curve: the curve of the head this round went on from (read
-    once per work dir, so exporting over that head's own folder cannot count a round twice), then
-    this round's point (its tokens over every run of its checkpoint)."""
-    saved = plan.work_dir / "curve_prior.json"
-    if saved.is_file():
-        prior = json.loads(saved.read_text())
-    else:
-        init = plan.options.get("init_from")
-        prior = curve.load(formats.expand_default(str(init), plan.kind)) if init else []
-        saved.write_text(json.dumps(prior))
+    """The exported head's learning curve: the curve of the head this round went on from, then
+    this round's point (its tokens over every run of its checkpoint). A point of this round
+    already there (exported again, or into the folder it started from) is replaced, not added."""
+    init = plan.options.get("init_from")
+    prior = curve.load(formats.expand_default(str(init), plan.kind)) if init else []
     meta = checkpoint.info(plan.ckpt_dir)
-    points = curve.extend(prior, meta.get("tokens", 0), meta.get("step", 0), evaluation)
+    points = curve.extend([p for p in prior if p.get("round") != meta.get("round")], meta.get("tokens", 0),
+                          meta.get("step", 0), evaluation, round_id=meta.get("round"))
     curve.write(plan.export_dir, points)
     return points

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -100,6 +101,7 @@ class Trainer:
         saved = checkpoint.info(self.ckpt_dir) if step else {}
         fitted = saved.get("fitted_steps")
         self._tokens_before = int(saved.get("tokens", 0))  # this round's tokens in earlier runs
+        self._round = saved.get("round") or uuid.uuid4().hex[:12]  # names the round on its curve
         if self.cfg.fit_to_time and fitted:  # a resumed fitted run keeps its schedule
             self.cfg = dataclasses.replace(self.cfg, steps=int(fitted))
         self._fitted = fitted if self.cfg.fit_to_time else None
@@ -172,7 +174,7 @@ class Trainer:
     def save(self, step: int) -> None:
         if not self.main:
             return
-        info = {"kind": self.objective.kind, "tokens": getattr(self, "_tokens", 0)}
+        info = {"kind": self.objective.kind, "tokens": getattr(self, "_tokens", 0), "round": self._round}
         if getattr(self, "_fitted", None):
             info["fitted_steps"] = self._fitted
         checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step, info,

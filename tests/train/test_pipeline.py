@@ -86,6 +86,10 @@ def test_rounds_add_to_one_learning_curve(tiny_dir, tmp_path):
                                              s1["train"]["round_tokens"] + s2["train"]["round_tokens"]]
     run(loaded, Plan(**{**second.__dict__, "stages": ("export", "eval")}), log=lambda *_: None)
     assert len(curve.load(second.export_dir)) == 2  # the same round, exported again
+    into_first = {**second.__dict__, "stages": ("export",), "export_dir": first.export_dir}
+    for _ in range(2):  # into the folder it went on from, twice: its point replaces its own
+        run(loaded, Plan(**into_first), log=lambda *_: None)
+        assert [p["round"] for p in curve.load(first.export_dir)] == [p["round"] for p in points]
     assert "Learning curve" in (second.export_dir / "README.md").read_text()
     out = report([tmp_path / "r1" / "export", tmp_path / "r2" / "export"], tmp_path / "report", progress=False)
     assert (tmp_path / "report" / "learning_curves.png").is_file() and out["runs"] == 0
