@@ -104,16 +104,14 @@ def stage(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Optional[
         host["budget"] = np.zeros(bt, np.int64)
         host["budget"][:nt] = [min(i.num_new, t) for i in trees]
         cols = min(t, tree.max_nodes) if tree is not None and nt else 1
-        fields = {"tok": np.zeros((bt, t), np.int64), "par": np.full((bt, t), -1, np.int64),
-                  "kind": np.zeros((bt, t), np.int8), "num": np.zeros(bt, np.int64)}  # padding: no node
         if tree is None:  # no one drafts: root-only trees of each sequence's last token
-            fields["tok"][:nt, 0], fields["num"][:nt] = [i.seq.tokens[-1] for i in trees], 1
-            host.update(fields)
+            host.update(_host_tree(bt, t))
+            host["tok"][:nt, 0], host["num"][:nt] = [i.seq.tokens[-1] for i in trees], 1
         elif tree.tokens.device.type == "cpu":  # a host tree (lookups at small batches)
+            host.update(_host_tree(bt, t))
             for name, x in (("tok", tree.tokens), ("par", tree.parents), ("kind", tree.kind)):
-                fields[name][:nt, :cols] = x[:nt, :cols].numpy()
-            fields["num"][:nt] = tree.num_nodes[:nt].numpy()
-            host.update(fields)
+                host[name][:nt, :cols] = x[:nt, :cols].numpy()
+            host["num"][:nt] = tree.num_nodes[:nt].numpy()
         else:  # the drafter's tensors, copied on the device: the host never waits for them
             for name, x in (("tok", tree.tokens), ("par", tree.parents), ("kind", tree.kind)):
                 dev[name] = (x[:nt, :cols], (bt, t))
@@ -137,6 +135,12 @@ def stage(trees: list[ScheduledSeq], chunks: list[ScheduledSeq], tree: Optional[
             last[c] = at - 1
         host.update(ids=ids, pos=pos, slots=slots, last=last)
     return host, dev
+
+
+def _host_tree(bt: int, t: int) -> dict[str, np.ndarray]:
+    """Empty host arrays of ``bt`` trees of ``t`` node slots (padding: no node)."""
+    return {"tok": np.zeros((bt, t), np.int64), "par": np.full((bt, t), -1, np.int64),
+            "kind": np.zeros((bt, t), np.int8), "num": np.zeros(bt, np.int64)}
 
 
 def sampling_plan(host: dict[str, np.ndarray]) -> SamplingPlan:
