@@ -3,10 +3,10 @@ n-gram proposer). The draft is what followed the latest earlier occurrence of th
 longest suffix n-gram (n_max down to n_min). The tree variant merges the continuations of several
 occurrences into a trie of up to ``max_nodes`` nodes, so that a few guesses are verified at once.
 
-The drafter matches the whole batch at once with tensor operations (lookup.py); the numpy
-functions below do the same for one sequence, the reference that tests/drafters/test_ngram.py
-compares it with. n-gram drafts are chosen deterministically, so every node is a DETERMINISTIC
-candidate for the verifier.
+A few sequences (up to ``host_batch``) are matched one at a time by the numpy functions below,
+on the host; a larger batch at once with tensor operations (lookup.py), in a CUDA graph per
+batch bucket on a GPU. Both give the same trees (tests/drafters/test_ngram.py). n-gram drafts
+are chosen deterministically, so every node is a DETERMINISTIC candidate for the verifier.
 """
 from __future__ import annotations
 
