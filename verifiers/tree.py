@@ -70,6 +70,10 @@ class DraftTree:
         if self.kind is None:
             self.kind = torch.zeros_like(self.tokens, dtype=torch.int8)
         _validate_extras(self.tokens, self.kind, self.draft_probs, self.scores)
+        if self.parents.is_cuda and torch.cuda.is_current_stream_capturing():
+            # a CUDA graph's output tree is one object every replay rewrites: its structure must
+            # be derived in the graph, not cached from the first replay read after it
+            _ = self._structure
         loose = max(self.max_nodes - 1, 0)
         if validate:
             depth, children, top_kind, per_depth = _read_facts(self)
@@ -86,7 +90,8 @@ class DraftTree:
 
     # The structure, derived on the tree's device from sanitised parents (so that even a bad tree
     # indexes in range) when first read: a tree that is only staged into a step (whose body builds
-    # its own from the same tensors) never pays for it.
+    # its own from the same tensors) never pays for it. (Built during a CUDA graph's capture, a
+    # tree derives it at once: see __post_init__.)
     @cached_property
     def _structure(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         derive = _cuda_tree_structure() if self.parents.is_cuda else tree_structure
