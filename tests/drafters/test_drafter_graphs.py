@@ -94,6 +94,28 @@ def test_graphed_drafting_gives_the_eager_tokens(target, paths, device, name, sa
     assert graphed == eager
 
 
+@pytest.mark.gpu  # (emulated graphs return a new tree each run: nothing to go stale on the CPU)
+@pytest.mark.parametrize("name", ["eagle2_small", "medusa", "ngram_tree"])
+def test_a_replayed_tree_reads_this_replays_structure(target, paths, name, monkeypatch):
+    """A graph's output tree is one object that every replay rewrites: what the policy reads of
+    it (depths, here) must be this replay's, not a value cached at the first read."""
+    device = "cuda"
+    from specdec.verifiers.tree import tree_structure
+
+    drafter, seen = DRAFTERS[name](paths), []
+    propose = drafter.propose
+
+    def checked(seqs, budgets):
+        tree = propose(seqs, budgets)
+        depth = tree_structure(tree.parents.clone(), tree.num_nodes.clone())[2]
+        seen.append(torch.equal(tree.depth, depth))
+        return tree
+
+    monkeypatch.setattr(drafter, "propose", checked)
+    run(target, device, drafter, True, GREEDY)
+    assert len(seen) > 3 and all(seen)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["eagle2", "eagle1", "medusa", "draft_chain"])
 def test_graphed_drafting_under_preemption(target, paths, device, name):
