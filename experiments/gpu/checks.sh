@@ -23,10 +23,11 @@
 # calls `mv drafters/weights .w/weights` (all four folders git-excluded). Then, back to back:
 #   1. carry [.whl, .gguf/a]  experiments/gpu/checks.sh deps model-a tests
 #   2. carry [.gguf/b, .ab, .w/weights/smollm2-135m-instruct/{medusa,eagle}] (what fits beside it)
-#        AB_DRAFTERS="none ngram_tree eagle medusa" experiments/gpu/checks.sh model-b weights ab
+#        AB_ROUNDS=3 AB_DRAFTERS="none ngram_tree eagle medusa" experiments/gpu/checks.sh model-b weights ab
 #   3. carry [.w, .ab]
-#        AB_DRAFTERS="none eagle3" AB_TAG=ab_eagle3 POLICY_DATA=mix POLICY_TIMEOUT=380 \
-#          experiments/gpu/checks.sh weights ab policy
+#        AB_ROUNDS=3 AB_DRAFTERS="none eagle3" AB_TAG=ab_eagle3 experiments/gpu/checks.sh weights ab host
+#   4. carry [.w]  POLICY_DATA=mix POLICY_TIMEOUT=300 experiments/gpu/checks.sh weights policy
+#   5. carry [.w]  experiments/gpu/checks.sh weights exact
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STASH=${STASH:-/tmp/specdec_stash}
