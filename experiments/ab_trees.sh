@@ -5,7 +5,9 @@
 #
 #   experiments/ab_trees.sh OLD_TREE NEW_TREE OUT_DIR ROUNDS -- <bench_e2e.py arguments>
 #
-# A tree is a checkout or an export of one commit (`git archive <sha> | tar -x -C old`). A tree
+# A tree is a checkout or an export of one commit (`git archive <sha> | tar -x -C old`; put the
+# sha in old/GIT_SHA: the results name it where the tree's bench_e2e records $SPECDEC_GIT_SHA,
+# i.e. from 2026-12-05 on). A tree
 # without drafters/weights/ gets NEW_TREE's (the shipped heads are package data); the trees given
 # are copied, never written. Writes OUT_DIR/{a,b}_<round>.json; experiments/ab_report.py turns
 # them into a table of ratios. Pass `--hf` with no names: bench_e2e before 2026-12-05 timed HF
@@ -31,10 +33,14 @@ for side in a b; do
   # installed package is the one imported
   cp -r "$src/experiments" "$src/configs" "$work/$side/run/"
 done
+sha() {  # a tree's commit: its checkout's HEAD, or the GIT_SHA file of an export (git archive)
+  git -C "$1" rev-parse HEAD 2>/dev/null || cat "$1/GIT_SHA" 2>/dev/null || echo unknown
+}
 for round in $(seq 1 "$rounds"); do
   for side in a b; do
     echo "== round $round, side $side"
-    PYTHONPATH="$work/$side/site${PYTHONPATH:+:$PYTHONPATH}" \
+    src=$([ $side = a ] && echo "$old" || echo "$new")
+    SPECDEC_GIT_SHA=$(sha "$src") PYTHONPATH="$work/$side/site${PYTHONPATH:+:$PYTHONPATH}" \
       python3 "$work/$side/run/experiments/bench_e2e.py" "$@" --out "$out/${side}_${round}.json"
   done
 done

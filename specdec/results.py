@@ -3,6 +3,7 @@ summary.json (run metrics, per-request rows with their question / category / tur
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -31,7 +32,14 @@ def versions() -> dict:
     return out
 
 
+GIT_SHA_ENV = "SPECDEC_GIT_SHA"  # the commit of a tree that is no checkout (an installed export)
+
+
 def git_sha() -> str:
+    """The code's commit: ``$SPECDEC_GIT_SHA`` when set (experiments/ab_trees.sh sets it for the
+    trees it installs), else the checkout's HEAD, else "unknown"."""
+    if os.environ.get(GIT_SHA_ENV):
+        return os.environ[GIT_SHA_ENV]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, timeout=5).stdout.strip() or "unknown"

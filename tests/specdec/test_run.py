@@ -125,3 +125,14 @@ def test_tensor_parallel_run_writes_what_one_rank_writes(tiny_dir, tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["config"]["engine"]["tensor_parallel_size"] == tp and "speedup" in summary
     assert outputs[2] == outputs[1]
+
+
+def test_the_commit_of_a_tree_that_is_no_checkout_comes_from_the_environment(monkeypatch):
+    """An installed export (experiments/ab_trees.sh's trees) names its commit through
+    SPECDEC_GIT_SHA; a checkout reports its HEAD."""
+    from specdec.results import GIT_SHA_ENV, git_sha
+
+    monkeypatch.setenv(GIT_SHA_ENV, "3b27c5c9b6a9")
+    assert git_sha() == "3b27c5c9b6a9"
+    monkeypatch.delenv(GIT_SHA_ENV)
+    assert git_sha() != "3b27c5c9b6a9"
