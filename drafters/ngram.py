@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from specdec.engine.graphs import batch_buckets, bucket
-from specdec.verifiers import CandidateKind, DraftTree
+from specdec.verifiers import DraftTree
 
 from . import lookup
 from .base import DrafterBase
@@ -144,7 +144,8 @@ class NgramDrafter(DrafterBase):
         tokens, parents, num, scores = lookup.trie(ctx[:, -1], conts, self.max_nodes)  # [B, T]
         num = torch.minimum(num, v["budget"])
         parents = parents.masked_fill(torch.arange(tokens.shape[1], device=ctx.device) >= num[:, None], -1)
-        return self._tree(tokens, parents, num, scores)
+        return DraftTree(tokens, parents, num, scores=scores, validate=False, depth_bound=self.k,
+                         children_bound=self.max_matches)  # (kind: DETERMINISTIC, the default)
 
     def _host_trees(self, seqs, budgets) -> DraftTree:
         """`propose` on the host: ``[B, T]`` tensors on the CPU, T the largest tree (so a step's
@@ -153,17 +154,7 @@ class NgramDrafter(DrafterBase):
         for seq, budget in zip(seqs, budgets):
             ctx = self.windows.array(seq)[-self.window:]
             conts = continuations(ctx, self.n_min, self.n_max, self.k, self.max_matches)
-            tok, par, score = trie(int(ctx[-1]), conts, min(budget, self.max_nodes), self.k)
-            found.append((tok, par, score))
-        width = max(len(tok) for tok, _, _ in found)
-        tokens, parents = np.zeros((len(seqs), width), np.int64), np.full((len(seqs), width), -1, np.int64)
-        scores = np.full((len(seqs), width), -np.inf, np.float32)
-        for b, (tok, par, score) in enumerate(found):
-            tokens[b, : len(tok)], parents[b, : len(tok)], scores[b, : len(tok)] = tok, par, score
-        num = torch.tensor([len(tok) for tok, _, _ in found])
-        return self._tree(*(torch.from_numpy(x) for x in (tokens, parents)), num, torch.from_numpy(scores))
-
-    def _tree(self, tokens, parents, num, scores) -> DraftTree:
-        kind = torch.full_like(tokens, int(CandidateKind.DETERMINISTIC), dtype=torch.int8)
-        return DraftTree(tokens, parents, num, kind=kind, scores=scores, validate=False,
-                         depth_bound=self.k, children_bound=self.max_matches)
+            found.append(trie(int(ctx[-1]), conts, min(budget, self.max_nodes), self.k))
+        tokens, parents, scores = zip(*found)
+        return DraftTree.from_lists(tokens, parents, scores=scores, validate=False, depth_bound=self.k,
+                                    children_bound=self.max_matches)  # (kind: DETERMINISTIC, the default)

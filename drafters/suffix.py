@@ -20,7 +20,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from specdec.verifiers import CandidateKind, DraftTree
+from specdec.verifiers import DraftTree
 
 from .base import DrafterBase
 
@@ -101,18 +101,9 @@ class SuffixDrafter(DrafterBase):
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
         trees = [self.tree(self._text(s), min(b, self.max_nodes)) for s, b in zip(seqs, budgets)]
-        width = max(len(t[0]) for t in trees)
-        tok = np.zeros((len(trees), width), np.int64)
-        par = np.full((len(trees), width), -1, np.int64)
-        score = np.full((len(trees), width), -np.inf, np.float32)
-        for b, (t, p, s) in enumerate(trees):
-            tok[b, : len(t)], par[b, : len(p)], score[b, : len(s)] = t, p, s
-        dev = self.target.device
-        as_t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-        num = as_t(np.array([len(t[0]) for t in trees], np.int64))
-        kind = torch.full(tok.shape, int(CandidateKind.DETERMINISTIC), dtype=torch.int8, device=dev)
-        return DraftTree(as_t(tok), as_t(par), num, kind=kind, scores=as_t(score), validate=False,
-                         depth_bound=self.max_depth)
+        tokens, parents, scores = zip(*trees)
+        return DraftTree.from_lists(tokens, parents, device=self.target.device, scores=scores, validate=False,
+                                    depth_bound=self.max_depth)  # (kind: DETERMINISTIC, the default)
 
     def tree(self, text: Text, budget: int) -> tuple[list[int], list[int], list[float]]:
         """(tokens, parents, scores) of one sequence's tree, best node first, ``budget`` nodes

@@ -23,6 +23,7 @@ from functools import cached_property
 from enum import IntEnum
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -212,20 +213,26 @@ class DraftTree:
 
     @classmethod
     def from_lists(cls, tokens: Sequence[Sequence[int]], parents: Sequence[Sequence[int]],
-                   device=None, **extra) -> "DraftTree":
-        """Build a padded batch from per-sequence token and parent lists (root parent -1)."""
-        if len(tokens) != len(parents):
-            raise ValueError(f"{len(tokens)} token lists but {len(parents)} parent lists")
-        width = max((len(t) for t in tokens), default=0)
-        tok = torch.zeros(len(tokens), max(width, 1), dtype=torch.long)
-        par = torch.full_like(tok, -1)
+                   device=None, scores: Optional[Sequence[Sequence[float]]] = None, **extra) -> "DraftTree":
+        """Build a padded batch from per-sequence token and parent lists (root parent -1), and
+        per-node ``scores`` if given (padding -inf)."""
+        if len(tokens) != len(parents) or (scores is not None and len(scores) != len(tokens)):
+            raise ValueError(f"{len(tokens)} token lists but {len(parents)} parent lists"
+                             + ("" if scores is None else f" and {len(scores)} score lists"))
+        width = max(max((len(t) for t in tokens), default=0), 1)
+        tok = np.zeros((len(tokens), width), np.int64)
+        par = np.full_like(tok, -1)
+        sc = None if scores is None else np.full(tok.shape, -np.inf, np.float32)
         for b, (t, p) in enumerate(zip(tokens, parents)):
-            if len(t) != len(p):
-                raise ValueError(f"sequence {b}: {len(t)} tokens but {len(p)} parents")
-            tok[b, : len(t)] = torch.tensor(t, dtype=torch.long)
-            par[b, : len(p)] = torch.tensor(p, dtype=torch.long)
-        num = torch.tensor([len(t) for t in tokens], dtype=torch.long)
-        return cls(tok.to(device), par.to(device), num.to(device), **extra)
+            if len(t) != len(p) or (sc is not None and len(scores[b]) != len(t)):
+                raise ValueError(f"sequence {b}: {len(t)} tokens but {len(p)} parents"
+                                 + ("" if sc is None else f" and {len(scores[b])} scores"))
+            tok[b, : len(t)], par[b, : len(p)] = t, p
+            if sc is not None:
+                sc[b, : len(t)] = scores[b]
+        num = np.array([len(t) for t in tokens], np.int64)
+        on = lambda x: torch.from_numpy(x) if device is None else torch.from_numpy(x).to(device)  # noqa: E731
+        return cls(on(tok), on(par), on(num), scores=None if sc is None else on(sc), **extra)
 
     @classmethod
     def chains(cls, tokens: Tensor, num_nodes: Optional[Tensor] = None, **extra) -> "DraftTree":

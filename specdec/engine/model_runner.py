@@ -128,8 +128,8 @@ class ModelRunner:
         n = len(trees) + len(chunks)
         bg = bucket(n, self.batch_buckets)
         if trees:  # the tree's columns past every budget are never verified: not staged
-            width = tree.max_nodes if tree is not None else 1
-            tg = bucket(min(width, max(i.num_new for i in trees)), NODE_BUCKETS)
+            drafted = tree.max_nodes if tree is not None else 1  # (no tree: root-only trees)
+            tg = bucket(min(drafted, max(i.num_new for i in trees)), NODE_BUCKETS)
             width = self.tree_table_width
             shape = None if bg is None or tg is None else StepShape(bg, tg, 0, 0, bg * tg, width, False)
         else:

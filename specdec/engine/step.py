@@ -122,8 +122,10 @@ def step_body(t: Target, v: dict[str, Tensor], shape: StepShape, bounds: tuple[i
                                plan=plan, check=False)
     if bt:  # the commit: each accepted node's K/V slides to num_cached + j
         compact_kv(t.k_cache, t.v_cache, *accepted_moves(tree_slots, result.accepted_nodes[:bt]))
-    drafted = (_cat([v["num"], torch.ones(bc, dtype=torch.long, device=dev)] if bc else [v["num"]])
-               if bt else tree.num_nodes)
+    if not bt:  # [B_s] nodes each row drafted (a chunk's root-only tree: 1)
+        drafted = tree.num_nodes
+    else:
+        drafted = _cat([v["num"]] + ([torch.ones(bc, dtype=torch.long, device=dev)] if bc else []))
     readout = torch.cat([result.accepted_nodes, result.num_accepted[:, None],  # [B_s, A + 2]
                          result.bonus_token[:, None], result.accepted_tokens,  # + A - 1
                          drafted[:, None], tree.tokens[:, :1], tree.depth.amax(1, keepdim=True)], 1)  # + 3
@@ -169,7 +171,7 @@ def _sampling_logits(model, hidden: Tensor, v: dict[str, Tensor], shape: StepSha
     if shape.chunks:
         last = model.compute_logits(hidden[shape.tree_rows + v["last"]], exact=exact)  # [B_c, V]
         parts.append(F.pad(last[:, None], (0, 0, 0, shape.width - 1)))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    return _cat(parts)
 
 
 def accepted_moves(slots: Tensor, accepted: Tensor) -> tuple[Tensor, Tensor]:
