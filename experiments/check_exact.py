@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from specdec import data as data_mod
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
+from specdec.experiment import write_json
 from specdec.models.loader import load_model
 from specdec.run import git_sha, versions
 from specdec.verifiers import LosslessVerifier
@@ -76,8 +76,7 @@ def main() -> None:
 
     def save() -> None:  # after every run: a long check stopped early keeps what it measured
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps({**head, "rows": rows}, indent=2))
+            write_json(Path(args.out), {**head, "rows": rows})
 
     for temp in args.temperatures:
         params = SamplingParams(temperature=temp, max_new_tokens=args.max_new_tokens, seed=args.seed)

@@ -15,9 +15,8 @@ from typing import Optional
 import torch
 
 from specdec.data import default_prompts, load_prompt_file, resolve_path, select
-from specdec.engine.config import EngineConfig
-
 from specdec.drafters import formats
+from specdec.engine.config import EngineConfig
 
 from . import checkpoint, curve, distributed
 from .batches import BatchSource

@@ -187,20 +187,20 @@ def second_turns(engine: Engine, loaded, turns: list, cfg: DataConfig) -> tuple[
     tok = loaded.tokenizer
     answers = [tok.decode(s.output, skip_special_tokens=True).strip() for _, _, s in turns]
     asks = [FOLLOW_UPS[random.Random(f"{cfg.seed}-{g}").randrange(len(FOLLOW_UPS))] for g, _, _ in turns]
-    by_target = [k for k, (g, _, _) in enumerate(turns)
-                 if cfg.follow_up_source == "target" or (cfg.follow_up_source == "mix" and g % 2)]
-    if by_target:
+    want = [k for k, (g, _, _) in enumerate(turns)
+            if cfg.follow_up_source == "target" or (cfg.follow_up_source == "mix" and g % 2)]
+    by_target = set()  # the turns whose follow-up the target wrote (an unusable one: the template's)
+    if want:
         history = [[{"role": "user", "content": turns[k][1]}, {"role": "assistant", "content": answers[k]}]
-                   for k in by_target]
+                   for k in want]
         params = [SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=128, seed=cfg.seed + turns[k][0])
-                  for k in by_target]
+                  for k in want]
         written = engine.generate([magpie_prefix(tok, h) for h in history], params)
-        for k, s in zip(by_target, written):
+        for k, s in zip(want, written):
             ask = parse_query(tok.decode(s.output, skip_special_tokens=True)) if s.finish_reason == "stop" else None
             if ask:
                 asks[k] = ask
-            else:
-                by_target = [j for j in by_target if j != k]
+                by_target.add(k)
     ids = [render(Prompt(str(g), [p, ask]), tok, turn=1, answers=[a])
            for (g, p, _), a, ask in zip(turns, answers, asks)]
     params = [SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,

@@ -54,9 +54,11 @@ class TrainConfig:
         if self.fit_to_time and not self.time_limit_s:
             raise ValueError("train.fit_to_time needs train.time_limit_s (the seconds to fit the "
                              "schedule into); set both or neither")
-        for key in ("dist_timeout_s", "data_wait_s", "checkpoint_mb"):
+        for key in ("dist_timeout_s", "data_wait_s"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be > 0 seconds; got {getattr(self, key)}")
+        if self.checkpoint_mb <= 0:
+            raise ValueError(f"train.checkpoint_mb must be > 0 (MB); got {self.checkpoint_mb}")
 
 
 FIT_SKIP, FIT_TIMED = 10, 40  # steps left untimed (compilation, allocator warm-up), then timed
@@ -100,7 +102,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank + 1)
         saved = checkpoint.info(self.ckpt_dir) if step else {}
         fitted = saved.get("fitted_steps")
-        self._tokens_before = int(saved.get("tokens", 0))  # this round's tokens in earlier runs
+        self._tokens = int(saved.get("tokens", 0))  # this round's training tokens, over its runs
         self._round = saved.get("round") or uuid.uuid4().hex[:12]  # names the round on its curve
         if self.cfg.fit_to_time and fitted:  # a resumed fitted run keeps its schedule
             self.cfg = dataclasses.replace(self.cfg, steps=int(fitted))
@@ -118,7 +120,7 @@ class Trainer:
             step += 1
             history.append(loss)
             tokens += metrics["tokens"]
-            self._tokens = self._tokens_before + int(tokens)
+            self._tokens += int(metrics["tokens"])
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -137,7 +139,7 @@ class Trainer:
         return {"steps": step, "steps_this_run": step - start_step, "finished": step >= cfg.steps,
                 "schedule_steps": cfg.steps, "train_s": train_s, "loss_history": history,
                 "world_size": self.dist.world if self.dist is not None else 1, "tokens": int(tokens),
-                "round_tokens": self._tokens_before + int(tokens),  # this checkpoint's, over its runs
+                "round_tokens": self._tokens,  # this checkpoint's, over its runs
                 "tokens_per_s": tokens / train_s if train_s > 0 else None,
                 "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}
 
@@ -174,7 +176,7 @@ class Trainer:
     def save(self, step: int) -> None:
         if not self.main:
             return
-        info = {"kind": self.objective.kind, "tokens": getattr(self, "_tokens", 0), "round": self._round}
+        info = {"kind": self.objective.kind, "tokens": self._tokens, "round": self._round}
         if getattr(self, "_fitted", None):
             info["fitted_steps"] = self._fitted
         checkpoint.save(self.ckpt_dir, self.module, self.opt if self.cfg.save_optimizer else None, step, info,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
 import sys
 import time
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from bench_e2e import make_drafter  # noqa: E402
 from specdec import data as data_mod  # noqa: E402
 from specdec.engine import engine as engine_mod, graphs, model_runner, step_inputs  # noqa: E402
 from specdec.engine.config import EngineConfig  # noqa: E402
+from specdec.experiment import write_json  # noqa: E402
 from specdec.engine.sequence import SamplingParams  # noqa: E402
 from specdec.models.loader import load_model  # noqa: E402
 from specdec.run import git_sha, versions  # noqa: E402
@@ -158,8 +158,7 @@ def main() -> None:
     for part in parts:
         print(f"| {part} | " + " | ".join(f"{r['us_per_step'].get(part, 0.0):.1f}" for r in rows) + " |")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(Path(args.out), result)
         print(f"wrote {args.out}")
 
 

@@ -71,7 +71,7 @@ class ModelRunner:
         self.chunk_table_width = ragged.table_width(max_model_len, block_size)
         # tensor parallelism on rank 0 (`Ranks.mirror`): sends each staged step to the other
         # ranks, which run the same body on their shares of the model; id: this runner's there
-        self.mirror: Optional[Callable[[tuple], None]] = None
+        self.mirror: Optional[Callable[..., None]] = None
         self.id: Optional[int] = None
 
     @property
@@ -112,7 +112,7 @@ class ModelRunner:
         host, dev = stage(trees, chunks, tree, shape, self.target.block_size, sampling, kept)
         plan = sampling_plan(host)
         if self.mirror is not None:
-            self.mirror(("step", self.id, shape, plan, host, dev))
+            self.mirror(("step", self.id, shape, plan, host), dev)
         return trees, chunks, shape, host, self.execute(shape, plan, host, dev)
 
     def execute(self, shape: StepShape, plan: SamplingPlan, host: dict[str, np.ndarray],

@@ -3,13 +3,14 @@ NCCL between GPUs (rank r on cuda:r), gloo on the CPU.
 
 Rank 0 runs the whole engine: scheduler, drafter (at TP = 1, as vLLM's
 ``draft_tensor_parallel_size=1``), policy and the host side of every step. Ranks 1..N-1 hold their
-share of the target (specdec/models/tensor_parallel.py) and its KV cache and run only the step
-body (engine/tp_serve.py), in lockstep: for each forward rank 0 broadcasts what it staged (the step's shape, sampling
-plan and host arrays as one message, then its device inputs, draft trees included, tensor by
-tensor from device to device: rank 0 never waits for the drafter), then every rank runs the same body
-(forward with its all-reduces, logits from the replicated lm_head, the verifier on the same
-uniforms, the KV commit into its own heads). The verifier is deterministic given its inputs, so
-every rank accepts the same nodes without another message; only rank 0 reads the step back.
+share of the target (specdec/models/tensor_parallel.py) and its KV cache and run only the step body
+(engine/tp_serve.py), in lockstep: for each forward rank 0 broadcasts what it staged (the step's
+shape, sampling plan and host arrays as one message, then its device inputs, draft trees included,
+tensor by tensor from device to device: rank 0 never waits for the drafter), then every rank runs
+the same body (forward with its all-reduces, logits from the replicated lm_head, the verifier on
+the same uniforms, the KV commit into its own heads). The verifier is deterministic given its
+inputs, so every rank accepts the same nodes without another message; only rank 0 reads the step
+back.
 
 Processes: `start` spawns ranks 1..N-1 itself (one process per rank, as nano-vllm), or, under
 `torchrun`, joins the ranks torchrun started (``RANK`` / ``WORLD_SIZE`` in the environment),
@@ -37,8 +38,8 @@ import torch.multiprocessing as mp
 from specdec.models.tensor_parallel import shard_
 
 # (FAULT_ENV and RankError: re-exported, the names callers know)
-from .tp_serve import FAULT_ENV, RankError, exit_rank, loading_group, rank_device, serve_rank  # noqa: F401
-
+from .tp_serve import (FAULT_ENV, RankError, exit_rank, loading_group, pack_inputs, rank_device,  # noqa: F401
+                       serve_rank)
 
 
 @dataclass
@@ -63,16 +64,15 @@ class Ranks:
         runner.id, runner.mirror = self.new_id(), self.send
         self.send(("runner", runner.id, verifier, prepare, kwargs))
 
-    def send(self, msg: tuple) -> None:
+    def send(self, msg: tuple, dev: Optional[dict] = None) -> None:
         """Broadcast ``msg`` to ranks 1..N-1 (each runs it; see `serve`). A step's device inputs
-        ``{name: (tensor, static shape)}`` go as tensors after the message, which carries their
-        dtypes and shapes."""
+        ``dev`` (``{name: (tensor, static shape)}``) go as tensors after the message, which ends
+        with their dtypes and shapes (`tp_serve.pack_inputs`)."""
         self.check()
         tensors = []
-        if msg[0] == "step":
-            *head, dev = msg
-            tensors = [t.to(self.device).contiguous() for t, _ in dev.values()]
-            msg = (*head, {k: (t.dtype, tuple(t.shape), s) for k, (t, s) in dev.items()})
+        if dev is not None:
+            meta, tensors = pack_inputs(dev, self.device)
+            msg = (*msg, meta)
         try:
             dist.broadcast_object_list([msg], src=0)
             for t in tensors:

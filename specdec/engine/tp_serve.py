@@ -37,6 +37,23 @@ def loading_group(timeout_s: float):
     return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=max(timeout_s, LOAD_TIMEOUT_S)))
 
 
+def pack_inputs(dev: dict, device: torch.device) -> tuple[dict, list]:
+    """Rank 0's side of a step's device inputs ``{name: (tensor, static shape)}``: their dtypes
+    and shapes, for the step's message, and the tensors on ``device``, broadcast in that order
+    after it (`receive_inputs` is the other side)."""
+    tensors = {k: (t.to(device).contiguous(), s) for k, (t, s) in dev.items()}
+    return {k: (t.dtype, tuple(t.shape), s) for k, (t, s) in tensors.items()}, [t for t, _ in tensors.values()]
+
+
+def receive_inputs(meta: dict, device: torch.device) -> dict:
+    """A serving rank's side: the step's device inputs, received in `pack_inputs`' order."""
+    dev = {}
+    for name, (dtype, size, static) in meta.items():
+        dev[name] = (torch.empty(size, dtype=dtype, device=device), static)
+        dist.broadcast(dev[name][0], src=0)
+    return dev
+
+
 def exit_rank(code: int) -> None:
     """End a serving rank's process now: it owns no outputs, and the interpreter's teardown of
     the communication library's threads has aborted processes ("terminate called without an
@@ -100,12 +117,8 @@ def serve(model, device: torch.device, rank: int) -> None:
             steps += 1
             if fault and steps == fault[1]:
                 _inject(fault[0], rank)
-            dev = {}
-            for name, (dtype, size, static) in meta.items():  # then the tensors, in that order
-                dev[name] = (torch.empty(size, dtype=dtype, device=device), static)
-                dist.broadcast(dev[name][0], src=0)
             with torch.inference_mode():
-                runners[rid].execute(shape, plan, host, dev)
+                runners[rid].execute(shape, plan, host, receive_inputs(meta, device))
         elif kind == "warm_up":
             rid, max_nodes = args
             runners[rid].warm_up(max_nodes)

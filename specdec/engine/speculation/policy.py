@@ -8,14 +8,14 @@ when no sequence of a step drafts, the drafter is not run at all.
               sum over sequences b of E_b(n)  /  cost(batch bucket, n)
 
 with E_b(n) the expected tokens sequence b emits with an n-node tree (acceptance.py: calibrated
-node scores of its last tree; its drafts E_b(n) - 1 scaled by `correction`, accepted over
-predicted drafts of recent steps) and cost the step's measured seconds (costs.py: the whole
-forward, drafting and bookkeeping included). A budget a batch
-bucket has not measured enough is explored (run as chosen and timed) before it is trusted, and
-while the best budget is 1, one step in ``explore_every`` drafts anyway, so that the curves
-follow the text; each such step that confirms it doubles the interval (up to
-``max_explore_every``), so a drafter that never pays costs ever less. The decision is per step; a graphed step pads every tree to the step's bucket,
-so a per-sequence cut below it would save no work.
+node scores of its last tree; its drafts E_b(n) - 1 scaled by `correction`, accepted over predicted
+drafts of recent steps) and cost the step's measured seconds (costs.py: the whole forward, drafting
+and bookkeeping included). A budget a batch bucket has not measured enough is explored (run as
+chosen and timed) before it is trusted, and while the best budget is 1, one step in
+``explore_every`` drafts anyway, so that the curves follow the text; each such step that confirms
+it doubles the interval (up to ``max_explore_every``), so a drafter that never pays costs ever
+less. The decision is per step; a graphed step pads every tree to the step's bucket, so a
+per-sequence cut below it would save no work.
 
 Lossless by construction: a budget keeps the first n nodes of the drafter's tree, which the
 protocol requires to be a subtree (its nodes' ancestors are among them), and verification is
