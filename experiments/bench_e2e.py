@@ -380,7 +380,7 @@ def main() -> None:
                 row = timed(lambda: arrive(engine, bids, params, rate), f"specdec_{name}", b, device,
                             stops, engine)
                 throughput.append({**row, "arrivals": "all at once" if rate is None else f"poisson {rate}/s",
-                                   "speculation": policy.name})
+                                   "speculation": policy.name, "policy": engine.policy.summary()})
                 save()
                 del engine
                 gc.collect()

@@ -154,10 +154,37 @@ def test_steps_that_beat_the_predicted_drafts_raise_the_budget(tmp_path):
     assert policy.summary()["correction"] == 2.0
 
 
-def test_an_unmeasured_budget_is_explored_first(tmp_path):
-    policy = fake_policy((1, 2, 4), {1: 1.0, 2: 2.0, 4: 4.0}, tmp_path, [1.0] * 4)
+def test_an_unmeasured_budget_is_explored_first_if_it_could_pay(tmp_path):
+    policy = fake_policy((1, 2, 4), {1: 1.0, 2: 1.1, 4: 1.2}, tmp_path, [1.0, 1.8, 2.4, 2.8])
     del policy.costs.table[(2, 4)]
     assert pick(policy, [1, 2], [4, 4]) == 4  # batch bucket 2 has no cost for 4 nodes yet
+    policy = fake_policy((1, 2, 4), {1: 1.0, 2: 2.0, 4: 4.0}, tmp_path, [1.0] * 4)
+    del policy.costs.table[(2, 4)]
+    assert pick(policy, [1, 2], [4, 4]) == 1  # no accepted drafts, costs doubling: no need
+
+
+@pytest.mark.parametrize("device", ["compute_bound", "flat"])
+def test_exploration_skips_trees_that_cannot_pay(tmp_path, device):
+    """A cold policy on a device where a step's cost grows with its rows (a CPU: n nodes cost n
+    plain steps) times plain decoding and the smallest tree, and no larger tree: its optimistic
+    bound (tokens and cost extrapolated from the levels it measured) says none can pay. Where
+    trees are nearly free (a GPU at small batches) it measures every level and settles on a large
+    one."""
+    levels = (1, 2, 4, 8, 16, 32, 64)
+    cost = (lambda n: float(n)) if device == "compute_bound" else (lambda n: 1.0 + 0.01 * n)
+    curve = [1.0 + 0.05 * i for i in range(64)]  # expected tokens at budgets 1..64
+    policy = fake_policy(levels, {n: cost(n) for n in levels}, tmp_path, curve)
+    policy.costs = StepCosts({"fake": 1}, min_samples=3)  # cold: nothing measured
+    picks = []
+    for _ in range(300):
+        n = pick(policy, [1, 2, 3, 4], [64] * 4)
+        picks.append(n)
+        policy.costs.observe(4, n, cost(n))
+    if device == "compute_bound":
+        assert set(picks) == {1, 2} and picks.count(2) <= 3 + 6  # measured, then rare refreshes
+    else:
+        assert set(levels) <= set(picks) and picks[-1] == 64
+    assert picks[:3] == [1, 1, 1]  # plain decoding is measured first
 
 
 def test_step_costs_persist_and_corrupt_or_stale_files_are_rebuilt(tmp_path):
