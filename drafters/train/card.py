@@ -48,6 +48,11 @@ def write_card(directory: Path, kind: str, target: str, data: dict, train: dict,
             f"| accepted draft tokens / step | "
             f"{evaluation.get('mean_accepted_draft_tokens', float('nan')):.3f} |",
         ]
+        if evaluation.get("check"):
+            c = evaluation["check"]
+            lines.append(f"| tau on the check set | {c['tau']:.3f} on the first {c['num_prompts']} of {c['prompts']}, "
+                         f"{c['max_new_tokens']} new tokens ({c['dtype']}, {c['device']}; check.json: the CPU "
+                         f"tests hold the head to 90% of it) |")
     lines += [
         f"| files | {', '.join(files)} |", "",
         f"Use: `{USE[kind].format(path=directory)}`", "",

@@ -18,7 +18,7 @@ from specdec.data import default_prompts, load_prompt_file, resolve_path, select
 from specdec.drafters import formats
 from specdec.engine.config import EngineConfig
 
-from . import checkpoint, curve, distributed
+from . import check, checkpoint, curve, distributed
 from .batches import BatchSource
 from .card import write_card
 from .evaluate import baseline_outputs, evaluate
@@ -36,6 +36,7 @@ class EvalConfig:
     num_prompts: Optional[int] = None
     max_new_tokens: int = 256
     compare: bool = True  # also run the target alone and count outputs equal to it
+    check: bool = True  # also measure tau on the check set the test suite holds the head to (check.py)
 
 
 @dataclass
@@ -146,6 +147,10 @@ def _evaluate(loaded, plan: Plan, objective) -> dict:
     out["prompts"] = name
     if base is not None:
         out["baseline_wall_s"] = base_wall
+    if plan.eval.check:
+        drafter = objective.drafter(str(plan.export_dir), **plan.drafter_options)
+        out["check"] = check.measure(loaded, drafter, plan.engine)
+        check.write(plan.export_dir, out["check"])
     return out
 
 

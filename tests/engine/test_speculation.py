@@ -229,6 +229,18 @@ def test_saved_costs_follow_the_machine_of_this_run(tmp_path):
     assert again.estimate(1, 4) == pytest.approx(0.08) and again.estimate(1, 1) == pytest.approx(0.04)
 
 
+def test_a_stall_does_not_make_a_budget_look_dear():
+    """A CPU step of 40 ms once took 2 s: the cost stays near 40 ms (a median of recent samples),
+    and it follows the machine when every sample moves."""
+    costs = StepCosts({}, min_samples=3)
+    for s in (0.040, 0.041, 2.0, 0.039, 0.040):
+        costs.observe(1, 1, s)
+    assert costs.estimate(1, 1) == pytest.approx(0.040)
+    for _ in range(10):
+        costs.observe(1, 1, 0.080)
+    assert costs.estimate(1, 1) == pytest.approx(0.080)
+
+
 def test_costs_borrow_the_ratio_other_batch_buckets_measured():
     costs = StepCosts({}, min_samples=1)
     costs.observe(1, 1, 1.0)

@@ -8,6 +8,7 @@ import pytest
 
 from specdec.data import DataError
 from specdec.drafters.train.pipeline import EvalConfig, Plan, run
+from specdec.drafters.train import check
 from specdec.drafters.train import prompts as prompt_sets
 from specdec.drafters.train.prompts import (FOLLOW_UPS, copy_tasks, magpie_prefix, parse_instruction, parse_query,
                                             training_prompts)
@@ -49,6 +50,9 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     assert summary["eval"]["greedy_equal"] == 2 and summary["eval"]["mean_accepted_length"] >= 1.0
     card = (plan.export_dir / "README.md").read_text()
     assert "EAGLE-3" in card and "tau (T=0" in card and "self-instruct prompts: " in card
+    recorded = check.load(plan.export_dir)  # the check set's tau, which the CPU tests hold a head to
+    assert recorded == summary["eval"]["check"] and recorded["num_prompts"] == check.NUM_PROMPTS
+    assert "tau on the check set" in card
     config = json.loads((plan.export_dir / "config.json").read_text())
     assert config["draft_vocab_size"] == 40 and config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [1, 2, 4]
     # a second run resumes: no prompt is answered again, training is already done
@@ -73,7 +77,7 @@ def test_rounds_add_to_one_learning_curve(tiny_dir, tmp_path):
                     data=DataConfig(prompts_dir=str(prompts_dir), max_prompts=6, max_new_tokens=12,
                                     max_len=256, shard_size=4),
                     train=TrainConfig(steps=4, batch_size=2, max_len=128, warmup=1, save_every=2),
-                    engine=EngineConfig(device="cpu"), eval=EvalConfig(num_prompts=2, max_new_tokens=8))
+                    engine=EngineConfig(device="cpu"), eval=EvalConfig(num_prompts=2, max_new_tokens=8, check=False))
         return plan, run(loaded, plan, log=lambda *_: None)
 
     first, s1 = round_("r1")
@@ -208,7 +212,7 @@ def test_pipeline_on_cuda(kind, options, drafter_options, tiny_dir, tmp_path):
                 data=DataConfig(prompts_dir=str(prompts_dir), max_prompts=6, self_instruct=2,
                                 max_new_tokens=12, max_len=256, shard_size=4, store_hidden=kind == "eagle3"),
                 train=TrainConfig(steps=4, batch_size=2, max_len=128, warmup=1, save_every=2),
-                engine=EngineConfig(device="cuda"), eval=EvalConfig(num_prompts=3, max_new_tokens=8))
+                engine=EngineConfig(device="cuda"), eval=EvalConfig(num_prompts=3, max_new_tokens=8, check=False))
     summary = run(loaded, plan, log=lambda *_: None)
     assert summary["train"]["steps"] == 4
     assert summary["eval"]["mean_accepted_length"] >= 1.0 and summary["eval"]["num_prompts"] == 3

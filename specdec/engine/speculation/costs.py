@@ -16,19 +16,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 FORMAT = 1
-ALPHA = 0.2  # weight of a new sample in a key's running mean
+WINDOW = 15  # a key's cost is the median of its last this many samples
 
 
 @dataclass
 class Cost:
     seconds: float
     samples: int
+    recent: list = field(default_factory=list, repr=False)  # this run's last WINDOW samples
 
 
 @dataclass
@@ -45,12 +47,13 @@ class StepCosts:
         if not (seconds > 0 and math.isfinite(seconds)):
             return
         self._drift = None
-        c = self.table.get((batch, budget))
-        if c is None:
-            self.table[(batch, budget)] = Cost(seconds, 1)
-        else:  # the plain mean for the first samples, then a running mean that follows drift
-            w = max(ALPHA, 1.0 / (c.samples + 1))
-            c.seconds, c.samples = (1 - w) * c.seconds + w * seconds, c.samples + 1
+        c = self.table.setdefault((batch, budget), Cost(seconds, 0))
+        # the median of the last samples: it follows drift, and one stall (a CPU step of 40 ms
+        # has taken 2 s) does not make a budget look dear for the next dozen steps, as a mean would
+        c.recent.append(seconds)
+        if len(c.recent) > WINDOW:
+            del c.recent[0]
+        c.seconds, c.samples = statistics.median(c.recent), c.samples + 1
 
     def measured(self, batch: int, budget: int) -> bool:
         c = self.table.get((batch, budget))
