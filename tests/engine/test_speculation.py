@@ -267,6 +267,23 @@ def test_acceptance_learns_per_depth_and_per_request():
     assert acc.curve(3)[1] < curve[1] - 0.3
 
 
+def test_a_small_tree_keeps_the_worth_of_the_nodes_it_did_not_draft():
+    """Chains of 8 nodes, the first 5 accepted; then the policy drafts 2-node trees: the request's
+    curve past its 2 nodes keeps what the larger trees showed (it does not flatten at 2 nodes,
+    which would make every larger budget look worthless)."""
+    acc = Acceptance(8)
+    depth, score = np.arange(8)[None, :], np.zeros((1, 8))
+    parents = np.arange(-1, 7)[None, :]
+    for _ in range(30):
+        acc.observe([1], depth, score, parents, np.array([8]), [[0, 1, 2, 3, 4, 5]])
+    big = acc.curve(1).copy()
+    for _ in range(30):
+        acc.observe([1], depth, score, parents, np.array([2]), [[0, 1]])
+    small = acc.curve(1)
+    assert big[7] > 4.5 and small[1] == pytest.approx(big[1], abs=0.3)
+    assert small[7] > 4.0, "the curve flattened past the small tree"
+
+
 def test_acceptance_serves_more_requests_than_its_first_table_holds():
     """More requests in flight than the table's first 64 rows (a batch of 64 plus arrivals): the
     table grows, and each request keeps its own curve."""

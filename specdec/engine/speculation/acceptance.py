@@ -9,6 +9,12 @@ per-request factor: the request's accepted drafts over what the bins predicted f
 ratio). Drafters list nodes best first (every prefix is the best subtree of its size), so the
 expected tokens of a budget n are 1 + the first n - 1 probabilities of the request's last tree.
 Drafters without scores get score 0 for every node: the bins then calibrate by depth alone.
+
+A tree smaller than the drafter's budget (the policy chose a small one) says nothing about the
+nodes it did not draft; its curve goes on past its last node with the mean probability of each
+later node over the trees that held one (`gain`, per node index, times the request's ratio), so
+a budget once measured keeps its worth while the policy drafts less, instead of looking no better
+than the tree it drafts now.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 DEPTHS, BINS = 16, 16  # bins: depth 1..16 (deeper share the last) x score
 SCORE_STEP = 0.5  # a score bin spans this much log-likelihood: 0, -0.5, ... -7.5 and below
 RATIO_WEIGHT = 0.25  # weight of a new step in a request's running ratio
+GAIN_MEMORY = 256  # a node's mean gain weighs its last ~this many trees
 
 
 class Acceptance:
@@ -33,6 +40,8 @@ class Acceptance:
         self.free = list(range(63, -1, -1))
         self.mean_curve = np.ones(max_nodes)  # over recent trees: for a request with none yet
         self.trees = 0
+        self.gain = np.zeros(max_nodes)  # [T] mean calibrated probability of node i, over trees holding it
+        self.held = np.zeros(max_nodes)  # [T] trees that held node i (the mean's weight, capped)
 
     @staticmethod
     def bins(depth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,12 +94,20 @@ class Acceptance:
         ratio = (1 - RATIO_WEIGHT) * self.ratios[rows] + RATIO_WEIGHT * (got + 0.5) / (p.sum(1) + 0.5)
         self.ratios[rows] = ratio = np.clip(ratio, 0.2, 5.0)
         width = min(t, self.max_nodes)
-        scaled = np.minimum(p[:, 1:width] * ratio[:, None], 1.0)  # [B, width - 1]
+        held = inner[:, :width]  # [B, width]
+        count = held.sum(0)  # [width] trees holding node i this step
+        self.held[:width] = np.minimum(self.held[:width] + count, GAIN_MEMORY)
+        w = np.divide(count, self.held[:width], out=np.zeros(width), where=count > 0)
+        self.gain[:width] += w * (np.divide(p[:, :width].sum(0), count, out=np.zeros(width), where=count > 0)
+                                  - self.gain[:width])
+        past = np.where(held, p[:, :width], 0.0)  # [B, width]: the tree's own nodes, ...
+        beyond = np.broadcast_to(self.gain, (b, self.max_nodes)).copy()  # ... then the mean gains
+        beyond[:, :width] = np.where(held, past, self.gain[None, :width])
+        scaled = np.minimum(beyond[:, 1:] * ratio[:, None], 1.0)  # [B, T - 1]
         curves = np.empty((b, self.max_nodes))
         curves[:, 0] = 1.0
-        np.cumsum(scaled, 1, out=curves[:, 1:width])
-        curves[:, 1:width] += 1.0
-        curves[:, width:] = curves[:, width - 1: width]  # a tree narrower than the budget saturates
+        np.cumsum(scaled, 1, out=curves[:, 1:])
+        curves[:, 1:] += 1.0
         self.table[rows] = curves
         self.trees += b
         w = max(b / self.trees, 0.02)
