@@ -173,6 +173,8 @@ class AdaptivePolicy:
         below it; a level already timed once costs at least half that time). On a compute-bound
         device (a CPU), a batch of 16 pays ~60x a plain step for a 60-node tree: this keeps the
         policy from timing trees that cannot pay."""
+        if len(rate) == len(levels):  # (every step once the costs are known)
+            return None
         best = max(rate.values()) if rate else 0.0
         for i, n in enumerate(levels):
             if i in rate:
