@@ -214,6 +214,7 @@ def main() -> None:
                          "(e.g. an exact-mode drafter none: \"exact-none:none engine.exact=true\")")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    code = git_sha()  # the commit imported now (the tree may move on during a long run)
     args.arrival_rates = [None if r <= 0 else r for r in args.arrival_rates]
     if args.floor and args.tensor_parallel_size > 1:
         raise SystemExit("--floor times one unsplit model on one device; leave it out with --tensor-parallel-size > 1")
@@ -340,7 +341,7 @@ def main() -> None:
               "threads": torch.get_num_threads(), "num_prompts": len(ids),
               "max_new_tokens": args.max_new_tokens, "data": args.data, "model": loaded.source,
               "cuda_graphs": bool(args.cuda_graphs), "tensor_parallel_size": args.tensor_parallel_size,
-              "versions": versions(), "git_sha": git_sha(),
+              "versions": versions(), "git_sha": code,
               "rows": rows, "failed": failed, "floor": floor, "throughput": throughput}
 
     def save():  # after every measurement: a run stopped by a time limit keeps what it measured
