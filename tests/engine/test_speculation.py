@@ -137,6 +137,20 @@ def test_no_tree_when_trees_never_pay_and_the_largest_when_they_always_do(tmp_pa
     assert pick(always, [1, 2], [4, 3]) == 4  # the scheduler's caps bound the choice
 
 
+def test_trees_that_cannot_pay_are_not_drafted_to_learn_and_dear_ones_rarely(tmp_path):
+    """While plain decoding is best, the policy drafts now and then to keep learning, but never a
+    tree dearer than its nodes could repay (8 nodes at 8 plain steps: 8 tokens at most), and a
+    tree of 3 plain steps waits 2 intervals, so its extra time stays under 1 / interval."""
+    flat = [1.0] * 8
+    never = fake_policy((1, 8), {1: 1.0, 8: 8.0}, tmp_path, flat)
+    never.interval = never.explore_every = 2
+    assert all(pick(never, [1, 2], [8, 8]) == 1 for _ in range(100))
+    dear = fake_policy((1, 4), {1: 1.0, 4: 3.0}, tmp_path, flat)
+    dear.interval = dear.explore_every = 2
+    picks = [pick(dear, [1, 2], [4, 4]) for _ in range(20)]
+    assert [i for i, n in enumerate(picks) if n == 4] == [3, 11]  # after 2 x 2, then 4 x 2 steps
+
+
 def test_steps_that_beat_the_predicted_drafts_raise_the_budget(tmp_path):
     """An acceptance model that predicts too few drafts (curve: 0.1 per node) while the steps
     accept 4: the step-level correction grows and the policy moves from plain decoding to trees."""

@@ -13,9 +13,10 @@ drafts of recent steps) and cost the step's measured seconds (costs.py: the whol
 and bookkeeping included). A budget a batch bucket has not measured enough is explored (run as
 chosen and timed) before it is trusted — if an optimistic bound on its rate says it could beat the
 best measured one (`worth_exploring`) — and while the best budget is 1, one step in
-``explore_every`` drafts anyway, so that the curves follow the text; each such step that confirms
-it doubles the interval (up to ``max_explore_every``), so a drafter that never pays costs ever
-less. The decision is per step; a graphed step pads every tree to the step's bucket, so a
+``explore_every`` drafts anyway, so that the curves follow the text: the tree with the best rate
+among those that could pay were all their nodes accepted, and a tree costing k plain steps waits
+k - 1 times as long; each such step that confirms it doubles the interval (up to
+``max_explore_every``), so a drafter that never pays costs ever less. The decision is per step; a graphed step pads every tree to the step's bucket, so a
 per-sequence cut below it would save no work.
 
 Lossless by construction: a budget keeps the first n nodes of the drafter's tree, which the
@@ -156,10 +157,19 @@ class AdaptivePolicy:
             self.interval, self.since = self.explore_every, 0
             return best
         self.since += 1
-        drafting = [i for i in known if levels[i] > 1]
-        if drafting and self.since >= self.interval:  # keep the acceptance curves current
-            self.since, self.interval = 0, min(2 * self.interval, self.max_explore_every)
-            best = levels[max(drafting, key=rate.__getitem__)]
+        if self.since < self.interval:
+            return best
+        # keep the acceptance curves current: draft a tree now and then, but only one that could
+        # pay were every node accepted (n nodes emit at most n tokens), and the dearer the tree,
+        # the rarer: its extra time stays under 1 / interval of the plain steps'
+        plain = self.costs.estimate(b, 1)
+        drafting = [i for i in known if levels[i] > 1 and self.costs.estimate(b, levels[i]) < levels[i] * plain]
+        if drafting:
+            pick = max(drafting, key=rate.__getitem__)
+            extra = self.costs.estimate(b, levels[pick]) / plain - 1.0
+            if self.since >= self.interval * max(1.0, extra):
+                self.since, self.interval = 0, min(2 * self.interval, self.max_explore_every)
+                best = levels[pick]
         return best
 
     def worth_exploring(self, b: int, levels: list[int], tokens: np.ndarray, known: list[int],
@@ -186,6 +196,7 @@ class AdaptivePolicy:
             n1, n2 = levels[j1], levels[j2]
             c1, c2 = self.costs.estimate(b, n1), self.costs.estimate(b, n2)
             hi = tokens[j2] + (n - n2) * max(tokens[j2] - tokens[j1], 0.0) / (n2 - n1)
+            hi = min(hi, n * tokens[0])  # (n nodes emit at most n tokens; tokens[0]: the batch)
             lo = c2 + (n - n2) * max(c2 - c1, 0.0) / (n2 - n1)
             seen = self.costs.table.get((b, n))
             if seen is not None:
