@@ -195,10 +195,20 @@ def test_exploration_skips_trees_that_cannot_pay(tmp_path, device):
         picks.append(n)
         policy.costs.observe(4, n, cost(n))
     if device == "compute_bound":
-        assert set(picks) == {1, 2} and picks.count(2) <= 3 + 6  # measured, then rare refreshes
+        assert set(picks) == {1, 2} and picks.count(2) == 1  # one step shows it cannot pay
     else:
         assert set(levels) <= set(picks) and picks[-1] == 64
     assert picks[:3] == [1, 1, 1]  # plain decoding is measured first
+
+
+def test_a_tree_another_batch_bucket_found_too_dear_is_not_explored(tmp_path):
+    """The other buckets measured 2-node trees at 2.5 plain steps: at most 2 tokens per sequence
+    cannot repay that, so bucket 4 (no costs of its own but plain decoding's) does not time them;
+    at 1.5 plain steps it does."""
+    for ratio, want in ((2.5, 1), (1.5, 2)):
+        policy = fake_policy((1, 2), {1: 1.0, 2: ratio}, tmp_path, [1.0, 2.0])
+        del policy.costs.table[(4, 2)]
+        assert pick(policy, [1, 2, 3, 4], [2] * 4) == want
 
 
 def test_step_costs_persist_and_corrupt_or_stale_files_are_rebuilt(tmp_path):

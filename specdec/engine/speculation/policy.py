@@ -175,34 +175,46 @@ class AdaptivePolicy:
     def worth_exploring(self, b: int, levels: list[int], tokens: np.ndarray, known: list[int],
                         rate: dict[int, float]) -> Optional[int]:
         """The smallest level batch bucket ``b`` has not measured enough that could beat the best
-        measured one, or None. Plain decoding and the smallest tree are always measured. Above
-        them, a level n is run (and timed) only if an optimistic bound on its rate beats the best:
-        its tokens extrapolated linearly from the two largest measured levels below it (nodes come
-        best first, so the curve is concave and the line lies above it) over its cost extrapolated
-        the same way (the step's cost is convex in its rows — flat, then linear — so the line lies
-        below it; a level already timed once costs at least half that time). On a compute-bound
-        device (a CPU), a batch of 16 pays ~60x a plain step for a 60-node tree: this keeps the
-        policy from timing trees that cannot pay."""
+        measured one, or None. Plain decoding is always measured. A tree level n is run (and
+        timed) only if an optimistic bound on its rate beats the best: tokens at most n per
+        sequence and, above two timed levels below it, at most the line through theirs (nodes come
+        best first, so the curve is concave and the line lies above it); its cost at least the
+        largest of: any smaller level's, the line through those two levels' costs (a step's cost
+        is convex in its rows — flat, then linear — so the line lies below it), the ratio to plain
+        decoding other batch buckets measured at n (larger batches are no less compute-bound), and
+        its own fastest step so far. A level abandoned after one step counts with that step. On a compute-bound device (a CPU), a batch
+        of 16 pays ~60x a plain step for a 60-node tree: this keeps the policy from timing trees
+        that cannot pay."""
         if len(rate) == len(levels):  # (every step once the costs are known)
             return None
-        best = max(rate.values()) if rate else 0.0
+        if 0 not in rate:
+            return levels[0]
+        best = max(rate.values())
+        floor = self.costs.estimate(b, levels[0])  # a lower bound on every larger level's cost
+        points = []  # (n, cost, tokens) of the levels below: measured, or the fastest step timed
         for i, n in enumerate(levels):
-            if i in rate:
-                continue
-            below = [j for j in known if j < i]
-            if len(below) < 2 or i <= 1:
-                return n
-            j1, j2 = below[-2], below[-1]
-            n1, n2 = levels[j1], levels[j2]
-            c1, c2 = self.costs.estimate(b, n1), self.costs.estimate(b, n2)
-            hi = tokens[j2] + (n - n2) * max(tokens[j2] - tokens[j1], 0.0) / (n2 - n1)
-            hi = min(hi, n * tokens[0])  # (n nodes emit at most n tokens; tokens[0]: the batch)
-            lo = c2 + (n - n2) * max(c2 - c1, 0.0) / (n2 - n1)
             seen = self.costs.table.get((b, n))
-            if seen is not None:
-                lo = max(lo, 0.5 * seen.seconds)
-            if hi / lo > best:
-                return n
+            if i in rate:
+                cost = self.costs.estimate(b, n)
+            else:
+                hi, lo = n * tokens[0], floor  # (tokens[0]: the batch)
+                if len(points) >= 2:
+                    (n1, c1, t1), (n2, c2, t2) = points[-2:]
+                    hi = min(hi, t2 + (n - n2) * max(t2 - t1, 0.0) / (n2 - n1))
+                    lo = max(lo, c2 + (n - n2) * max(c2 - c1, 0.0) / (n2 - n1))
+                if seen is not None:
+                    lo = max(lo, min(seen.recent))
+                else:
+                    borrowed = self.costs.estimate(b, n)  # another bucket's ratio; None if none has one
+                    lo = max(lo, borrowed) if borrowed is not None else lo
+                if hi / lo > best:
+                    return n
+                floor = max(floor, lo)
+                if seen is None:
+                    continue
+                cost = min(seen.recent)
+            floor = max(floor, cost)
+            points.append((n, cost, tokens[i]))
         return None
 
     # ---- learning -------------------------------------------------------------------------
