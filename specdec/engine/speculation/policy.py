@@ -149,7 +149,7 @@ class AdaptivePolicy:
         tokens = batch + self.correction() * (tokens - batch)  # the drafts, as steps bear them out
         known = [i for i, n in enumerate(levels) if self.costs.known(b, n)]
         rate = {i: tokens[i] / self.costs.estimate(b, levels[i]) for i in known}
-        explore = self.worth_exploring(b, levels, tokens, known, rate)
+        explore = self.worth_exploring(b, levels, tokens, rate)
         if explore is not None:
             return explore
         best = levels[max(rate, key=rate.__getitem__)]  # the first of equals
@@ -172,35 +172,44 @@ class AdaptivePolicy:
                 best = levels[pick]
         return best
 
-    def worth_exploring(self, b: int, levels: list[int], tokens: np.ndarray, known: list[int],
+    def worth_exploring(self, b: int, levels: list[int], tokens: np.ndarray,
                         rate: dict[int, float]) -> Optional[int]:
         """The smallest level batch bucket ``b`` has not measured enough that could beat the best
         measured one, or None. Plain decoding is always measured. A tree level n is run (and
         timed) only if an optimistic bound on its rate beats the best: tokens at most n per
         sequence and, above two timed levels below it, at most the line through theirs (nodes come
         best first, so the curve is concave and the line lies above it); its cost at least the
-        largest of: any smaller level's, the line through those two levels' costs (a step's cost
-        is convex in its rows — flat, then linear — so the line lies below it), the ratio to plain
-        decoding other batch buckets measured at n (larger batches are no less compute-bound), and
-        its own fastest step so far. A level abandoned after one step counts with that step. On a compute-bound device (a CPU), a batch
-        of 16 pays ~60x a plain step for a 60-node tree: this keeps the policy from timing trees
-        that cannot pay."""
+        largest of: any smaller level's, the line through the costs of the two timed tree levels
+        below it (a step's cost is convex in its rows — flat, then linear — so the line lies below
+        it; plain decoding is left out: the drafter's fixed cost comes between), the ratio to
+        plain decoding other batch buckets measured at n (larger batches are no less
+        compute-bound), and its own fastest step so far. Levels are tried smallest first and the
+        first that cannot pay ends the search: larger trees are taken not to pay either (a step's
+        rate unimodal in its budget, as EAGLE-2's and SmartSpec's searches take it). A level
+        abandoned after one step counts with that step. On a compute-bound device (a CPU), a
+        batch of 16 pays ~60x a plain step for a 60-node tree: this keeps the policy from timing
+        trees that cannot pay."""
         if len(rate) == len(levels):  # (every step once the costs are known)
             return None
         if 0 not in rate:
             return levels[0]
         best = max(rate.values())
         floor = self.costs.estimate(b, levels[0])  # a lower bound on every larger level's cost
-        points = []  # (n, cost, tokens) of the levels below: measured, or the fastest step timed
+        # the levels below, timed (measured, or their fastest step): (n, tokens), and for trees
+        # (n, cost): plain decoding is no point of the cost line, the drafter's fixed cost lies
+        # between it and the smallest tree
+        tok_points, cost_points = [], []
         for i, n in enumerate(levels):
             seen = self.costs.table.get((b, n))
             if i in rate:
                 cost = self.costs.estimate(b, n)
             else:
                 hi, lo = n * tokens[0], floor  # (tokens[0]: the batch)
-                if len(points) >= 2:
-                    (n1, c1, t1), (n2, c2, t2) = points[-2:]
+                if len(tok_points) >= 2:
+                    (n1, t1), (n2, t2) = tok_points[-2:]
                     hi = min(hi, t2 + (n - n2) * max(t2 - t1, 0.0) / (n2 - n1))
+                if len(cost_points) >= 2:
+                    (n1, c1), (n2, c2) = cost_points[-2:]
                     lo = max(lo, c2 + (n - n2) * max(c2 - c1, 0.0) / (n2 - n1))
                 if seen is not None:
                     lo = max(lo, min(seen.recent))
@@ -209,12 +218,13 @@ class AdaptivePolicy:
                     lo = max(lo, borrowed) if borrowed is not None else lo
                 if hi / lo > best:
                     return n
-                floor = max(floor, lo)
-                if seen is None:
-                    continue
-                cost = min(seen.recent)
+                if seen is None:  # the smallest level left cannot pay: nor, by now, larger ones
+                    return None
+                floor, cost = max(floor, lo), min(seen.recent)
             floor = max(floor, cost)
-            points.append((n, cost, tokens[i]))
+            tok_points.append((n, tokens[i]))
+            if n > 1:
+                cost_points.append((n, cost))
         return None
 
     # ---- learning -------------------------------------------------------------------------
