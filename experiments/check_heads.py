@@ -12,7 +12,6 @@ import json
 import torch
 
 from specdec.drafters.train import check
-from specdec.engine.config import EngineConfig
 from specdec.models.loader import load_model
 
 
@@ -27,7 +26,7 @@ def main() -> None:
     loaded = load_model("default", device="cpu")
     for name in args.heads:
         drafter, folder = check.shipped_drafter(name)
-        result = check.measure(loaded, drafter, EngineConfig(device="cpu", max_num_seqs=check.NUM_PROMPTS))
+        result = check.measure(loaded, drafter)
         old = check.load(folder)
         print(f"{name}: tau {result['tau']:.4f} on {result['num_prompts']} prompts x {result['max_new_tokens']} "
               f"tokens (recorded: {old['tau'] if old else 'none'})", flush=True)

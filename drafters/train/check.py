@@ -37,11 +37,14 @@ def shipped_drafter(name: str):
     return instantiate(cfg), formats.shipped(SHIPPED[name])
 
 
-def measure(loaded, drafter, engine_cfg) -> dict:
-    """tau of ``drafter`` on the check set (``engine_cfg``: the engine it runs in; batching does
-    not change greedy tau)."""
+def measure(loaded, drafter, engine_cfg=None) -> dict:
+    """tau of ``drafter`` on the check set (``engine_cfg``: the engine it runs in, by default the
+    CPU with every prompt in flight; batching does not change greedy tau)."""
     import torch
 
+    from specdec.engine.config import EngineConfig
+
+    engine_cfg = engine_cfg or EngineConfig(device="cpu", max_num_seqs=NUM_PROMPTS)
     prompts = select(load_prompt_file(PROMPTS), NUM_PROMPTS)
     out = evaluate(loaded, drafter, prompts, engine_cfg, MAX_NEW_TOKENS)
     device = engine_cfg.torch_device()

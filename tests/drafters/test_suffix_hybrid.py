@@ -125,7 +125,7 @@ def test_eagle_budget_levels_under_the_adaptive_policy(target, eagle3_path, tmp_
     policy = AdaptivePolicy(cost_dir=str(tmp_path), min_samples=1, log=lambda m: None)
     # the tiny target's drafts are rarely accepted, so no level above the smallest could pay:
     # measure every level anyway, to move the drafter through all of them
-    policy.worth_exploring = lambda b, levels, tokens, rate: next(
+    policy.worth_exploring = lambda b, levels, tokens, cost, rate: next(
         (n for i, n in enumerate(levels) if i not in rate), None)
     engine, outputs = run(target, drafter, policy, cuda_graphs=graphs)
     assert outputs == reference

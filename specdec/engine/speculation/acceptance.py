@@ -100,9 +100,8 @@ class Acceptance:
         w = np.divide(count, self.held[:width], out=np.zeros(width), where=count > 0)
         self.gain[:width] += w * (np.divide(p[:, :width].sum(0), count, out=np.zeros(width), where=count > 0)
                                   - self.gain[:width])
-        past = np.where(held, p[:, :width], 0.0)  # [B, width]: the tree's own nodes, ...
-        beyond = np.broadcast_to(self.gain, (b, self.max_nodes)).copy()  # ... then the mean gains
-        beyond[:, :width] = np.where(held, past, self.gain[None, :width])
+        beyond = np.broadcast_to(self.gain, (b, self.max_nodes)).copy()  # [B, T]: the mean gains ...
+        beyond[:, :width] = np.where(held, p[:, :width], self.gain[None, :width])  # ... past its own nodes
         scaled = np.minimum(beyond[:, 1:] * ratio[:, None], 1.0)  # [B, T - 1]
         curves = np.empty((b, self.max_nodes))
         curves[:, 0] = 1.0

@@ -147,9 +147,9 @@ class AdaptivePolicy:
         at = np.minimum(np.asarray(levels)[:, None], cap[None, :]) - 1  # [L, B]
         tokens = curves[np.arange(batch)[None, :], at].sum(1)  # [L]
         tokens = batch + self.correction() * (tokens - batch)  # the drafts, as steps bear them out
-        known = [i for i, n in enumerate(levels) if self.costs.known(b, n)]
-        rate = {i: tokens[i] / self.costs.estimate(b, levels[i]) for i in known}
-        explore = self.worth_exploring(b, levels, tokens, rate)
+        cost = {i: self.costs.estimate(b, n) for i, n in enumerate(levels) if self.costs.known(b, n)}
+        rate = {i: tokens[i] / c for i, c in cost.items()}
+        explore = self.worth_exploring(b, levels, tokens, cost, rate)
         if explore is not None:
             return explore
         best = levels[max(rate, key=rate.__getitem__)]  # the first of equals
@@ -162,20 +162,21 @@ class AdaptivePolicy:
         # keep the acceptance curves current: draft a tree now and then, but only one that could
         # pay were every node accepted (n nodes emit at most n tokens), and the dearer the tree,
         # the rarer: its extra time stays under 1 / interval of the plain steps'
-        plain = self.costs.estimate(b, 1)
-        drafting = [i for i in known if levels[i] > 1 and self.costs.estimate(b, levels[i]) < levels[i] * plain]
+        plain = cost[0]
+        drafting = [i for i in cost if levels[i] > 1 and cost[i] < levels[i] * plain]
         if drafting:
             pick = max(drafting, key=rate.__getitem__)
-            extra = self.costs.estimate(b, levels[pick]) / plain - 1.0
+            extra = cost[pick] / plain - 1.0
             if self.since >= self.interval * max(1.0, extra):
                 self.since, self.interval = 0, min(2 * self.interval, self.max_explore_every)
                 best = levels[pick]
         return best
 
-    def worth_exploring(self, b: int, levels: list[int], tokens: np.ndarray,
+    def worth_exploring(self, b: int, levels: list[int], tokens: np.ndarray, cost: dict[int, float],
                         rate: dict[int, float]) -> Optional[int]:
         """The smallest level batch bucket ``b`` has not measured enough that could beat the best
-        measured one, or None. Plain decoding is always measured. A tree level n is run (and
+        measured one, or None (``cost``, ``rate``: of the measured levels, by index). Plain
+        decoding is always measured. A tree level n is run (and
         timed) only if an optimistic bound on its rate beats the best: tokens at most n per
         sequence and, above two timed levels below it, at most the line through theirs (nodes come
         best first, so the curve is concave and the line lies above it); its cost at least the
@@ -194,15 +195,15 @@ class AdaptivePolicy:
         if 0 not in rate:
             return levels[0]
         best = max(rate.values())
-        floor = self.costs.estimate(b, levels[0])  # a lower bound on every larger level's cost
+        floor = cost[0]  # a lower bound on every larger level's cost
         # the levels below, timed (measured, or their fastest step): (n, tokens), and for trees
         # (n, cost): plain decoding is no point of the cost line, the drafter's fixed cost lies
         # between it and the smallest tree
         tok_points, cost_points = [], []
         for i, n in enumerate(levels):
             seen = self.costs.table.get((b, n))
-            if i in rate:
-                cost = self.costs.estimate(b, n)
+            if i in cost:
+                c = cost[i]
             else:
                 hi, lo = n * tokens[0], floor  # (tokens[0]: the batch)
                 if len(tok_points) >= 2:
@@ -220,11 +221,11 @@ class AdaptivePolicy:
                     return n
                 if seen is None:  # the smallest level left cannot pay: nor, by now, larger ones
                     return None
-                floor, cost = max(floor, lo), min(seen.recent)
-            floor = max(floor, cost)
+                floor, c = max(floor, lo), min(seen.recent)
+            floor = max(floor, c)
             tok_points.append((n, tokens[i]))
             if n > 1:
-                cost_points.append((n, cost))
+                cost_points.append((n, c))
         return None
 
     # ---- learning -------------------------------------------------------------------------
