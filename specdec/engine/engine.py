@@ -2,7 +2,8 @@
 
     batch = scheduler.schedule()                  # which sequences run, prefill chunk or tree
     for part in runner.forwards(batch):           # one part, or a mixed step's trees then chunks
-        part = policy.plan(part)                  # node budgets (speculation/; 1: plain decoding)
+        part = policy.plan(part, tokens)          # node budgets within the step's token budget
+                                                  # (speculation/; 1: plain decoding)
         tree = drafter.propose(part's decoding sequences)     # skipped when no one drafts
         run  = runner.run(part, tree)             # forward, verify, commit, one read-back:
                                                   # the bucket's CUDA graph, or eagerly
@@ -83,10 +84,11 @@ class Engine:
                             device=self.device, dtype=self.dtype, blocks=self.blocks,
                             max_model_len=self.max_model_len, graph_batch=graph_batch, graph_mode=mode)
         drafter.load(ctx)  # may set ctx.capture_layers (target features it needs)
-        sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
-                                self.max_model_len, drafter.max_nodes, self.config.admit_count())
-        self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
         self.policy = policy = policy if policy is not None else FixedPolicy()
+        sched = SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens,
+                                self.max_model_len, drafter.max_nodes, self.config.admit_count(),
+                                reserve=1 if policy.fits_budget else None)
+        self.scheduler = Scheduler(sched, self.blocks, drafter.kv_demand)
         # (no reference to the engine here: a cycle would keep its KV cache alive until the
         # garbage collector's next full pass)
         self.scheduler.on_release = lambda seq: (drafter.release(seq), policy.release(seq))
@@ -191,7 +193,7 @@ class Engine:
         """Plan, propose, run, update and postprocess one forward; returns the sequences that
         finished."""
         t1 = time.perf_counter()
-        part = self.policy.plan(part)  # decode items get their node budgets
+        part = self.policy.plan(part, self.scheduler.tree_tokens(part))  # decode items' node budgets
         decode = [i for i in part if not i.is_prefill]
         drafts = any(i.num_new > 1 for i in decode)
         # no one drafts: no tree; the runner stages root-only trees (each sequence's last token)

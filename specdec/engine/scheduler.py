@@ -39,6 +39,10 @@ class SchedulerConfig:
     max_model_len: int = 2048
     lookahead: int = 1  # the drafter's tree budget T (1 = autoregressive)
     admit_batch: int = 1  # while others run, admit waiting sequences min(this, waiting) at a time
+    # tokens a decoding sequence counts in the token budget: None, its whole lookahead; a policy
+    # that fits its trees into what the step leaves (AdaptivePolicy) counts each at 1, so that
+    # speculation never keeps a sequence from running
+    reserve: int | None = None
 
 
 class Scheduler:
@@ -104,18 +108,30 @@ class Scheduler:
             if seq.status is not Status.RUNNING:  # it preempted itself
                 continue
             self._take(item, batch)
-            budget -= item.num_new
+            budget -= self._tokens(item)
         self._admit(batch, budget)
         return batch
 
     def _item(self, seq: Sequence, budget: int) -> ScheduledSeq | None:
         """A prefill chunk takes what budget is left; a draft tree is never cut to fit (its
-        shape, and so a sampled output, must not depend on the batch): it waits a step."""
+        shape, and so a sampled output, must not depend on the batch): it waits a step. Under
+        ``reserve`` the tree's ``num_new`` is its most nodes, and the policy cuts the step's trees
+        to the budget the scheduler left (``Scheduler.tree_tokens``)."""
         if seq.in_prefill:
             n = self._chunk(seq, budget)
             return ScheduledSeq(seq, n, True) if n > 0 else None
-        n = self._lookahead(seq)
-        return ScheduledSeq(seq, n, False) if n <= budget else None
+        item = ScheduledSeq(seq, self._lookahead(seq), False)
+        return item if self._tokens(item) <= budget else None
+
+    def _tokens(self, item: ScheduledSeq) -> int:
+        """What ``item`` counts in the step's token budget."""
+        reserve = self.config.reserve
+        return item.num_new if item.is_prefill or reserve is None else min(item.num_new, reserve)
+
+    def tree_tokens(self, items: list[ScheduledSeq]) -> int:
+        """The tokens the draft trees of ``items`` (one forward) may hold together: the step's
+        budget less its prefill chunks'."""
+        return self.config.max_num_batched_tokens - sum(i.num_new for i in items if i.is_prefill)
 
     def _take(self, item: ScheduledSeq, batch: list[ScheduledSeq]) -> None:
         self._grow(item.seq)
@@ -148,7 +164,7 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.running.append(seq)
             self._take(item, batch)
-            budget -= item.num_new
+            budget -= self._tokens(item)
 
     def _preempt_for(self, seq: Sequence, batch: list[ScheduledSeq]) -> bool:
         """Free blocks for ``seq`` by preempting the newest running sequence not yet scheduled

@@ -48,6 +48,24 @@ def test_decode_first_then_admission_until_budget():
     assert [(i.seq is a, i.num_new, i.is_prefill) for i in batch] == [(True, 3, False), (False, 7, True)]
 
 
+def test_a_reserve_counts_each_tree_at_that_many_tokens():
+    """Four decoding sequences with 4-node trees and a budget of 8: counted at their whole trees
+    two run per step; counted at one token each (``reserve=1``, a policy that cuts its trees to
+    fit) all four run, and `tree_tokens` says how many nodes their trees may hold together."""
+    for reserve, running in ((None, 2), (1, 4)):
+        sch = make(max_num_batched_tokens=8, lookahead=4, reserve=reserve, num_blocks=64, max_num_seqs=5)
+        seqs = [seq(2, 10 * i) for i in range(4)]
+        for s in seqs:
+            sch.add(s)
+        advance(sch.schedule())  # the four prefills (2 tokens each) fill the budget
+        batch = sch.schedule()
+        assert [(i.num_new, i.is_prefill) for i in batch] == [(4, False)] * running
+        assert sch.tree_tokens(batch) == 8
+    sch.add(seq(20, 100))  # a prefill chunk takes what the four trees left, at one token each
+    batch = sch.schedule()
+    assert [i.num_new for i in batch if i.is_prefill] == [4] and sch.tree_tokens(batch) == 4
+
+
 def test_max_num_seqs_caps_running():
     sch = make(max_num_seqs=2, max_num_batched_tokens=64)
     seqs = [seq(3, 10 * i) for i in range(3)]

@@ -57,7 +57,7 @@ class Budget(FixedPolicy):
     def __init__(self, *budgets: int):
         self.budgets, self.step = budgets, 0
 
-    def plan(self, items):
+    def plan(self, items, tokens=None):
         from dataclasses import replace
 
         n = self.budgets[self.step % len(self.budgets)]
@@ -102,6 +102,48 @@ def test_adaptive_policy_keeps_the_greedy_output(target, path, name, tmp_path):
     assert summary["budget_steps"] == dict(sorted(policy.chosen.items())) and summary["step_costs_ms"]
     calibrated = summary["calibration"]  # predicted vs emitted tokens per step
     assert sum(c["steps"] for c in calibrated) == sum(len(s.accept_lengths) for s in engine.sequences.values())
+
+
+def test_adaptive_trees_fit_the_token_budget_and_the_batch_stays_whole(target, path, tmp_path):
+    """A token budget of 14 with 12-node trees: the fixed policy runs one tree per step (the
+    others wait), the adaptive one runs all three decoding sequences every step with trees cut to
+    fit (at most 14 nodes together), and its output is still the target's."""
+    _, reference = run(target, NoDrafter())
+    sizes = []
+
+    def record(engine):
+        plan = engine.policy.plan
+
+        def planned(items, tokens=None):
+            out = plan(items, tokens)
+            sizes.append(([i.num_new for i in out if not i.is_prefill], tokens))
+            return out
+        engine.policy.plan = planned
+
+    for policy in (FixedPolicy(), AdaptivePolicy(cost_dir=str(tmp_path), min_samples=1, log=lambda m: None)):
+        sizes.clear()
+        engine = Engine(target, drafters(path)["ngram_tree"](), LosslessVerifier(),
+                        EngineConfig(device="cpu", block_size=4, max_num_seqs=3, max_num_batched_tokens=14),
+                        policy=policy)
+        record(engine)
+        outputs = [s.output for s in engine.generate(PROMPTS, GREEDY)]
+        assert outputs == reference
+        decode = [n for n, _ in sizes if n]
+        assert all(sum(n) <= tokens for n, tokens in sizes)
+        if policy.name == "fixed":
+            assert max(len(n) for n in decode) == 1
+        else:
+            assert max(len(n) for n in decode) == 3 and any(max(n) > 1 for n in decode)
+
+
+def test_a_budget_level_is_chosen_only_if_its_trees_fit(tmp_path):
+    policy = fake_policy((1, 2, 4, 8), {1: 1.0, 2: 1.01, 4: 1.02, 8: 1.03}, tmp_path, [1.0 + 0.9 * i for i in range(8)])
+    curves = policy.acceptance.curves([1, 2, 3])
+    assert policy.choose(3, np.array([8, 8, 8]), curves) == 8
+    assert policy.choose(3, np.array([8, 8, 8]), curves, tokens=24) == 8
+    assert policy.choose(3, np.array([8, 8, 8]), curves, tokens=23) == 4
+    assert policy.choose(3, np.array([8, 2, 2]), curves, tokens=12) == 8  # 8 + 2 + 2 nodes
+    assert policy.choose(3, np.array([8, 8, 8]), curves, tokens=5) == 1
 
 
 def fake_policy(levels, seconds, tmp_path, curve):

@@ -64,6 +64,8 @@ class FixedPolicy:
     """Every decoding sequence drafts its whole budget (the drafter's ``max_nodes``)."""
     name = "fixed"
     wants_trees = False  # no node statistics needed
+    fits_budget = False  # the scheduler counts each tree at its whole budget
+
 
     def summary(self) -> dict:
         return {"policy": self.name}
@@ -71,7 +73,7 @@ class FixedPolicy:
     def attach(self, engine) -> None:
         pass
 
-    def plan(self, items: list[ScheduledSeq]) -> list[ScheduledSeq]:
+    def plan(self, items: list[ScheduledSeq], tokens: Optional[int] = None) -> list[ScheduledSeq]:
         return items
 
     def observe(self, *args, **kwargs) -> None:
@@ -87,6 +89,10 @@ class FixedPolicy:
 class AdaptivePolicy:
     name = "adaptive"
     wants_trees = True
+    # the scheduler counts a decoding sequence at one token, and `plan` fits the step's trees into
+    # the token budget left: at high load the batch stays whole and the trees shrink, instead of
+    # half the sequences waiting while the other half draft full trees
+    fits_budget = True
 
     def __init__(self, explore_every: int = 16, max_explore_every: int = 512, cost_dir: Optional[str] = None,
                  persist: bool = True, min_samples: int = 3, log=print) -> None:
@@ -119,15 +125,17 @@ class AdaptivePolicy:
         self.costs.min_samples = self.min_samples
 
     # ---- the decision -----------------------------------------------------------------------
-    def plan(self, items: list[ScheduledSeq]) -> list[ScheduledSeq]:
-        """The step's decode items with their node budgets (prefill chunks unchanged)."""
+    def plan(self, items: list[ScheduledSeq], tokens: Optional[int] = None) -> list[ScheduledSeq]:
+        """The step's decode items with their node budgets (prefill chunks unchanged), their
+        trees together within ``tokens`` nodes (None: no limit; the scheduler leaves at least
+        one per decoding sequence)."""
         decode = [i for i in items if not i.is_prefill]
         if not decode or len(self.levels) == 1:
             return items
         ids = [i.seq.seq_id for i in decode]
         caps = np.array([i.num_new for i in decode], dtype=np.int64)  # [B]
         curves = self.acceptance.curves(ids)  # [B, T]
-        budget = self.choose(len(ids), caps, curves)
+        budget = self.choose(len(ids), caps, curves, tokens)
         self.chosen[budget] = self.chosen.get(budget, 0) + 1
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
         self.predicted.append((ids, curves[np.arange(len(ids)), at]))
@@ -136,13 +144,17 @@ class AdaptivePolicy:
         return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False)
                 for i in items]
 
-    def choose(self, batch: int, caps: np.ndarray, curves: np.ndarray) -> int:
+    def choose(self, batch: int, caps: np.ndarray, curves: np.ndarray, tokens: Optional[int] = None) -> int:
         """The budget level for a step of ``batch`` sequences (``caps [B]``: the most nodes each
-        may take; ``curves [B, T]``: their expected tokens at budgets 1..T)."""
+        may take; ``curves [B, T]``: their expected tokens at budgets 1..T; ``tokens``: the most
+        nodes of all trees together, None: no limit)."""
         self.steps += 1
         b = bucket(batch, self.buckets) or batch
         top = caps.max()
-        levels = [n for n in self.levels if n <= top] or [1]
+        levels = [n for n in self.levels if n <= top]
+        if tokens is not None and caps.sum() > tokens:  # only the levels whose trees fit
+            levels = [n for n in levels if np.minimum(caps, n).sum() <= tokens]
+        levels = levels or [1]
         cap = np.minimum(caps, curves.shape[1])  # [B]
         at = np.minimum(np.asarray(levels)[:, None], cap[None, :]) - 1  # [L, B]
         tokens = curves[np.arange(batch)[None, :], at].sum(1)  # [L]
