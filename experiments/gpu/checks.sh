@@ -67,16 +67,16 @@ for stage in "$@"; do
       python3 experiments/ab_report.py "$OUT/${AB_TAG:-ab}" --json "$OUT/${AB_TAG:-ab}_table.json" ;;
     policy)
       # POLICY_DRAFTERS picks the drafters (a call carries only their weights), POLICY_TAG names
-      # the output files; each data set gets POLICY_TIMEOUT seconds, and the JSON is rewritten
+      # the output files, POLICY_PROMPTS the B = 1 prompts, POLICY_RATES the arrival rates; each data set gets POLICY_TIMEOUT seconds, and the JSON is rewritten
       # after every measurement, so a run stopped by the limit keeps what it measured
       specs=(none)
       for d in ${POLICY_DRAFTERS:-ngram_tree suffix eagle3 medusa hybrid}; do
         specs+=("fixed-$d:$d speculation=fixed" "adaptive-$d:$d speculation=adaptive")
       done
       for data in ${POLICY_DATA:-mt_bench mix}; do
-        timeout "${POLICY_TIMEOUT:-280}" python3 experiments/bench_e2e.py --num-prompts 16 --round-robin --max-new-tokens 256 \
-          --data "builtin:$data.jsonl" --hf --drafters "${specs[@]}" --batch-sizes 16 64 --batch-prompts 64 \
-          --arrival-rates 0 40 --out "$OUT/policy_${data}_${POLICY_TAG:-all}.json" | tail -32 || true
+        timeout "${POLICY_TIMEOUT:-280}" python3 experiments/bench_e2e.py --num-prompts "${POLICY_PROMPTS:-16}" --round-robin \
+          --max-new-tokens 256 --data "builtin:$data.jsonl" --hf --drafters "${specs[@]}" --batch-sizes 16 64 \
+          --batch-prompts 64 --arrival-rates ${POLICY_RATES:-0 40} --out "$OUT/policy_${data}_${POLICY_TAG:-all}.json" | tail -32 || true
       done ;;
     host)
       python3 experiments/profile/step_host.py --drafters ${HOST_DRAFTERS:-none ngram_tree eagle3 medusa} \
