@@ -16,6 +16,8 @@ class EngineConfig:
     num_blocks: Optional[int] = None  # None: sized from kv_cache_gb
     kv_cache_gb: Optional[float] = None  # None: CPU 2 GiB at most, CUDA 40% of free memory
     max_num_seqs: int = 16
+    # a forward's rows: prefill chunks and draft-tree nodes (speculation=fixed counts each tree whole,
+    # so fewer sequences decode per step; adaptive cuts its trees to fit what is left)
     max_num_batched_tokens: int = 2048
     max_model_len: Optional[int] = None  # None: the model's own limit
     device: str = "auto"  # auto | cpu | cuda | cuda:N
