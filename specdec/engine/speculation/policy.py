@@ -4,7 +4,8 @@ when no sequence of a step drafts, the drafter is not run at all.
 
 `AdaptivePolicy` maximises the tokens the whole step commits per second:
 
-    budget* = argmax over the drafter's budget levels n (1 included) of
+    budget* = argmax over the drafter's budget levels n (1 included) whose trees fit the step's
+              token budget together, of
               sum over sequences b of E_b(n)  /  cost(batch bucket, n)
 
 with E_b(n) the expected tokens sequence b emits with an n-node tree (acceptance.py: calibrated
