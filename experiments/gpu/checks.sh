@@ -67,8 +67,9 @@ for stage in "$@"; do
       python3 experiments/ab_report.py "$OUT/${AB_TAG:-ab}" --json "$OUT/${AB_TAG:-ab}_table.json" ;;
     policy)
       # POLICY_DRAFTERS picks the drafters (a call carries only their weights), POLICY_TAG names
-      # the output files, POLICY_PROMPTS the B = 1 prompts, POLICY_RATES the arrival rates; each data set gets POLICY_TIMEOUT seconds, and the JSON is rewritten
-      # after every measurement, so a run stopped by the limit keeps what it measured
+      # the output files, POLICY_PROMPTS the B = 1 prompts, POLICY_RATES the arrival rates; each
+      # data set gets POLICY_TIMEOUT seconds, and the JSON is rewritten after every measurement,
+      # so a run stopped by the limit keeps what it measured
       specs=(none)
       for d in ${POLICY_DRAFTERS:-ngram_tree suffix eagle3 medusa hybrid}; do
         specs+=("fixed-$d:$d speculation=fixed" "adaptive-$d:$d speculation=adaptive")

@@ -67,7 +67,6 @@ class FixedPolicy:
     wants_trees = False  # no node statistics needed
     fits_budget = False  # the scheduler counts each tree at its whole budget
 
-
     def summary(self) -> dict:
         return {"policy": self.name}
 
