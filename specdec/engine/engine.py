@@ -2,7 +2,7 @@
 
     batch = scheduler.schedule()                  # which sequences run, prefill chunk or tree
     for part in runner.forwards(batch):           # one part, or a mixed step's trees then chunks
-        part = policy.plan(part, tokens)          # node budgets within the step's token budget
+        part = policy.plan(part, room)            # node budgets; trees within the token budget
                                                   # (speculation/; 1: plain decoding)
         tree = drafter.propose(part's decoding sequences)     # skipped when no one drafts
         run  = runner.run(part, tree)             # forward, verify, commit, one read-back:

@@ -57,7 +57,7 @@ class Budget(FixedPolicy):
     def __init__(self, *budgets: int):
         self.budgets, self.step = budgets, 0
 
-    def plan(self, items, tokens=None):
+    def plan(self, items, room=None):
         from dataclasses import replace
 
         n = self.budgets[self.step % len(self.budgets)]
@@ -114,9 +114,9 @@ def test_adaptive_trees_fit_the_token_budget_and_the_batch_stays_whole(target, p
     def record(engine):
         plan = engine.policy.plan
 
-        def planned(items, tokens=None):
-            out = plan(items, tokens)
-            sizes.append(([i.num_new for i in out if not i.is_prefill], tokens))
+        def planned(items, room=None):
+            out = plan(items, room)
+            sizes.append(([i.num_new for i in out if not i.is_prefill], room))
             return out
         engine.policy.plan = planned
 
@@ -129,7 +129,7 @@ def test_adaptive_trees_fit_the_token_budget_and_the_batch_stays_whole(target, p
         outputs = [s.output for s in engine.generate(PROMPTS, GREEDY)]
         assert outputs == reference
         decode = [n for n, _ in sizes if n]
-        assert all(sum(n) <= tokens for n, tokens in sizes)
+        assert all(sum(n) <= room for n, room in sizes)
         if policy.name == "fixed":
             assert max(len(n) for n in decode) == 1
         else:
@@ -140,10 +140,10 @@ def test_a_budget_level_is_chosen_only_if_its_trees_fit(tmp_path):
     policy = fake_policy((1, 2, 4, 8), {1: 1.0, 2: 1.01, 4: 1.02, 8: 1.03}, tmp_path, [1.0 + 0.9 * i for i in range(8)])
     curves = policy.acceptance.curves([1, 2, 3])
     assert policy.choose(3, np.array([8, 8, 8]), curves) == 8
-    assert policy.choose(3, np.array([8, 8, 8]), curves, tokens=24) == 8
-    assert policy.choose(3, np.array([8, 8, 8]), curves, tokens=23) == 4
-    assert policy.choose(3, np.array([8, 2, 2]), curves, tokens=12) == 8  # 8 + 2 + 2 nodes
-    assert policy.choose(3, np.array([8, 8, 8]), curves, tokens=5) == 1
+    assert policy.choose(3, np.array([8, 8, 8]), curves, room=24) == 8
+    assert policy.choose(3, np.array([8, 8, 8]), curves, room=23) == 4
+    assert policy.choose(3, np.array([8, 2, 2]), curves, room=12) == 8  # 8 + 2 + 2 nodes
+    assert policy.choose(3, np.array([8, 8, 8]), curves, room=5) == 1
 
 
 def fake_policy(levels, seconds, tmp_path, curve):

@@ -17,8 +17,9 @@ best measured one (`worth_exploring`) — and while the best budget is 1, one st
 ``explore_every`` drafts anyway, so that the curves follow the text: the tree with the best rate
 among those that could pay were all their nodes accepted, and a tree costing k plain steps waits
 k - 1 times as long; each such step that confirms it doubles the interval (up to
-``max_explore_every``), so a drafter that never pays costs ever less. The decision is per step; a graphed step pads every tree to the step's bucket, so a
-per-sequence cut below it would save no work.
+``max_explore_every``), so a drafter that never pays costs ever less. The decision is per step;
+a graphed step pads every tree to the step's bucket, so a per-sequence cut below it would save
+no work.
 
 Lossless by construction: a budget keeps the first n nodes of the drafter's tree, which the
 protocol requires to be a subtree (its nodes' ancestors are among them), and verification is
@@ -73,7 +74,7 @@ class FixedPolicy:
     def attach(self, engine) -> None:
         pass
 
-    def plan(self, items: list[ScheduledSeq], tokens: Optional[int] = None) -> list[ScheduledSeq]:
+    def plan(self, items: list[ScheduledSeq], room: Optional[int] = None) -> list[ScheduledSeq]:
         return items
 
     def observe(self, *args, **kwargs) -> None:
@@ -125,9 +126,9 @@ class AdaptivePolicy:
         self.costs.min_samples = self.min_samples
 
     # ---- the decision -----------------------------------------------------------------------
-    def plan(self, items: list[ScheduledSeq], tokens: Optional[int] = None) -> list[ScheduledSeq]:
+    def plan(self, items: list[ScheduledSeq], room: Optional[int] = None) -> list[ScheduledSeq]:
         """The step's decode items with their node budgets (prefill chunks unchanged), their
-        trees together within ``tokens`` nodes (None: no limit; the scheduler leaves at least
+        trees together within ``room`` nodes (None: no limit; the scheduler leaves at least
         one per decoding sequence)."""
         decode = [i for i in items if not i.is_prefill]
         if not decode or len(self.levels) == 1:
@@ -135,7 +136,7 @@ class AdaptivePolicy:
         ids = [i.seq.seq_id for i in decode]
         caps = np.array([i.num_new for i in decode], dtype=np.int64)  # [B]
         curves = self.acceptance.curves(ids)  # [B, T]
-        budget = self.choose(len(ids), caps, curves, tokens)
+        budget = self.choose(len(ids), caps, curves, room)
         self.chosen[budget] = self.chosen.get(budget, 0) + 1
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
         self.predicted.append((ids, curves[np.arange(len(ids)), at]))
@@ -144,16 +145,16 @@ class AdaptivePolicy:
         return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False)
                 for i in items]
 
-    def choose(self, batch: int, caps: np.ndarray, curves: np.ndarray, tokens: Optional[int] = None) -> int:
+    def choose(self, batch: int, caps: np.ndarray, curves: np.ndarray, room: Optional[int] = None) -> int:
         """The budget level for a step of ``batch`` sequences (``caps [B]``: the most nodes each
-        may take; ``curves [B, T]``: their expected tokens at budgets 1..T; ``tokens``: the most
+        may take; ``curves [B, T]``: their expected tokens at budgets 1..T; ``room``: the most
         nodes of all trees together, None: no limit)."""
         self.steps += 1
         b = bucket(batch, self.buckets) or batch
         top = caps.max()
         levels = [n for n in self.levels if n <= top]
-        if tokens is not None and caps.sum() > tokens:  # only the levels whose trees fit
-            levels = [n for n in levels if np.minimum(caps, n).sum() <= tokens]
+        if room is not None and caps.sum() > room:  # only the levels whose trees fit
+            levels = [n for n in levels if np.minimum(caps, n).sum() <= room]
         levels = levels or [1]
         cap = np.minimum(caps, curves.shape[1])  # [B]
         at = np.minimum(np.asarray(levels)[:, None], cap[None, :]) - 1  # [L, B]
@@ -213,10 +214,10 @@ class AdaptivePolicy:
         # between it and the smallest tree
         tok_points, cost_points = [], []
         for i, n in enumerate(levels):
-            seen = self.costs.table.get((b, n))
             if i in cost:
                 c = cost[i]
             else:
+                seen = self.costs.table.get((b, n))
                 hi, lo = n * tokens[0], floor  # (tokens[0]: the batch)
                 if len(tok_points) >= 2:
                     (n1, t1), (n2, t2) = tok_points[-2:]
