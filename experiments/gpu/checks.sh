@@ -16,6 +16,7 @@
 #                                                                         -> $OUT/step_host.json
 #   exact     exact mode on the GPU: its step cost (SmolLM2, and the 8B shape's first 4 layers at
 #             L = 4k) and greedy outputs equal to plain decoding's on 80 MT-bench prompts
+#             (EXACT_DRAFTERS; EXACT_CONTROL= leaves out the runs without exact mode)
 #                                                                         -> $OUT/exact_*.json
 #
 # Prepare here: experiments/gpu/wheels.sh (.whl), experiments/gpu/model.sh (.gguf/a, .gguf/b),
@@ -87,7 +88,7 @@ for stage in "$@"; do
       python3 experiments/bench_exact_step.py --device cuda --shape llama3_8b --layers 4 --prefix 4000 \
         --nodes 1 8 60 --out "$OUT/exact_step_8b.json"
       timeout "${EXACT_TIMEOUT:-300}" python3 experiments/check_exact.py --num-prompts 80 --max-new-tokens 64 \
-        --drafters eagle3 ngram_tree medusa --batch-sizes 1 64 --temperatures 0 --control \
+        --drafters ${EXACT_DRAFTERS:-eagle3 ngram_tree medusa} --batch-sizes 1 64 --temperatures 0 ${EXACT_CONTROL---control} \
         --out "$OUT/exact_check.json" | tail -12 || true ;;
     *)
       echo "unknown stage $stage (deps, model-a, model-b, weights, tests, ab, policy, host, exact)" >&2; exit 2 ;;

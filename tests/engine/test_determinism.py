@@ -56,3 +56,18 @@ def test_same_seed_same_output_in_any_company(name, tiny_dir, target):
     assert len({tuple(o) for o in alone}) == len(alone)
     different = run(target, make(tiny_dir), PROMPTS, [s + 100 for s in seeds])
     assert different != together  # the seed matters
+
+
+def test_an_unseeded_request_leaves_torchs_global_generator_alone():
+    """A request without a seed draws its own from the OS: a user's torch.manual_seed still fixes
+    what torch draws afterwards, however many requests were made in between."""
+    import torch
+
+    from specdec.engine.sequence import Sequence
+
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    seeds = {Sequence([1, 2], SamplingParams(temperature=1.0)).seed for _ in range(8)}
+    assert torch.equal(torch.rand(4), expected)
+    assert len(seeds) == 8 and all(0 <= s < 2**62 for s in seeds)
