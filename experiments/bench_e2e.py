@@ -138,7 +138,7 @@ def engine_system(loaded, drafter, cfg: EngineConfig, policy=None):
     engine = Engine(loaded.model, drafter, __import__("specdec.verifiers", fromlist=["x"]).LosslessVerifier(),
                     cfg, tokenizer=loaded.tokenizer, stop_token_ids=loaded.stop_token_ids,
                     max_model_len=loaded.max_model_len, policy=policy, ranks=loaded.ranks)
-    engine.warm_up_graphs()
+    engine.warm_up()
 
     def run(ids: list[int], n: int) -> list[int]:
         seq = engine.generate([ids], SamplingParams(max_new_tokens=n))[0]

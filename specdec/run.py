@@ -111,9 +111,9 @@ def make_engine(loaded, drafter, verifier, engine_cfg: EngineConfig, policy=None
     engine = Engine(loaded.model, drafter, verifier, engine_cfg, tokenizer=loaded.tokenizer,
                     stop_token_ids=loaded.stop_token_ids, max_model_len=loaded.max_model_len,
                     policy=policy, ranks=loaded.ranks)
-    if engine.runner.graphs.mode == "capture":
-        t = time.perf_counter()
-        n = engine.warm_up_graphs()
+    t = time.perf_counter()
+    n = engine.warm_up()  # graphs, and the adaptive policy's step costs where it times them
+    if n:
         log.info(f"captured {n} CUDA graphs (target steps and drafting) in {time.perf_counter() - t:.1f} s")
     return engine
 

@@ -100,7 +100,7 @@ def measure(model, name: str, batch: int, steps: int, prompt_len: int, kernels: 
     drafter = SYSTEMS[name]()
     cfg = EngineConfig(device="cuda", dtype="bfloat16", max_num_seqs=batch, max_model_len=4096)
     engine = Engine(model, drafter, LosslessVerifier(), cfg)
-    engine.warm_up_graphs()
+    engine.warm_up()
     gen = torch.Generator().manual_seed(0)
     for b in range(batch):
         ids = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist()

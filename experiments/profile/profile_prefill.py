@@ -90,10 +90,10 @@ def timed_prefill(engine, prompts: list[list[int]], device: str) -> dict[str, fl
 
 
 def timed_warm_up(engine, device: str) -> dict:
-    """engine.warm_up_graphs(): graphs captured and seconds (start-up cost of the graphs)."""
+    """engine.warm_up(): graphs captured and seconds (start-up cost of the graphs)."""
     sync(device)
     t = time.perf_counter()
-    count = engine.warm_up_graphs()
+    count = engine.warm_up()
     sync(device)
     return {"graphs": count, "s": time.perf_counter() - t}
 

@@ -106,7 +106,7 @@ def main() -> None:
                         EngineConfig(device="cuda", dtype="bfloat16", max_num_seqs=args.batch,
                                      max_model_len=2048, split_mixed_steps=bool(split),
                                      prefill_graphs=bool(pg)))
-        engine.warm_up_graphs()
+        engine.warm_up()
         engine.generate(prompts, SamplingParams(max_new_tokens=8, ignore_eos=True))  # prefill shapes
         for rep in range(2):
             engine.stats = type(engine.stats)()

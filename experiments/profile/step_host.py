@@ -104,7 +104,7 @@ def profile(loaded, spec: str, prompts, batch: int, max_new_tokens: int, config:
     label, drafter, overrides, policy = make_drafter(spec)
     engine = engine_mod.Engine(loaded.model, drafter, LosslessVerifier(), EngineConfig(**{**config, **overrides}),
                                tokenizer=loaded.tokenizer, stop_token_ids=loaded.stop_token_ids, policy=policy)
-    engine.warm_up_graphs()
+    engine.warm_up()
     params = SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True)
     engine.generate(prompts[:batch], params)  # warm-up: kernels compiled, caches warm
     timers = Timers()

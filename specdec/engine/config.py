@@ -30,7 +30,7 @@ class EngineConfig:
     # chunks, each from its graph (ModelRunner.forwards). auto: where graphs are on
     split_mixed_steps: Union[bool, str] = "auto"
     # steps made of prefill chunks replay graphs too, one per (sequence, token) bucket, captured
-    # by warm_up_graphs. auto: where graphs are on
+    # by warm_up. auto: where graphs are on
     prefill_graphs: Union[bool, str] = "auto"
     # while sequences run, admit waiting ones this many at a time (scheduler.Scheduler._admit);
     # auto: a quarter of max_num_seqs (1 up to 7 sequences)

@@ -109,10 +109,19 @@ class Engine:
         self.policy.attach(self)
         ctx.budget_levels = tuple(getattr(self.policy, "levels", ()))
 
-    def warm_up_graphs(self) -> int:
+    def warm_up(self) -> int:
         """Capture the greedy graphs of every decode and prefill bucket and the drafter's, now
-        (seconds), so that timed runs pay no capture or kernel compilation. Returns the count."""
-        return self.drafter.warm_up() + self.runner.warm_up(self.drafter.max_nodes)
+        (seconds), so that timed runs pay no capture or kernel compilation; then let the policy
+        time the steps it will choose between (the adaptive one, where steps replay graphs: on
+        timing requests, forgotten after). Returns the graphs captured."""
+        graphs = self.drafter.warm_up() + self.runner.warm_up(self.drafter.max_nodes)
+        before = set(self.sequences)
+        self.policy.warm_up(self)
+        if set(self.sequences) != before:  # its timing requests: forgotten
+            for rid in set(self.sequences) - before:
+                del self.sequences[rid]
+            self.stats, self.scheduler.num_preemptions = EngineStats(), 0
+        return graphs
 
     def _num_blocks(self, drafter) -> int:
         """The target's KV pool: K and V of every layer per token (drafters' own caches, which

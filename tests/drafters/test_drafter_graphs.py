@@ -75,7 +75,7 @@ def run(target, device: str, drafter, graphs: bool, params, **cfg):
                              "max_model_len": MAX_LEN, "max_num_seqs": 8, "cuda_graphs": mode, **cfg})
     engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
     if graphs and device == "cuda":  # captured up front on dummy inputs, then replayed
-        assert engine.warm_up_graphs() > 0 and drafter.graphs.entries
+        assert engine.warm_up() > 0 and drafter.graphs.entries
     seqs = engine.generate(PROMPTS, params)
     assert engine.blocks.num_free == engine.blocks.num_blocks, "KV blocks leaked"
     return engine, [s.output for s in seqs]
@@ -222,7 +222,7 @@ def test_graphed_drafting_reads_nothing_back(target, paths, name):
     drafter = DRAFTERS[name](paths)
     config = EngineConfig(device="cuda", dtype="float32", block_size=4, max_model_len=MAX_LEN, max_num_seqs=8)
     engine = Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
-    engine.warm_up_graphs()
+    engine.warm_up()
     seqs = [engine.add_request(p, SAMPLED[1]) for p in PROMPTS[:3]]
     engine.step()  # prefill
     engine.step()  # first decode: the prompt's catch-up

@@ -64,7 +64,7 @@ def keys(engine: Engine, kind: str) -> set:
 def run(path, device, drafter, graphs: bool, params, verifier=None, **cfg):
     engine = build(path, device, drafter, graphs, verifier, **cfg)
     if graphs and device == "cuda":  # greedy graphs captured up front on dummy inputs, then replayed
-        assert engine.warm_up_graphs() > 0
+        assert engine.warm_up() > 0
     seqs = engine.generate(PROMPTS, params)
     assert engine.blocks.num_free == engine.blocks.num_blocks, "KV blocks leaked"
     return engine, [s.output for s in seqs]
@@ -213,7 +213,7 @@ def test_engines_sharing_a_model_keep_their_graphs_valid(tiny_dir):
                       EngineConfig(device="cuda", dtype="float32", block_size=4, cuda_graphs=g))
                for g in (True, True, False)]
     for e in engines[:2]:
-        e.warm_up_graphs()
+        e.warm_up()
     qkv = model.model.layers[0].self_attn.qkv_weight.data_ptr()
     outs = [[s.output for s in e.generate(PROMPTS, GREEDY)] for e in engines]
     assert model.model.layers[0].self_attn.qkv_weight.data_ptr() == qkv

@@ -11,8 +11,9 @@ when no sequence of a step drafts, the drafter is not run at all.
 with E_b(n) the expected tokens sequence b emits with an n-node tree (acceptance.py: calibrated
 node scores of its last tree; its drafts E_b(n) - 1 scaled by `correction`, accepted over predicted
 drafts of recent steps) and cost the step's measured seconds (costs.py: the whole forward, drafting
-and bookkeeping included). A budget a batch bucket has not measured enough is explored (run as
-chosen and timed) before it is trusted — if an optimistic bound on its rate says it could beat the
+and bookkeeping included; where steps replay CUDA graphs, timed at start-up: warm_up.py). A
+budget a batch bucket has not measured enough is explored (run as chosen and timed) before it is
+trusted — if an optimistic bound on its rate says it could beat the
 best measured one (`worth_exploring`) — and while the best budget is 1, one step in
 ``explore_every`` drafts anyway, so that the curves follow the text: the tree with the best rate
 among those that could pay were all their nodes accepted, and a tree costing k plain steps waits
@@ -36,6 +37,7 @@ from ..graphs import batch_buckets, bucket
 from ..scheduler import ScheduledSeq
 from .acceptance import Acceptance
 from .costs import StepCosts, cost_file, engine_identity
+from .warm_up import time_budgets
 
 NODE_LEVELS = (2, 4, 8, 16, 24, 32, 48, 64)  # default budget levels (capped by the drafter's)
 CALIBRATION_STEP, CALIBRATION_BINS = 0.25, 32  # bins of predicted tokens per step: 0.25 wide
@@ -62,31 +64,6 @@ def budget_levels(drafter) -> tuple[int, ...]:
     return tuple(sorted({1, top, *(n for n in levels if 1 <= n <= top)}))
 
 
-class FixedPolicy:
-    """Every decoding sequence drafts its whole budget (the drafter's ``max_nodes``)."""
-    name = "fixed"
-    wants_trees = False  # no node statistics needed
-    fits_budget = False  # the scheduler counts each tree at its whole budget
-
-    def summary(self) -> dict:
-        return {"policy": self.name}
-
-    def attach(self, engine) -> None:
-        pass
-
-    def plan(self, items: list[ScheduledSeq], room: Optional[int] = None) -> list[ScheduledSeq]:
-        return items
-
-    def observe(self, *args, **kwargs) -> None:
-        pass
-
-    def release(self, seq) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class AdaptivePolicy:
     name = "adaptive"
     wants_trees = True
@@ -96,7 +73,10 @@ class AdaptivePolicy:
     fits_budget = True
 
     def __init__(self, explore_every: int = 16, max_explore_every: int = 512, cost_dir: Optional[str] = None,
-                 persist: bool = True, min_samples: int = 3, log=print) -> None:
+                 persist: bool = True, min_samples: int = 3, warm_up: str | bool = "auto",
+                 warm_up_seconds: float = 120.0, log=print) -> None:
+        if warm_up not in ("auto", True, False):
+            raise ValueError(f"speculation.warm_up must be auto, true or false; got {warm_up!r}")
         if not 2 <= explore_every <= max_explore_every:
             raise ValueError(f"speculation.explore_every must be >= 2 and <= max_explore_every; got "
                              f"{explore_every} and {max_explore_every}")
@@ -104,6 +84,8 @@ class AdaptivePolicy:
             raise ValueError(f"speculation.min_samples must be >= 1; got {min_samples}")
         self.explore_every, self.max_explore_every = explore_every, max_explore_every
         self.cost_dir, self.persist, self.min_samples, self.log = cost_dir, persist, min_samples, log
+        self.warm_up_mode, self.warm_up_seconds = warm_up, warm_up_seconds
+        self.forced: Optional[int] = None  # a budget every step takes (start-up timing: warm_up.py)
         self.interval, self.since = explore_every, 0  # steps between explorations, and since the last
         self.steps = 0
         self.chosen: dict[int, int] = {}  # budget -> steps it was chosen (statistics)
@@ -125,6 +107,16 @@ class AdaptivePolicy:
                       else StepCosts(self.identity))
         self.costs.min_samples = self.min_samples
 
+    def warm_up(self, engine) -> int:
+        """Time the (batch bucket, budget) steps the saved costs lack, now, on timing requests
+        (`warm_up.time_budgets`): with ``warm_up=auto`` where steps replay CUDA graphs (there a
+        step costs milliseconds; a CPU's 64 x 60-node step costs seconds). Returns the steps."""
+        if self.warm_up_mode is False or (self.warm_up_mode == "auto" and engine.runner.graphs.mode != "capture"):
+            return 0
+        steps = time_budgets(engine, self, self.min_samples, self.warm_up_seconds, self.log)
+        self.steps, self.chosen = 0, {}
+        return steps
+
     # ---- the decision -----------------------------------------------------------------------
     def plan(self, items: list[ScheduledSeq], room: Optional[int] = None) -> list[ScheduledSeq]:
         """The step's decode items with their node budgets (prefill chunks unchanged), their
@@ -137,7 +129,8 @@ class AdaptivePolicy:
         caps = np.array([i.num_new for i in decode], dtype=np.int64)  # [B]
         curves = self.acceptance.curves(ids)  # [B, T]
         budget = self.choose(len(ids), caps, curves, room)
-        self.chosen[budget] = self.chosen.get(budget, 0) + 1
+        if self.forced is None:
+            self.chosen[budget] = self.chosen.get(budget, 0) + 1
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
         self.predicted.append((ids, curves[np.arange(len(ids)), at]))
         if budget >= caps.max():  # no one's budget changes
@@ -156,6 +149,8 @@ class AdaptivePolicy:
         if room is not None and caps.sum() > room:  # only the levels whose trees fit
             levels = [n for n in levels if np.minimum(caps, n).sum() <= room]
         levels = levels or [1]
+        if self.forced is not None:
+            return max(n for n in levels if n <= self.forced)
         cap = np.minimum(caps, curves.shape[1])  # [B]
         at = np.minimum(np.asarray(levels)[:, None], cap[None, :]) - 1  # [L, B]
         tokens = curves[np.arange(batch)[None, :], at].sum(1)  # [L]
@@ -249,6 +244,12 @@ class AdaptivePolicy:
         if not decode:
             return
         ids, predicted = self.predicted.popleft() if self.predicted else ([], None)
+        if self.forced is not None:  # a timing step: its cost, if its trees were whole; no acceptance
+            budget = max(i.num_new for i in decode)
+            whole = nodes is None or all(k >= i.num_new for k, i in zip(nodes[3], decode))
+            if len(decode) == len(items) and whole:
+                self.costs.observe(bucket(len(decode), self.buckets) or len(decode), budget, seconds)
+            return
         if accepted and ids == [i.seq.seq_id for i in decode]:  # predicted vs emitted tokens
             k = np.minimum((predicted / CALIBRATION_STEP).astype(np.int64), CALIBRATION_BINS - 1)
             emitted = np.fromiter((len(path) for path in accepted), np.float64, len(accepted))
