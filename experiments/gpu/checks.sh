@@ -74,6 +74,8 @@ for stage in "$@"; do
       specs=(none)
       for d in ${POLICY_DRAFTERS:-ngram_tree suffix eagle3 medusa hybrid}; do
         specs+=("fixed-$d:$d speculation=fixed" "adaptive-$d:$d speculation=adaptive")
+        # POLICY_COLD=1: adaptive also with neither start-up timing nor saved costs
+        [ -n "${POLICY_COLD:-}" ] && specs+=("cold-$d:$d speculation=adaptive speculation.warm_up=false speculation.persist=false")
       done
       for data in ${POLICY_DATA:-mt_bench mix}; do
         timeout "${POLICY_TIMEOUT:-280}" python3 experiments/bench_e2e.py --num-prompts "${POLICY_PROMPTS:-16}" --round-robin \
