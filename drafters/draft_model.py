@@ -77,6 +77,8 @@ class DraftModelDrafter(DrafterBase):
         # accepted node cached (1 or 2 new tokens), a tree recomputes the accepted path (<= depth + 1)
         self.graph_rows = 2 if self.chain else self.depth + 1
         self.table_width = ragged.table_width(t.max_model_len + self.scratch, t.blocks.block_size)
+        self.catch_up_width = ragged.table_width(t.max_model_len + max(self.scratch, ragged.CATCH_UP),
+                                                 t.blocks.block_size)
         self.graphs = t.graph_runner()
         self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
@@ -118,25 +120,34 @@ class DraftModelDrafter(DrafterBase):
     def warm_up(self) -> int:
         """Capture the greedy graph of every batch bucket now (dummy inputs); returns the count."""
         keep = self.depth + 1 if self.chain else self.max_nodes
-        return self.graphs.warm_up(self._inputs([], [], self.depth, keep, False, bg) for bg in self.buckets)
+        count = self.graphs.warm_up(self._inputs([], [], self.depth, keep, False, bg) for bg in self.buckets)
+        if self.graphs.mode == "capture":  # the eager catch-up's kernels, one shape per bucket
+            for bg in self.buckets:
+                self._catch_up([([0], 0, [0] * ragged.CATCH_UP)] * bg, store=False)
+        return count
 
     def _catch_up_long(self, seqs) -> None:
         """Eagerly store all but the last token of sequences with more than ``graph_rows`` to
-        catch up (a prompt, a preempted history): the graph's catch-up width then holds all."""
-        long = [s for s in seqs if len(s) - min(self.cached.get(s.seq_id, 0), len(s) - 1) > self.graph_rows]
-        if not long:
-            return
-        bs, dev = self.target.blocks.block_size, self.target.device
-        starts = [min(self.cached.get(s.seq_id, 0), len(s) - 1) for s in long]
-        counts = [len(s) - 1 - st for s, st in zip(long, starts)]
-        tables = [s.aux_tables[TABLE] for s in long]
-        slots = [x for t, st, n in zip(tables, starts, counts) for x in ragged.slots(t, st, n, bs)]
-        meta = ragged.attn_metadata(tables, starts, counts, slots, dev)
-        ids = [t for s, st in zip(long, starts) for t in s.tokens[st:-1]]
-        pos = [p for s, st in zip(long, starts) for p in range(st, len(s) - 1)]
-        self.model(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, self.k_cache, self.v_cache)
-        for s in long:
-            self.cached[s.seq_id] = len(s) - 1
+        catch up (a prompt, the steps the policy ran without drafting, a preempted history): the
+        graph's catch-up width then holds all. Forwards of one shape per batch bucket
+        (`ragged.catch_up_parts`), whatever the lengths."""
+        runs = []
+        for s in seqs:
+            start = min(self.cached.get(s.seq_id, 0), len(s) - 1)
+            if len(s) - start > self.graph_rows:
+                runs.append((s.aux_tables[TABLE], start, s.tokens[start:-1]))
+                self.cached[s.seq_id] = len(s) - 1
+        self._catch_up(runs)
+
+    def _catch_up(self, runs, store: bool = True) -> None:
+        dev, rows = self.target.device, ragged.CATCH_UP
+        for host, _ in ragged.catch_up_parts(runs, self.buckets, self.catch_up_width,
+                                             self.target.blocks.block_size, store):
+            t = {k: torch.from_numpy(a).to(dev) for k, a in host.items()}
+            indptr = torch.arange(host["prefix"].shape[0] + 1, dtype=torch.int32, device=dev) * rows
+            meta = AttnMetadata(indptr, t["prefix"], t["tables"], t["slots"], max_q_len=rows,
+                                max_kv_len=self.target.max_model_len + rows)
+            self.model(t["ids"], t["pos"], meta, self.k_cache, self.v_cache)
 
     # ---- host staging -------------------------------------------------------------------------
     def _stage(self, seqs, budgets, keep: int, depth: int, bg: int, rows):

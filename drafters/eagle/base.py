@@ -19,7 +19,7 @@ from torch import Tensor
 
 from specdec.engine.graphs import batch_buckets, bucket
 from specdec.engine.protocol import StepResult
-from specdec.engine.ragged import table_width
+from specdec.engine.ragged import CATCH_UP, table_width
 from specdec.verifiers import DraftTree
 
 from .. import formats
@@ -83,6 +83,10 @@ class EagleDrafterBase(DrafterBase):
         self.stager = Stager(self.features, t.blocks.block_size, self.max_rows,
                              table_width(t.max_model_len + self.max_rows, t.blocks.block_size),
                              self.net.fc.out_features, t.dtype, t.device)
+        # the eager catch-up ahead of a graph (`DraftForward.catch_up`): its tables' width and
+        # the bound on its context
+        self.catch_up_width = table_width(t.max_model_len + max(self.max_rows, CATCH_UP), t.blocks.block_size)
+        self.catch_up_bound = t.max_model_len + CATCH_UP
         self.graphs = t.graph_runner()  # CUDA graphs when the engine allows them
         self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
@@ -143,8 +147,10 @@ class EagleDrafterBase(DrafterBase):
         bg = bucket(len(seqs), self.buckets)
         if bg is not None and any(len(s.aux_tables[TABLE]) > self.stager.table_width for s in seqs):
             bg = None
-        if bg is not None:
-            self.features.catch_up_long(seqs, self.graph_rows, self.forward)
+        if bg is not None:  # what the graph's catch-up width cannot hold runs first, eagerly
+            runs = self.features.take_long(seqs, self.graph_rows)
+            if runs:
+                self.forward.catch_up(runs, self.buckets, self.catch_up_width, self.catch_up_bound)
         return self.graphs.run(*self._inputs(seqs, budgets, keep, bg))
 
     @torch.inference_mode()
@@ -152,7 +158,14 @@ class EagleDrafterBase(DrafterBase):
         """Capture the graph of every batch bucket now (dummy all-padding inputs); returns the
         count. The engine calls it at start, with its own graphs."""
         levels = [n for n in self.growths if n in self.target.budget_levels] or [self.max_nodes]
-        return self.graphs.warm_up(self._inputs([], [], n, bg) for bg in self.buckets for n in levels)
+        count = self.graphs.warm_up(self._inputs([], [], n, bg) for bg in self.buckets for n in levels)
+        if self.graphs.mode == "capture":  # the eager catch-up's kernels, one shape per bucket
+            dummy = ([0], 0, [0] * CATCH_UP, torch.zeros(CATCH_UP, self.stager.feature_width,
+                                                         dtype=self.target.dtype, device=self.target.device))
+            for bg in self.buckets:
+                self.forward.catch_up([dummy] * bg, self.buckets, self.catch_up_width, self.catch_up_bound,
+                                      store=False)
+        return count
 
     def _inputs(self, seqs, budgets, keep: int, bg: Optional[int]):
         """``(key, host, body, dev)`` of a `GraphRunner.run` for ``bg`` sequence slots (None:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from specdec.engine.ragged import attn_metadata, slots
+from specdec.engine.ragged import CATCH_UP, catch_up_parts
 from specdec.models.attention import AttnMetadata
 from specdec.verifiers import DraftTree
 
@@ -36,15 +36,21 @@ class DraftForward:
         attends = [paged(self.k_cache[i], self.v_cache[i], meta) for i in range(self.net.num_layers)]
         return self.net(emb, feats, pos, attends, rope)  # [N, h]
 
-    def ragged(self, seqs, prefix: list[int], counts: list[int], ids: list[int], positions: list[int],
-               feats: Tensor) -> Tensor:
-        """One causal forward from host lists: new pair i of sequence b stored at draft position
-        ``prefix[b] + i``; ``feats [N, h]``. Returns ``[N, h]``."""
-        tables = [s.aux_tables[TABLE] for s in seqs]
-        flat = [x for t, st, n in zip(tables, prefix, counts) for x in slots(t, st, n, self.block_size)]
-        meta = attn_metadata(tables, prefix, counts, flat, self.device)
-        return self(meta, torch.tensor(ids, dtype=torch.long, device=self.device),
-                    torch.tensor(positions, device=self.device), feats)
+    def catch_up(self, runs, buckets: tuple[int, ...], width: int, kv_bound: int, store: bool = True) -> None:
+        """Run ``runs`` — per sequence ``(block table, first position, token ids [n], features
+        [n, h])``, pair i at draft position start + i — storing their K/V (``store=False``: none,
+        for warm-up), in forwards of one shape per batch bucket (`ragged.catch_up_parts`: tables
+        ``width`` wide, contexts under ``kv_bound``)."""
+        for host, real in catch_up_parts([r[:3] for r in runs], buckets, width, self.block_size, store):
+            dev = {k: torch.from_numpy(a).to(self.device) for k, a in host.items()}
+            feats = torch.zeros(host["ids"].shape[0], runs[0][3].shape[-1], dtype=runs[0][3].dtype,
+                                device=self.device)  # [S * CATCH_UP, h]
+            for i, d, k, at in real:
+                feats[at: at + k] = runs[i][3][d: d + k]
+            indptr = torch.arange(host["prefix"].shape[0] + 1, dtype=torch.int32, device=self.device) * CATCH_UP
+            meta = AttnMetadata(indptr, dev["prefix"], dev["tables"], dev["slots"], max_q_len=CATCH_UP,
+                                max_kv_len=kv_bound)
+            self(meta, dev["ids"], dev["pos"], feats)
 
 
 class TreeForward:

@@ -18,6 +18,8 @@ from torch import Tensor
 
 from specdec.engine.protocol import StepResult
 
+from .draft import TABLE
+
 
 def settled_rows(step: StepResult):
     """``(hidden rows, [(seq, first position, count)])`` of what ``step`` settled: a prefill's
@@ -80,22 +82,19 @@ class FeatureStore:
                                  f"positions {start}..{end - 1}, has {have}")
         return feats[: end - start]
 
-    def catch_up_long(self, seqs, rows: int, forward) -> None:
-        """Eagerly run all but the last pair of sequences with more than ``rows`` pairs to catch
-        up (the prompt after a prefill, the whole history after preemption), so that a graph's
-        fixed catch-up width holds every sequence. ``forward``: a `DraftForward`."""
-        long = [s for s in seqs if len(s) - 1 - self.start(s) > rows]
-        if not long:
-            return
-        ids, feats, pos, starts, counts = [], [], [], [], []
-        for s in long:
+    def take_long(self, seqs, rows: int) -> list[tuple[list[int], int, list[int], Tensor]]:
+        """All but the last pair of each sequence with more than ``rows`` pairs to catch up (the
+        prompt after a prefill, the steps the policy ran without drafting, the whole history after
+        preemption), so that a graph's fixed catch-up width holds every sequence: ``(block table,
+        first position, token ids [n], features [n, h])`` per such sequence, counted as cached
+        (the caller runs them: `DraftForward.catch_up`)."""
+        runs = []
+        for s in seqs:
             start, end = self.start(s), len(s) - 1
+            if end - start <= rows:
+                continue
             f = self.take(s, start, end)  # [end - start, h]
-            feats.append(f[:-1])
             self.pending[s.seq_id] = (end - 1, f[-1:])
-            ids += s.tokens[start + 1: end]
-            pos += range(start, end - 1)
-            starts.append(start)
-            counts.append(end - 1 - start)
+            runs.append((s.aux_tables[TABLE], start, s.tokens[start + 1: end], f[:-1]))
             self.cached[s.seq_id] = end - 1
-        forward.ragged(long, starts, counts, ids, pos, torch.cat(feats))
+        return runs

@@ -9,6 +9,8 @@ import torch
 
 from specdec.models.attention import AttnMetadata
 
+from .graphs import bucket
+
 
 def slots(table: Sequence[int], start: int, count: int, block_size: int) -> list[int]:
     """Flat cache slots of positions ``start .. start + count - 1`` under a block table."""
@@ -43,6 +45,46 @@ def packed_runs(starts: np.ndarray, ends: np.ndarray, tables: np.ndarray, block_
     rp = ends[:, None] + np.arange(scratch)  # [n, scratch]
     row_slots = np.take_along_axis(tables[:n], rp // block_size, 1).astype(np.int64) * block_size + rp % block_size
     return indptr, pos, slots, row_slots
+
+
+CATCH_UP = 64  # tokens per sequence slot of a fixed-shape catch-up forward (`catch_up_parts`)
+
+
+def catch_up_parts(runs, buckets: tuple[int, ...], width: int, block_size: int, store: bool = True,
+                   rows: int = CATCH_UP):
+    """A drafter's eager catch-up in forwards of one shape per batch bucket, whatever the
+    lengths: ``runs`` holds per sequence ``(block table, first position, token ids [n])`` (token i
+    at position start + i). Yields per forward ``(host, real)``: host arrays for ``S`` sequence
+    slots (a bucket) of ``rows`` tokens each — ``ids, pos, slots [S * rows]`` (the rows after a
+    sequence's tokens, and padding slots, store nothing: slot -1, position 0), ``prefix [S]``,
+    ``tables [S, width]`` — and ``real``: ``(run index, first token, count, first row)`` of the
+    real rows. With bounds ``(rows, longest context + rows)`` the kernels see one shape per
+    bucket: they compile at warm-up, not on the step after every run of plain decoding of a new
+    length. ``store=False`` stores nothing (warm-up)."""
+    done = [0] * len(runs)
+    while True:
+        todo = [i for i, r in enumerate(runs) if done[i] < len(r[2])]
+        if not todo:
+            return
+        for j in range(0, len(todo), buckets[-1]):
+            part = todo[j: j + buckets[-1]]
+            n = bucket(len(part), buckets)
+            tables = table_array([runs[i][0] for i in part], n, width)  # [S, W]
+            ids, pos = np.zeros(n * rows, np.int64), np.zeros(n * rows, np.int64)
+            flat, prefix, real = np.full(n * rows, -1, np.int64), np.zeros(n, np.int32), []
+            for b, i in enumerate(part):
+                _, start, tokens = runs[i]
+                d, at = done[i], b * rows
+                k = min(rows, len(tokens) - d)
+                prefix[b] = start + d
+                ids[at: at + k] = tokens[d: d + k]
+                pos[at: at + k] = np.arange(start + d, start + d + k)
+                if store:
+                    p = pos[at: at + k]
+                    flat[at: at + k] = tables[b, p // block_size].astype(np.int64) * block_size + p % block_size
+                real.append((i, d, k, at))
+                done[i] += rows
+            yield {"ids": ids, "pos": pos, "slots": flat, "prefix": prefix, "tables": tables}, real
 
 
 def table_width(num_positions: int, block_size: int) -> int:

@@ -236,3 +236,50 @@ def test_graphed_drafting_reads_nothing_back(target, paths, name):
         torch.cuda.set_sync_debug_mode("default")
     assert drafter.graphs.replays == before + 1
     assert tree.tokens[: len(seqs), 0].tolist() == [s.tokens[-1] for s in seqs]
+
+
+class PlainThenDraft:
+    """A speculation policy: plain decoding (budget 1) for ``plain`` steps, then the drafter's
+    whole budget, ``cycles`` times; the drafter then catches up on each run of plain steps."""
+    name, wants_trees, fits_budget = "plain-then-draft", False, False
+
+    def __init__(self, plain: int, draft: int):
+        self.plain, self.draft, self.steps = plain, draft, 0
+
+    def plan(self, items, room=None):
+        plain = self.steps % (self.plain + self.draft) < self.plain
+        self.steps += any(not i.is_prefill for i in items)
+        return [i if i.is_prefill or not plain else dataclasses.replace(i, num_new=1) for i in items]
+
+    def attach(self, engine): pass
+    def observe(self, *args, **kwargs): pass
+    def warm_up(self, engine): return 0
+    def release(self, seq): pass
+    def close(self): pass
+    def summary(self): return {"policy": self.name}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["eagle2", "draft_tree", "draft_chain"])  # heads the target accepts
+def test_catch_up_after_runs_of_plain_steps(target, paths, device, name):
+    """After 70 plain steps a sequence has more to catch up than a graph's catch-up width and
+    than one fixed-shape catch-up forward holds (`ragged.catch_up_parts`: 64 per slot): the
+    graphed drafter's trees, and so what they get accepted, equal the eager drafter's, which
+    catches up in one forward."""
+    params = [dataclasses.replace(GREEDY, max_new_tokens=100 + 7 * i) for i in range(3)]
+
+    def accepted(graphs):
+        mode = (True if device == "cuda" else "emulate") if graphs else False
+        config = EngineConfig(device=device, dtype="float32", block_size=4, max_model_len=192,
+                              max_num_seqs=4, cuda_graphs=mode)
+        engine = Engine(copy.deepcopy(target), DRAFTERS[name](paths), LosslessVerifier(), config,
+                        policy=PlainThenDraft(70, 6))
+        if graphs and device == "cuda":
+            engine.warm_up()
+        seqs = engine.generate(PROMPTS[:3], params)
+        return [s.output for s in seqs], [s.accept_lengths for s in seqs]
+
+    eager, graphed = accepted(False), accepted(True)
+    assert graphed == eager
+    drafted = [n for lengths in graphed[1] for n in lengths[70:76]]  # the first trees after the run
+    assert sum(drafted) > len(drafted), "the trees after the plain steps got little accepted"
