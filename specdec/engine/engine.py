@@ -115,12 +115,9 @@ class Engine:
         time the steps it will choose between (the adaptive one, where steps replay graphs: on
         timing requests, forgotten after). Returns the graphs captured."""
         graphs = self.drafter.warm_up() + self.runner.warm_up(self.drafter.max_nodes)
-        before = set(self.sequences)
-        self.policy.warm_up(self)
-        if set(self.sequences) != before:  # its timing requests: forgotten
-            for rid in set(self.sequences) - before:
-                del self.sequences[rid]
-            self.stats, self.scheduler.num_preemptions = EngineStats(), 0
+        before = dict(self.sequences)
+        if self.policy.warm_up(self) or self.sequences != before:  # its timing requests: forgotten
+            self.sequences, self.stats, self.scheduler.num_preemptions = before, EngineStats(), 0
         return graphs
 
     def _num_blocks(self, drafter) -> int:
@@ -208,13 +205,14 @@ class Engine:
         # no one drafts: no tree; the runner stages root-only trees (each sequence's last token)
         # with the step's other host inputs
         tree = self.drafter.propose([i.seq for i in decode], [i.num_new for i in decode]) if drafts else None
+        # the policy's copy of the trees' node statistics leaves with the drafter's work
+        stats = tree_statistics(tree, len(decode)) if drafts and self.policy.wants_trees else None
         t2 = time.perf_counter()
         launched = self.runner.launch(part, tree, self.num_uniforms)
         self._observed()  # the previous forward's outcome, while this one runs on the device
         run = self.runner.finish(*launched)
         t3 = time.perf_counter()
-        stats = (tree_statistics(tree, len(decode), run.read.num_nodes[: len(decode)])
-                 if drafts and self.policy.wants_trees else None)
+        stats = stats(run.read.num_nodes[: len(decode)]) if stats else None
         self.drafter.update(run.step_result())
         t4 = time.perf_counter()
         finished = self._postprocess(run, t4)

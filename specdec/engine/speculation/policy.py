@@ -44,15 +44,22 @@ CALIBRATION_STEP, CALIBRATION_BINS = 0.25, 32  # bins of predicted tokens per st
 PRIOR_DRAFTS, DRAFTS_DECAY = 8.0, 0.995  # the correction's prior (in drafts) and per-step decay
 
 
-def tree_statistics(tree, rows: int, num_nodes: list[int]):
-    """Host copies of the first ``rows`` trees' node depths, scores (zeros for a drafter without
-    scores), parents ``[B, T]`` and the verified node counts ``[B]``, in one transfer."""
+def tree_statistics(tree, rows: int):
+    """Start the host copy of the first ``rows`` trees' node depths, scores (zeros for a drafter
+    without scores) and parents ``[B, T]``, in one transfer issued now, with the drafter's work
+    (on a GPU: non-blocking, into pinned memory). Returns ``read(num_nodes)``, which gives
+    ``(depth, score, parents, num_nodes [B])`` as arrays: call it only after the step's read-back,
+    which waits for the copy (it runs before the step on the same stream)."""
     import torch
 
     scores = tree.scores if tree.scores is not None else torch.zeros_like(tree.depth, dtype=torch.float32)
     stats = torch.stack([tree.depth[:rows].float(), scores[:rows].float(), tree.parents[:rows].float()])
-    depth, score, parents = stats.cpu().numpy()
-    return depth.astype(np.int64), score, parents.astype(np.int64), np.asarray(num_nodes)
+    host = stats.to("cpu", non_blocking=True)
+
+    def read(num_nodes: list[int]):
+        depth, score, parents = host.numpy()
+        return depth.astype(np.int64), score, parents.astype(np.int64), np.asarray(num_nodes)
+    return read
 
 
 def budget_levels(drafter) -> tuple[int, ...]:
