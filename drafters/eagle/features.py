@@ -46,7 +46,10 @@ class FeatureStore:
     def __init__(self, name: str) -> None:
         self.name = name  # the drafter's, for errors
         self.cached: dict[int, int] = {}  # seq_id -> draft pairs whose K/V are valid (0 .. n-1)
-        self.pending: dict[int, tuple[int, Tensor]] = {}  # seq_id -> (first position, features [n, h])
+        # seq_id -> (first position, count, features of the pairs not run yet: chunks [n_i, h],
+        # joined when taken — a run of plain steps adds one a step, and a join per step and
+        # sequence would cost a kernel each)
+        self.pending: dict[int, tuple[int, int, list[Tensor]]] = {}
 
     def release(self, seq_id: int) -> None:
         self.cached.pop(seq_id, None)
@@ -65,21 +68,23 @@ class FeatureStore:
 
     def append(self, seq_id: int, first: int, feats: Tensor) -> None:
         if seq_id in self.pending:
-            start, old = self.pending[seq_id]
-            if first != start + old.shape[0]:
+            start, count, chunks = self.pending[seq_id]
+            if first != start + count:
                 raise AssertionError(f"{self.name}: features of sequence {seq_id} arrive at position "
-                                     f"{first}, expected {start + old.shape[0]}")
-            self.pending[seq_id] = (start, torch.cat([old, feats]))
+                                     f"{first}, expected {start + count}")
+            chunks.append(feats)
+            self.pending[seq_id] = (start, count + feats.shape[0], chunks)
         else:
-            self.pending[seq_id] = (first, feats)
+            self.pending[seq_id] = (first, feats.shape[0], [feats])
 
     def take(self, seq, start: int, end: int) -> Tensor:
         """The features of positions ``start .. end - 1`` ``[end - start, h]``, no longer pending."""
-        first, feats = self.pending.pop(seq.seq_id, (start, None))
-        if feats is None or first != start or feats.shape[0] < end - start:
-            have = "none" if feats is None else f"positions {first}..{first + feats.shape[0] - 1}"
+        first, count, chunks = self.pending.pop(seq.seq_id, (start, 0, None))
+        if chunks is None or first != start or count < end - start:
+            have = "none" if chunks is None else f"positions {first}..{first + count - 1}"
             raise AssertionError(f"{self.name}: sequence {seq.request_id} needs target features for "
                                  f"positions {start}..{end - 1}, has {have}")
+        feats = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return feats[: end - start]
 
     def take_long(self, seqs, rows: int) -> list[tuple[list[int], int, list[int], Tensor]]:
@@ -94,7 +99,7 @@ class FeatureStore:
             if end - start <= rows:
                 continue
             f = self.take(s, start, end)  # [end - start, h]
-            self.pending[s.seq_id] = (end - 1, f[-1:])
+            self.pending[s.seq_id] = (end - 1, 1, [f[-1:]])
             runs.append((s.aux_tables[TABLE], start, s.tokens[start + 1: end], f[:-1]))
             self.cached[s.seq_id] = end - 1
         return runs
