@@ -21,14 +21,18 @@
 #
 # Prepare here: experiments/gpu/wheels.sh (.whl), experiments/gpu/model.sh (.gguf/a, .gguf/b),
 # `git archive <old sha> | tar -x -C .ab/old --exclude=drafters/weights` (.ab/old), and for the GGUF
-# calls `mv drafters/weights .w/weights` (all four folders git-excluded). Then, back to back:
-#   1. carry [.whl, .gguf/a]  experiments/gpu/checks.sh deps model-a tests
-#   2. carry [.gguf/b, .ab, .w/weights/smollm2-135m-instruct/{medusa,eagle}] (what fits beside it)
-#        AB_ROUNDS=3 AB_DRAFTERS="none ngram_tree eagle medusa" experiments/gpu/checks.sh model-b weights ab
-#   3. carry [.w, .ab]
-#        AB_ROUNDS=3 AB_DRAFTERS="none eagle3" AB_TAG=ab_eagle3 experiments/gpu/checks.sh weights ab host
-#   4. carry [.w]  POLICY_DATA=mix POLICY_TIMEOUT=300 experiments/gpu/checks.sh weights policy
-#   5. carry [.w]  experiments/gpu/checks.sh weights exact
+# calls `mv drafters/weights .w/weights` (all four folders git-excluded). Then, back to back (the
+# machine is given back 30 s after a call; times from the H100 session of 2026-12-05, whose first
+# call also paid ~7 minutes of machine start):
+#   1. carry [.whl, .gguf/a]  experiments/gpu/checks.sh deps model-a tests          (~2.5 min)
+#   2. carry [.gguf/b, .w/weights/smollm2-135m-instruct/{eagle,medusa}] (what fits beside it)
+#        POLICY_DRAFTERS="eagle medusa" POLICY_DATA=mix POLICY_PROMPTS=8 POLICY_RATES=0 POLICY_COLD=1 \
+#        experiments/gpu/checks.sh model-b weights policy                            (~5.5 min)
+#   3. carry [.w]  EXACT_DRAFTERS="eagle3 ngram_tree medusa" EXACT_CONTROL= EXACT_TIMEOUT=440 \
+#        experiments/gpu/checks.sh weights exact                                     (~7 min)
+#   4. carry [.w, .ab]  AB_ROUNDS=1 AB_DRAFTERS="none eagle3 medusa" experiments/gpu/checks.sh weights ab
+#                                                                                    (~2.5 min)
+#   Others: POLICY_DRAFTERS="eagle3 hybrid ngram_tree suffix" ... weights policy; ... weights ab host
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STASH=${STASH:-/tmp/specdec_stash}
