@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from specdec.verifiers import DraftTree
 from torch import Tensor
 
 from specdec.engine.ragged import CATCH_UP, catch_up_parts
 from specdec.models.attention import AttnMetadata
-from specdec.verifiers import DraftTree
 
 from ..draft_attention import paged
 

@@ -3,15 +3,15 @@
 step; the timing requests leave nothing behind (requests, statistics, acceptance, outputs); a
 second engine starts from the saved costs and times nothing; the time limit holds."""
 import pytest
-
 from specdec.drafters.draft_model import DraftModelDrafter
 from specdec.drafters.none import NoDrafter
+from specdec.verifiers import LosslessVerifier
+
 from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.sequence import SamplingParams
 from specdec.engine.speculation import AdaptivePolicy
 from specdec.models.loader import load_model
-from specdec.verifiers import LosslessVerifier
 
 PROMPTS = [[1, 2, 3, 4, 1, 2, 3, 4, 1, 2], [9, 8], [20, 21, 22, 20, 21, 22, 23, 20, 21], [40, 41, 42, 43]]
 GREEDY = SamplingParams(max_new_tokens=16, ignore_eos=True)
