@@ -21,7 +21,8 @@
 #
 # Prepare here: experiments/gpu/wheels.sh (.whl), experiments/gpu/model.sh (.gguf/a, .gguf/b),
 # `git archive <old sha> | tar -x -C .ab/old --exclude=drafters/weights` (.ab/old), and for the GGUF
-# calls `mv drafters/weights .w/weights` (all four folders git-excluded). Then, back to back (the
+# calls `mv drafters/weights .w/weights` (all four folders git-excluded), and `.git_sha` (below;
+# add it to every call's carry). Then, back to back (the
 # machine is given back 30 s after a call; times from the H100 session of 2026-12-05, whose first
 # call also paid ~7 minutes of machine start):
 #   1. carry [.whl, .gguf/a]  experiments/gpu/checks.sh deps model-a tests          (~2.5 min)
@@ -40,6 +41,9 @@ export SPECDEC_CACHE=${SPECDEC_CACHE:-/tmp/specdec_cache} PYTHONUNBUFFERED=1 TQD
 mkdir -p "$STASH" "${OUT:-/tmp/out}"
 OUT=${OUT:-/tmp/out}
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+# the commit the results name: the device copy's git metadata can be stale, so carry a .git_sha
+# written here (`git rev-parse --short HEAD > .git_sha`, git-excluded) with every call
+if [ -f .git_sha ]; then export SPECDEC_GIT_SHA=$(cat .git_sha); fi
 for stage in "$@"; do
   case $stage in
     deps)
