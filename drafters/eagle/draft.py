@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
-from specdec.verifiers import DraftTree
 from torch import Tensor
 
 from specdec.engine.ragged import CATCH_UP, catch_up_parts
 from specdec.models.attention import AttnMetadata
+from specdec.verifiers import DraftTree
 
 from ..draft_attention import paged
 
@@ -45,8 +46,8 @@ class DraftForward:
             dev = {k: torch.from_numpy(a).to(self.device) for k, a in host.items()}
             feats = torch.zeros(host["ids"].shape[0], runs[0][3].shape[-1], dtype=runs[0][3].dtype,
                                 device=self.device)  # [S * CATCH_UP, h]
-            for i, d, k, at in real:
-                feats[at: at + k] = runs[i][3][d: d + k]
+            at = torch.from_numpy(np.concatenate([np.arange(a, a + k) for _, _, k, a in real])).to(self.device)
+            feats[at] = torch.cat([runs[i][3][d: d + k] for i, d, k, _ in real])  # one copy, not one a sequence
             indptr = torch.arange(host["prefix"].shape[0] + 1, dtype=torch.int32, device=self.device) * CATCH_UP
             meta = AttnMetadata(indptr, dev["prefix"], dev["tables"], dev["slots"], max_q_len=CATCH_UP,
                                 max_kv_len=kv_bound)
