@@ -32,7 +32,7 @@ from .protocol import TargetContext
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from .sequence import SamplingParams, Sequence, Status
 from .speculation import FixedPolicy
-from .speculation.policy import tree_statistics
+from .speculation.acceptance import tree_statistics
 from .tensor_parallel import check_split
 
 

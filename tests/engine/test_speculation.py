@@ -243,6 +243,23 @@ def test_exploration_skips_trees_that_cannot_pay(tmp_path, device):
     assert picks[:3] == [1, 1, 1]  # plain decoding is measured first
 
 
+def test_a_level_whose_step_emitted_little_is_not_explored_again(tmp_path):
+    """A cold bucket ran one 8-node step (at 5 plain steps' cost, as a CPU's 64-sequence step
+    does): if it emitted 1.25 tokens per sequence, twice that cannot repay it and the level is
+    left after that one step, however optimistic the acceptance model's cold curves; if it
+    emitted 4, it may still pay and is timed again."""
+    for lengths, want in (((1, 1, 1, 2), 1), ((4, 4, 4, 4), 8)):  # tokens each sequence emitted
+        policy = fake_policy((1, 8), {1: 1.0, 8: 5.0}, tmp_path, [1.0 + i for i in range(8)])
+        policy.costs = StepCosts({"fake": 1}, min_samples=3)
+        for _ in range(3):
+            policy.costs.observe(4, 1, 1.0)
+        assert pick(policy, [1, 2, 3, 4], [8] * 4) == 8  # never run: up to 8 tokens a sequence
+        items = [ScheduledSeq(type("S", (), {"seq_id": i})(), 8, False) for i in range(4)]
+        policy.observe(items, 5.0, None, [list(range(n)) for n in lengths])
+        assert policy.yields[(4, 8)] == sum(lengths) / 4
+        assert pick(policy, [1, 2, 3, 4], [8] * 4) == want
+
+
 def test_a_tree_another_batch_bucket_found_too_dear_is_not_explored(tmp_path):
     """The other buckets measured 2-node trees at 2.5 plain steps: at most 2 tokens per sequence
     cannot repay that, so bucket 4 (no costs of its own but plain decoding's) does not time them;

@@ -129,3 +129,21 @@ def _capped_by_parents(p: np.ndarray, parents: np.ndarray, depth: np.ndarray) ->
         capped = np.minimum(out, out[rows, np.clip(parents, 0, None)])
         out = np.where(at, capped, out)
     return out
+
+
+def tree_statistics(tree, rows: int):
+    """Start the host copy of the first ``rows`` trees' node depths, scores (zeros for a drafter
+    without scores) and parents ``[B, T]``, in one transfer issued now, with the drafter's work
+    (on a GPU: non-blocking, into pinned memory). Returns ``read(num_nodes)``, which gives
+    ``(depth, score, parents, num_nodes [B])`` as arrays: call it only after the step's read-back,
+    which waits for the copy (it runs before the step on the same stream)."""
+    import torch
+
+    scores = tree.scores if tree.scores is not None else torch.zeros_like(tree.depth, dtype=torch.float32)
+    stats = torch.stack([tree.depth[:rows].float(), scores[:rows].float(), tree.parents[:rows].float()])
+    host = stats.to("cpu", non_blocking=True)
+
+    def read(num_nodes: list[int]):
+        depth, score, parents = host.numpy()
+        return depth.astype(np.int64), score, parents.astype(np.int64), np.asarray(num_nodes)
+    return read

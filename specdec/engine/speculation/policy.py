@@ -42,24 +42,7 @@ from .warm_up import time_budgets
 NODE_LEVELS = (2, 4, 8, 16, 24, 32, 48, 64)  # default budget levels (capped by the drafter's)
 CALIBRATION_STEP, CALIBRATION_BINS = 0.25, 32  # bins of predicted tokens per step: 0.25 wide
 PRIOR_DRAFTS, DRAFTS_DECAY = 8.0, 0.995  # the correction's prior (in drafts) and per-step decay
-
-
-def tree_statistics(tree, rows: int):
-    """Start the host copy of the first ``rows`` trees' node depths, scores (zeros for a drafter
-    without scores) and parents ``[B, T]``, in one transfer issued now, with the drafter's work
-    (on a GPU: non-blocking, into pinned memory). Returns ``read(num_nodes)``, which gives
-    ``(depth, score, parents, num_nodes [B])`` as arrays: call it only after the step's read-back,
-    which waits for the copy (it runs before the step on the same stream)."""
-    import torch
-
-    scores = tree.scores if tree.scores is not None else torch.zeros_like(tree.depth, dtype=torch.float32)
-    stats = torch.stack([tree.depth[:rows].float(), scores[:rows].float(), tree.parents[:rows].float()])
-    host = stats.to("cpu", non_blocking=True)
-
-    def read(num_nodes: list[int]):
-        depth, score, parents = host.numpy()
-        return depth.astype(np.int64), score, parents.astype(np.int64), np.asarray(num_nodes)
-    return read
+YIELD_SLACK = 2.0  # an explored level's tokens bound: this times the most one of its steps emitted
 
 
 def budget_levels(drafter) -> tuple[int, ...]:
@@ -101,6 +84,7 @@ class AdaptivePolicy:
         # the acceptance model's bias at the step level: accepted drafts over predicted drafts,
         # decayed sums (a prior of PRIOR_DRAFTS each, so 1.0 until steps say otherwise)
         self.drafts = np.array([PRIOR_DRAFTS, PRIOR_DRAFTS])  # emitted - 1, predicted - 1
+        self.yields: dict[tuple[int, int], float] = {}  # (bucket, budget) -> best tokens per sequence of a step
 
     def attach(self, engine) -> None:
         """Levels, batch buckets, acceptance model and the saved step costs of this engine."""
@@ -191,10 +175,10 @@ class AdaptivePolicy:
                         rate: dict[int, float]) -> Optional[int]:
         """The smallest level batch bucket ``b`` has not measured enough that could beat the best
         measured one, or None (``cost``, ``rate``: of the measured levels, by index). Plain
-        decoding is always measured. A tree level n is run (and
-        timed) only if an optimistic bound on its rate beats the best: tokens at most n per
-        sequence and, above two timed levels below it, at most the line through theirs (nodes come
-        best first, so the curve is concave and the line lies above it); its cost at least the
+        decoding is always measured. A tree level n is run (and timed) only if an optimistic bound
+        on its rate beats the best: tokens at most n per sequence, above two timed levels below it
+        at most the line through theirs (nodes come best first, so the curve is concave and the
+        line lies above it), and once run, at most `YIELD_SLACK` times its best step's; its cost at least the
         largest of: any smaller level's, the line through the costs of the two timed tree levels
         below it (a step's cost is convex in its rows — flat, then linear — so the line lies below
         it; plain decoding is left out: the drafter's fixed cost comes between), the ratio to
@@ -229,6 +213,8 @@ class AdaptivePolicy:
                     lo = max(lo, c2 + (n - n2) * max(c2 - c1, 0.0) / (n2 - n1))
                 if seen is not None:
                     lo = max(lo, min(seen.recent))
+                    if (b, n) in self.yields:  # what it emitted (a narrow payer stays, a hopeless one stops)
+                        hi = min(hi, YIELD_SLACK * self.yields[(b, n)] * tokens[0])
                 else:
                     borrowed = self.costs.estimate(b, n)  # another bucket's ratio; None if none has one
                     lo = max(lo, borrowed) if borrowed is not None else lo
@@ -265,8 +251,11 @@ class AdaptivePolicy:
             drafts = [emitted.sum() - len(emitted), predicted.sum() - len(predicted)]
             self.drafts = DRAFTS_DECAY * self.drafts + drafts
         if len(decode) == len(items):  # a mixed forward's time is not a decode step's
-            b = bucket(len(decode), self.buckets) or len(decode)
-            self.costs.observe(b, max(i.num_new for i in decode), seconds)
+            key = (bucket(len(decode), self.buckets) or len(decode), max(i.num_new for i in decode))
+            self.costs.observe(*key, seconds)
+            if accepted:
+                per_seq = sum(len(path) for path in accepted) / len(accepted)
+                self.yields[key] = max(self.yields.get(key, 0.0), per_seq)
         if nodes is not None:
             depth, score, parents, num = nodes
             self.acceptance.observe([i.seq.seq_id for i in decode], depth, score, parents, num, accepted)
