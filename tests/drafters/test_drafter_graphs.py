@@ -22,6 +22,7 @@ from specdec.engine.config import EngineConfig
 from specdec.engine.engine import Engine
 from specdec.engine.graphs import GraphRunner
 from specdec.engine.sequence import SamplingParams
+from specdec.engine.speculation import FixedPolicy
 from specdec.verifiers import LosslessVerifier
 
 from eagle_cases import (EAGLE1_TREE, MEDUSA_63, PROMPTS, mimic_eagle, random_eagle3, random_medusa,
@@ -238,10 +239,10 @@ def test_graphed_drafting_reads_nothing_back(target, paths, name):
     assert tree.tokens[: len(seqs), 0].tolist() == [s.tokens[-1] for s in seqs]
 
 
-class PlainThenDraft:
+class PlainThenDraft(FixedPolicy):
     """A speculation policy: plain decoding (budget 1) for ``plain`` steps, then the drafter's
-    whole budget, ``cycles`` times; the drafter then catches up on each run of plain steps."""
-    name, wants_trees, fits_budget = "plain-then-draft", False, False
+    whole budget for ``draft`` steps, in turn; the drafter catches up on each run of plain steps."""
+    name = "plain-then-draft"
 
     def __init__(self, plain: int, draft: int):
         self.plain, self.draft, self.steps = plain, draft, 0
@@ -250,13 +251,6 @@ class PlainThenDraft:
         plain = self.steps % (self.plain + self.draft) < self.plain
         self.steps += any(not i.is_prefill for i in items)
         return [i if i.is_prefill or not plain else dataclasses.replace(i, num_new=1) for i in items]
-
-    def attach(self, engine): pass
-    def observe(self, *args, **kwargs): pass
-    def warm_up(self, engine): return 0
-    def release(self, seq): pass
-    def close(self): pass
-    def summary(self): return {"policy": self.name}
 
 
 @pytest.mark.parametrize("device", DEVICES)
