@@ -140,14 +140,11 @@ class DraftModelDrafter(DrafterBase):
         self._catch_up(runs)
 
     def _catch_up(self, runs, store: bool = True) -> None:
-        dev, rows = self.target.device, ragged.CATCH_UP
-        for host, _ in ragged.catch_up_parts(runs, self.buckets, self.catch_up_width,
-                                             self.target.blocks.block_size, store):
-            t = {k: torch.from_numpy(a).to(dev) for k, a in host.items()}
-            indptr = torch.arange(host["prefix"].shape[0] + 1, dtype=torch.int32, device=dev) * rows
-            meta = AttnMetadata(indptr, t["prefix"], t["tables"], t["slots"], max_q_len=rows,
-                                max_kv_len=self.target.max_model_len + rows)
-            self.model(t["ids"], t["pos"], meta, self.k_cache, self.v_cache)
+        t = self.target
+        parts = ragged.catch_up_parts(runs, self.buckets, self.catch_up_width, t.blocks.block_size, t.device,
+                                      t.max_model_len + ragged.CATCH_UP, store)
+        for meta, ids, pos, _ in parts:
+            self.model(ids, pos, meta, self.k_cache, self.v_cache)
 
     # ---- host staging -------------------------------------------------------------------------
     def _stage(self, seqs, budgets, keep: int, depth: int, bg: int, rows):

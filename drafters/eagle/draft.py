@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specdec.engine.ragged import CATCH_UP, catch_up_parts
+from specdec.engine.ragged import catch_up_parts
 from specdec.models.attention import AttnMetadata
 from specdec.verifiers import DraftTree
 
@@ -42,16 +42,13 @@ class DraftForward:
         [n, h])``, pair i at draft position start + i — storing their K/V (``store=False``: none,
         for warm-up), in forwards of one shape per batch bucket (`ragged.catch_up_parts`: tables
         ``width`` wide, contexts under ``kv_bound``)."""
-        for host, real in catch_up_parts([r[:3] for r in runs], buckets, width, self.block_size, store):
-            dev = {k: torch.from_numpy(a).to(self.device) for k, a in host.items()}
-            feats = torch.zeros(host["ids"].shape[0], runs[0][3].shape[-1], dtype=runs[0][3].dtype,
+        for meta, ids, pos, real in catch_up_parts([r[:3] for r in runs], buckets, width, self.block_size,
+                                                   self.device, kv_bound, store):
+            feats = torch.zeros(ids.shape[0], runs[0][3].shape[-1], dtype=runs[0][3].dtype,
                                 device=self.device)  # [S * CATCH_UP, h]
             at = torch.from_numpy(np.concatenate([np.arange(a, a + k) for _, _, k, a in real])).to(self.device)
             feats[at] = torch.cat([runs[i][3][d: d + k] for i, d, k, _ in real])  # one copy, not one a sequence
-            indptr = torch.arange(host["prefix"].shape[0] + 1, dtype=torch.int32, device=self.device) * CATCH_UP
-            meta = AttnMetadata(indptr, dev["prefix"], dev["tables"], dev["slots"], max_q_len=CATCH_UP,
-                                max_kv_len=kv_bound)
-            self(meta, dev["ids"], dev["pos"], feats)
+            self(meta, ids, pos, feats)
 
 
 class TreeForward:

@@ -50,17 +50,17 @@ def packed_runs(starts: np.ndarray, ends: np.ndarray, tables: np.ndarray, block_
 CATCH_UP = 64  # tokens per sequence slot of a fixed-shape catch-up forward (`catch_up_parts`)
 
 
-def catch_up_parts(runs, buckets: tuple[int, ...], width: int, block_size: int, store: bool = True,
-                   rows: int = CATCH_UP):
+def catch_up_parts(runs, buckets: tuple[int, ...], width: int, block_size: int, device, kv_bound: int,
+                   store: bool = True, rows: int = CATCH_UP):
     """A drafter's eager catch-up in forwards of one shape per batch bucket, whatever the
     lengths: ``runs`` holds per sequence ``(block table, first position, token ids [n])`` (token i
-    at position start + i). Yields per forward ``(host, real)``: host arrays for ``S`` sequence
-    slots (a bucket) of ``rows`` tokens each — ``ids, pos, slots [S * rows]`` (the rows after a
-    sequence's tokens, and padding slots, store nothing: slot -1, position 0), ``prefix [S]``,
-    ``tables [S, width]`` — and ``real``: ``(run index, first token, count, first row)`` of the
-    real rows. With bounds ``(rows, longest context + rows)`` the kernels see one shape per
-    bucket: they compile at warm-up, not on the step after every run of plain decoding of a new
-    length. ``store=False`` stores nothing (warm-up)."""
+    at position start + i). Yields per forward ``(meta, ids, pos, real)`` on ``device``: ``S``
+    sequence slots (a bucket) of ``rows`` tokens each — ``ids, pos [S * rows]``, the rows after a
+    sequence's tokens and padding slots storing nothing (slot -1, position 0), tables ``width``
+    wide, bounds ``(rows, kv_bound)`` — and ``real``: ``(run index, first token, count, first
+    row)`` of the real rows. So the kernels see one shape per bucket: they compile at warm-up,
+    not on the step after every run of plain decoding of a new length. ``store=False`` stores
+    nothing (warm-up)."""
     done = [0] * len(runs)
     while True:
         todo = [i for i, r in enumerate(runs) if done[i] < len(r[2])]
@@ -84,7 +84,10 @@ def catch_up_parts(runs, buckets: tuple[int, ...], width: int, block_size: int, 
                     flat[at: at + k] = tables[b, p // block_size].astype(np.int64) * block_size + p % block_size
                 real.append((i, d, k, at))
                 done[i] += rows
-            yield {"ids": ids, "pos": pos, "slots": flat, "prefix": prefix, "tables": tables}, real
+            dev = [torch.from_numpy(a).to(device) for a in (ids, pos, flat, prefix, tables)]
+            indptr = torch.arange(n + 1, dtype=torch.int32, device=device) * rows
+            meta = AttnMetadata(indptr, dev[3], dev[4], dev[2], max_q_len=rows, max_kv_len=kv_bound)
+            yield meta, dev[0], dev[1], real
 
 
 def table_width(num_positions: int, block_size: int) -> int:

@@ -1,7 +1,9 @@
 """Speculation policies (specdec/engine/speculation/): budget 1 everywhere is autoregressive decoding
 token for token; the adaptive policy keeps every drafter's greedy output, chooses no tree when
 trees never pay and the largest when they always do, and its step costs persist per identity,
-rebuilt (with a message) from a corrupt or stale file."""
+rebuilt (with a message) from a corrupt or stale file; timed at start-up (`speculation.warm_up`),
+every (batch bucket, level) gets its samples through the engine's own step, and the timing requests
+leave nothing behind."""
 import json
 
 import numpy as np
@@ -386,3 +388,67 @@ def test_budget_levels():
     assert budget_levels(D()) == (1, 2, 4, 8, 16, 24, 32, 48, 60)
     D.budget_levels = (8, 16, 100)
     assert budget_levels(D()) == (1, 8, 16, 60)
+
+
+# ---- step costs timed at start-up (speculation.warm_up, speculation/warm_up.py) -------------
+def engine_for(target, drafter, policy):
+    cfg = EngineConfig(device="cpu", block_size=4, max_num_seqs=4, max_model_len=256)
+    return Engine(target, drafter, LosslessVerifier(), cfg, policy=policy)
+
+
+def test_warm_up_times_every_bucket_and_level_and_leaves_no_trace(target, path, tmp_path):
+    logs = []
+    policy = AdaptivePolicy(warm_up=True, cost_dir=str(tmp_path), log=logs.append)
+    engine = engine_for(target, DraftModelDrafter(path, num_tokens=3, top_k=2, max_nodes=7), policy)
+    engine.warm_up()
+    assert policy.buckets == (1, 2, 4) and policy.levels == (1, 2, 4, 7)
+    for b in policy.buckets:
+        for n in policy.levels:
+            assert policy.costs.measured(b, n), (b, n, policy.costs.table)
+    assert any("timing 12 (batch, tree budget) step costs" in m for m in logs), logs
+    # nothing of the timing requests is left: not in the engine, its statistics, the KV pool,
+    # the policy's choices or its acceptance model
+    assert engine.sequences == {} and engine.stats.steps == 0 and not engine.has_work()
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert policy.chosen == {} and policy.acceptance.trees == 0 and policy.acceptance.row == {}
+    assert policy.forced is None and not policy.predicted
+    out = [s.output for s in engine.generate(PROMPTS, GREEDY)]
+    plain = engine_for(target, NoDrafter(), None).generate(PROMPTS, GREEDY)
+    assert out == [s.output for s in plain]
+    assert policy.chosen  # the policy chooses again once the timing is over
+
+    # a second engine starts from the saved costs: nothing left to time
+    again = AdaptivePolicy(warm_up=True, cost_dir=str(tmp_path), log=logs.append)
+    engine_for(target, DraftModelDrafter(path, num_tokens=3, top_k=2, max_nodes=7), again).warm_up()
+    assert all(again.costs.known(b, n) for b in again.buckets for n in again.levels)
+    assert again.costs.table == {}
+
+
+def test_warm_up_auto_times_nothing_without_cuda_graphs_and_the_limit_holds(target, path, tmp_path):
+    auto = AdaptivePolicy(cost_dir=str(tmp_path / "auto"))
+    engine_for(target, DraftModelDrafter(path, num_tokens=3), auto).warm_up()
+    assert auto.costs.table == {}
+    logs = []
+    limited = AdaptivePolicy(warm_up=True, warm_up_seconds=0, cost_dir=str(tmp_path / "limited"), log=logs.append)
+    engine = engine_for(target, DraftModelDrafter(path, num_tokens=3), limited)
+    engine.warm_up()
+    assert any("stopped at speculation.warm_up_seconds=0" in m for m in logs), logs
+    assert engine.sequences == {} and engine.blocks.num_free == engine.blocks.num_blocks
+    with pytest.raises(ValueError, match="speculation.warm_up must be auto, true or false"):
+        AdaptivePolicy(warm_up="yes")
+
+
+@pytest.mark.gpu
+def test_warm_up_auto_times_the_graphed_steps_on_the_gpu(path, tmp_path):
+    model = load_model(path, device="cuda").model
+    cfg = EngineConfig(device="cuda", dtype="float32", block_size=4, max_num_seqs=4, max_model_len=256,
+                       cuda_graphs=True)
+    policy = AdaptivePolicy(cost_dir=str(tmp_path), log=lambda m: None)  # warm_up=auto
+    engine = Engine(model, DraftModelDrafter(path, num_tokens=3, top_k=2, max_nodes=7), LosslessVerifier(),
+                    cfg, policy=policy)
+    assert engine.warm_up() > 0
+    assert all(policy.costs.measured(b, n) for b in policy.buckets for n in policy.levels), policy.costs.table
+    assert engine.sequences == {} and engine.blocks.num_free == engine.blocks.num_blocks
+    out = [s.output for s in engine.generate(PROMPTS, GREEDY)]
+    plain = Engine(model, NoDrafter(), LosslessVerifier(), cfg).generate(PROMPTS, GREEDY)
+    assert out == [s.output for s in plain]

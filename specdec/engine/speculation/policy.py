@@ -237,11 +237,12 @@ class AdaptivePolicy:
         if not decode:
             return
         ids, predicted = self.predicted.popleft() if self.predicted else ([], None)
+        # the step's cost key; a mixed forward's time is not a decode step's
+        key = ((bucket(len(decode), self.buckets) or len(decode), max(i.num_new for i in decode))
+               if len(decode) == len(items) else None)
         if self.forced is not None:  # a timing step: its cost, if its trees were whole; no acceptance
-            budget = max(i.num_new for i in decode)
-            whole = nodes is None or all(k >= i.num_new for k, i in zip(nodes[3], decode))
-            if len(decode) == len(items) and whole:
-                self.costs.observe(bucket(len(decode), self.buckets) or len(decode), budget, seconds)
+            if key and (nodes is None or all(k >= i.num_new for k, i in zip(nodes[3], decode))):
+                self.costs.observe(*key, seconds)
             return
         if accepted and ids == [i.seq.seq_id for i in decode]:  # predicted vs emitted tokens
             k = np.minimum((predicted / CALIBRATION_STEP).astype(np.int64), CALIBRATION_BINS - 1)
@@ -250,8 +251,7 @@ class AdaptivePolicy:
             self.calibration[:, 1] += np.bincount(k, minlength=CALIBRATION_BINS)
             drafts = [emitted.sum() - len(emitted), predicted.sum() - len(predicted)]
             self.drafts = DRAFTS_DECAY * self.drafts + drafts
-        if len(decode) == len(items):  # a mixed forward's time is not a decode step's
-            key = (bucket(len(decode), self.buckets) or len(decode), max(i.num_new for i in decode))
+        if key:
             self.costs.observe(*key, seconds)
             if accepted:
                 per_seq = sum(len(path) for path in accepted) / len(accepted)
