@@ -121,10 +121,14 @@ class DraftModelDrafter(DrafterBase):
         """Capture the greedy graph of every batch bucket now (dummy inputs); returns the count."""
         keep = self.depth + 1 if self.chain else self.max_nodes
         count = self.graphs.warm_up(self._inputs([], [], self.depth, keep, False, bg) for bg in self.buckets)
-        if self.graphs.mode == "capture":  # the eager catch-up's kernels, one shape per bucket
-            for bg in self.buckets:
-                self._catch_up([([0], 0, [0] * ragged.CATCH_UP)] * bg, store=False)
+        if self.graphs.mode == "capture":
+            self.warm_up_catch_up()
         return count
+
+    def warm_up_catch_up(self) -> None:
+        """Compile the eager catch-up's kernels: one shape per batch bucket."""
+        for bg in self.buckets:
+            self._catch_up([ragged.warm_up_run(self.target.max_model_len)] * bg, store=False)
 
     def _catch_up_long(self, seqs) -> None:
         """Eagerly store all but the last token of sequences with more than ``graph_rows`` to

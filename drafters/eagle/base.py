@@ -19,7 +19,7 @@ from torch import Tensor
 
 from specdec.engine.graphs import batch_buckets, bucket
 from specdec.engine.protocol import StepResult
-from specdec.engine.ragged import CATCH_UP, table_width
+from specdec.engine.ragged import CATCH_UP, table_width, warm_up_run
 from specdec.verifiers import DraftTree
 
 from .. import formats
@@ -159,13 +159,18 @@ class EagleDrafterBase(DrafterBase):
         count. The engine calls it at start, with its own graphs."""
         levels = [n for n in self.growths if n in self.target.budget_levels] or [self.max_nodes]
         count = self.graphs.warm_up(self._inputs([], [], n, bg) for bg in self.buckets for n in levels)
-        if self.graphs.mode == "capture":  # the eager catch-up's kernels, one shape per bucket
-            dummy = ([0], 0, [0] * CATCH_UP, torch.zeros(CATCH_UP, self.stager.feature_width,
-                                                         dtype=self.target.dtype, device=self.target.device))
-            for bg in self.buckets:
-                self.forward.catch_up([dummy] * bg, self.buckets, self.catch_up_width, self.catch_up_bound,
-                                      store=False)
+        if self.graphs.mode == "capture":
+            self.warm_up_catch_up()
         return count
+
+    def warm_up_catch_up(self) -> None:
+        """Compile the eager catch-up's kernels: one shape per batch bucket."""
+        t = self.target
+        table, start, ids = warm_up_run(t.max_model_len)
+        dummy = (table, start, ids, torch.zeros(len(ids), self.stager.feature_width, dtype=t.dtype, device=t.device))
+        for bg in self.buckets:
+            self.forward.catch_up([dummy] * bg, self.buckets, self.catch_up_width, self.catch_up_bound,
+                                  store=False)
 
     def _inputs(self, seqs, budgets, keep: int, bg: Optional[int]):
         """``(key, host, body, dev)`` of a `GraphRunner.run` for ``bg`` sequence slots (None:

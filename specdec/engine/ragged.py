@@ -90,6 +90,13 @@ def catch_up_parts(runs, buckets: tuple[int, ...], width: int, block_size: int, 
             yield meta, dev[0], dev[1], real
 
 
+def warm_up_run(max_model_len: int) -> tuple[list[int], int, list[int]]:
+    """A dummy run for warming up `catch_up_parts`' kernels (``store=False``): a full slot of
+    ``CATCH_UP`` tokens, fewer when positions stop earlier (a drafter's rope table covers positions
+    below about ``max_model_len`` only; rows past a run are padding at position 0)."""
+    return [0], 0, [0] * min(CATCH_UP, max_model_len)
+
+
 def table_width(num_positions: int, block_size: int) -> int:
     """Block-table entries a CUDA graph stages per sequence to cover ``num_positions``
     positions (one spare)."""

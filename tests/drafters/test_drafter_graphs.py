@@ -277,3 +277,20 @@ def test_catch_up_after_runs_of_plain_steps(target, paths, device, name):
     assert graphed == eager
     drafted = [n for lengths in graphed[1] for n in lengths[70:76]]  # the first trees after the run
     assert sum(drafted) > len(drafted), "the trees after the plain steps got little accepted"
+
+
+@pytest.mark.parametrize("name", ["eagle2", "draft_tree"])
+def test_catch_up_warm_up_stays_within_the_rope_table(target, paths, name):
+    """The warm-up of the fixed-shape catch-up (run where graphs capture) feeds positions that a
+    rope table of ``max_model_len`` rows holds: on a GPU the drafters read cos/sin from such a
+    table, and a position past it is an out-of-bounds gather (a device-side assert). Here on the
+    CPU with the table the GPU would use, cut to ``max_model_len`` rows (MAX_LEN < the catch-up's
+    64 rows a slot)."""
+    config = EngineConfig(device="cpu", dtype="float32", block_size=4, max_model_len=MAX_LEN,
+                          max_num_seqs=8, cuda_graphs="emulate")
+    drafter = DRAFTERS[name](paths)
+    Engine(copy.deepcopy(target), drafter, LosslessVerifier(), config)
+    rotary = drafter.net.rotary if name == "eagle2" else drafter.model.model.rotary_emb
+    rotary.use_table(MAX_LEN, torch.device("cpu"), torch.float32)
+    assert drafter.buckets
+    drafter.warm_up_catch_up()
