@@ -12,8 +12,8 @@
 #             B = 16, drafters none, ngram_tree, eagle, eagle3, medusa -> $OUT/ab/
 #   policy    speculation=fixed vs adaptive per drafter, B = 1 / 16 / 64, all at once and Poisson,
 #             on MT-bench and the mix                                     -> $OUT/policy_*.json
-#   host      the host timeline of a decode step at B = 1 (experiments/profile/step_host.py)
-#                                                                         -> $OUT/step_host.json
+#   host      the host timeline of a decode step at B = HOST_BATCHES (experiments/profile/step_host.py;
+#             HOST_ARGS=--plain: every drafter at budget 1)              -> $OUT/step_host*_b<B>.json
 #   exact     exact mode on the GPU: its step cost (SmolLM2, and the 8B shape's first 4 layers at
 #             L = 4k) and greedy outputs equal to plain decoding's on 80 MT-bench prompts
 #             (EXACT_DRAFTERS; EXACT_CONTROL= leaves out the runs without exact mode)
@@ -91,8 +91,11 @@ for stage in "$@"; do
           --batch-prompts 64 --arrival-rates ${POLICY_RATES:-0 40} --out "$OUT/policy_${data}_${POLICY_TAG:-all}.json" | tail -32 || true
       done ;;
     host)
-      python3 experiments/profile/step_host.py --drafters ${HOST_DRAFTERS:-none ngram_tree eagle3 medusa} \
-        --batch 1 --max-new-tokens 256 --out "$OUT/step_host.json" | tail -20 ;;
+      # HOST_BATCHES: a timeline per batch size; HOST_ARGS: more step_host.py flags (--plain)
+      for b in ${HOST_BATCHES:-1}; do
+        python3 experiments/profile/step_host.py --drafters ${HOST_DRAFTERS:-none ngram_tree eagle3 medusa} \
+          --batch "$b" --max-new-tokens "${HOST_TOKENS:-256}" ${HOST_ARGS:-} --out "$OUT/step_host${HOST_TAG:-}_b$b.json" | tail -18
+      done ;;
     exact)
       python3 experiments/bench_exact_step.py --device cuda --prefix 300 --nodes 1 8 60 --out "$OUT/exact_step.json"
       python3 experiments/bench_exact_step.py --device cuda --shape llama3_8b --layers 4 --prefix 4000 \

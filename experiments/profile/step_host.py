@@ -10,11 +10,16 @@ parts slower than on a GPU's host; compare parts across trees or settings on one
 
     python experiments/profile/step_host.py --drafters none ngram_tree eagle3 --batch 1 \\
         --out experiments/results/step_host.json
+
+``--plain`` runs every drafter at budget 1 on every step (plain decoding, the steps an adaptive
+policy takes when no tree pays): what a drafter costs a step in which it does not draft, part by
+part, beside ``none``'s.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import sys
 import time
@@ -31,6 +36,7 @@ from specdec.engine import engine as engine_mod, graphs, model_runner, step_inpu
 from specdec.engine.config import EngineConfig  # noqa: E402
 from specdec.experiment import write_json  # noqa: E402
 from specdec.engine.sequence import SamplingParams  # noqa: E402
+from specdec.engine.speculation import FixedPolicy  # noqa: E402
 from specdec.models.loader import load_model  # noqa: E402
 from specdec.run import git_sha, versions  # noqa: E402
 from specdec.verifiers import LosslessVerifier  # noqa: E402
@@ -100,8 +106,21 @@ class Timers:
         return {part: round(v, 1) for part, v in us.items()}
 
 
-def profile(loaded, spec: str, prompts, batch: int, max_new_tokens: int, config: dict) -> dict:
+class PlainPolicy(FixedPolicy):
+    """Budget 1 (plain decoding) for every decoding sequence, every step: the drafter never drafts
+    but keeps up with what the target settles (its `update`), as under an adaptive policy's plain
+    steps."""
+    name = "plain"
+
+    def plan(self, items, room=None):
+        return [i if i.is_prefill else dataclasses.replace(i, num_new=1) for i in items]
+
+
+def profile(loaded, spec: str, prompts, batch: int, max_new_tokens: int, config: dict,
+            plain: bool = False) -> dict:
     label, drafter, overrides, policy = make_drafter(spec)
+    if plain:
+        label, policy = f"{label} (plain)", PlainPolicy()
     engine = engine_mod.Engine(loaded.model, drafter, LosslessVerifier(), EngineConfig(**{**config, **overrides}),
                                tokenizer=loaded.tokenizer, stop_token_ids=loaded.stop_token_ids, policy=policy)
     engine.warm_up()
@@ -132,6 +151,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--cuda-graphs", default="1", help="1 (CUDA graphs on a GPU), 0, or emulate")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--plain", action="store_true",
+                    help="every step at budget 1: what each drafter costs a step it does not draft in")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -145,7 +166,8 @@ def main() -> None:
                data_mod.select(data_mod.load_prompt_file(args.data), max(args.batch, 1))]
     rows = []
     for spec in args.drafters:
-        row = profile(loaded, spec, prompts, args.batch, args.max_new_tokens, config)
+        row = profile(loaded, spec, prompts, args.batch, args.max_new_tokens, config,
+                      plain=args.plain and spec.split()[0].rpartition(":")[2] != "none")
         rows.append(row)
         print(f"{row['system']} B={row['batch']} ({row['steps']} decode steps): "
               + ", ".join(f"{k} {v:.1f}" for k, v in row["us_per_step"].items()) + " us", flush=True)
