@@ -197,14 +197,12 @@ class Engine:
         return finished
 
     def _run(self, part: list[ScheduledSeq]) -> list[Sequence]:
-        """Plan, propose, run, update and postprocess one forward; returns the sequences that
-        finished."""
+        """Plan, propose, run, update and postprocess one forward; returns what finished."""
         t1 = time.perf_counter()
         part = self.policy.plan(part, self.scheduler.tree_tokens(part))  # decode items' node budgets
         decode = [i for i in part if not i.is_prefill]
         drafts = any(i.num_new > 1 for i in decode)
-        # no one drafts: no tree; the runner stages root-only trees (each sequence's last token)
-        # with the step's other host inputs
+        # no one drafts: no tree (the runner stages root-only trees with the host inputs)
         tree = self.drafter.propose([i.seq for i in decode], [i.num_new for i in decode]) if drafts else None
         # the policy's copy of the trees' node statistics leaves with the drafter's work
         stats = tree_statistics(tree, len(decode)) if drafts and self.policy.wants_trees else None
@@ -218,9 +216,11 @@ class Engine:
         t4 = time.perf_counter()
         finished = self._postprocess(run, t4)
         t5 = time.perf_counter()
-        # the policy weighs what the whole forward cost: the drafter's update and the bookkeeping
-        # grow with the budget as the forward does
-        self.observation = (run.items, t5 - t1, stats, run.read.accepted[: len(decode)])
+        # the policy weighs the whole forward (update and bookkeeping grow with the budget too),
+        # but not one that released a finished sequence (a request's last step, plain: its cap is
+        # one token): NaN leaves its time out, not what it accepted
+        seconds = float("nan") if finished else t5 - t1
+        self.observation = (run.items, seconds, stats, run.read.accepted[: len(decode)])
         self.stats.draft_s += (t2 - t1) + (t4 - t3)
         self.stats.verify_s += t3 - t2
         self.stats.other_s += t5 - t4

@@ -424,6 +424,41 @@ def test_warm_up_times_every_bucket_and_level_and_leaves_no_trace(target, path, 
     assert again.costs.table == {}
 
 
+def test_warm_up_times_the_levels_in_turns_after_untimed_lead_in_steps(target, path, tmp_path):
+    """Per batch bucket: `LEAD_IN` steps of its largest level that are not timed (a device that
+    idled runs its first steps slower), then the levels in turns, each timed exactly
+    ``min_samples`` times (a level timed first and alone took the slow steps for its cost)."""
+    from specdec.engine.speculation.warm_up import LEAD_IN
+
+    policy = AdaptivePolicy(warm_up=True, persist=False, log=lambda m: None)
+    engine = engine_for(target, DraftModelDrafter(path, num_tokens=3, top_k=2, max_nodes=7), policy)
+    order, step = [], engine.step
+
+    def recorded():
+        order.append((len(engine.scheduler.running), policy.forced, policy.untimed))
+        return step()
+    engine.step = recorded
+    engine.warm_up()
+    timed = [o for o in order if o[1] is not None and not o[2]]
+    for b in policy.buckets:
+        lead = [o for o in order if o[0] == b and o[2]]
+        assert lead == [(b, max(policy.levels), True)] * LEAD_IN, (b, order)
+        assert [n for r, n, _ in timed if r == b] == list(policy.levels) * policy.min_samples, (b, order)
+        assert {n: policy.costs.table[(b, n)].samples for n in policy.levels} == dict.fromkeys(policy.levels, policy.min_samples)
+    assert policy.untimed is False and policy.forced is None
+
+
+def test_a_forward_that_finishes_a_sequence_is_not_timed(target, path):
+    """A sequence's last forward (plain: its cap is one token) also pays for releasing it; the
+    step-cost table leaves it out, and takes every other decode forward."""
+    policy = AdaptivePolicy(warm_up=False, persist=False, log=lambda m: None)
+    engine = Engine(target, drafters(path)["ngram_tree"](), LosslessVerifier(),
+                    EngineConfig(device="cpu", block_size=4, max_num_seqs=1, max_model_len=256), policy=policy)
+    seqs = engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=9, ignore_eos=True))
+    decode_forwards = sum(len(s.accept_lengths) for s in seqs)
+    assert sum(c.samples for c in policy.costs.table.values()) == decode_forwards - len(seqs)
+
+
 def test_warm_up_auto_times_nothing_without_cuda_graphs_and_the_limit_holds(target, path, tmp_path):
     auto = AdaptivePolicy(cost_dir=str(tmp_path / "auto"))
     engine_for(target, DraftModelDrafter(path, num_tokens=3), auto).warm_up()

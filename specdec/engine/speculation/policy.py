@@ -76,10 +76,11 @@ class AdaptivePolicy:
         self.cost_dir, self.persist, self.min_samples, self.log = cost_dir, persist, min_samples, log
         self.warm_up_mode, self.warm_up_seconds = warm_up, warm_up_seconds
         self.forced: Optional[int] = None  # a budget every step takes (start-up timing: warm_up.py)
+        self.untimed = False  # ... and whether their times are left out (a timing lead-in)
         self.interval, self.since = explore_every, 0  # steps between explorations, and since the last
         self.steps = 0
         self.chosen: dict[int, int] = {}  # budget -> steps it was chosen (statistics)
-        self.predicted: deque = deque()  # per planned decode forward: (seq ids, expected tokens [B])
+        self.predicted: deque = deque()  # per planned decode forward: (seq ids, expected tokens [B], untimed)
         self.calibration = np.zeros((CALIBRATION_BINS, 2))  # per predicted bin: emitted, steps
         # the acceptance model's bias at the step level: accepted drafts over predicted drafts,
         # decayed sums (a prior of PRIOR_DRAFTS each, so 1.0 until steps say otherwise)
@@ -123,7 +124,7 @@ class AdaptivePolicy:
         if self.forced is None:
             self.chosen[budget] = self.chosen.get(budget, 0) + 1
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
-        self.predicted.append((ids, curves[np.arange(len(ids)), at]))
+        self.predicted.append((ids, curves[np.arange(len(ids)), at], self.untimed))
         if budget >= caps.max():  # no one's budget changes
             return items
         return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False)
@@ -236,12 +237,12 @@ class AdaptivePolicy:
         decode = [i for i in items if not i.is_prefill]
         if not decode:
             return
-        ids, predicted = self.predicted.popleft() if self.predicted else ([], None)
+        ids, predicted, untimed = self.predicted.popleft() if self.predicted else ([], None, False)
         # the step's cost key; a mixed forward's time is not a decode step's
         key = ((bucket(len(decode), self.buckets) or len(decode), max(i.num_new for i in decode))
                if len(decode) == len(items) else None)
         if self.forced is not None:  # a timing step: its cost, if its trees were whole; no acceptance
-            if key and (nodes is None or all(k >= i.num_new for k, i in zip(nodes[3], decode))):
+            if key and not untimed and (nodes is None or all(k >= i.num_new for k, i in zip(nodes[3], decode))):
                 self.costs.observe(*key, seconds)
             return
         if accepted and ids == [i.seq.seq_id for i in decode]:  # predicted vs emitted tokens
@@ -277,6 +278,9 @@ class AdaptivePolicy:
         return {"policy": self.name, "budget_steps": dict(sorted(self.chosen.items())),
                 "correction": round(self.correction(), 4),
                 "step_costs_ms": {f"{b}x{n}": round(1e3 * c.seconds, 4) for (b, n), c in sorted(self.costs.merged().items())},
+                # this run's samples of each cost (its last ones): their spread and count
+                "step_cost_samples": {f"{b}x{n}": [round(1e3 * min(c.recent), 4), round(1e3 * max(c.recent), 4), c.samples]
+                                      for (b, n), c in sorted(self.costs.table.items()) if c.recent},
                 "calibration": [{"predicted": (k + 0.5) * CALIBRATION_STEP, "emitted": e / n, "steps": int(n)}
                                 for k, (e, n) in enumerate(self.calibration) if n]}
 

@@ -9,6 +9,12 @@ batch bucket, largest first, ``samples`` steps at each budget level the saved co
 the engine's own step (the drafter drafts, the target verifies, the bookkeeping runs). The
 requests are then aborted and forgotten; only the costs remain (and are saved for the next run).
 
+A bucket's levels are timed in turns (1, 2, ..., top, 1, 2, ...), after `LEAD_IN` untimed steps
+of its largest level: a device that has idled (engine start, graph capture) runs its first steps
+slower while its clocks come up, and a level timed first and alone — plain decoding, by the order
+of the levels — took that for its cost (on an H100, 1.9-2.7 ms for plain steps that run in 1.4 ms),
+which made every tree look cheap beside it.
+
 The timing requests repeat a short random pattern, so that lookup drafters (n-gram, suffix) find
 continuations and draft whole trees too; a step whose trees came out smaller than its budget is
 not recorded (what it cost says nothing about a full tree of that budget).
@@ -22,6 +28,7 @@ import numpy as np
 from ..sequence import SamplingParams
 
 PATTERN, PROMPT = 16, 64  # a timing prompt: a PATTERN-token random cycle, PROMPT tokens long
+LEAD_IN = 2  # untimed steps before a bucket's timed ones
 
 
 def time_budgets(engine, policy, samples: int, max_seconds: float, log=print) -> int:
@@ -54,21 +61,21 @@ def time_budgets(engine, policy, samples: int, max_seconds: float, log=print) ->
             for s in live[b:]:
                 engine.abort(s.request_id)
             live = [s for s in live[:b] if not s.finished]
-            for n in todo[b]:
-                policy.forced = n
-                for _ in range(samples):
-                    if time.perf_counter() - start > max_seconds:
-                        log(f"[specdec] step-cost timing stopped at speculation.warm_up_seconds="
-                            f"{max_seconds:g}; the costs left are measured while serving")
-                        return steps
-                    if not engine.has_work():  # the timing requests reached max_model_len
-                        return steps
-                    engine.step()
-                    steps += 1
+            turns = [None] * LEAD_IN + todo[b] * samples  # None: a lead-in step, not timed
+            for n in turns:
+                if time.perf_counter() - start > max_seconds:
+                    log(f"[specdec] step-cost timing stopped at speculation.warm_up_seconds="
+                        f"{max_seconds:g}; the costs left are measured while serving")
+                    return steps
+                if not engine.has_work():  # the timing requests reached max_model_len
+                    return steps
+                policy.forced, policy.untimed = (max(todo[b]), True) if n is None else (n, False)
+                engine.step()
+                steps += 1
         return steps
     finally:
         for s in live:
             engine.abort(s.request_id)
         engine.close()  # the last step's time reaches the policy (forced: costs only), and is saved
-        policy.forced = None
+        policy.forced, policy.untimed = None, False
         log(f"[specdec] timed {steps} steps in {time.perf_counter() - start:.1f} s")
