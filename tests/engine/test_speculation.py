@@ -369,6 +369,24 @@ def test_a_small_tree_keeps_the_worth_of_the_nodes_it_did_not_draft():
     assert small[7] > 4.0, "the curve flattened past the small tree"
 
 
+def test_a_budget_past_every_tree_drafted_so_far_is_still_tried(tmp_path):
+    """Every cost known (timed at start-up), a larger tree a little dearer: a policy that has only
+    seen 16-node trees, 6 nodes of each accepted, still tries its 60-node budget (node indices no
+    tree held are worth the prior, not nothing), and learns what those nodes accept."""
+    from specdec.engine.speculation.acceptance import PRIOR_GAIN
+
+    levels = (1, 16, 60)
+    policy = fake_policy(levels, {1: 1.0, 16: 1.3, 60: 1.4}, tmp_path, [1.0] * 60)
+    policy.acceptance = Acceptance(60)  # fresh: no tree seen yet
+    assert pick(policy, [1], [60]) == 60  # the prior: try the largest tree first
+    depth, score = np.minimum(np.arange(16), 6)[None, :], np.zeros((1, 16))
+    parents = np.arange(-1, 15)[None, :]
+    for _ in range(5):  # the policy (or its caps) drafted 16-node chains; 6 nodes accepted each
+        policy.acceptance.observe([1], depth, score, parents, np.array([16]), [[0, 1, 2, 3, 4, 5, 6]])
+    assert policy.acceptance.gain[20] == PRIOR_GAIN
+    assert pick(policy, [1], [60]) == 60, "a budget past the trees drafted so far is never tried"
+
+
 def test_acceptance_serves_more_requests_than_its_first_table_holds():
     """More requests in flight than the table's first 64 rows (a batch of 64 plus arrivals): the
     table grows, and each request keeps its own curve."""
