@@ -159,6 +159,8 @@ def fake_policy(levels, seconds, tmp_path, curve):
             policy.costs.observe(b, n, seconds[n])
     policy.acceptance = Acceptance(len(curve))
     policy.acceptance.mean_curve = np.asarray(curve, dtype=float)
+    policy.acceptance.held[:] = 1  # every node index seen: the curve is no prior
+    policy.acceptance._unseen = None
     return policy
 
 
@@ -197,19 +199,38 @@ def test_trees_that_cannot_pay_are_not_drafted_to_learn_and_dear_ones_rarely(tmp
 
 def test_steps_that_beat_the_predicted_drafts_raise_the_budget(tmp_path):
     """An acceptance model that predicts too few drafts (curve: 0.1 per node) while the steps
-    accept 4: the step-level correction grows and the policy moves from plain decoding to trees."""
+    accept 4: the calibration line rises and the policy moves from plain decoding to trees."""
     from types import SimpleNamespace
 
     levels = (1, 2, 4, 8)
     policy = fake_policy(levels, {1: 1.0, 2: 1.3, 4: 1.6, 8: 2.0}, tmp_path, [1.0 + 0.1 * i for i in range(8)])
     items = [ScheduledSeq(SimpleNamespace(seq_id=i), 8, False) for i in range(2)]
-    assert pick(policy, [0, 1], [8, 8]) == 1 and policy.correction() == 1.0
+    assert pick(policy, [0, 1], [8, 8]) == 1 and policy.calibration() == (1.0, 0.0)
     for _ in range(200):
         planned = policy.plan(items)
         policy.observe(planned, 1.0, None, [[0, 1, 2, 3, 4]] * 2)  # 4 drafts accepted each
-    assert policy.correction() == 2.0  # capped: the model's drafts are off by more than 2x
+    slope, shift = policy.calibration()
+    assert shift + slope * 0.7 > 2.0  # 8 nodes: 0.7 drafts predicted (the line's bounds cap the rest)
     assert pick(policy, [0, 1], [8, 8]) == 8
-    assert policy.summary()["correction"] == 2.0
+    assert policy.summary()["calibration_line"] == {"slope": round(slope, 4), "shift": round(shift, 4)}
+
+
+def test_predictions_spread_wider_than_what_is_accepted_are_pulled_in(tmp_path):
+    """Requests predicted at 0, 2 and 4 drafts accept 1, 2 and 3 (per-request predictions spread
+    twice as wide as the truth, as on the H100): the calibration line finds slope 0.5, shift 1, and
+    a request predicted at 0.2 drafts — plain decoding by its own curve, at a tree cost of 1.4 plain
+    steps — drafts, expecting 1.1 accepted."""
+    from types import SimpleNamespace
+
+    policy = fake_policy((1, 8), {1: 1.0, 8: 1.4}, tmp_path, [1.0 + 0.2 * i / 7 for i in range(8)])
+    items = [ScheduledSeq(SimpleNamespace(seq_id=i), 8, False) for i in range(3)]
+    assert pick(policy, [9], [8]) == 1  # by the raw curve: 1.2 tokens for 1.4 steps' time
+    for _ in range(300):
+        policy.predicted.append(([0, 1, 2], np.array([1.0, 3.0, 5.0]), False, False))  # as `plan` keeps it
+        policy.observe(items, 1.0, None, [[0, 1], [0, 1, 2], [0, 1, 2, 3]])
+    slope, shift = policy.calibration()
+    assert slope == pytest.approx(0.5, abs=0.02) and shift == pytest.approx(1.0, abs=0.03)
+    assert pick(policy, [9], [8]) == 8
 
 
 def test_an_unmeasured_budget_is_explored_first_if_it_could_pay(tmp_path):
@@ -378,13 +399,28 @@ def test_a_budget_past_every_tree_drafted_so_far_is_still_tried(tmp_path):
     levels = (1, 16, 60)
     policy = fake_policy(levels, {1: 1.0, 16: 1.3, 60: 1.4}, tmp_path, [1.0] * 60)
     policy.acceptance = Acceptance(60)  # fresh: no tree seen yet
+    assert policy.acceptance.first_unseen() == 1
     assert pick(policy, [1], [60]) == 60  # the prior: try the largest tree first
     depth, score = np.minimum(np.arange(16), 6)[None, :], np.zeros((1, 16))
     parents = np.arange(-1, 15)[None, :]
     for _ in range(5):  # the policy (or its caps) drafted 16-node chains; 6 nodes accepted each
         policy.acceptance.observe([1], depth, score, parents, np.array([16]), [[0, 1, 2, 3, 4, 5, 6]])
-    assert policy.acceptance.gain[20] == PRIOR_GAIN
+    assert policy.acceptance.gain[20] == PRIOR_GAIN and policy.acceptance.first_unseen() == 16
     assert pick(policy, [1], [60]) == 60, "a budget past the trees drafted so far is never tried"
+
+
+def test_predictions_from_the_prior_do_not_calibrate(tmp_path):
+    """A fresh policy's first tree is predicted from the prior (0.5 a node: ~30 drafts for 60
+    nodes) and gets one accepted: an exploration, not evidence that predictions run 30x high (on a
+    CPU such steps had pinned the calibration line at its lowest slope); the line stays y = x."""
+    from types import SimpleNamespace
+
+    policy = fake_policy((1, 60), {1: 1.0, 60: 1.4}, tmp_path, [1.0] * 60)
+    policy.acceptance = Acceptance(60)
+    planned = policy.plan([ScheduledSeq(SimpleNamespace(seq_id=0), 60, False)])
+    assert planned[0].num_new == 60
+    policy.observe(planned, 1.0, None, [[0, 1]])
+    assert policy.calibration() == (1.0, 0.0) and policy.summary()["calibration"][0]["steps"] == 1
 
 
 def test_acceptance_serves_more_requests_than_its_first_table_holds():

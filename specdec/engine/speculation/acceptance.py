@@ -47,6 +47,7 @@ class Acceptance:
         self.trees = 0
         self.gain = np.full(max_nodes, PRIOR_GAIN)  # [T] mean calibrated probability of node i, over trees holding it
         self.held = np.zeros(max_nodes)  # [T] trees that held node i (the mean's weight, capped)
+        self._unseen: int | None = None  # first_unseen(), until held changes
         # over recent trees, for a request with none yet; before any tree, the prior's
         self.mean_curve = np.concatenate([[1.0], 1.0 + np.cumsum(self.gain[1:])])
 
@@ -104,6 +105,7 @@ class Acceptance:
         held = inner[:, :width]  # [B, width]
         count = held.sum(0)  # [width] trees holding node i this step
         self.held[:width] = np.minimum(self.held[:width] + count, GAIN_MEMORY)
+        self._unseen = None
         w = np.divide(count, self.held[:width], out=np.zeros(width), where=count > 0)
         self.gain[:width] += w * (np.divide(p[:, :width].sum(0), count, out=np.zeros(width), where=count > 0)
                                   - self.gain[:width])
@@ -118,6 +120,14 @@ class Acceptance:
         self.trees += b
         w = max(b / self.trees, 0.02)
         self.mean_curve = (1 - w) * self.mean_curve + w * curves.mean(0)
+
+    def first_unseen(self) -> int:
+        """The first node index no tree has held yet (``max_nodes`` when all have): a budget
+        above it is predicted from the prior (optimistic), not from what was accepted."""
+        if self._unseen is None:
+            seen = self.held[1:] > 0
+            self._unseen = int(np.argmin(seen)) + 1 if not seen.all() else self.max_nodes
+        return self._unseen
 
     def curve(self, seq_id: int) -> np.ndarray:
         return self.curves([seq_id])[0]

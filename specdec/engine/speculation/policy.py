@@ -9,9 +9,10 @@ when no sequence of a step drafts, the drafter is not run at all.
               sum over sequences b of E_b(n)  /  cost(batch bucket, n)
 
 with E_b(n) the expected tokens sequence b emits with an n-node tree (acceptance.py: calibrated
-node scores of its last tree; its drafts E_b(n) - 1 scaled by `correction`, accepted over predicted
-drafts of recent steps) and cost the step's measured seconds (costs.py: the whole forward, drafting
-and bookkeeping included; where steps replay CUDA graphs, timed at start-up: warm_up.py). A
+node scores of its last tree; its drafts E_b(n) - 1 then mapped through `calibration`, the line
+through accepted against predicted drafts of recent steps' sequences) and cost the step's
+measured seconds (costs.py: the whole forward, drafting and bookkeeping included; where steps
+replay CUDA graphs, timed at start-up: warm_up.py). A
 budget a batch bucket has not measured enough is explored (run as chosen and timed) before it is
 trusted — if an optimistic bound on its rate says it could beat the
 best measured one (`worth_exploring`) — and while the best budget is 1, one step in
@@ -41,7 +42,8 @@ from .warm_up import time_budgets
 
 NODE_LEVELS = (2, 4, 8, 16, 24, 32, 48, 64)  # default budget levels (capped by the drafter's)
 CALIBRATION_STEP, CALIBRATION_BINS = 0.25, 32  # bins of predicted tokens per step: 0.25 wide
-PRIOR_DRAFTS, DRAFTS_DECAY = 8.0, 0.995  # the correction's prior (in drafts) and per-step decay
+PRIOR_DRAFTS, DRAFTS_DECAY = 8.0, 0.995  # the calibration's prior (in sequences) and per-step decay
+SLOPE_RANGE, SHIFT_RANGE = (0.25, 2.0), (-1.0, 2.0)  # the calibration line's bounds
 YIELD_SLACK = 2.0  # an explored level's tokens bound: this times the most one of its steps emitted
 
 
@@ -80,11 +82,14 @@ class AdaptivePolicy:
         self.interval, self.since = explore_every, 0  # steps between explorations, and since the last
         self.steps = 0
         self.chosen: dict[int, int] = {}  # budget -> steps it was chosen (statistics)
-        self.predicted: deque = deque()  # per planned decode forward: (seq ids, expected tokens [B], untimed)
-        self.calibration = np.zeros((CALIBRATION_BINS, 2))  # per predicted bin: emitted, steps
-        # the acceptance model's bias at the step level: accepted drafts over predicted drafts,
-        # decayed sums (a prior of PRIOR_DRAFTS each, so 1.0 until steps say otherwise)
-        self.drafts = np.array([PRIOR_DRAFTS, PRIOR_DRAFTS])  # emitted - 1, predicted - 1
+        # per planned decode forward: (seq ids, expected tokens [B], untimed, from the prior)
+        self.predicted: deque = deque()
+        self.calibration_bins = np.zeros((CALIBRATION_BINS, 2))  # per predicted bin: emitted, steps
+        # accepted (y) against predicted (x) drafts of each drafting sequence of recent steps:
+        # decayed sums of 1, x, y, x^2, xy, from a prior of PRIOR_DRAFTS points on the line y = x
+        # (half at 0, half at 2 drafts), so the identity until steps say otherwise
+        self.fit = PRIOR_DRAFTS * np.array([1.0, 1.0, 1.0, 2.0, 2.0])
+        self.line: Optional[tuple[float, float]] = None  # calibration(), until the fit changes
         self.yields: dict[tuple[int, int], float] = {}  # (bucket, budget) -> best tokens per sequence of a step
 
     def attach(self, engine) -> None:
@@ -124,7 +129,9 @@ class AdaptivePolicy:
         if self.forced is None:
             self.chosen[budget] = self.chosen.get(budget, 0) + 1
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
-        self.predicted.append((ids, curves[np.arange(len(ids)), at], self.untimed))
+        # (a prediction from the prior's nodes is optimistic by design: not a calibration sample)
+        prior = budget > self.acceptance.first_unseen()
+        self.predicted.append((ids, curves[np.arange(len(ids)), at], self.untimed, prior))
         if budget >= caps.max():  # no one's budget changes
             return items
         return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False)
@@ -144,9 +151,11 @@ class AdaptivePolicy:
         if self.forced is not None:
             return max(n for n in levels if n <= self.forced)
         cap = np.minimum(caps, curves.shape[1])  # [B]
-        at = np.minimum(np.asarray(levels)[:, None], cap[None, :]) - 1  # [L, B]
-        tokens = curves[np.arange(batch)[None, :], at].sum(1)  # [L]
-        tokens = batch + self.correction() * (tokens - batch)  # the drafts, as steps bear them out
+        nodes = np.minimum(np.asarray(levels)[:, None], cap[None, :])  # [L, B] each one's tree
+        drafts = curves[np.arange(batch)[None, :], nodes - 1] - 1.0  # [L, B] predicted drafts
+        slope, shift = self.calibration()  # ... as steps bear them out (a tree of n: n - 1 at most)
+        drafts = np.minimum(np.maximum(shift + slope * drafts, 0.0), nodes - 1)  # (a plain one: 0)
+        tokens = batch + drafts.sum(1)  # [L]
         cost = {i: self.costs.estimate(b, n) for i, n in enumerate(levels) if self.costs.known(b, n)}
         rate = {i: tokens[i] / c for i, c in cost.items()}
         explore = self.worth_exploring(b, levels, tokens, cost, rate)
@@ -237,7 +246,7 @@ class AdaptivePolicy:
         decode = [i for i in items if not i.is_prefill]
         if not decode:
             return
-        ids, predicted, untimed = self.predicted.popleft() if self.predicted else ([], None, False)
+        ids, predicted, untimed, prior = self.predicted.popleft() if self.predicted else ([], None, False, False)
         # the step's cost key; a mixed forward's time is not a decode step's
         key = ((bucket(len(decode), self.buckets) or len(decode), max(i.num_new for i in decode))
                if len(decode) == len(items) else None)
@@ -248,10 +257,13 @@ class AdaptivePolicy:
         if accepted and ids == [i.seq.seq_id for i in decode]:  # predicted vs emitted tokens
             k = np.minimum((predicted / CALIBRATION_STEP).astype(np.int64), CALIBRATION_BINS - 1)
             emitted = np.fromiter((len(path) for path in accepted), np.float64, len(accepted))
-            self.calibration[:, 0] += np.bincount(k, weights=emitted, minlength=CALIBRATION_BINS)
-            self.calibration[:, 1] += np.bincount(k, minlength=CALIBRATION_BINS)
-            drafts = [emitted.sum() - len(emitted), predicted.sum() - len(predicted)]
-            self.drafts = DRAFTS_DECAY * self.drafts + drafts
+            self.calibration_bins[:, 0] += np.bincount(k, weights=emitted, minlength=CALIBRATION_BINS)
+            self.calibration_bins[:, 1] += np.bincount(k, minlength=CALIBRATION_BINS)
+            drafted = np.fromiter((i.num_new > 1 for i in decode), bool, len(decode))
+            if drafted.any() and not prior:  # (a plain step's 0 of 0 drafts says nothing)
+                x, y = predicted[drafted] - 1.0, emitted[drafted] - 1.0
+                self.fit = DRAFTS_DECAY * self.fit + [len(x), x.sum(), y.sum(), x @ x, x @ y]
+                self.line = None
         if key:
             self.costs.observe(*key, seconds)
             if accepted:
@@ -261,13 +273,22 @@ class AdaptivePolicy:
             depth, score, parents, num = nodes
             self.acceptance.observe([i.seq.seq_id for i in decode], depth, score, parents, num, accepted)
 
-    def correction(self) -> float:
-        """Accepted over predicted drafts of recent steps (0.5 to 2): the acceptance model's
-        curves, calibrated per node and per request, can still be off at the step level (on the
-        H200, EAGLE-3 steps predicted at 1.6-2.4 tokens emitted 2.5-3.2), and the budget choice
-        then leans toward too small or too large trees."""
-        emitted, predicted = self.drafts.tolist()
-        return min(max(emitted / predicted, 0.5), 2.0)
+    def calibration(self) -> tuple[float, float]:
+        """``(slope, shift)``: accepted drafts ~ shift + slope x predicted drafts, the least-squares
+        line over recent steps' drafting sequences (and the prior's points on y = x). The
+        acceptance model's curves, calibrated per node and per request, are still off at the
+        sequence level: on the H100, Medusa steps predicted at 0.375 drafts accepted 0.53 and at
+        1.625 accepted 1.17 (slope ~0.5: a request's running ratio follows its last few steps'
+        luck), so a request that had a few rejections looked as if no tree would pay; and the
+        mean can be off too (on the H200, EAGLE-3 steps predicted at 1.6-2.4 tokens emitted
+        2.5-3.2). What matters for the choice is the drafts expected given the prediction."""
+        if self.line is None:
+            w, x, y, xx, xy = self.fit.tolist()
+            spread = xx - x * x / w
+            slope = (xy - x * y / w) / spread if spread > 1e-9 * w else 1.0
+            slope = min(max(slope, SLOPE_RANGE[0]), SLOPE_RANGE[1])
+            self.line = slope, min(max((y - slope * x) / w, SHIFT_RANGE[0]), SHIFT_RANGE[1])
+        return self.line
 
     def release(self, seq) -> None:
         self.acceptance.release(seq.seq_id)
@@ -276,13 +297,13 @@ class AdaptivePolicy:
         """What the policy chose, the step costs it measured (ms, by batch bucket x budget) and
         its calibration: per bin of predicted tokens per step, the mean emitted."""
         return {"policy": self.name, "budget_steps": dict(sorted(self.chosen.items())),
-                "correction": round(self.correction(), 4),
+                "calibration_line": dict(zip(("slope", "shift"), (round(v, 4) for v in self.calibration()))),
                 "step_costs_ms": {f"{b}x{n}": round(1e3 * c.seconds, 4) for (b, n), c in sorted(self.costs.merged().items())},
                 # this run's samples of each cost (its last ones): their spread and count
                 "step_cost_samples": {f"{b}x{n}": [round(1e3 * min(c.recent), 4), round(1e3 * max(c.recent), 4), c.samples]
                                       for (b, n), c in sorted(self.costs.table.items()) if c.recent},
                 "calibration": [{"predicted": (k + 0.5) * CALIBRATION_STEP, "emitted": e / n, "steps": int(n)}
-                                for k, (e, n) in enumerate(self.calibration) if n]}
+                                for k, (e, n) in enumerate(self.calibration_bins) if n]}
 
     def close(self) -> None:
         """Save the step costs for the next run of this device, model and drafter."""
