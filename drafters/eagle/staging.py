@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from specdec.engine.ragged import packed_runs, table_array
@@ -45,17 +44,13 @@ class Stager:
         start_lens[:n], ctx[:n], last[:n] = starts, ends, indptr[1:n + 1] - 1
         roots, nodes = np.zeros(bg, np.int64), np.ones(bg, np.int64)  # [bg]
         nodes[:n] = np.minimum(np.asarray(budgets[:n], np.int64), keep)
-        feats = []
-        for b, (s, start, end) in enumerate(zip(seqs, starts.tolist(), ends.tolist())):
-            feats.append(self.features.take(s, start, end))
+        spans = list(zip(seqs, starts.tolist(), ends.tolist()))
+        feats = self.features.take_many(spans, self.feature_width, self.dtype, self.device)  # [Nc, h]
+        for b, (s, start, end) in enumerate(spans):
             ids[indptr[b]:indptr[b + 1]] = s.tokens[start + 1: end + 1]
             roots[b] = s.tokens[-1]
             self.features.cached[s.seq_id] = end  # the staged pairs are run by `draft`
         host = {"ids": ids, "pos": pos, "slots": slots, "indptr": indptr, "start": start_lens,
                 "last": last, "ctx": ctx, "tables": tables, "row_slots": row_slots, "roots": roots,
                 "nodes": nodes}
-        if feats:
-            feats = torch.cat(feats)
-        else:
-            feats = torch.zeros(0, self.feature_width, dtype=self.dtype, device=self.device)
         return host, feats, int((ends - starts).max()) if n else 1
