@@ -116,11 +116,11 @@ class FeatureStore:
                 return torch.zeros(0, width, dtype=dtype, device=device)
             return parts[0] if len(parts) == 1 else torch.cat(parts)
         tensors: dict[int, tuple[Tensor, int]] = {}  # id -> (step tensor, its first row in the join)
-        starts = np.empty(len(picked), np.int64)
-        lens = np.empty(len(picked), np.int64)
+        starts, lens, base = np.empty(len(picked), np.int64), np.empty(len(picked), np.int64), 0
         for i, (t, r, n) in enumerate(picked):
             if id(t) not in tensors:
-                tensors[id(t)] = (t, sum(u.shape[0] for u, _ in tensors.values()))
+                tensors[id(t)] = (t, base)
+                base += t.shape[0]
             starts[i], lens[i] = tensors[id(t)][1] + r, n
         skip = np.cumsum(lens) - lens  # each piece's first row in the result
         index = np.repeat(starts - skip, lens) + np.arange(int(lens.sum()))
