@@ -10,10 +10,11 @@ the engine's own step (the drafter drafts, the target verifies, the bookkeeping 
 requests are then aborted and forgotten; only the costs remain (and are saved for the next run).
 
 A bucket's levels are timed in turns (1, 2, ..., top, 1, 2, ...), after `LEAD_IN` untimed steps
-of its largest level: a device that has idled (engine start, graph capture) runs its first steps
-slower while its clocks come up, and a level timed first and alone — plain decoding, by the order
-of the levels — took that for its cost (on an H100, 1.9-2.7 ms for plain steps that run in 1.4 ms),
-which made every tree look cheap beside it.
+of its largest level: a device that has idled (engine start, graph capture) may run its first
+steps slower, and a level timed first and alone — plain decoding, by the order of the levels —
+would take that for its cost. (On an H100 the tables held 1.9-2.7 ms for plain steps that run in
+1.4 ms, which made every tree look cheap beside them; whether this was the cause is to be seen in
+the next run's `step_cost_samples`.)
 
 The timing requests repeat a short random pattern, so that lookup drafters (n-gram, suffix) find
 continuations and draft whole trees too; a step whose trees came out smaller than its budget is
