@@ -77,8 +77,6 @@ class DraftModelDrafter(DrafterBase):
         # accepted node cached (1 or 2 new tokens), a tree recomputes the accepted path (<= depth + 1)
         self.graph_rows = 2 if self.chain else self.depth + 1
         self.table_width = ragged.table_width(t.max_model_len + self.scratch, t.blocks.block_size)
-        self.catch_up_width = ragged.table_width(t.max_model_len + max(self.scratch, ragged.CATCH_UP),
-                                                 t.blocks.block_size)
         self.graphs = t.graph_runner()
         self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
@@ -145,8 +143,8 @@ class DraftModelDrafter(DrafterBase):
 
     def _catch_up(self, runs, store: bool = True) -> None:
         t = self.target
-        parts = ragged.catch_up_parts(runs, self.buckets, self.catch_up_width, t.blocks.block_size, t.device,
-                                      t.max_model_len + ragged.CATCH_UP, store)
+        parts = ragged.catch_up_parts(runs, self.buckets, t.blocks.block_size, t.device, t.max_model_len,
+                                      self.scratch, store)
         for meta, ids, pos, _ in parts:
             self.model(ids, pos, meta, self.k_cache, self.v_cache)
 

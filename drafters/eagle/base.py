@@ -19,7 +19,7 @@ from torch import Tensor
 
 from specdec.engine.graphs import batch_buckets, bucket
 from specdec.engine.protocol import StepResult
-from specdec.engine.ragged import CATCH_UP, table_width, warm_up_run
+from specdec.engine.ragged import table_width, warm_up_run
 from specdec.verifiers import DraftTree
 
 from .. import formats
@@ -83,10 +83,6 @@ class EagleDrafterBase(DrafterBase):
         self.stager = Stager(self.features, t.blocks.block_size, self.max_rows,
                              table_width(t.max_model_len + self.max_rows, t.blocks.block_size),
                              self.net.fc.out_features, t.dtype, t.device)
-        # the eager catch-up ahead of a graph (`DraftForward.catch_up`): its tables' width and
-        # the bound on its context
-        self.catch_up_width = table_width(t.max_model_len + max(self.max_rows, CATCH_UP), t.blocks.block_size)
-        self.catch_up_bound = t.max_model_len + CATCH_UP
         self.graphs = t.graph_runner()  # CUDA graphs when the engine allows them
         self.buckets = batch_buckets(t.graph_batch) if t.graph_batch else ()
 
@@ -150,7 +146,7 @@ class EagleDrafterBase(DrafterBase):
         if bg is not None:  # what the graph's catch-up width cannot hold runs first, eagerly
             runs = self.features.take_long(seqs, self.graph_rows)
             if runs:
-                self.forward.catch_up(runs, self.buckets, self.catch_up_width, self.catch_up_bound)
+                self.forward.catch_up(runs, self.buckets, self.target.max_model_len, self.max_rows)
         return self.graphs.run(*self._inputs(seqs, budgets, keep, bg))
 
     @torch.inference_mode()
@@ -169,8 +165,7 @@ class EagleDrafterBase(DrafterBase):
         table, start, ids = warm_up_run(t.max_model_len)
         dummy = (table, start, ids, torch.zeros(len(ids), self.stager.feature_width, dtype=t.dtype, device=t.device))
         for bg in self.buckets:
-            self.forward.catch_up([dummy] * bg, self.buckets, self.catch_up_width, self.catch_up_bound,
-                                  store=False)
+            self.forward.catch_up([dummy] * bg, self.buckets, t.max_model_len, self.max_rows, store=False)
 
     def _inputs(self, seqs, budgets, keep: int, bg: Optional[int]):
         """``(key, host, body, dev)`` of a `GraphRunner.run` for ``bg`` sequence slots (None:

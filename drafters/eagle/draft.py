@@ -37,13 +37,14 @@ class DraftForward:
         attends = [paged(self.k_cache[i], self.v_cache[i], meta) for i in range(self.net.num_layers)]
         return self.net(emb, feats, pos, attends, rope)  # [N, h]
 
-    def catch_up(self, runs, buckets: tuple[int, ...], width: int, kv_bound: int, store: bool = True) -> None:
+    def catch_up(self, runs, buckets: tuple[int, ...], max_model_len: int, scratch: int,
+                 store: bool = True) -> None:
         """Run ``runs`` — per sequence ``(block table, first position, token ids [n], features
         [n, h])``, pair i at draft position start + i — storing their K/V (``store=False``: none,
-        for warm-up), in forwards of one shape per batch bucket (`ragged.catch_up_parts`: tables
-        ``width`` wide, contexts under ``kv_bound``)."""
-        for meta, ids, pos, real in catch_up_parts([r[:3] for r in runs], buckets, width, self.block_size,
-                                                   self.device, kv_bound, store):
+        for warm-up), in forwards of one shape per batch bucket (`ragged.catch_up_parts`; the
+        draft's tables hold ``scratch`` positions past ``max_model_len``)."""
+        for meta, ids, pos, real in catch_up_parts([r[:3] for r in runs], buckets, self.block_size, self.device,
+                                                   max_model_len, scratch, store):
             feats = torch.zeros(ids.shape[0], runs[0][3].shape[-1], dtype=runs[0][3].dtype,
                                 device=self.device)  # [S * CATCH_UP, h]
             at = torch.from_numpy(np.concatenate([np.arange(a, a + k) for _, _, k, a in real])).to(self.device)

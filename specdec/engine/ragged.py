@@ -50,17 +50,19 @@ def packed_runs(starts: np.ndarray, ends: np.ndarray, tables: np.ndarray, block_
 CATCH_UP = 64  # tokens per sequence slot of a fixed-shape catch-up forward (`catch_up_parts`)
 
 
-def catch_up_parts(runs, buckets: tuple[int, ...], width: int, block_size: int, device, kv_bound: int,
+def catch_up_parts(runs, buckets: tuple[int, ...], block_size: int, device, max_model_len: int, scratch: int,
                    store: bool = True, rows: int = CATCH_UP):
     """A drafter's eager catch-up in forwards of one shape per batch bucket, whatever the
     lengths: ``runs`` holds per sequence ``(block table, first position, token ids [n])`` (token i
     at position start + i). Yields per forward ``(meta, ids, pos, real)`` on ``device``: ``S``
     sequence slots (a bucket) of ``rows`` tokens each — ``ids, pos [S * rows]``, the rows after a
-    sequence's tokens and padding slots storing nothing (slot -1, position 0), tables ``width``
-    wide, bounds ``(rows, kv_bound)`` — and ``real``: ``(run index, first token, count, first
+    sequence's tokens and padding slots storing nothing (slot -1, position 0), tables as wide as
+    ``max_model_len`` positions and the drafter's ``scratch`` past them (or ``rows``) need, bounds
+    ``(rows, max_model_len + rows)`` — and ``real``: ``(run index, first token, count, first
     row)`` of the real rows. So the kernels see one shape per bucket: they compile at warm-up,
     not on the step after every run of plain decoding of a new length. ``store=False`` stores
     nothing (warm-up)."""
+    width, kv_bound = table_width(max_model_len + max(scratch, rows), block_size), max_model_len + rows
     done = [0] * len(runs)
     while True:
         todo = [i for i, r in enumerate(runs) if done[i] < len(r[2])]
