@@ -24,6 +24,7 @@ from specdec.verifiers import DraftTree, TreeChoices
 from . import formats
 from .base import DrafterBase, static_choices
 from .medusa_net import MedusaHeads, load_medusa
+from .rows import Piece, gather, to_device
 
 
 class MedusaDrafter(DrafterBase):
@@ -38,7 +39,7 @@ class MedusaDrafter(DrafterBase):
         self.choices = TreeChoices(static_choices(tree_choices))
         self.max_nodes = self.choices.num_nodes
         self.width = max(self.choices.ranks[1:]) + 1
-        self.last: dict[int, tuple[int, Tensor]] = {}  # seq_id -> (position, target hidden [h])
+        self.last: dict[int, tuple[int, Piece]] = {}  # seq_id -> (position, its target hidden: a row)
 
     def load(self, target: TargetContext) -> None:
         super().load(target)
@@ -76,29 +77,34 @@ class MedusaDrafter(DrafterBase):
 
     @torch.inference_mode()
     def update(self, step: StepResult) -> None:
-        """Keep the hidden state of the last position each sequence settled this step."""
+        """Keep the hidden state of the last position each sequence settled this step: one gather
+        for the batch, and per sequence a reference to its row (a slice per sequence costs more
+        host time than the work)."""
         paths = step.accepted
         keep, rows = [], []
-        for b, seq in enumerate(step.seqs):
-            if step.is_prefill[b]:
-                node = depth = step.num_new[b] - 1
-            elif step.sample_index[b] >= 0:
-                path = paths[step.sample_index[b]]
+        for seq, prefill, start, prefix, new, r in zip(step.seqs, step.is_prefill, step.row_offsets,
+                                                       step.prefix_lens, step.num_new, step.sample_index):
+            if prefill:
+                node = depth = new - 1
+            elif r >= 0:
+                path = paths[r]
                 node, depth = path[-1], len(path) - 1  # accepted node j lands at prefix + j
             else:
                 continue
-            keep.append((seq.seq_id, step.prefix_lens[b] + depth))
-            rows.append(step.row_offsets[b] + node)
-        if rows:  # one gather for the batch (a launch per sequence costs more than the work)
-            hidden = step.hidden[torch.tensor(rows, device=step.hidden.device)]  # [n, H]
-            for (seq_id, position), h in zip(keep, hidden):
-                self.last[seq_id] = (position, h)
+            keep.append((seq.seq_id, prefix + depth))
+            rows.append(start + node)
+        if rows:
+            hidden = step.hidden.index_select(0, to_device(np.asarray(rows, dtype=np.int64), step.hidden.device))
+            last = self.last
+            for i, (seq_id, position) in enumerate(keep):
+                last[seq_id] = (position, (hidden, i, 1))  # [n, h], row i
 
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:
         """The heads' device work (`_draft`), replayed from a CUDA graph per batch bucket when the
         engine allows graphs."""
-        hidden = torch.stack([self._hidden_before_root(s) for s in seqs])  # [B, h]
+        t = self.target
+        hidden = gather([self._hidden_before_root(s) for s in seqs], self.heads.hidden, t.dtype, t.device)  # [B, h]
         bg = bucket(len(seqs), self.buckets)
         return self.graphs.run(*self._inputs(bg, hidden, [s.tokens[-1] for s in seqs], budgets))
 
@@ -128,7 +134,7 @@ class MedusaDrafter(DrafterBase):
         return DraftTree(tokens, parents, nodes, scores=scores, validate=validate,
                          depth_bound=None if validate else self.choices.max_depth)
 
-    def _hidden_before_root(self, seq) -> Tensor:
+    def _hidden_before_root(self, seq) -> Piece:
         pos, h = self.last.get(seq.seq_id, (None, None))
         if pos != len(seq) - 2:
             raise AssertionError(f"drafter=medusa: request {seq.request_id} needs the target's hidden "

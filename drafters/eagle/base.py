@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +25,7 @@ from specdec.verifiers import DraftTree
 
 from .. import formats
 from ..base import DrafterBase
+from ..rows import to_device
 from .draft import TABLE, DraftForward, draft
 from .features import FeatureStore, settled_rows
 from .growth import make_growth
@@ -133,7 +135,8 @@ class EagleDrafterBase(DrafterBase):
         """Keep the features of the positions this step settled, per sequence, in order."""
         rows, spans = settled_rows(step)
         if spans:
-            self.features.keep(spans, self.target_features(step, torch.tensor(rows, device=step.hidden.device)))
+            index = to_device(np.asarray(rows, dtype=np.int64), step.hidden.device)  # [n]
+            self.features.keep(spans, self.target_features(step, index))
 
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:

@@ -13,15 +13,13 @@ everything restarts from the recomputed prefill's features.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from specdec.engine.protocol import StepResult
 
+from ..rows import Piece, gather
 from .draft import TABLE
-
-SLICES = 4  # `take_many` joins up to this many pieces by slices, more by one index
 
 
 def settled_rows(step: StepResult):
@@ -29,16 +27,18 @@ def settled_rows(step: StepResult):
     rows, a decode's accepted path."""
     paths = step.accepted
     rows, spans = [], []
-    for b, seq in enumerate(step.seqs):
-        start, prefix = step.row_offsets[b], step.prefix_lens[b]
-        if step.is_prefill[b]:
-            nodes = list(range(step.num_new[b]))
-        elif step.sample_index[b] >= 0:
-            nodes = paths[step.sample_index[b]]
-        else:
-            continue
-        rows += [start + n for n in nodes]
-        spans.append((seq, prefix, len(nodes)))
+    for seq, prefill, start, prefix, new, r in zip(step.seqs, step.is_prefill, step.row_offsets,
+                                                   step.prefix_lens, step.num_new, step.sample_index):
+        if prefill:
+            rows.extend(range(start, start + new))
+            spans.append((seq, prefix, new))
+        elif r >= 0:
+            path = paths[r]
+            if len(path) == 1:  # (a plain step's: the root)
+                rows.append(start + path[0])
+            else:
+                rows.extend([start + n for n in path])
+            spans.append((seq, prefix, len(path)))
     return rows, spans
 
 
@@ -48,15 +48,14 @@ class FeatureStore:
 
     A step's features stay one tensor, shared by its sequences: a sequence's pending features are
     pieces ``(step tensor, first row, rows)``, so keeping a step's features costs no tensor
-    operation and gathering a batch's (`take_many`) costs one index, whatever the batch size (a
-    slice per sequence and step cost a few microseconds each on the host: at 64 sequences, the
-    largest part of the EAGLE drafter's host time)."""
+    operation and gathering a batch's (`take_many`: drafters/rows.py) costs one index, whatever
+    the batch size."""
 
     def __init__(self, name: str) -> None:
         self.name = name  # the drafter's, for errors
         self.cached: dict[int, int] = {}  # seq_id -> draft pairs whose K/V are valid (0 .. n-1)
         # seq_id -> (first position, count, pieces (step features [N, h], first row, rows))
-        self.pending: dict[int, tuple[int, int, list[tuple[Tensor, int, int]]]] = {}
+        self.pending: dict[int, tuple[int, int, list[Piece]]] = {}
 
     def release(self, seq_id: int) -> None:
         self.cached.pop(seq_id, None)
@@ -68,23 +67,34 @@ class FeatureStore:
 
     def keep(self, spans, feats: Tensor) -> None:
         """Append ``feats [n, h]``, the features of `settled_rows`'s ``spans`` one after the other."""
-        offset = 0
-        for seq, first, count in spans:
-            self.append(seq.seq_id, first, (feats, offset, count))
+        offset, pending = 0, self.pending
+        for seq, first, count in spans:  # (`append`, inlined: 64 calls cost ~30 us)
+            got = pending.get(seq.seq_id)
+            if got is None:
+                pending[seq.seq_id] = (first, count, [(feats, offset, count)])
+            else:
+                start, held, pieces = got
+                if first != start + held:
+                    self._misaligned(seq.seq_id, first, start + held)
+                pieces.append((feats, offset, count))
+                pending[seq.seq_id] = (start, held + count, pieces)
             offset += count
 
-    def append(self, seq_id: int, first: int, piece: tuple[Tensor, int, int]) -> None:
+    def append(self, seq_id: int, first: int, piece: Piece) -> None:
         if seq_id in self.pending:
             start, count, pieces = self.pending[seq_id]
             if first != start + count:
-                raise AssertionError(f"{self.name}: features of sequence {seq_id} arrive at position "
-                                     f"{first}, expected {start + count}")
+                self._misaligned(seq_id, first, start + count)
             pieces.append(piece)
             self.pending[seq_id] = (start, count + piece[2], pieces)
         else:
             self.pending[seq_id] = (first, piece[2], [piece])
 
-    def _pop(self, seq, start: int, end: int) -> list[tuple[Tensor, int, int]]:
+    def _misaligned(self, seq_id: int, first: int, expected: int):
+        raise AssertionError(f"{self.name}: features of sequence {seq_id} arrive at position "
+                             f"{first}, expected {expected}")
+
+    def _pop(self, seq, start: int, end: int) -> list[Piece]:
         """The pieces of positions ``start .. end - 1`` of ``seq``, no longer pending."""
         first, count, pieces = self.pending.pop(seq.seq_id, (start, 0, None))
         if pieces is None or first != start or count < end - start:
@@ -93,42 +103,29 @@ class FeatureStore:
                                  f"positions {start}..{end - 1}, has {have}")
         return pieces
 
+    def _picked(self, seq, start: int, end: int) -> list[Piece]:
+        """The pieces of positions ``start .. end - 1`` of ``seq`` (cut to them), no longer pending."""
+        picked, need = [], end - start
+        for t, r, n in self._pop(seq, start, end):
+            if need <= 0:
+                break
+            picked.append((t, r, min(n, need)))
+            need -= n
+        return picked
+
     def take(self, seq, start: int, end: int) -> Tensor:
-        """The features of positions ``start .. end - 1`` ``[end - start, h]``, no longer pending."""
-        parts = [t[r: r + n] for t, r, n in self._pop(seq, start, end)]
-        return (parts[0] if len(parts) == 1 else torch.cat(parts))[: end - start]
+        """The features of positions ``start .. end - 1`` ``[end - start, h]`` (at least one),
+        no longer pending."""
+        picked = self._picked(seq, start, end)
+        t = picked[0][0]
+        return gather(picked, t.shape[1], t.dtype, t.device)
 
     def take_many(self, spans, width: int, dtype, device) -> Tensor:
         """The features of ``spans`` — per sequence ``(seq, start, end)``: positions ``start ..
         end - 1``, no longer pending — one sequence after the other ``[sum(end - start), h]``, in
         one gather (``width``, ``dtype``, ``device``: an empty result's)."""
-        picked = []  # (step tensor, first row, rows) in result order
-        for seq, start, end in spans:
-            need = end - start
-            for t, r, n in self._pop(seq, start, end):
-                if need <= 0:
-                    break
-                picked.append((t, r, min(n, need)))
-                need -= picked[-1][2]
-        if len(picked) <= SLICES:  # (a few slices cost less than building an index)
-            parts = [t[r: r + n] for t, r, n in picked]
-            if not parts:
-                return torch.zeros(0, width, dtype=dtype, device=device)
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
-        tensors: dict[int, tuple[Tensor, int]] = {}  # id -> (step tensor, its first row in the join)
-        starts, lens, base = np.empty(len(picked), np.int64), np.empty(len(picked), np.int64), 0
-        for i, (t, r, n) in enumerate(picked):
-            if id(t) not in tensors:
-                tensors[id(t)] = (t, base)
-                base += t.shape[0]
-            starts[i], lens[i] = tensors[id(t)][1] + r, n
-        skip = np.cumsum(lens) - lens  # each piece's first row in the result
-        index = np.repeat(starts - skip, lens) + np.arange(int(lens.sum()))
-        joined = [t for t, _ in tensors.values()]
-        source = joined[0] if len(joined) == 1 else torch.cat(joined)  # [rows of the steps, h]
-        # (pageable host memory, non-blocking: the copy returns once the host array is read, and
-        # no synchronisation waits for the drafter's queued work)
-        return source.index_select(0, torch.from_numpy(index).to(source.device, non_blocking=True))
+        picked = [p for seq, start, end in spans for p in self._picked(seq, start, end)]
+        return gather(picked, width, dtype, device)
 
     def take_long(self, seqs, rows: int) -> list[tuple[list[int], int, list[int], Tensor]]:
         """All but the last pair of each sequence with more than ``rows`` pairs to catch up (the

@@ -85,12 +85,8 @@ class Scheduler:
         demand = [len(seq) + lookahead] + list(self.kv_demand(seq, lookahead).values())
         return sum(self.blocks.blocks_for(n) for n in demand)
 
-    def _missing(self, seq: Sequence) -> int:
-        return sum(self.blocks.missing(t, n) for t, n in self.tables(seq))
-
-    def _grow(self, seq: Sequence) -> None:
-        for table, n in self.tables(seq):
-            self.blocks.grow(table, n)
+    def _missing(self, tables: list[tuple[list[int], int]]) -> int:
+        return sum(self.blocks.missing(t, n) for t, n in tables)
 
     def schedule(self) -> list[ScheduledSeq]:
         self.steps += 1
@@ -103,11 +99,12 @@ class Scheduler:
             item = self._item(seq, budget)
             if item is None:
                 continue
-            while self._missing(seq) > self.blocks.num_free and self._preempt_for(seq, batch):
+            tables = self.tables(seq)  # (preempting others leaves them as they are)
+            while self._missing(tables) > self.blocks.num_free and self._preempt_for(seq, batch):
                 pass
             if seq.status is not Status.RUNNING:  # it preempted itself
                 continue
-            self._take(item, batch)
+            self._take(item, batch, tables)
             budget -= self._tokens(item)
         self._admit(batch, budget)
         return batch
@@ -133,8 +130,9 @@ class Scheduler:
         budget less its prefill chunks'."""
         return self.config.max_num_batched_tokens - sum(i.num_new for i in items if i.is_prefill)
 
-    def _take(self, item: ScheduledSeq, batch: list[ScheduledSeq]) -> None:
-        self._grow(item.seq)
+    def _take(self, item: ScheduledSeq, batch: list[ScheduledSeq], tables: list[tuple[list[int], int]]) -> None:
+        for table, n in tables:
+            self.blocks.grow(table, n)
         item.seq.last_scheduled = self.steps
         batch.append(item)
 
@@ -158,12 +156,15 @@ class Scheduler:
                                   f"engine.num_blocks or shorten it")
                 continue
             item = self._item(seq, budget)
-            if item is None or self._missing(seq) > self.blocks.num_free:
+            if item is None:
+                break
+            tables = self.tables(seq)
+            if self._missing(tables) > self.blocks.num_free:
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
-            self._take(item, batch)
+            self._take(item, batch, tables)
             budget -= self._tokens(item)
 
     def _preempt_for(self, seq: Sequence, batch: list[ScheduledSeq]) -> bool:

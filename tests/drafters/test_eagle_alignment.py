@@ -113,9 +113,10 @@ def test_medusa_reads_the_hidden_state_before_the_root(deep_target, tmp_path):
     seen, read = [], drafter._hidden_before_root
 
     def spy(seq):
-        h = read(seq)
-        seen.append((list(seq.tokens), h.clone()))
-        return h
+        piece = read(seq)  # (step tensor, row, 1)
+        t, row, _ = piece
+        seen.append((list(seq.tokens), t[row].clone()))
+        return piece
 
     drafter._hidden_before_root = spy
     engine, _ = run(deep_target, drafter, num_blocks=22, max_num_batched_tokens=16)

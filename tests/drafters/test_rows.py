@@ -1,0 +1,48 @@
+"""`drafters/rows.py`: a batch's kept rows gathered from several steps' tensors, against slicing
+each piece and joining them."""
+import pytest
+import torch
+
+from specdec.drafters.rows import SLICES, gather, merged
+
+
+def reference(pieces):
+    return torch.cat([t[r: r + n] for t, r, n in pieces])
+
+
+@pytest.fixture
+def steps():
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(n, 3, generator=gen) for n in (6, 5, 8)]
+
+
+def test_consecutive_rows_of_one_tensor_merge_into_one_piece(steps):
+    a, b, _ = steps
+    assert merged([(a, 0, 2), (a, 2, 1), (b, 3, 1), (a, 3, 2), (a, 4, 1)]) == [(a, 0, 3), (b, 3, 1), (a, 3, 2), (a, 4, 1)]
+
+
+def test_a_whole_tensor_comes_back_as_is_and_a_run_as_a_view(steps):
+    a = steps[0]
+    assert gather([(a, i, 1) for i in range(6)], 3, a.dtype, "cpu") is a  # (Medusa, every sequence drafting)
+    run = gather([(a, 1, 2), (a, 3, 2)], 3, a.dtype, "cpu")
+    assert run._base is a and torch.equal(run, a[1:5])
+
+
+@pytest.mark.parametrize("count", [2, SLICES, SLICES + 3])
+def test_pieces_are_joined_in_order_by_slices_or_one_index(steps, count):
+    gen = torch.Generator().manual_seed(count)
+    pieces = []
+    for _ in range(count):  # from any step, not consecutive with the last (so none merge)
+        t = steps[int(torch.randint(3, (), generator=gen))]
+        n = int(torch.randint(1, 3, (), generator=gen))
+        r = int(torch.randint(0, t.shape[0] - n + 1, (), generator=gen))
+        if pieces and pieces[-1][0] is t and pieces[-1][1] + pieces[-1][2] == r:
+            r = 0 if r else t.shape[0] - n
+        pieces.append((t, r, n))
+    assert len(merged(pieces)) == count
+    assert torch.equal(gather(pieces, 3, torch.float32, "cpu"), reference(pieces))
+
+
+def test_no_pieces_give_an_empty_result_of_the_given_width():
+    got = gather([], 7, torch.bfloat16, "cpu")
+    assert got.shape == (0, 7) and got.dtype == torch.bfloat16
