@@ -24,7 +24,7 @@ from specdec.verifiers import DraftTree, TreeChoices
 from . import formats
 from .base import DrafterBase, static_choices
 from .medusa_net import MedusaHeads, load_medusa
-from .rows import Piece, gather, to_device
+from .rows import Piece, copy_rows, gather, row_index
 
 
 class MedusaDrafter(DrafterBase):
@@ -94,7 +94,7 @@ class MedusaDrafter(DrafterBase):
             keep.append((seq.seq_id, prefix + depth))
             rows.append(start + node)
         if rows:
-            hidden = step.hidden.index_select(0, to_device(np.asarray(rows, dtype=np.int64), step.hidden.device))
+            hidden = copy_rows(step.hidden, row_index(rows, step.hidden.device))  # [n, h]
             last = self.last
             for i, (seq_id, position) in enumerate(keep):
                 last[seq_id] = (position, (hidden, i, 1))  # [n, h], row i

@@ -56,3 +56,17 @@ def to_device(index: np.ndarray, device) -> Tensor:
     """A host index on ``device``: from pageable memory, non-blocking (the copy returns once the
     array is read, and no synchronisation waits for work already queued on the device)."""
     return torch.from_numpy(index).to(device, non_blocking=True)
+
+
+def row_index(rows: list[int], device) -> slice | Tensor:
+    """Increasing row numbers as an index of a step's outputs: a slice when they are one run (a
+    plain step's: row b of sequence b; no host-to-device copy), else an index tensor."""
+    if rows and rows[-1] - rows[0] + 1 == len(rows):
+        return slice(rows[0], rows[-1] + 1)
+    return to_device(np.asarray(rows, dtype=np.int64), device)
+
+
+def copy_rows(x: Tensor, index: slice | Tensor) -> Tensor:
+    """A copy of ``x``'s rows at ``index`` (`row_index`): a graph's static outputs are rewritten
+    by its next replay."""
+    return x[index].clone() if isinstance(index, slice) else x.index_select(0, index)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,7 +24,7 @@ from specdec.verifiers import DraftTree
 
 from .. import formats
 from ..base import DrafterBase
-from ..rows import to_device
+from ..rows import row_index
 from .draft import TABLE, DraftForward, draft
 from .features import FeatureStore, settled_rows
 from .growth import make_growth
@@ -120,8 +119,9 @@ class EagleDrafterBase(DrafterBase):
         self.features.release(seq.seq_id)
 
     # ---- what subclasses define ---------------------------------------------------------------
-    def target_features(self, step: StepResult, rows: Tensor) -> Tensor:
-        """The draft's input features ``[n, h]`` at hidden rows ``rows [n]`` of the step."""
+    def target_features(self, step: StepResult, rows: slice | Tensor) -> Tensor:
+        """The draft's input features ``[n, h]`` at hidden rows ``rows`` of the step (a slice or
+        an index ``[n]``: `rows.row_index`), a tensor of their own (not a view of the step's)."""
         raise NotImplementedError
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -135,8 +135,7 @@ class EagleDrafterBase(DrafterBase):
         """Keep the features of the positions this step settled, per sequence, in order."""
         rows, spans = settled_rows(step)
         if spans:
-            index = to_device(np.asarray(rows, dtype=np.int64), step.hidden.device)  # [n]
-            self.features.keep(spans, self.target_features(step, index))
+            self.features.keep(spans, self.target_features(step, row_index(rows, step.hidden.device)))
 
     @torch.inference_mode()
     def propose(self, seqs, budgets) -> DraftTree:

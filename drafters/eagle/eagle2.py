@@ -21,6 +21,7 @@ from specdec.kernels import wide_topk
 from .. import draft_vocab as vocab
 from .. import formats
 from ..base import static_choices
+from ..rows import copy_rows
 from .base import EagleDrafterBase
 from .format import load_eagle
 from .net import EagleNet
@@ -63,8 +64,8 @@ class EagleDrafter(EagleDrafterBase):
                              f"{self.target.model.config.hidden_size}")
         super().attach(net)
 
-    def target_features(self, step: StepResult, rows: Tensor) -> Tensor:
-        return step.hidden[rows]  # [n, h] the target's final normed hidden states
+    def target_features(self, step: StepResult, rows: slice | Tensor) -> Tensor:
+        return copy_rows(step.hidden, rows)  # [n, h] the target's final normed hidden states
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:
         # [..., V] (or [..., Vd]) via the target's lm_head; in float32 without a float32 copy of

@@ -44,8 +44,8 @@ class Eagle3Drafter(EagleDrafterBase):
         self.target.capture_layers = tuple(sorted(set(self.target.capture_layers) | set(layers)))
         super().attach(net)
 
-    def target_features(self, step: StepResult, rows: Tensor) -> Tensor:
-        low, mid, high = (step.captured[i][rows] for i in self.layers)  # [n, h] each
+    def target_features(self, step: StepResult, rows: slice | Tensor) -> Tensor:
+        low, mid, high = (step.captured[i][rows] for i in self.layers)  # [n, h] each (cat copies)
         return self.net.fuse(torch.cat([low, mid, high], -1))  # [n, h]
 
     def top_children(self, out: Tensor, k: int) -> tuple[Tensor, Tensor]:

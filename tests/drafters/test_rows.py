@@ -3,7 +3,7 @@ each piece and joining them."""
 import pytest
 import torch
 
-from specdec.drafters.rows import SLICES, gather, merged
+from specdec.drafters.rows import SLICES, copy_rows, gather, merged, row_index
 
 
 def reference(pieces):
@@ -46,3 +46,16 @@ def test_pieces_are_joined_in_order_by_slices_or_one_index(steps, count):
 def test_no_pieces_give_an_empty_result_of_the_given_width():
     got = gather([], 7, torch.bfloat16, "cpu")
     assert got.shape == (0, 7) and got.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("rows", [[3, 4, 5], [0, 2, 3], [7]])
+def test_copied_rows_are_the_rows_and_outlive_the_step_output(steps, rows):
+    """One run of rows is sliced (no index to copy to the device), others indexed; either way the
+    copy keeps the values when the step's output is rewritten (a graph's next replay)."""
+    out = steps[2].clone()
+    index = row_index(rows, "cpu")
+    assert isinstance(index, slice) == (rows[-1] - rows[0] + 1 == len(rows))
+    got = copy_rows(out, index)
+    want = out[torch.tensor(rows)].clone()
+    out.zero_()
+    assert torch.equal(got, want)

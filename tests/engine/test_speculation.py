@@ -5,6 +5,7 @@ rebuilt (with a message) from a corrupt or stale file; timed at start-up (`specu
 every (batch bucket, level) gets its samples through the engine's own step, and the timing requests
 leave nothing behind."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -413,8 +414,6 @@ def test_predictions_from_the_prior_do_not_calibrate(tmp_path):
     """A fresh policy's first tree is predicted from the prior (0.5 a node: ~30 drafts for 60
     nodes) and gets one accepted: an exploration, not evidence that predictions run 30x high (on a
     CPU such steps had pinned the calibration line at its lowest slope); the line stays y = x."""
-    from types import SimpleNamespace
-
     policy = fake_policy((1, 60), {1: 1.0, 60: 1.4}, tmp_path, [1.0] * 60)
     policy.acceptance = Acceptance(60)
     planned = policy.plan([ScheduledSeq(SimpleNamespace(seq_id=0), 60, False)])
@@ -541,3 +540,36 @@ def test_warm_up_auto_times_the_graphed_steps_on_the_gpu(path, tmp_path):
     out = [s.output for s in engine.generate(PROMPTS, GREEDY)]
     plain = Engine(model, NoDrafter(), LosslessVerifier(), cfg).generate(PROMPTS, GREEDY)
     assert out == [s.output for s in plain]
+
+
+def test_a_repeated_plain_decision_is_the_decision_made_again(tmp_path):
+    """Steps that repeat the last plain decision (`repeats_plain`) choose, count and explore
+    exactly as a policy that decides every step in full, through new requests, a bucket change
+    and the drafted steps' acceptance (which the engine hands over after the next step's plan)."""
+    levels = (1, 2, 4, 8)
+    costs = {1: 1.0, 2: 1.6, 4: 2.0, 8: 3.0}
+    fast, full = (fake_policy(levels, costs, tmp_path, [1.0, 1.4, 1.6, 1.7, 1.75, 1.8, 1.8, 1.8]) for _ in range(2))
+    full.replan_every = 0
+    for p in (fast, full):
+        p.interval = p.explore_every = 4
+        p.max_explore_every = 16
+    batches = [[1, 2, 3]] * 30 + [[1, 2, 3, 4]] * 20 + [[1, 2, 3, 4, 5]] * 40 + [[2, 3]] * 30
+    repeated, last = 0, None
+    for step, ids in enumerate(batches):
+        items = [ScheduledSeq(SimpleNamespace(seq_id=i), 8, False) for i in ids]
+        before = fast.steps
+        got = [[i.num_new for i in p.plan(items)] for p in (fast, full)]
+        assert got[0] == got[1], step
+        assert (fast.since, fast.interval, fast.chosen) == (full.since, full.interval, full.chosen), step
+        repeated += fast.plain is not None and fast.plain[3] < fast.replan_every and fast.steps == before + 1
+        if last is not None:  # the previous drafted step's trees, observed while this one runs
+            for p in (fast, full):
+                p.acceptance.observe(*last)
+        last = None
+        for p in (fast, full):
+            p.predicted.popleft()
+        if max(got[0]) > 1:  # nothing accepted, then from step 30 every node: the trees come to pay
+            paths = [list(range(n)) if step >= 30 else [0] for n in got[0]]
+            last = (ids, np.tile(np.arange(8), (len(ids), 1)), np.zeros((len(ids), 8)),
+                    np.tile(np.arange(-1, 7), (len(ids), 1)), np.asarray(got[0]), paths)
+    assert repeated > 20 and fast.chosen.get(1, 0) > 30 and fast.chosen.get(4, 0) > 40, (repeated, fast.chosen)

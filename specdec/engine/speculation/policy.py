@@ -21,7 +21,9 @@ among those that could pay were all their nodes accepted, and a tree costing k p
 k - 1 times as long; each such step that confirms it doubles the interval (up to
 ``max_explore_every``), so a drafter that never pays costs ever less. The decision is per step;
 a graphed step pads every tree to the step's bucket, so a per-sequence cut below it would save
-no work.
+no work. A plain decision stands for the next steps (`repeats_plain`) until the batch, what the
+acceptance model knows or the exploration schedule calls for a new one, and at least every
+``REPLAN_EVERY`` steps.
 
 Lossless by construction: a budget keeps the first n nodes of the drafter's tree, which the
 protocol requires to be a subtree (its nodes' ancestors are among them), and verification is
@@ -45,6 +47,7 @@ CALIBRATION_STEP, CALIBRATION_BINS = 0.25, 32  # bins of predicted tokens per st
 PRIOR_DRAFTS, DRAFTS_DECAY = 8.0, 0.995  # the calibration's prior (in sequences) and per-step decay
 SLOPE_RANGE, SHIFT_RANGE = (0.25, 2.0), (-1.0, 2.0)  # the calibration line's bounds
 YIELD_SLACK = 2.0  # an explored level's tokens bound: this times the most one of its steps emitted
+REPLAN_EVERY = 8  # a plain decision is re-made at least every this many steps (`plan`)
 
 
 def budget_levels(drafter) -> tuple[int, ...]:
@@ -91,6 +94,10 @@ class AdaptivePolicy:
         self.fit = PRIOR_DRAFTS * np.array([1.0, 1.0, 1.0, 2.0, 2.0])
         self.line: Optional[tuple[float, float]] = None  # calibration(), until the fit changes
         self.yields: dict[tuple[int, int], float] = {}  # (bucket, budget) -> best tokens per sequence of a step
+        self.replan_every = REPLAN_EVERY  # (0: every step decides in full)
+        # a plain decision that later steps repeat: (bucket, acceptance trees, seq ids, steps left)
+        self.plain: Optional[tuple[int, int, tuple[int, ...], int]] = None
+        self.settled_plain = False  # choose()'s last decision: plain, by the rates (not exploring)
 
     def attach(self, engine) -> None:
         """Levels, batch buckets, acceptance model and the saved step costs of this engine."""
@@ -123,11 +130,16 @@ class AdaptivePolicy:
         if not decode or len(self.levels) == 1:
             return items
         ids = [i.seq.seq_id for i in decode]
+        if self.repeats_plain(ids):
+            self.predicted.append((ids, np.ones(len(ids)), self.untimed, False))
+            return [i if i.is_prefill or i.num_new == 1 else ScheduledSeq(i.seq, 1, False) for i in items]
         caps = np.array([i.num_new for i in decode], dtype=np.int64)  # [B]
         curves = self.acceptance.curves(ids)  # [B, T]
         budget = self.choose(len(ids), caps, curves, room)
         if self.forced is None:
             self.chosen[budget] = self.chosen.get(budget, 0) + 1
+        self.plain = ((bucket(len(ids), self.buckets) or len(ids), self.acceptance.trees, tuple(ids), self.replan_every)
+                      if self.settled_plain and self.forced is None else None)
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
         # (a prediction from the prior's nodes is optimistic by design: not a calibration sample)
         prior = budget > self.acceptance.first_unseen()
@@ -137,11 +149,30 @@ class AdaptivePolicy:
         return [i if i.is_prefill or i.num_new <= budget else ScheduledSeq(i.seq, budget, False)
                 for i in items]
 
+    def repeats_plain(self, ids: list[int]) -> bool:
+        """Does this step repeat the last step's plain decision, without deciding it again? Only
+        what the decision weighs can change it: the batch bucket, the requests and their
+        curves (which only a drafted step's acceptance changes), and the step costs (a plain step
+        refines its own: re-decided every ``replan_every`` steps); and a step that may explore
+        decides in full. At 64 sequences deciding costs ~50 us of host time, on the step's critical
+        path, which plain decoding with a drafter could not otherwise make up."""
+        last = self.plain
+        if (last is None or last[3] <= 0 or self.forced is not None or self.since + 1 >= self.interval
+                or last[1] != self.acceptance.trees or (bucket(len(ids), self.buckets) or len(ids)) != last[0]
+                or tuple(ids) != last[2]):
+            return False
+        self.plain = (*last[:3], last[3] - 1)
+        self.steps += 1
+        self.since += 1  # (as `choose` counts a plain step towards the next exploration)
+        self.chosen[1] = self.chosen.get(1, 0) + 1
+        return True
+
     def choose(self, batch: int, caps: np.ndarray, curves: np.ndarray, room: Optional[int] = None) -> int:
         """The budget level for a step of ``batch`` sequences (``caps [B]``: the most nodes each
         may take; ``curves [B, T]``: their expected tokens at budgets 1..T; ``room``: the most
         nodes of all trees together, None: no limit)."""
         self.steps += 1
+        self.settled_plain = False
         b = bucket(batch, self.buckets) or batch
         top = caps.max()
         levels = [n for n in self.levels if n <= top]
@@ -167,6 +198,7 @@ class AdaptivePolicy:
             return best
         self.since += 1
         if self.since < self.interval:
+            self.settled_plain = True
             return best
         # keep the acceptance curves current: draft a tree now and then, but only one that could
         # pay were every node accepted (n nodes emit at most n tokens), and the dearer the tree,
@@ -179,6 +211,7 @@ class AdaptivePolicy:
             if self.since >= self.interval * max(1.0, extra):
                 self.since, self.interval = 0, min(2 * self.interval, self.max_explore_every)
                 best = levels[pick]
+        self.settled_plain = best == 1
         return best
 
     def worth_exploring(self, b: int, levels: list[int], tokens: np.ndarray, cost: dict[int, float],
