@@ -103,8 +103,10 @@ def test_adaptive_policy_keeps_the_greedy_output(target, path, name, tmp_path):
     assert list(tmp_path.glob("*.json")), "the step costs were not saved"
     summary = policy.summary()
     assert summary["budget_steps"] == dict(sorted(policy.chosen.items())) and summary["step_costs_ms"]
-    calibrated = summary["calibration"]  # predicted vs emitted tokens per step
-    assert sum(c["steps"] for c in calibrated) == sum(len(s.accept_lengths) for s in engine.sequences.values())
+    calibrated = sum(c["steps"] for c in summary["calibration"])  # predicted vs emitted, per sequence and step
+    # every sequence of a step that drafted (one whose tree held a draft node, at least), no plain step
+    seqs = engine.sequences.values()
+    assert sum(d > 0 for s in seqs for d in s.draft_depths) <= calibrated < sum(len(s.accept_lengths) for s in seqs)
 
 
 def test_adaptive_trees_fit_the_token_budget_and_the_batch_stays_whole(target, path, tmp_path):

@@ -287,7 +287,9 @@ class AdaptivePolicy:
             if key and not untimed and (nodes is None or all(k >= i.num_new for k, i in zip(nodes[3], decode))):
                 self.costs.observe(*key, seconds)
             return
-        if accepted and ids == [i.seq.seq_id for i in decode]:  # predicted vs emitted tokens
+        # a plain step (no tree) teaches neither the calibration nor the yields: 1 token of 1
+        drafting = any(i.num_new > 1 for i in decode)
+        if drafting and accepted and ids == [i.seq.seq_id for i in decode]:  # predicted vs emitted tokens
             k = np.minimum((predicted / CALIBRATION_STEP).astype(np.int64), CALIBRATION_BINS - 1)
             emitted = np.fromiter((len(path) for path in accepted), np.float64, len(accepted))
             self.calibration_bins[:, 0] += np.bincount(k, weights=emitted, minlength=CALIBRATION_BINS)
@@ -299,7 +301,7 @@ class AdaptivePolicy:
                 self.line = None
         if key:
             self.costs.observe(*key, seconds)
-            if accepted:
+            if accepted and drafting:
                 per_seq = sum(len(path) for path in accepted) / len(accepted)
                 self.yields[key] = max(self.yields.get(key, 0.0), per_seq)
         if nodes is not None:
@@ -328,7 +330,8 @@ class AdaptivePolicy:
 
     def summary(self) -> dict:
         """What the policy chose, the step costs it measured (ms, by batch bucket x budget) and
-        its calibration: per bin of predicted tokens per step, the mean emitted."""
+        its calibration: per bin of predicted tokens per step, the mean emitted (steps that
+        drafted)."""
         return {"policy": self.name, "budget_steps": dict(sorted(self.chosen.items())),
                 "calibration_line": dict(zip(("slope", "shift"), (round(v, 4) for v in self.calibration()))),
                 "step_costs_ms": {f"{b}x{n}": round(1e3 * c.seconds, 4) for (b, n), c in sorted(self.costs.merged().items())},
