@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SLICES = 4  # up to this many pieces are joined by slices, more by one index
+SLICES = 4  # up to this many pieces are joined by slices, more by one index ...
+SPARSE = 4  # ... unless their tensors hold over this many times the rows picked (then slices)
 
 Piece = tuple[Tensor, int, int]  # (step tensor [N, h], first row, rows)
 
@@ -31,13 +32,11 @@ def merged(pieces: list[Piece]) -> list[Piece]:
 
 def gather(pieces: list[Piece], width: int, dtype, device) -> Tensor:
     """The rows of ``pieces`` one after the other, ``[sum of rows, h]`` (``width``, ``dtype``,
-    ``device``: an empty result's). The result may be a view of a step tensor."""
+    ``device``: an empty result's). The result may be a view of a step tensor. The index reads
+    the pieces' tensors joined, so it serves pieces that use most of their tensors' rows (a
+    batch's features of the same steps); a few rows from each of many tensors (one sequence's
+    features of many steps) are sliced and joined instead."""
     pieces = merged(pieces)
-    if len(pieces) <= SLICES:  # (a few slices cost less than building an index)
-        parts = [t if r == 0 and n == t.shape[0] else t[r: r + n] for t, r, n in pieces]
-        if not parts:
-            return torch.zeros(0, width, dtype=dtype, device=device)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
     tensors: dict[int, tuple[Tensor, int]] = {}  # id -> (step tensor, its first row in the join)
     starts, lens, base = np.empty(len(pieces), np.int64), np.empty(len(pieces), np.int64), 0
     for i, (t, r, n) in enumerate(pieces):
@@ -45,6 +44,11 @@ def gather(pieces: list[Piece], width: int, dtype, device) -> Tensor:
             tensors[id(t)] = (t, base)
             base += t.shape[0]
         starts[i], lens[i] = tensors[id(t)][1] + r, n
+    if len(pieces) <= SLICES or base > SPARSE * int(lens.sum()):
+        parts = [t if r == 0 and n == t.shape[0] else t[r: r + n] for t, r, n in pieces]
+        if not parts:
+            return torch.zeros(0, width, dtype=dtype, device=device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
     skip = np.cumsum(lens) - lens  # each piece's first row in the result
     index = np.repeat(starts - skip, lens) + np.arange(int(lens.sum()))
     joined = [t for t, _ in tensors.values()]

@@ -132,13 +132,18 @@ class FeatureStore:
         prompt after a prefill, the steps the policy ran without drafting, the whole history after
         preemption), so that a graph's fixed catch-up width holds every sequence: ``(block table,
         first position, token ids [n], features [n, h])`` per such sequence, counted as cached
-        (the caller runs them: `DraftForward.catch_up`)."""
-        runs = []
-        for s in seqs:
-            start, end = self.start(s), len(s) - 1
-            if end - start <= rows:
-                continue
-            f = self.take(s, start, end)  # [end - start, h]
+        (the caller runs them: `DraftForward.catch_up`). Their features come in one gather (after
+        a run of plain steps: a row of each of those steps' tensors per sequence)."""
+        spans = [(s, start, end) for s in seqs for start, end in [(self.start(s), len(s) - 1)] if end - start > rows]
+        if not spans:
+            return []
+        first = self.pending.get(spans[0][0].seq_id)
+        t = first[2][0][0] if first else None  # (none pending: `take_many` names what is missing)
+        feats = self.take_many(spans, *((t.shape[1], t.dtype, t.device) if t is not None else (0, None, "cpu")))
+        runs, at = [], 0
+        for s, start, end in spans:
+            f = feats[at: at + end - start]  # [end - start, h]
+            at += end - start
             self.pending[s.seq_id] = (end - 1, 1, [(f, f.shape[0] - 1, 1)])
             runs.append((s.aux_tables[TABLE], start, s.tokens[start + 1: end], f[:-1]))
             self.cached[s.seq_id] = end - 1

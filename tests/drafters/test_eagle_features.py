@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from specdec.drafters import rows
 from specdec.drafters.eagle.features import FeatureStore
 
 
@@ -57,3 +58,34 @@ def test_features_that_are_not_pending_are_an_error():
         filled(steps, seqs).take_many([(seqs[0], 11, 18)], 5, torch.float32, "cpu")
     with pytest.raises(AssertionError, match="arrive at position 21, expected 19"):
         filled(steps, seqs).append(0, 21, (steps[0], 0, 1))
+
+
+def test_long_runs_are_taken_in_one_gather_and_counted_as_cached(monkeypatch):
+    """`take_long`: each sequence with more pairs to catch up than a graph's width gets all but
+    its last pair (the features of many plain steps: one row of each step's tensor), the last
+    stays pending; the others are untouched."""
+    gen = torch.Generator().manual_seed(1)
+    steps = [torch.randn(3, 4, generator=gen) for _ in range(10)]
+
+    class Seq(SimpleNamespace):
+        def __len__(self):
+            return len(self.tokens)
+
+    seqs = [Seq(seq_id=i, request_id=f"r{i}", tokens=list(range(100 + i, 111 + i)), aux_tables={"eagle": [i]})
+            for i in range(3)]
+    store = FeatureStore("test")
+    for k, t in enumerate(steps):  # positions 0..9 of every sequence, step k's row b
+        store.keep([(s, k, 1) for s in seqs], t)
+    store.cached[seqs[2].seq_id] = 6  # 4 pairs left: within the width
+    import specdec.drafters.eagle.features as features
+
+    calls = []
+    monkeypatch.setattr(features, "gather", lambda *a: calls.append(1) or rows.gather(*a))
+    runs = store.take_long(seqs, 5)
+    assert len(calls) == 1  # both sequences' runs in one gather
+    monkeypatch.undo()
+    assert [r[1] for r in runs] == [0, 0] and [r[0] for r in runs] == [[0], [1]]
+    for b, (_, _, ids, feats) in enumerate(runs):
+        assert ids == seqs[b].tokens[1:10] and torch.equal(feats, torch.stack([t[b] for t in steps[:9]]))
+        assert store.start(seqs[b]) == 9 and torch.equal(store.take(seqs[b], 9, 10), steps[9][b: b + 1])
+    assert store.start(seqs[2]) == 6 and store.pending[seqs[2].seq_id][1] == 10

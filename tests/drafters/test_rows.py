@@ -59,3 +59,14 @@ def test_copied_rows_are_the_rows_and_outlive_the_step_output(steps, rows):
     want = out[torch.tensor(rows)].clone()
     out.zero_()
     assert torch.equal(got, want)
+
+
+def test_a_few_rows_of_many_tensors_are_sliced_not_indexed(monkeypatch, steps):
+    """One sequence's features of many steps (a row of each step's tensor): joining the tensors to
+    index them would copy every row of every step; the rows are sliced and joined instead."""
+    import specdec.drafters.rows as rows
+
+    many = [torch.randn(16, 3) for _ in range(12)]
+    pieces = [(t, 5, 1) for t in many]
+    monkeypatch.setattr(rows, "to_device", lambda *a: pytest.fail("indexed"))
+    assert torch.equal(gather(pieces, 3, torch.float32, "cpu"), reference(pieces))
