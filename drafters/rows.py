@@ -5,7 +5,9 @@ hidden state) keeps it as *pieces*: ``(step tensor [N, h], first row, rows)``, r
 tensor per step rather than a slice per sequence (on a GPU's host a slice costs a few microseconds:
 at 64 sequences, most of a drafter's host time). `gather` joins a batch's pieces: consecutive rows
 of one tensor become one piece, the whole tensor is returned as is, a few pieces are sliced, more
-are read by one ``index_select``.
+are read by one ``index_select`` over their tensors joined — when those pieces use most of their
+tensors' rows (a batch's rows of the same steps); a few rows of each of many tensors (one
+sequence's rows of many steps) are sliced and joined instead.
 """
 from __future__ import annotations
 
@@ -32,10 +34,7 @@ def merged(pieces: list[Piece]) -> list[Piece]:
 
 def gather(pieces: list[Piece], width: int, dtype, device) -> Tensor:
     """The rows of ``pieces`` one after the other, ``[sum of rows, h]`` (``width``, ``dtype``,
-    ``device``: an empty result's). The result may be a view of a step tensor. The index reads
-    the pieces' tensors joined, so it serves pieces that use most of their tensors' rows (a
-    batch's features of the same steps); a few rows from each of many tensors (one sequence's
-    features of many steps) are sliced and joined instead."""
+    ``device``: an empty result's). The result may be a view of a step tensor."""
     pieces = merged(pieces)
     tensors: dict[int, tuple[Tensor, int]] = {}  # id -> (step tensor, its first row in the join)
     starts, lens, base = np.empty(len(pieces), np.int64), np.empty(len(pieces), np.int64), 0
