@@ -113,13 +113,6 @@ class FeatureStore:
             need -= n
         return picked
 
-    def take(self, seq, start: int, end: int) -> Tensor:
-        """The features of positions ``start .. end - 1`` ``[end - start, h]`` (at least one),
-        no longer pending."""
-        picked = self._picked(seq, start, end)
-        t = picked[0][0]
-        return gather(picked, t.shape[1], t.dtype, t.device)
-
     def take_many(self, spans, width: int, dtype, device) -> Tensor:
         """The features of ``spans`` — per sequence ``(seq, start, end)``: positions ``start ..
         end - 1``, no longer pending — one sequence after the other ``[sum(end - start), h]``, in

@@ -1,6 +1,6 @@
 """The EAGLE drafters' pending target features (drafters/eagle/features.py): pieces of the steps'
-feature tensors, gathered for a batch (`take_many`) or one sequence (`take`) against the rows the
-pieces name, sliced one by one."""
+feature tensors, gathered for a batch or one sequence (`take_many`) against the rows the pieces
+name, sliced one by one."""
 from types import SimpleNamespace
 
 import pytest
@@ -33,7 +33,7 @@ def expected(steps, seq_id: int, start: int, end: int):
 
 
 @pytest.mark.parametrize("which", ["index", "slices"])
-def test_take_many_and_take_gather_the_rows_of_the_pieces(which):
+def test_take_many_gathers_the_rows_of_the_pieces(which):
     """Seven pieces (more than `rows.SLICES`: one index over the joined step tensors) or two
     (slices)."""
     gen = torch.Generator().manual_seed(0)
@@ -43,7 +43,8 @@ def test_take_many_and_take_gather_the_rows_of_the_pieces(which):
              else [(seqs[1], 0, 3), (seqs[3], 2, 3)])
     reference = torch.cat([expected(steps, s.seq_id, start, end) for s, start, end in spans])
     one_by_one = filled(steps, seqs)
-    assert torch.equal(torch.cat([one_by_one.take(s, start, end) for s, start, end in spans]), reference)
+    one_at_a_time = [one_by_one.take_many([(s, start, end)], 5, torch.float32, "cpu") for s, start, end in spans]
+    assert torch.equal(torch.cat(one_at_a_time), reference)
     batch = filled(steps, seqs)
     got = batch.take_many(spans, 5, torch.float32, "cpu")
     assert got.shape == (sum(e - s for _, s, e in spans), 5) and torch.equal(got, reference)
@@ -87,5 +88,5 @@ def test_long_runs_are_taken_in_one_gather_and_counted_as_cached(monkeypatch):
     assert [r[1] for r in runs] == [0, 0] and [r[0] for r in runs] == [[0], [1]]
     for b, (_, _, ids, feats) in enumerate(runs):
         assert ids == seqs[b].tokens[1:10] and torch.equal(feats, torch.stack([t[b] for t in steps[:9]]))
-        assert store.start(seqs[b]) == 9 and torch.equal(store.take(seqs[b], 9, 10), steps[9][b: b + 1])
+        assert store.start(seqs[b]) == 9 and torch.equal(store.take_many([(seqs[b], 9, 10)], 4, torch.float32, "cpu"), steps[9][b: b + 1])
     assert store.start(seqs[2]) == 6 and store.pending[seqs[2].seq_id][1] == 10
