@@ -61,9 +61,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def tables(self, seq: Sequence) -> list[tuple[list[int], int]]:
-        """Every table the step needs for ``seq`` with the positions it must hold."""
-        lookahead = self._lookahead(seq)
+    def tables(self, seq: Sequence, lookahead: int | None = None) -> list[tuple[list[int], int]]:
+        """Every table the step needs for ``seq`` with the positions it must hold (``lookahead``:
+        `_lookahead`'s, when the caller has it)."""
+        lookahead = self._lookahead(seq) if lookahead is None else lookahead
         need = seq.num_cached + (self._chunk(seq, 10**9) if seq.in_prefill else lookahead)
         aux = self.kv_demand(seq, lookahead)
         return [(seq.block_table, need)] + [(seq.aux_tables.setdefault(k, []), n) for k, n in aux.items()]
@@ -86,7 +87,8 @@ class Scheduler:
         return sum(self.blocks.blocks_for(n) for n in demand)
 
     def _missing(self, tables: list[tuple[list[int], int]]) -> int:
-        return sum(self.blocks.missing(t, n) for t, n in tables)
+        bs = self.blocks.block_size  # (`BlockManager.missing`, inlined: every sequence, every step)
+        return sum(max(0, -(-n // bs) - len(t)) for t, n in tables)
 
     def schedule(self) -> list[ScheduledSeq]:
         self.steps += 1
@@ -99,7 +101,8 @@ class Scheduler:
             item = self._item(seq, budget)
             if item is None:
                 continue
-            tables = self.tables(seq)  # (preempting others leaves them as they are)
+            # (preempting others leaves them as they are)
+            tables = self.tables(seq, None if item.is_prefill else item.num_new)
             while self._missing(tables) > self.blocks.num_free and self._preempt_for(seq, batch):
                 pass
             if seq.status is not Status.RUNNING:  # it preempted itself
@@ -131,8 +134,10 @@ class Scheduler:
         return self.config.max_num_batched_tokens - sum(i.num_new for i in items if i.is_prefill)
 
     def _take(self, item: ScheduledSeq, batch: list[ScheduledSeq], tables: list[tuple[list[int], int]]) -> None:
+        bs = self.blocks.block_size
         for table, n in tables:
-            self.blocks.grow(table, n)
+            if len(table) * bs < n:  # (most steps: the table holds its positions already)
+                self.blocks.grow(table, n)
         item.seq.last_scheduled = self.steps
         batch.append(item)
 
