@@ -127,7 +127,11 @@ class FeatureStore:
         first position, token ids [n], features [n, h])`` per such sequence, counted as cached
         (the caller runs them: `DraftForward.catch_up`). Their features come in one gather (after
         a run of plain steps: a row of each of those steps' tensors per sequence)."""
-        spans = [(s, start, end) for s in seqs for start, end in [(self.start(s), len(s) - 1)] if end - start > rows]
+        spans = []  # (seq, first pair, end)
+        for s in seqs:
+            start, end = self.start(s), len(s) - 1
+            if end - start > rows:
+                spans.append((s, start, end))
         if not spans:
             return []
         first = self.pending.get(spans[0][0].seq_id)
