@@ -21,7 +21,7 @@ def filled(steps, seqs) -> FeatureStore:
     past what is taken."""
     store = FeatureStore("test")
     for seq_id, first, step, row, n in PIECES:
-        store.append(seqs[seq_id].seq_id, first, (steps[step], row, n))
+        store.keep([(seqs[seq_id], first, n)], steps[step][row:])  # a piece: (that view, 0, n)
     return store
 
 
@@ -58,7 +58,7 @@ def test_features_that_are_not_pending_are_an_error():
     with pytest.raises(AssertionError, match="needs target features for positions 11..17"):
         filled(steps, seqs).take_many([(seqs[0], 11, 18)], 5, torch.float32, "cpu")
     with pytest.raises(AssertionError, match="arrive at position 21, expected 19"):
-        filled(steps, seqs).append(0, 21, (steps[0], 0, 1))
+        filled(steps, seqs).keep([(seqs[0], 21, 1)], steps[0])
 
 
 def test_long_runs_are_taken_in_one_gather_and_counted_as_cached(monkeypatch):
