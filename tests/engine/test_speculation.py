@@ -203,8 +203,6 @@ def test_trees_that_cannot_pay_are_not_drafted_to_learn_and_dear_ones_rarely(tmp
 def test_steps_that_beat_the_predicted_drafts_raise_the_budget(tmp_path):
     """An acceptance model that predicts too few drafts (curve: 0.1 per node) while the steps
     accept 4: the calibration line rises and the policy moves from plain decoding to trees."""
-    from types import SimpleNamespace
-
     levels = (1, 2, 4, 8)
     policy = fake_policy(levels, {1: 1.0, 2: 1.3, 4: 1.6, 8: 2.0}, tmp_path, [1.0 + 0.1 * i for i in range(8)])
     items = [ScheduledSeq(SimpleNamespace(seq_id=i), 8, False) for i in range(2)]
@@ -223,8 +221,6 @@ def test_predictions_spread_wider_than_what_is_accepted_are_pulled_in(tmp_path):
     twice as wide as the truth, as on the H100): the calibration line finds slope 0.5, shift 1, and
     a request predicted at 0.2 drafts — plain decoding by its own curve, at a tree cost of 1.4 plain
     steps — drafts, expecting 1.1 accepted."""
-    from types import SimpleNamespace
-
     policy = fake_policy((1, 8), {1: 1.0, 8: 1.4}, tmp_path, [1.0 + 0.2 * i / 7 for i in range(8)])
     items = [ScheduledSeq(SimpleNamespace(seq_id=i), 8, False) for i in range(3)]
     assert pick(policy, [9], [8]) == 1  # by the raw curve: 1.2 tokens for 1.4 steps' time

@@ -121,6 +121,11 @@ class AdaptivePolicy:
         self.steps, self.chosen = 0, {}
         return steps
 
+    def batch_bucket(self, batch: int) -> int:
+        """The batch bucket a step of ``batch`` decoding sequences is costed in (past the largest
+        bucket: its own size)."""
+        return bucket(batch, self.buckets) or batch
+
     # ---- the decision -----------------------------------------------------------------------
     def plan(self, items: list[ScheduledSeq], room: Optional[int] = None) -> list[ScheduledSeq]:
         """The step's decode items with their node budgets (prefill chunks unchanged), their
@@ -138,7 +143,7 @@ class AdaptivePolicy:
         budget = self.choose(len(ids), caps, curves, room)
         if self.forced is None:
             self.chosen[budget] = self.chosen.get(budget, 0) + 1
-        self.plain = ((bucket(len(ids), self.buckets) or len(ids), self.acceptance.trees, tuple(ids), self.replan_every)
+        self.plain = ((self.batch_bucket(len(ids)), self.acceptance.trees, tuple(ids), self.replan_every)
                       if self.settled_plain and self.forced is None else None)
         at = np.minimum(np.minimum(budget, caps), curves.shape[1]) - 1  # [B]
         # (a prediction from the prior's nodes is optimistic by design: not a calibration sample)
@@ -158,7 +163,7 @@ class AdaptivePolicy:
         path, which plain decoding with a drafter could not otherwise make up."""
         last = self.plain
         if (last is None or last[3] <= 0 or self.forced is not None or self.since + 1 >= self.interval
-                or last[1] != self.acceptance.trees or (bucket(len(ids), self.buckets) or len(ids)) != last[0]
+                or last[1] != self.acceptance.trees or self.batch_bucket(len(ids)) != last[0]
                 or tuple(ids) != last[2]):
             return False
         self.plain = (*last[:3], last[3] - 1)
@@ -173,7 +178,7 @@ class AdaptivePolicy:
         nodes of all trees together, None: no limit)."""
         self.steps += 1
         self.settled_plain = False
-        b = bucket(batch, self.buckets) or batch
+        b = self.batch_bucket(batch)
         top = caps.max()
         levels = [n for n in self.levels if n <= top]
         if room is not None and caps.sum() > room:  # only the levels whose trees fit
@@ -281,7 +286,7 @@ class AdaptivePolicy:
             return
         ids, predicted, untimed, prior = self.predicted.popleft() if self.predicted else ([], None, False, False)
         # the step's cost key; a mixed forward's time is not a decode step's
-        key = ((bucket(len(decode), self.buckets) or len(decode), max(i.num_new for i in decode))
+        key = ((self.batch_bucket(len(decode)), max(i.num_new for i in decode))
                if len(decode) == len(items) else None)
         if self.forced is not None:  # a timing step: its cost, if its trees were whole; no acceptance
             if key and not untimed and (nodes is None or all(k >= i.num_new for k, i in zip(nodes[3], decode))):
