@@ -13,8 +13,8 @@ A bucket's levels are timed in turns (1, 2, ..., top, 1, 2, ...), after `LEAD_IN
 of its largest level: a device that has idled (engine start, graph capture) may run its first
 steps slower, and a level timed first and alone — plain decoding, by the order of the levels —
 would take that for its cost. (On an H100 the tables held 1.9-2.7 ms for plain steps that run in
-1.4 ms, which made every tree look cheap beside them; whether this was the cause is to be seen in
-the next run's `step_cost_samples`.)
+1.4 ms, which made every tree look cheap beside them; timed in turns, 1.55-1.84 ms, the rest being
+the policy's and the drafter's own work in a plain step: BENCHMARKS.md, "Speculation policies".)
 
 The timing requests repeat a short random pattern, so that lookup drafters (n-gram, suffix) find
 continuations and draft whole trees too; a step whose trees came out smaller than its budget is
